@@ -1,0 +1,34 @@
+# Two commands matter: `make demo` and `make test`. Both create .venv and install on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint data install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: an unpinned torch pulls several GB of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+data:
+	@bash scripts/ensure_data.sh
+
+demo: install data
+	$(VENV)/bin/vitres demo
+
+test: install data
+	$(VENV)/bin/ruff check vitres tests benchmarks scripts
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check vitres tests benchmarks scripts
+	$(VENV)/bin/ruff format --check vitres tests benchmarks scripts
+
+clean:
+	rm -rf $(VENV) build *.egg-info

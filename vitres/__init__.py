@@ -1,0 +1,20 @@
+"""vitres: Vision Transformers at any input resolution and patch size, and a tuner for
+the resolution, patch size, precision and backend they are deployed at."""
+
+from vitres.layers.patch_embed import resample_patch_embed
+from vitres.layers.pos_embed import resample_pos_embed
+from vitres.models.checkpoint import from_pretrained, load_model, save_model
+from vitres.models.registry import create_model, list_models
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "create_model",
+    "from_pretrained",
+    "list_models",
+    "load_model",
+    "resample_patch_embed",
+    "resample_pos_embed",
+    "save_model",
+]

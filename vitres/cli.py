@@ -1,0 +1,57 @@
+"""The ``vitres`` command line: a thin layer that parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand modules under vitres.commands, in the order `vitres --help` lists them
+COMMAND_MODULES = (
+    "demo_cmd",
+    "train_cmd",
+    "eval_cmd",
+    "sweep_cmd",
+    "recommend_cmd",
+    "report_cmd",
+    "export_cmd",
+    "models_cmd",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vitres",
+        description="Run Vision Transformers at any resolution, measure every resolution on your "
+        "hardware and data, and pick the one that meets your budget.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"vitres.commands.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"vitres.commands.{name}":
+                continue  # command not shipped in this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"vitres {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"vitres {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command modules for the ``vitres`` CLI: each defines ``register(subparsers)`` and ``run(args)``."""

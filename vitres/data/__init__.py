@@ -1,0 +1,70 @@
+"""Datasets and resolution transforms.
+
+Datasets keep images at their native size (:class:`ArrayDataset` in memory,
+:class:`ImageFolderDataset` decoded lazily from disk); the resolution is chosen by the
+loader (:func:`prepare_batch`, :func:`eval_batches`), so one dataset serves every
+resolution of a sweep.
+"""
+
+from vitres.data.dataset import ArrayDataset
+from vitres.data.fashion_mnist import (
+    DEFAULT_FMNIST_DIR,
+    FASHION_MNIST_CLASSES,
+    load_fashion_mnist,
+)
+from vitres.data.folder import IMAGE_EXTENSIONS, ImageFolderDataset
+from vitres.data.idx import read_idx
+from vitres.data.loader import (
+    FASHION_MNIST_ALIASES,
+    FMNIST_MEAN,
+    FMNIST_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Dataset,
+    epoch_order,
+    eval_batches,
+    get_dataset,
+    iterate_batches,
+    prepare_batch,
+)
+from vitres.data.transforms import (
+    LUMA_WEIGHTS,
+    match_channels,
+    normalize,
+    random_hflip,
+    random_resized_crop,
+    resize,
+    sample_crop_box,
+    to_float,
+    to_size,
+)
+
+__all__ = [
+    "DEFAULT_FMNIST_DIR",
+    "FASHION_MNIST_ALIASES",
+    "FASHION_MNIST_CLASSES",
+    "FMNIST_MEAN",
+    "FMNIST_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_EXTENSIONS",
+    "LUMA_WEIGHTS",
+    "ArrayDataset",
+    "Dataset",
+    "ImageFolderDataset",
+    "epoch_order",
+    "eval_batches",
+    "get_dataset",
+    "iterate_batches",
+    "load_fashion_mnist",
+    "match_channels",
+    "normalize",
+    "prepare_batch",
+    "random_hflip",
+    "random_resized_crop",
+    "read_idx",
+    "resize",
+    "sample_crop_box",
+    "to_float",
+    "to_size",
+]

@@ -1,0 +1,246 @@
+"""MLP-Mixer (Tolstikhin et al., NeurIPS 2021) at any resolution and patch size.
+
+A Mixer has no position embedding; its token-mixing MLP *is* position-specific: the
+first layer's weight ``W1 (T, N)`` has one column per token and the second layer's
+``W2 (N, T)`` and bias ``b2 (N)`` one row per token. To run on another token grid,
+vitres reads each of these as a 2-D map over the native grid and resamples it to the new
+grid (``token_resample_mode``, antialiased when shrinking). ``W1`` is also scaled by
+``N / N'`` so that a token-constant input gives the same pre-activation at every grid.
+
+Limits: this is exact only for weight maps that are smooth over the grid. Token-mixing
+weights learned at one grid often hold sharp, position-specific patterns, so a Mixer
+degrades faster away from its native grid than a ViT with resampled position
+embeddings; training at mixed resolutions (``vitres train``) is the remedy. Resampled
+weights are cached per grid in eval mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitres.layers.cache import VersionedCache, is_tracing
+from vitres.layers.patch_embed import (
+    KERNEL_RESIZE_MODES,
+    SIZE_POLICIES,
+    PatchEmbed,
+    fit_to_patch,
+    token_grid,
+)
+from vitres.layers.pos_embed import INTERPOLATION_MODES, resample_grid, to_grid
+from vitres.models.validation import check_images, check_patch_size
+
+
+@dataclass
+class MixerConfig:
+    """Architecture of an :class:`MlpMixer`; ``img_size`` is the native resolution."""
+
+    img_size: tuple[int, int] = (224, 224)
+    patch_size: int = 16
+    in_chans: int = 3
+    num_classes: int = 1000
+    embed_dim: int = 512
+    depth: int = 8
+    tokens_mlp_dim: int = 256
+    channels_mlp_dim: int = 2048
+    norm_eps: float = 1e-6
+    size_policy: str = "pad"
+    token_resample_mode: str = "bilinear"
+    kernel_resize_mode: str = "bicubic"
+    kernel_resize_antialias: bool = True
+    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
+    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
+
+    def __post_init__(self) -> None:
+        self.img_size = to_grid(self.img_size, "img_size")
+        self.mean = tuple(float(v) for v in self.mean)
+        self.std = tuple(float(v) for v in self.std)
+        if len(self.mean) != self.in_chans:
+            self.mean = (self.mean[0],) * self.in_chans
+        if len(self.std) != self.in_chans:
+            self.std = (self.std[0],) * self.in_chans
+        if self.size_policy not in SIZE_POLICIES:
+            raise ValueError(f"invalid MixerConfig: size_policy must be one of {SIZE_POLICIES}")
+        if self.token_resample_mode not in INTERPOLATION_MODES:
+            raise ValueError(
+                f"invalid MixerConfig: token_resample_mode must be one of {INTERPOLATION_MODES}"
+            )
+        if self.kernel_resize_mode not in KERNEL_RESIZE_MODES:
+            raise ValueError(
+                f"invalid MixerConfig: kernel_resize_mode must be one of {KERNEL_RESIZE_MODES}"
+            )
+        if min(self.img_size) < self.patch_size:
+            raise ValueError(f"invalid MixerConfig: img_size {self.img_size} must hold one patch")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["img_size"] = list(self.img_size)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MixerConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(
+                f"unknown MixerConfig fields {sorted(unknown)}; known: {sorted(known)}"
+            )
+        return cls(**data)
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+def resample_token_mixing(
+    fc1_weight: Tensor,
+    fc2_weight: Tensor,
+    fc2_bias: Tensor,
+    old_grid: tuple[int, int],
+    new_grid: tuple[int, int],
+    mode: str = "bilinear",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Resamples a token-mixing MLP from ``old_grid`` to ``new_grid`` (see module docstring).
+
+    Returns:
+        ``(W1' (T, N'), W2' (N', T), b2' (N'))``.
+    """
+    if old_grid == new_grid:
+        return fc1_weight, fc2_weight, fc2_bias
+    hidden = fc1_weight.shape[0]
+    old_n = old_grid[0] * old_grid[1]
+    new_n = new_grid[0] * new_grid[1]
+    shrinking = new_grid[0] < old_grid[0] or new_grid[1] < old_grid[1]
+    antialias = shrinking and mode in ("bilinear", "bicubic")
+
+    def resample(maps: Tensor) -> Tensor:  # (C, N) -> (C, N')
+        grid = maps.float().reshape(1, -1, old_grid[0], old_grid[1])
+        return resample_grid(grid, new_grid, mode, antialias).reshape(maps.shape[0], new_n)
+
+    w1 = (resample(fc1_weight) * (old_n / new_n)).to(fc1_weight.dtype)
+    w2 = resample(fc2_weight.T).T.to(fc2_weight.dtype).contiguous()
+    b2 = resample(fc2_bias[None]).reshape(new_n).to(fc2_bias.dtype)
+    assert w1.shape == (hidden, new_n)
+    return w1, w2, b2
+
+
+class MixerBlock(nn.Module):
+    def __init__(self, cfg: MixerConfig) -> None:
+        super().__init__()
+        num_tokens = cfg.grid[0] * cfg.grid[1]
+        self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp_tokens = MlpBlock(num_tokens, cfg.tokens_mlp_dim)
+        self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.mlp_channels = MlpBlock(cfg.embed_dim, cfg.channels_mlp_dim)
+
+    def forward(self, x: Tensor, token_weights: tuple[Tensor, Tensor, Tensor]) -> Tensor:
+        w1, w2, b2 = token_weights
+        y = self.norm1(x).transpose(1, 2)  # (B, D, N)
+        y = F.linear(F.gelu(F.linear(y, w1, self.mlp_tokens.fc1.bias)), w2, b2)
+        x = x + y.transpose(1, 2)
+        return x + self.mlp_channels(self.norm2(x))
+
+
+class MlpMixer(nn.Module):
+    """MLP-Mixer that accepts any input size and patch size."""
+
+    num_prefix_tokens = 0
+
+    def __init__(self, config: MixerConfig | None = None, **overrides) -> None:
+        super().__init__()
+        cfg = dataclasses.replace(config, **overrides) if config else MixerConfig(**overrides)
+        self.config = cfg
+        self.stem = PatchEmbed(
+            cfg.patch_size,
+            cfg.in_chans,
+            cfg.embed_dim,
+            kernel_resize_mode=cfg.kernel_resize_mode,
+            kernel_resize_antialias=cfg.kernel_resize_antialias,
+        )
+        self.blocks = nn.ModuleList(MixerBlock(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        self.head = (
+            nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        )
+        self._cache = VersionedCache(max_entries=256)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.normal_(module.bias, std=1e-6)
+
+    @property
+    def patch_size(self) -> int:
+        return self.config.patch_size
+
+    def grid_size(
+        self, image_size: tuple[int, int], patch_size: int | None = None
+    ) -> tuple[int, int]:
+        """The token grid ``(rows, cols)`` this model uses for an ``(H, W)`` input."""
+        p = patch_size or self.config.patch_size
+        return token_grid(to_grid(image_size, "image_size"), p, self.config.size_policy)
+
+    def num_tokens(self, image_size: tuple[int, int], patch_size: int | None = None) -> int:
+        rows, cols = self.grid_size(image_size, patch_size)
+        return rows * cols
+
+    def token_weights(self, index: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+        """The (cached) token-mixing weights of block ``index`` for ``grid``."""
+        mlp = self.blocks[index].mlp_tokens
+        if grid == self.config.grid:
+            return mlp.fc1.weight, mlp.fc2.weight, mlp.fc2.bias
+        sources = [mlp.fc1.weight, mlp.fc2.weight, mlp.fc2.bias]
+        packed = self._cache.get(
+            ("tokens", index, grid, self.config.token_resample_mode),
+            sources,
+            lambda: torch.cat(
+                [
+                    t.reshape(-1)
+                    for t in resample_token_mixing(
+                        *sources, self.config.grid, grid, self.config.token_resample_mode
+                    )
+                ]
+            ),
+            enabled=not self.training,
+        )
+        n = grid[0] * grid[1]
+        hidden = mlp.fc1.weight.shape[0]
+        w1 = packed[: hidden * n].reshape(hidden, n)
+        w2 = packed[hidden * n : 2 * hidden * n].reshape(n, hidden)
+        return w1, w2, packed[2 * hidden * n :]
+
+    def forward_features(self, x: Tensor, patch_size: int | None = None) -> Tensor:
+        cfg = self.config
+        p = cfg.patch_size if patch_size is None else patch_size
+        if not is_tracing():
+            check_images(x, cfg.in_chans)
+            check_patch_size(p, x.shape[-2:])
+        x, _ = fit_to_patch(x, p, cfg.size_policy)
+        tokens, grid = self.stem(x, p)
+        for index, block in enumerate(self.blocks):
+            tokens = block(tokens, self.token_weights(index, grid))
+        return self.norm(tokens)
+
+    def forward_head(self, tokens: Tensor, pre_logits: bool = False) -> Tensor:
+        pooled = tokens.mean(dim=1)
+        return pooled if pre_logits else self.head(pooled)
+
+    def forward(self, x: Tensor, patch_size: int | None = None) -> Tensor:
+        """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring)."""
+        return self.forward_head(self.forward_features(x, patch_size))

@@ -1,0 +1,344 @@
+"""Plain result records of a resolution sweep, stored as JSON lines.
+
+Every stage after the sweep (cost model, recommendation, report) reads these records
+from a file, so it can run without the model. One line of a results file is one
+:class:`Measurement` serialised by :meth:`Measurement.to_json`; lines are only ever
+appended, one whole line per write, then flushed and fsync-ed, so a sweep killed at any
+moment leaves at most one partial line at the end, which :func:`read_results` ignores
+and :func:`append_result` removes before writing.
+
+Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), seconds.
+
+``SweepConfig`` -- one point of the sweep grid (the JSON object under ``"config"``):
+    model: model reference as given to the sweep (registry name, reference name, path,
+        or ``"module:factory"``).
+    resolution: input ``[height, width]`` in pixels.
+    patch_size: patch size passed to the model's forward; ``null`` = the model's own.
+    batch_size: images per forward call.
+    precision: numeric precision of the backend (``"fp32"``, ``"bf16"``, ``"fp16"``,
+        ``"int8"`` ...).
+    backend: backend name from :mod:`vitres.backends` (``"eager"``, ``"eager-bf16"`` ...).
+    threads: intra-op CPU threads set with ``torch.set_num_threads`` (``null`` = default).
+    device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
+
+``LatencyStats`` -- statistics of per-call latency (the object under ``"latency"``):
+    median_ms, iqr_ms (75th minus 25th percentile), p90_ms, p95_ms, p99_ms, min_ms,
+    mean_ms: over the timed calls, percentiles linearly interpolated (numpy's default).
+    count: number of timed calls.
+    unstable: ``iqr_ms / median_ms > 0.10`` -- the timing is noisy; re-measure on a
+        quieter machine or with a longer window before trusting small differences.
+
+``Measurement`` -- one result line:
+    schema_version: format version of the line (1).
+    config: the ``SweepConfig``.
+    key: :meth:`SweepConfig.key`, a stable id, e.g.
+        ``"vit_tiny_patch16|28x28|p4|b1|eager|fp32|t2|cpu"``; a resumed sweep skips keys
+        already recorded with status ``ok``.
+    status: ``"ok"``, ``"error"`` (the config failed; see ``error``) or ``"predicted"``
+        (not measured: latency and memory come from the cost model of an adaptive sweep).
+    source: ``"measured"`` or ``"predicted"``.
+    error: the failure message (exception type and text, or how the child process died).
+    accuracy: top-1 accuracy as a fraction in [0, 1] on the evaluation data; ``null``
+        when no data was given (or for predicted records).
+    n_eval: number of evaluated examples.
+    data: dataset name or path used for accuracy, ``null`` without data.
+    latency: ``LatencyStats`` of one forward call at ``batch_size``.
+    throughput_ips: images per second, ``batch_size / median latency``.
+    peak_mem_mb: peak memory of building and running the model at this config, over the
+        process's baseline taken just before the model was built (so it includes the
+        weights, activations and workspace). See ``mem_method``.
+    mem_method: how ``peak_mem_mb`` was taken: ``"cuda_max_allocated"``,
+        ``"rss_hwm_child"`` (peak RSS of an isolated child process, reset just before the
+        model work), ``"rss_hwm_inproc"`` (the same in the sweep's own process -- less
+        exact, the allocator keeps freed memory) or ``"rss_maxrss"`` (peak could not be
+        reset; an upper bound).
+    flops: FLOPs of one forward pass for ONE image, counted by ``FlopCounterMode`` and
+        corrected for attention (a multiply-add = 2 FLOPs).
+    flops_analytic: the closed form of :func:`vitres.measure.analytic_flops` for one
+        image, ``null`` if the model family is unknown.
+    params: number of parameters.
+    tokens: patch tokens ``gh * gw`` (without class/register tokens).
+    grid: token grid ``[gh, gw]``.
+    num_prefix_tokens: class + register tokens.
+    native_resolution: the model's own ``[height, width]`` (``model.config.img_size``).
+    native_patch_size: the model's own patch size.
+    embed_dim: width D of the model (for the naive memory formula).
+    build_time_s: seconds the backend's ``prepare`` took (export / compile / cast).
+    env: environment fingerprint, see :func:`vitres.measure.env_fingerprint`.
+    timestamp: ISO-8601 UTC time the record was made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "error", "predicted")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One point of the sweep grid; see the module docstring for the fields."""
+
+    model: str
+    resolution: tuple[int, int]
+    patch_size: int | None = None
+    batch_size: int = 1
+    precision: str = "fp32"
+    backend: str = "eager"
+    threads: int | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        height, width = (int(v) for v in self.resolution)
+        if height <= 0 or width <= 0:
+            raise ValueError(f"resolution must be positive, got {self.resolution}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        object.__setattr__(self, "resolution", (height, width))
+
+    def key(self) -> str:
+        """A stable, human-readable id of this config, e.g. ``vit|28x28|p4|b1|eager|fp32|t2|cpu``."""
+        height, width = self.resolution
+        patch = "native" if self.patch_size is None else str(self.patch_size)
+        threads = "auto" if self.threads is None else str(self.threads)
+        return (
+            f"{self.model}|{height}x{width}|p{patch}|b{self.batch_size}|{self.backend}"
+            f"|{self.precision}|t{threads}|{self.device}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "resolution": list(self.resolution)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SweepConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["resolution"] = tuple(kwargs["resolution"])
+        return cls(**kwargs)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-call latency in milliseconds; see the module docstring."""
+
+    median_ms: float
+    iqr_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    mean_ms: float
+    count: int
+    unstable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def utc_timestamp() -> str:
+    """The current time as ISO-8601 UTC with seconds, e.g. ``2025-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Measurement:
+    """One result line; see the module docstring for every field."""
+
+    config: SweepConfig
+    status: str = "ok"
+    error: str | None = None
+    accuracy: float | None = None
+    n_eval: int = 0
+    data: str | None = None
+    latency: LatencyStats | None = None
+    throughput_ips: float | None = None
+    peak_mem_mb: float | None = None
+    mem_method: str | None = None
+    flops: int | None = None
+    flops_analytic: int | None = None
+    params: int | None = None
+    tokens: int | None = None
+    grid: tuple[int, int] | None = None
+    num_prefix_tokens: int | None = None
+    native_resolution: tuple[int, int] | None = None
+    native_patch_size: int | None = None
+    embed_dim: int | None = None
+    build_time_s: float | None = None
+    env: dict[str, Any] = field(default_factory=dict)
+    timestamp: str = field(default_factory=utc_timestamp)
+    source: str = "measured"
+    key: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        self.key = self.config.key()
+        for name in ("grid", "native_resolution"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(int(v) for v in value))
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def latency_ms(self) -> float | None:
+        """Median latency of one call, or ``None`` without timing."""
+        return None if self.latency is None else self.latency.median_ms
+
+    @property
+    def patch_size(self) -> int | None:
+        """The patch size actually used: the config's, else the model's own."""
+        return self.config.patch_size if self.config.patch_size is not None else self.native_patch_size
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("config", "latency"):
+                value = None if value is None else value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            d[f.name] = value
+        return d
+
+    def to_json(self) -> str:
+        """One JSON line (no newline); NaN/inf are written as ``null``."""
+        return json.dumps(_finite(self.to_dict()), sort_keys=False, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in d.items() if k in names and k != "key"}
+        kwargs["config"] = SweepConfig.from_dict(d["config"])
+        if d.get("latency") is not None:
+            kwargs["latency"] = LatencyStats.from_dict(d["latency"])
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, line: str) -> Measurement:
+        return cls.from_dict(json.loads(line))
+
+
+def _finite(value: Any) -> Any:
+    """Replaces NaN and infinities by ``None`` so the JSON is strict."""
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def read_results(path: str | os.PathLike[str]) -> list[Measurement]:
+    """Reads a results file; a missing file reads as no results.
+
+    A trailing line without its newline that does not parse (a writer killed mid-line)
+    is ignored with a warning. Any other unreadable line is an error.
+
+    Raises:
+        ValueError: a line other than the last partial one is not a valid record.
+    """
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    lines = text.split("\n")
+    complete = text.endswith("\n")
+    results: list[Measurement] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        is_last_partial = number == len(lines) and not complete
+        try:
+            results.append(Measurement.from_json(line))
+        except (ValueError, KeyError, TypeError) as error:
+            if is_last_partial:
+                warnings.warn(
+                    f"{path}: ignoring a partial last line ({len(line)} characters); "
+                    "a writer was probably interrupted",
+                    stacklevel=2,
+                )
+                continue
+            raise ValueError(
+                f"{path}, line {number}: not a valid result record ({error}). Each line must "
+                "be one JSON object written by vitres; remove or fix that line."
+            ) from error
+    return results
+
+
+def repair_results(path: str | os.PathLike[str]) -> bool:
+    """Makes the file end with a whole line: drops a partial last line, or completes a
+    last line that parses but lacks its newline. Returns True if the file was changed."""
+    if not os.path.exists(path):
+        return False
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return False
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        # find the start of the last line
+        start, chunk = size, 4096
+        while start > 0:
+            begin = max(0, start - chunk)
+            f.seek(begin)
+            block = f.read(start - begin)
+            index = block.rfind(b"\n")
+            if index >= 0:
+                start = begin + index + 1
+                break
+            start = begin
+        f.seek(start)
+        tail = f.read()
+        try:
+            Measurement.from_json(tail.decode("utf-8"))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            f.truncate(start)
+        else:
+            f.seek(0, os.SEEK_END)
+            f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def append_result(path: str | os.PathLike[str], measurement: Measurement) -> None:
+    """Appends one record as one line, then flushes and fsyncs, so the file only ever
+    holds whole lines plus at most one partial line left by a killed writer (which is
+    removed here first, see :func:`repair_results`)."""
+    line = measurement.to_json() + "\n"
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    repair_results(path)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def latest_by_key(measurements: list[Measurement]) -> list[Measurement]:
+    """One record per key: the last ``ok`` one if any, else the last one; first-seen order."""
+    chosen: dict[str, Measurement] = {}
+    for m in measurements:
+        previous = chosen.get(m.key)
+        if previous is None or m.ok or not previous.ok:
+            chosen[m.key] = m
+    return list(chosen.values())
