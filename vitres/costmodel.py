@@ -6,7 +6,7 @@ constant, and small ``N`` often looks linear. So three forms are fitted -- ``c``
 ``b·N + c`` and ``a·N² + b·N + c`` -- with non-negative coefficients (cost does not
 fall as ``N`` grows), and the form is chosen by leave-one-out (LOO) error: each point
 is predicted by the fit to the others, and the form with the smallest median absolute
-percentage error wins, the simpler one when within 10 % of the best (the data must
+percentage error wins, the simpler one when within 25 % of the best (the data must
 earn the extra term). Fits are made per ``(model, backend, precision, batch, device,
 threads)``, minimising relative error (rows weighted by ``1/y``), since latencies span
 orders of magnitude and the error is judged in percent.
@@ -32,7 +32,7 @@ FORMS: dict[str, tuple[int, ...]] = {
     "linear": (1, 2),
     "quadratic": (0, 1, 2),
 }
-PARSIMONY = 0.10
+PARSIMONY = 0.25
 
 GroupKey = tuple[str, str, str, int, str, Any]
 
@@ -127,8 +127,8 @@ def loo_error_pct(
     """Median absolute percentage error of leave-one-out predictions of ``form``.
 
     Each point is predicted by the form fitted to all other points; the error of that
-    prediction is ``100 · |pred − y| / |y|``. ``nan`` when fewer points remain than the
-    form has coefficients.
+    prediction is ``100 · |pred − y| / |y|`` (points with ``y = 0`` are not scored). ``nan``
+    when fewer points remain than the form has coefficients.
     """
     n, v = np.asarray(tokens, float), np.asarray(values, float)
     if len(n) - 1 < len(FORMS[form]):
@@ -136,10 +136,12 @@ def loo_error_pct(
     relative = weighting == "relative" and bool(np.all(v > 0))
     errors = []
     for i in range(len(n)):
+        if v[i] == 0:
+            continue  # a percentage of 0 is undefined; the point still takes part in fits
         keep = np.arange(len(n)) != i
         a, b, c = _fit_form(n[keep], v[keep], form, relative)
         errors.append(100.0 * abs(a * n[i] ** 2 + b * n[i] + c - v[i]) / abs(v[i]))
-    return float(np.median(errors))
+    return float(np.median(errors)) if errors else math.nan
 
 
 def fit_cost(
@@ -166,7 +168,9 @@ def fit_cost(
     """
     n, v = np.asarray(tokens, float), np.asarray(values, float)
     if len(n) == 0 or len(n) != len(v):
-        raise ValueError(f"need the same number (> 0) of tokens and values, got {len(n)} and {len(v)}")
+        raise ValueError(
+            f"need the same number (> 0) of tokens and values, got {len(n)} and {len(v)}"
+        )
     unknown = [f for f in forms if f not in FORMS]
     if unknown:
         raise ValueError(f"unknown forms {unknown}; expected some of {list(FORMS)}")
@@ -175,7 +179,9 @@ def fit_cost(
     scored = {f: e for f, e in candidates.items() if not math.isnan(e)}
     if scored:
         best = min(scored.values())
-        chosen = next(f for f in forms if f in scored and scored[f] <= best * (1 + parsimony) + 1e-12)
+        chosen = next(
+            f for f in forms if f in scored and scored[f] <= best * (1 + parsimony) + 1e-12
+        )
     else:
         # too few points to leave one out: the richest form the points determine
         chosen = [f for f in forms if len(FORMS[f]) <= len(n)][-1] if len(n) > 1 else forms[0]
@@ -199,7 +205,9 @@ def group_key(m: Measurement | SweepConfig) -> GroupKey:
     return (c.model, c.backend, c.precision, c.batch_size, c.device, c.threads)
 
 
-def _fit_groups(measurements: Iterable[Measurement], value: str, min_points: int) -> dict[GroupKey, CostFit]:
+def _fit_groups(
+    measurements: Iterable[Measurement], value: str, min_points: int
+) -> dict[GroupKey, CostFit]:
     groups: dict[GroupKey, list[tuple[float, float]]] = {}
     for m in latest_by_key(list(measurements)):
         if not m.ok or m.tokens is None:
@@ -216,7 +224,9 @@ def _fit_groups(measurements: Iterable[Measurement], value: str, min_points: int
     return fits
 
 
-def fit_latency(measurements: Iterable[Measurement], min_points: int = 2) -> dict[GroupKey, CostFit]:
+def fit_latency(
+    measurements: Iterable[Measurement], min_points: int = 2
+) -> dict[GroupKey, CostFit]:
     """Median latency (ms) vs tokens, one fit per :func:`group_key` with ``min_points``."""
     return _fit_groups(measurements, "latency", min_points)
 
@@ -238,13 +248,17 @@ def max_tokens_within(fit: CostFit, budget: float) -> float | None:
     return math.inf
 
 
-def memory_ceiling(fit: CostFit, budget_mb: float, patch_size: int, max_side: int = 8192) -> int | None:
+def memory_ceiling(
+    fit: CostFit, budget_mb: float, patch_size: int, max_side: int = 8192
+) -> int | None:
     """Largest square side (pixels, a multiple of ``patch_size``) whose predicted peak
     memory fits ``budget_mb``; ``None`` if none does; at most ``max_side``."""
     tokens = max_tokens_within(fit, budget_mb)
     if tokens is None:
         return None
-    side_tokens = max_side // patch_size if math.isinf(tokens) else math.floor(math.sqrt(tokens) + 1e-9)
+    side_tokens = (
+        max_side // patch_size if math.isinf(tokens) else math.floor(math.sqrt(tokens) + 1e-9)
+    )
     if side_tokens < 1:
         return None
     return min(side_tokens * patch_size, max_side)

@@ -35,6 +35,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from vitres.backends import get_backend
+from vitres.layers.patch_embed import token_grid
 from vitres.records import LatencyStats, Measurement, SweepConfig
 
 UNSTABLE_IQR_RATIO = 0.10
@@ -217,10 +218,19 @@ def count_flops(model: nn.Module, x: Tensor, **kwargs: Any) -> int:
     Elementwise ops, norms, softmax and pooling are not counted.
     """
     counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        correction = _AttentionCorrection(counter)
-        with correction:
-            model(x, **kwargs)
+    # The counter's module tracker hooks autograd on inputs that require grad, which
+    # fails under inference_mode when a module is handed parameters as inputs.
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        with torch.inference_mode(), counter:
+            correction = _AttentionCorrection(counter)
+            with correction:
+                model(x, **kwargs)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
     return int(counter.get_total_flops() + correction.correction)
 
 
@@ -229,17 +239,6 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
         return value, value
     first, second = tuple(value)
     return int(first), int(second)
-
-
-def token_grid(resolution: Sequence[int], patch_size: int, size_policy: str = "pad") -> tuple[int, int]:
-    """Token grid of an input under a size policy: ``pad`` rounds up, ``crop`` down,
-    ``resize`` to the nearest multiple (at least one patch)."""
-    height, width = _pair(tuple(resolution))
-    if size_policy == "crop":
-        return height // patch_size, width // patch_size
-    if size_policy == "resize":
-        return max(1, round(height / patch_size)), max(1, round(width / patch_size))
-    return -(-height // patch_size), -(-width // patch_size)
 
 
 def analytic_flops(
@@ -278,12 +277,18 @@ def analytic_flops(
     dim = int(config.embed_dim)
     flops = 2 * n * int(config.in_chans) * patch * patch * dim
     if hasattr(config, "tokens_mlp_dim"):
-        per_block = 4 * dim * n * int(config.tokens_mlp_dim) + 4 * n * dim * int(config.channels_mlp_dim)
+        per_block = 4 * dim * n * int(config.tokens_mlp_dim) + 4 * n * dim * int(
+            config.channels_mlp_dim
+        )
     else:
-        prefix = int(bool(getattr(config, "class_token", True))) + int(getattr(config, "reg_tokens", 0))
+        prefix = int(bool(getattr(config, "class_token", True))) + int(
+            getattr(config, "reg_tokens", 0)
+        )
         t = n + prefix
         hidden = int(dim * float(getattr(config, "mlp_ratio", 4.0)))
-        per_block = 2 * t * dim * 3 * dim + 4 * t * t * dim + 2 * t * dim * dim + 4 * t * dim * hidden
+        per_block = (
+            2 * t * dim * 3 * dim + 4 * t * t * dim + 2 * t * dim * dim + 4 * t * dim * hidden
+        )
     flops += int(config.depth) * per_block
     flops += 2 * dim * int(getattr(config, "num_classes", 0) or 0)
     return int(batch * flops)
@@ -402,6 +407,11 @@ def run_isolated(
             died (a signal such as SIGKILL, usually the out-of-memory killer), or it ran
             past ``timeout_s``.
     """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "run_isolated was called while a spawned child process was importing the main "
+            "module; guard the calling code with `if __name__ == '__main__':`"
+        )
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child_main, args=(sender, fn, args, kwargs), daemon=True)
@@ -419,7 +429,11 @@ def run_isolated(
                 name = signal.Signals(-code).name
                 hint = ", most likely out of memory" if -code == signal.SIGKILL else ""
                 raise IsolatedRunError(f"child process killed by {name}{hint}") from None
-            raise IsolatedRunError(f"child process exited with code {code} without a result") from None
+            raise IsolatedRunError(
+                f"child process exited with code {code} without a result (if this runs from a "
+                "script, guard the calling code with `if __name__ == '__main__':` -- spawned "
+                "children re-import the main module)"
+            ) from None
         process.join(10)
         if status != "ok":
             raise IsolatedRunError(payload)
@@ -434,7 +448,9 @@ def run_isolated(
         receiver.close()
 
 
-def _peak_of_call(fn: Callable[..., Any], args: tuple, kwargs: dict, device: str, isolated: bool) -> float:
+def _peak_of_call(
+    fn: Callable[..., Any], args: tuple, kwargs: dict, device: str, isolated: bool
+) -> float:
     tracker = PeakMemoryTracker(device, isolated=isolated)
     tracker.start()
     fn(*args, **kwargs)
@@ -604,11 +620,13 @@ def measure_config(
     native_res = None if native_res is None else _pair(native_res)
     height, width = config.resolution
 
-    runnable: nn.Module = model if config.patch_size is None else FixedPatchSize(model, config.patch_size)
+    runnable: nn.Module = (
+        model if config.patch_size is None else FixedPatchSize(model, config.patch_size)
+    )
     backend = get_backend(config.backend, device=config.device)
     shape = (config.batch_size, in_chans, height, width)
     backend.prepare(runnable, shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # no copy timed
     samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
     peak = tracker.peak_mb()
     stats = latency_stats(samples)
@@ -628,7 +646,9 @@ def measure_config(
         flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
         if model_config is not None:
             try:
-                flops_analytic = analytic_flops(model_config, (height, width), config.patch_size, grid=grid)
+                flops_analytic = analytic_flops(
+                    model_config, (height, width), config.patch_size, grid=grid
+                )
             except (AttributeError, TypeError, ValueError):
                 flops_analytic = None
     return Measurement(
@@ -638,7 +658,9 @@ def measure_config(
         n_eval=n_eval,
         data=data_name if accuracy is not None else None,
         latency=stats,
-        throughput_ips=config.batch_size / (stats.median_ms / 1000.0) if stats.median_ms > 0 else None,
+        throughput_ips=config.batch_size / (stats.median_ms / 1000.0)
+        if stats.median_ms > 0
+        else None,
         peak_mem_mb=peak,
         mem_method=tracker.method,
         flops=flops,

@@ -33,7 +33,8 @@ class Budget:
         max_latency_ms: Median latency of one call must not exceed this.
         min_fps: Throughput (images/s) must reach this.
         max_memory_mb: Peak memory (MiB) must not exceed this.
-        max_acc_drop: Accepted when ``|ΔAcc|`` is below this many points.
+        max_acc_drop: Accepted when the accuracy drop (``-ΔAcc``) is below this many
+            points, i.e. ``|ΔAcc| < max_acc_drop`` for a drop; a gain never fails.
         min_speedup: Accepted when ``ΔSpeed`` exceeds this (0.25 = more than 25 % faster).
     """
 
@@ -58,11 +59,17 @@ class Budget:
         """Names of the limits ``m`` breaks (``latency``, ``fps``, ``memory``); a value
         the record lacks counts as breaking its limit."""
         out = []
-        if self.max_latency_ms is not None and not (m.latency_ms is not None and m.latency_ms <= self.max_latency_ms):
+        if self.max_latency_ms is not None and not (
+            m.latency_ms is not None and m.latency_ms <= self.max_latency_ms
+        ):
             out.append("latency")
-        if self.min_fps is not None and not (m.throughput_ips is not None and m.throughput_ips >= self.min_fps):
+        if self.min_fps is not None and not (
+            m.throughput_ips is not None and m.throughput_ips >= self.min_fps
+        ):
             out.append("fps")
-        if self.max_memory_mb is not None and not (m.peak_mem_mb is not None and m.peak_mem_mb <= self.max_memory_mb):
+        if self.max_memory_mb is not None and not (
+            m.peak_mem_mb is not None and m.peak_mem_mb <= self.max_memory_mb
+        ):
             out.append("memory")
         return out
 
@@ -140,9 +147,15 @@ def select_baseline(
 
     def native(m: Measurement) -> bool:
         patch_native = m.config.patch_size is None or m.config.patch_size == m.native_patch_size
-        return m.native_resolution is not None and tuple(m.config.resolution) == tuple(m.native_resolution) and patch_native
+        return (
+            m.native_resolution is not None
+            and tuple(m.config.resolution) == tuple(m.native_resolution)
+            and patch_native
+        )
 
-    candidates = [m for m in ok if native(m) and m.config.backend == "eager" and m.config.precision == "fp32"]
+    candidates = [
+        m for m in ok if native(m) and m.config.backend == "eager" and m.config.precision == "fp32"
+    ]
     if not candidates:
         return None
     return min(candidates, key=lambda m: (m.config.batch_size, m.config.threads or 0))
@@ -213,7 +226,11 @@ class Recommendation:
 
 def _rank(m: Measurement) -> tuple:
     """Sort key: known accuracy first, then most accurate, then fastest per image."""
-    return (m.accuracy is not None, m.accuracy if m.accuracy is not None else 0.0, -(_per_image_ms(m) or math.inf))
+    return (
+        m.accuracy is not None,
+        m.accuracy if m.accuracy is not None else 0.0,
+        -(_per_image_ms(m) or math.inf),
+    )
 
 
 def _infeasible_message(ok: list[Measurement], budget: Budget) -> tuple[str, Measurement | None]:
@@ -225,26 +242,37 @@ def _infeasible_message(ok: list[Measurement], budget: Budget) -> tuple[str, Mea
         fastest = min(ok, key=lambda m: m.latency_ms if m.latency_ms is not None else math.inf)
         if fastest.latency_ms is None or fastest.latency_ms > budget.max_latency_ms:
             singles.append(
-                (f"no config meets {budget.max_latency_ms:g} ms; the fastest is "
-                 f"{resolution_label(fastest)} {fastest.config.precision} at {fastest.latency_ms:.3g} ms", fastest)
+                (
+                    f"no config meets {budget.max_latency_ms:g} ms; the fastest is "
+                    f"{resolution_label(fastest)} {fastest.config.precision} at {fastest.latency_ms:.3g} ms",
+                    fastest,
+                )
             )
     if budget.min_fps is not None:
         quickest = max(ok, key=lambda m: m.throughput_ips or 0.0)
         if (quickest.throughput_ips or 0.0) < budget.min_fps:
             singles.append(
-                (f"no config reaches {budget.min_fps:g} img/s; the highest throughput is "
-                 f"{resolution_label(quickest)} {quickest.config.precision} at "
-                 f"{quickest.throughput_ips or 0.0:.3g} img/s", quickest)
+                (
+                    f"no config reaches {budget.min_fps:g} img/s; the highest throughput is "
+                    f"{resolution_label(quickest)} {quickest.config.precision} at "
+                    f"{quickest.throughput_ips or 0.0:.3g} img/s",
+                    quickest,
+                )
             )
     if budget.max_memory_mb is not None:
         with_mem = [m for m in ok if m.peak_mem_mb is not None]
         smallest = min(with_mem, key=lambda m: m.peak_mem_mb) if with_mem else None
         if smallest is None:
-            singles.append(("no config has a memory measurement to check against the memory limit", None))
+            singles.append(
+                ("no config has a memory measurement to check against the memory limit", None)
+            )
         elif smallest.peak_mem_mb > budget.max_memory_mb:
             singles.append(
-                (f"no config fits {budget.max_memory_mb:g} MiB; the smallest is "
-                 f"{resolution_label(smallest)} {smallest.config.precision} at {smallest.peak_mem_mb:.3g} MiB", smallest)
+                (
+                    f"no config fits {budget.max_memory_mb:g} MiB; the smallest is "
+                    f"{resolution_label(smallest)} {smallest.config.precision} at {smallest.peak_mem_mb:.3g} MiB",
+                    smallest,
+                )
             )
     if singles:
         return "; ".join(text for text, _ in singles), singles[0][1]
@@ -287,7 +315,9 @@ def recommend(
     feasible = [m for m in ok if budget.feasible(m)]
     if not feasible:
         message, closest = _infeasible_message(ok, budget)
-        return Recommendation(budget, None, base, None, None, None, "nothing feasible", message, closest, [], front)
+        return Recommendation(
+            budget, None, base, None, None, None, "nothing feasible", message, closest, [], front
+        )
     choice = max(feasible, key=_rank)
     d_acc = d_speed = None
     if base is not None:
@@ -297,25 +327,42 @@ def recommend(
         if base_ms is not None and ms:
             d_speed = base_ms / ms - 1.0
     accepted, verdict = _verdict(d_acc, d_speed, budget, base)
-    return Recommendation(budget, choice, base, d_acc, d_speed, accepted, verdict, "", None, feasible, front)
+    if base is None and choice.native_resolution is not None:
+        height, width = choice.native_resolution
+        verdict += (
+            f"; measure {height}x{width} with the eager backend at batch 1, or pass a baseline key"
+        )
+    return Recommendation(
+        budget, choice, base, d_acc, d_speed, accepted, verdict, "", None, feasible, front
+    )
 
 
-def _verdict(d_acc: float | None, d_speed: float | None, budget: Budget, base: Measurement | None) -> tuple[bool | None, str]:
+def _verdict(
+    d_acc: float | None, d_speed: float | None, budget: Budget, base: Measurement | None
+) -> tuple[bool | None, str]:
     if base is None:
-        return None, "no baseline measured (native resolution, fp32 eager); cannot judge ΔAcc/ΔSpeed"
+        return (
+            None,
+            "no baseline measured (native resolution, fp32 eager); cannot judge ΔAcc/ΔSpeed",
+        )
     parts, failed, unknown = [], [], []
     if d_acc is None:
         unknown.append("ΔAcc unknown (no accuracy data)")
     else:
-        ok_acc = abs(d_acc) < budget.max_acc_drop
-        parts.append(f"ΔAcc {d_acc:+.2f} points ({'<' if ok_acc else '≥'} {budget.max_acc_drop:g} in magnitude)")
+        # |ΔAcc| < threshold for a drop; a gain never fails the rule
+        ok_acc = d_acc > -budget.max_acc_drop
+        parts.append(
+            f"ΔAcc {d_acc:+.2f} points (drop {'<' if ok_acc else '≥'} {budget.max_acc_drop:g})"
+        )
         if not ok_acc:
             failed.append("accuracy")
     if d_speed is None:
         unknown.append("ΔSpeed unknown")
     else:
         ok_speed = d_speed > budget.min_speedup
-        parts.append(f"ΔSpeed {100 * d_speed:+.0f} % ({'>' if ok_speed else '≤'} {100 * budget.min_speedup:g} %)")
+        parts.append(
+            f"ΔSpeed {100 * d_speed:+.0f} % ({'>' if ok_speed else '≤'} {100 * budget.min_speedup:g} %)"
+        )
         if not ok_speed:
             failed.append("speed")
     text = "; ".join(parts + unknown)
@@ -345,7 +392,9 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.baseline is not None:
         b = rec.baseline
         acc = "n/a" if b.accuracy is None else f"{100 * b.accuracy:.2f} %"
-        lines.append(f"Baseline: {describe_config(b)}: accuracy {acc}, latency {b.latency_ms:.3f} ms")
+        lines.append(
+            f"Baseline: {describe_config(b)}: accuracy {acc}, latency {b.latency_ms:.3f} ms"
+        )
     if rec.choice is not None:
         lines.append(f"Verdict: {rec.verdict}")
     lines.append(f"Feasible configs: {len(rec.feasible)}; Pareto front: {len(rec.front)}")

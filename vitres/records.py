@@ -203,7 +203,9 @@ class Measurement:
     @property
     def patch_size(self) -> int | None:
         """The patch size actually used: the config's, else the model's own."""
-        return self.config.patch_size if self.config.patch_size is not None else self.native_patch_size
+        return (
+            self.config.patch_size if self.config.patch_size is not None else self.native_patch_size
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {}

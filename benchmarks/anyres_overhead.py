@@ -1,0 +1,106 @@
+"""Overhead of running a ViT away from its native resolution.
+
+Compares, side by side in one run, ViT-S/16 (native 224 px) called at 160, 224 and 320 px
+against the same weights built natively for that resolution (position table resampled
+once, up front). Both run eager fp32 on the CPU; calls are interleaved A/B/A/B so that
+machine noise hits both alike. The overhead is median(any-res) / median(native) - 1.
+
+Target: overhead <= 2 %.
+
+    .venv/bin/python benchmarks/anyres_overhead.py [--rounds 60] [--threads 2]
+
+Writes benchmarks/results/anyres_overhead.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+import vitres
+from vitres.measure import env_fingerprint, latency_stats, set_threads
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def interleaved_medians(fns: list, x: torch.Tensor, rounds: int, warmup: int) -> list:
+    """Times each function ``rounds`` times, alternating between them every call."""
+    samples: list[list[float]] = [[] for _ in fns]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            for fn in fns:
+                fn(x)
+        for _ in range(rounds):
+            for index, fn in enumerate(fns):
+                start = time.perf_counter()
+                fn(x)
+                samples[index].append(time.perf_counter() - start)
+    return [latency_stats(s) for s in samples]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resolutions", default="160,224,320")
+    parser.add_argument("--batches", default="1,8")
+    args = parser.parse_args()
+    set_threads(args.threads)
+    torch.manual_seed(0)
+    anyres = vitres.create_model("vit_small_patch16", img_size=224).eval()
+    rows = []
+    for res in [int(r) for r in args.resolutions.split(",")]:
+        native = vitres.create_model("vit_small_patch16", img_size=res).eval()
+        state = anyres.state_dict()
+        state["pos_embed"] = vitres.resample_pos_embed(state["pos_embed"], res // 16, 224 // 16, 1, "bicubic")
+        native.load_state_dict(state)
+        for batch in [int(b) for b in args.batches.split(",")]:
+            x = torch.randn(batch, 3, res, res)
+            with torch.inference_mode():
+                diff = (anyres(x) - native(x)).abs().max().item()
+            rounds = max(10, args.rounds // batch) if batch > 1 else args.rounds
+            a, n = interleaved_medians([anyres, native], x, rounds, args.warmup)
+            overhead = a.median_ms / n.median_ms - 1
+            rows.append(
+                {
+                    "model": "vit_small_patch16",
+                    "resolution": res,
+                    "batch": batch,
+                    "anyres_median_ms": round(a.median_ms, 3),
+                    "native_median_ms": round(n.median_ms, 3),
+                    "anyres_iqr_ms": round(a.iqr_ms, 3),
+                    "native_iqr_ms": round(n.iqr_ms, 3),
+                    "calls_each": a.count,
+                    "overhead_pct": round(100 * overhead, 2),
+                    "max_abs_logit_diff": diff,
+                    "meets_target": overhead <= 0.02,
+                }
+            )
+            print(
+                f"{res:4d} px  batch {batch}: any-res {a.median_ms:8.2f} ms  native {n.median_ms:8.2f} ms  "
+                f"overhead {100 * overhead:+.2f} %  (max |diff| {diff:.1e})",
+                flush=True,
+            )
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = {"benchmark": "anyres_overhead", "target_pct": 2.0, "env": env_fingerprint(args.threads), "rows": rows}
+    (RESULTS / "anyres_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        "| resolution | batch | any-res median (ms) | native median (ms) | overhead | logits max abs diff |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['resolution']} | {r['batch']} | {r['anyres_median_ms']:.2f} | {r['native_median_ms']:.2f} | "
+            f"{r['overhead_pct']:+.2f} % | {r['max_abs_logit_diff']:.1e} |"
+        )
+    (RESULTS / "anyres_overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Report: self-contained HTML with embedded PNG plots, Markdown beside it, escaped text."""
+
+from __future__ import annotations
+
+import base64
+from html.parser import HTMLParser
+
+from vitres.recommend import Budget
+from vitres.records import LatencyStats, Measurement, SweepConfig, append_result
+from vitres.report import write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def mk(
+    res: int,
+    backend: str,
+    acc: float | None,
+    ms: float,
+    mem: float,
+    status: str = "ok",
+    error: str | None = None,
+) -> Measurement:
+    precision = "bf16" if backend.endswith("bf16") else "fp32"
+    lat = None if status == "error" else LatencyStats(ms, 0.05 * ms, ms, ms, ms, ms, ms, 30, False)
+    m = Measurement(
+        SweepConfig("m", (res, res), None, 1, precision, backend, 1),
+        status=status,
+        error=error,
+        accuracy=acc,
+        latency=lat,
+        throughput_ips=None if lat is None else 1000 / ms,
+        peak_mem_mb=mem if status != "error" else None,
+        tokens=(res // 4) ** 2,
+        native_resolution=(28, 28),
+        native_patch_size=4,
+        embed_dim=64,
+        flops=1000 * res * res,
+        flops_analytic=1000 * res * res,
+    )
+    if status == "predicted":
+        m.source = "predicted"
+    return m
+
+
+class Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.text: list[str] = []
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_report_embeds_pngs_escapes_text_and_writes_markdown(tmp_path):
+    results = tmp_path / "results.jsonl"
+    for res, ms, mem, acc in [
+        (16, 1.0, 20.0, 0.80),
+        (20, 1.5, 22.0, 0.86),
+        (28, 2.6, 26.0, 0.90),
+        (40, 5.5, 35.0, 0.89),
+    ]:
+        append_result(results, mk(res, "eager", acc, ms, mem))
+        append_result(results, mk(res, "eager-bf16", acc - 0.003, 0.7 * ms, mem - 3))
+    append_result(results, mk(56, "eager", None, 11.0, 50.0, status="predicted"))
+    append_result(
+        results,
+        mk(64, "eager", None, 0, 0, status="error", error="<script>alert('x')</script> | oom"),
+    )
+    out = tmp_path / "out" / "report.html"
+    html_path, md_path = write_report(
+        str(results), out, Budget(max_latency_ms=3.0, max_memory_mb=30.0)
+    )
+
+    text = out.read_text(encoding="utf-8")
+    parser = Collector()
+    parser.feed(text)
+    parser.close()
+    assert len(parser.images) == 4
+    for src in parser.images:
+        assert src.startswith("data:image/png;base64,")
+        png = base64.b64decode(src.split(",", 1)[1], validate=True)
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "<script" not in parser.tags and "script" not in parser.tags
+    assert any("alert('x')" in t for t in parser.text)  # shown as text
+    body = "".join(parser.text)
+    assert "Recommended: 28 px fp32" in body  # most accurate under 3 ms / 30 MiB
+    assert "naive formula" in body
+
+    markdown = open(md_path, encoding="utf-8").read()
+    assert markdown.startswith("# vitres resolution report")
+    assert "m\\|16x16\\|pnative" in markdown  # pipes in keys escaped inside tables
+    assert "\\| oom" in markdown
+    for name in (
+        "accuracy_vs_resolution",
+        "latency_vs_resolution",
+        "pareto",
+        "memory_vs_resolution",
+    ):
+        png_path = tmp_path / "out" / "report_files" / f"{name}.png"
+        assert png_path.read_bytes().startswith(PNG_MAGIC)
+        assert f"report_files/{name}.png" in markdown
+
+
+def test_report_without_accuracy_or_memory_still_renders(tmp_path):
+    records = [mk(r, "eager", None, ms, None) for r, ms in ((16, 1.0), (28, 2.0))]
+    html_path, md_path = write_report(records, tmp_path / "r.html", markdown=False)
+    assert md_path is None
+    parser = Collector()
+    parser.feed(open(html_path, encoding="utf-8").read())
+    assert len(parser.images) == 4

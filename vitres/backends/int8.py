@@ -1,0 +1,113 @@
+"""INT8 on the CPU through ONNX Runtime's quantiser (see :func:`vitres.export.quantize_onnx`).
+
+* ``onnxruntime-int8``: dynamic quantisation -- int8 weights (per channel), activations
+  quantised on the fly per call. Needs no data.
+* ``onnxruntime-int8-static``: static QDQ -- activation ranges fixed by calibration on
+  real images (the *train* split of ``calibration_data``, Fashion-MNIST by default, at
+  the build resolution), MinMax / Entropy / Percentile.
+
+Both quantise only the weight matmuls and the patch convolution; LayerNorm, Softmax,
+GELU, residual Adds and the attention's activation-by-activation matmuls stay float.
+Quantised graphs are cached beside the fp32 export. ``quantize_time_s`` is part of
+``build_time_s``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitres.backends.base import register_backend
+from vitres.backends.onnx_backend import OnnxRuntimeBackend, exported_graph
+
+
+@register_backend
+class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+    """ONNX Runtime, dynamic INT8.
+
+    Args:
+        device: Only ``"cpu"``.
+        threads: ONNX Runtime intra-op threads.
+        cache_dir: Where graphs are kept.
+        calib_method: Static mode: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
+        calibration_data: Static mode: dataset name or image folder for calibration.
+        calib_images: Static mode: number of calibration images.
+        calib_split: Static mode: the split calibration images come from.
+        quantize_attention_matmuls: Also quantise Q·Kᵀ and softmax·V.
+    """
+
+    name = "onnxruntime-int8"
+    precision = "int8"
+    mode = "dynamic"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        threads: int | None = None,
+        cache_dir: str | Path | None = None,
+        calib_method: str = "percentile",
+        calibration_data: str = "fashion-mnist",
+        calib_images: int = 256,
+        calib_split: str = "train",
+        quantize_attention_matmuls: bool = False,
+    ) -> None:
+        super().__init__(device, threads, cache_dir)
+        self.calib_method = calib_method
+        self.calibration_data = calibration_data
+        self.calib_images = calib_images
+        self.calib_split = calib_split
+        self.quantize_attention_matmuls = quantize_attention_matmuls
+        self.quantize_time_s: float | None = None
+
+    def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
+        from vitres.export import calibration_batches, quantize_onnx
+
+        fp32_path = super().graph_for(model, image_size)
+        tag = f"int8-{self.mode}"
+        if self.quantize_attention_matmuls:
+            tag += "-attn"
+        if self.mode == "static":
+            data = Path(self.calibration_data).name or "data"
+            tag += (
+                f"-{self.calib_method}-{data}-{self.calib_split}-{self.calib_images}"
+                f"-{image_size[0]}x{image_size[1]}"
+            )
+        path = fp32_path.with_name(f"{fp32_path.stem}-{tag}.onnx")
+        self.quantize_time_s = 0.0
+        if not path.exists():
+            calibration = None
+            if self.mode == "static":
+                calibration = calibration_batches(
+                    model,
+                    self.calibration_data,
+                    [tuple(image_size)],
+                    num_images=self.calib_images,
+                    split=self.calib_split,
+                )
+            partial = path.with_suffix(".partial.onnx")
+            facts: dict[str, Any] = quantize_onnx(
+                fp32_path,
+                partial,
+                self.mode,
+                calibration=calibration,
+                calib_method=self.calib_method,
+                quantize_attention_matmuls=self.quantize_attention_matmuls,
+            )
+            partial.replace(path)
+            self.quantize_time_s = facts["seconds"]
+            self.build_info["quantization"] = facts
+        self.build_info["quantize_time_s"] = self.quantize_time_s
+        return path
+
+
+@register_backend
+class OnnxRuntimeInt8StaticBackend(OnnxRuntimeInt8Backend):
+    """ONNX Runtime, static INT8 (QDQ), calibrated on real images (see the module docstring)."""
+
+    name = "onnxruntime-int8-static"
+    mode = "static"
+
+
+__all__ = ["OnnxRuntimeInt8Backend", "OnnxRuntimeInt8StaticBackend", "exported_graph"]

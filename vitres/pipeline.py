@@ -1,0 +1,83 @@
+"""The main job end to end: sweep a model over resolutions and precisions, recommend a
+configuration under a budget, and write the report. Used by ``vitres demo``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vitres.measure import TimingConfig
+from vitres.recommend import Budget, Recommendation, format_recommendation, recommend
+from vitres.records import read_results
+from vitres.report import write_report
+from vitres.sweep import run_sweep
+
+DEFAULT_MODEL = "fmnist-vit-multires"
+DEFAULT_RESOLUTIONS = "12,16,20,24,28,40,56"
+DEFAULT_BACKENDS = ("eager", "eager-bf16")
+
+
+@dataclass
+class TuneResult:
+    results_path: Path
+    report_path: Path
+    markdown_path: Path | None
+    recommendation: Recommendation
+
+    def summary(self) -> str:
+        lines = [
+            format_recommendation(self.recommendation),
+            "",
+            f"results: {self.results_path}",
+            f"report:  {self.report_path}",
+        ]
+        if self.markdown_path:
+            lines.append(f"markdown: {self.markdown_path}")
+        return "\n".join(lines)
+
+
+def tune(
+    model: str = DEFAULT_MODEL,
+    data: str | None = "fashion-mnist",
+    resolutions: str = DEFAULT_RESOLUTIONS,
+    backends: tuple[str, ...] = DEFAULT_BACKENDS,
+    out_dir: str | Path = "runs/demo",
+    budget: Budget | None = None,
+    eval_limit: int | None = None,
+    timing: TimingConfig | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> TuneResult:
+    """Sweeps, recommends and reports; resumable (re-running skips measured configs).
+
+    Args:
+        model: a model name, path or bundled reference model.
+        data: dataset for accuracy (``None``: speed and memory only).
+        resolutions: ladder, e.g. ``"16,20,28"`` or ``"96:448:32"``.
+        backends: backend names (precision is part of the backend).
+        out_dir: where ``results.jsonl``, ``report.html`` and ``report.md`` go.
+        budget: the deployment budget (default: the acceptance rule alone).
+        eval_limit: evaluate accuracy on the first N examples only.
+        timing: warm-up and measurement lengths (default: >= 30 calls and >= 2 s).
+        threads: torch threads (default: all cores).
+        progress: show progress bars.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "results.jsonl"
+    budget = budget or Budget()
+    run_sweep(
+        model,
+        out_path=results_path,
+        data=data,
+        resolutions=resolutions,
+        backends=backends,
+        threads=threads,
+        eval_limit=eval_limit,
+        timing=timing,
+        progress=progress,
+    )
+    measurements = read_results(results_path)
+    rec = recommend(measurements, budget)
+    html, md = write_report(measurements, out_dir / "report.html", budget, title=f"vitres: {model}")
+    return TuneResult(results_path, Path(html), Path(md) if md else None, rec)

@@ -1,0 +1,562 @@
+"""A report of a sweep: one self-contained HTML file and a Markdown file beside it.
+
+Plots (PNG, embedded in the HTML as base64; written as files for the Markdown):
+accuracy vs resolution, latency vs resolution (measured points and the fitted cost
+model), the accuracy-vs-latency Pareto front with the recommendation marked, and peak
+memory vs resolution with the budget line. Tables list the recommendation, every
+record, the cost-model fits, and the memory ceiling next to the seed's naive formula.
+
+The report draws what the other stages computed (:mod:`vitres.costmodel`,
+:mod:`vitres.recommend`); it computes no results itself. Plots use matplotlib's Agg
+canvas directly (no pyplot, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from vitres.costmodel import (
+    CostFit,
+    fit_latency,
+    fit_memory,
+    group_key,
+    memory_ceiling,
+    naive_max_side,
+)
+from vitres.recommend import (
+    Budget,
+    Recommendation,
+    describe_config,
+    format_recommendation,
+    recommend,
+)
+from vitres.records import Measurement, latest_by_key, read_results
+
+
+@dataclass
+class Plot:
+    name: str
+    title: str
+    png: bytes
+
+
+def _series_key(m: Measurement) -> tuple:
+    c = m.config
+    return (c.backend, c.precision, c.batch_size, c.patch_size)
+
+
+def _series_label(key: tuple) -> str:
+    backend, precision, batch, patch = key
+    patch_text = "" if patch is None else f", p{patch}"
+    return f"{backend} ({precision}, b{batch}{patch_text})"
+
+
+def _side(m: Measurement) -> float:
+    height, width = m.config.resolution
+    return math.sqrt(height * width)
+
+
+def _by_series(records: Sequence[Measurement]) -> dict[tuple, list[Measurement]]:
+    out: dict[tuple, list[Measurement]] = {}
+    for m in sorted(records, key=_side):
+        out.setdefault(_series_key(m), []).append(m)
+    return out
+
+
+def _figure() -> tuple[Figure, Any]:
+    figure = Figure(figsize=(6.4, 4.2), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot(1, 1, 1)
+
+
+def _png(figure: Figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_accuracy(ok: Sequence[Measurement]) -> Plot:
+    figure, ax = _figure()
+    series = {k: [m for m in v if m.accuracy is not None] for k, v in _by_series(ok).items()}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        _empty(ax, "no accuracy data (sweep run without --data)")
+    for key, points in series.items():
+        ax.plot(
+            [_side(m) for m in points],
+            [100 * m.accuracy for m in points],
+            marker="o",
+            label=_series_label(key),
+        )
+    if series:
+        ax.set_xlabel("resolution (px, √(H·W))")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ax.set_title("Accuracy vs resolution")
+    return Plot("accuracy_vs_resolution", "Accuracy vs resolution", _png(figure))
+
+
+def _model_line(
+    fit: CostFit, points: Sequence[Measurement]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    patch = points[0].patch_size
+    if not patch:
+        return None
+    sides = np.linspace(min(_side(m) for m in points), max(_side(m) for m in points), 100)
+    return sides, fit.predict((sides / patch) ** 2)
+
+
+def plot_latency(
+    ok: Sequence[Measurement], predicted: Sequence[Measurement], fits: dict, budget: Budget
+) -> Plot:
+    figure, ax = _figure()
+    series = _by_series([m for m in ok if m.latency_ms is not None])
+    colors = {}
+    for key, points in series.items():
+        iqr = [m.latency.iqr_ms / 2 for m in points]
+        container = ax.errorbar(
+            [_side(m) for m in points],
+            [m.latency_ms for m in points],
+            yerr=iqr,
+            fmt="o",
+            capsize=2,
+            label=f"{_series_label(key)} measured",
+        )
+        colors[key] = container.lines[0].get_color()
+        fit = fits.get(group_key(points[0]))
+        line = None if fit is None else _model_line(fit, points)
+        if line is not None:
+            ax.plot(
+                *line,
+                linestyle="--",
+                color=colors[key],
+                alpha=0.8,
+                label=f"model: {fit.form}, LOO {fit.loo_error_pct:.1f} %"
+                if not math.isnan(fit.loo_error_pct)
+                else f"model: {fit.form}",
+            )
+    for key, points in _by_series([m for m in predicted if m.latency_ms is not None]).items():
+        ax.scatter(
+            [_side(m) for m in points],
+            [m.latency_ms for m in points],
+            facecolors="none",
+            edgecolors=colors.get(key, "gray"),
+            label=f"{_series_label(key)} predicted",
+        )
+    if budget.max_latency_ms is not None:
+        ax.axhline(
+            budget.max_latency_ms,
+            color="red",
+            linestyle=":",
+            label=f"budget {budget.max_latency_ms:g} ms",
+        )
+    if not series:
+        _empty(ax, "no successful measurements")
+    else:
+        ax.set_xlabel("resolution (px, √(H·W))")
+        ax.set_ylabel("median latency per call (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax.set_title("Latency vs resolution")
+    return Plot(
+        "latency_vs_resolution",
+        "Latency vs resolution (points measured, lines modelled)",
+        _png(figure),
+    )
+
+
+def plot_pareto(ok: Sequence[Measurement], rec: Recommendation) -> Plot:
+    figure, ax = _figure()
+    points = [m for m in ok if m.accuracy is not None and m.latency_ms is not None]
+    if not points:
+        _empty(ax, "no accuracy data: no accuracy/latency trade-off to show")
+    else:
+        ax.scatter(
+            [m.latency_ms for m in points],
+            [100 * m.accuracy for m in points],
+            color="lightgray",
+            edgecolors="gray",
+            label="all configs",
+        )
+        front = [m for m in rec.front if m.accuracy is not None]
+        if front:
+            ax.plot(
+                [m.latency_ms for m in front],
+                [100 * m.accuracy for m in front],
+                marker="o",
+                color="tab:blue",
+                label="Pareto front (acc, latency, memory)",
+            )
+        if rec.baseline is not None and rec.baseline.accuracy is not None:
+            ax.scatter(
+                [rec.baseline.latency_ms],
+                [100 * rec.baseline.accuracy],
+                marker="s",
+                s=80,
+                color="black",
+                label="baseline",
+                zorder=3,
+            )
+        if rec.choice is not None and rec.choice.accuracy is not None:
+            ax.scatter(
+                [rec.choice.latency_ms],
+                [100 * rec.choice.accuracy],
+                marker="*",
+                s=220,
+                color="tab:red",
+                label=f"recommended: {describe_config(rec.choice)}",
+                zorder=4,
+            )
+        if rec.budget.max_latency_ms is not None:
+            ax.axvline(
+                rec.budget.max_latency_ms, color="red", linestyle=":", label="latency budget"
+            )
+        ax.set_xlabel("median latency per call (ms)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax.set_title("Accuracy vs latency")
+    return Plot("pareto", "Accuracy vs latency: Pareto front and recommendation", _png(figure))
+
+
+def plot_memory(
+    ok: Sequence[Measurement], predicted: Sequence[Measurement], fits: dict, budget: Budget
+) -> Plot:
+    figure, ax = _figure()
+    series = _by_series([m for m in ok if m.peak_mem_mb is not None])
+    for key, points in series.items():
+        line = ax.plot(
+            [_side(m) for m in points],
+            [m.peak_mem_mb for m in points],
+            marker="o",
+            linestyle="none",
+            label=f"{_series_label(key)} measured",
+        )
+        fit = fits.get(group_key(points[0]))
+        model_line = None if fit is None else _model_line(fit, points)
+        if model_line is not None:
+            ax.plot(
+                *model_line,
+                linestyle="--",
+                color=line[0].get_color(),
+                alpha=0.8,
+                label=f"model: {fit.form}",
+            )
+    for key, points in _by_series([m for m in predicted if m.peak_mem_mb is not None]).items():
+        ax.scatter(
+            [_side(m) for m in points],
+            [m.peak_mem_mb for m in points],
+            facecolors="none",
+            edgecolors="gray",
+            label=f"{_series_label(key)} predicted",
+        )
+    if budget.max_memory_mb is not None:
+        ax.axhline(
+            budget.max_memory_mb,
+            color="red",
+            linestyle=":",
+            label=f"budget {budget.max_memory_mb:g} MiB",
+        )
+    if not series:
+        _empty(ax, "no memory measurements")
+    else:
+        ax.set_xlabel("resolution (px, √(H·W))")
+        ax.set_ylabel("peak memory over baseline (MiB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax.set_title("Peak memory vs resolution")
+    return Plot("memory_vs_resolution", "Peak memory vs resolution", _png(figure))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "–"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+RESULT_COLUMNS = (
+    "key",
+    "status",
+    "resolution",
+    "patch",
+    "batch",
+    "backend",
+    "precision",
+    "accuracy %",
+    "median ms",
+    "IQR ms",
+    "p95 ms",
+    "unstable",
+    "img/s",
+    "peak MiB",
+    "tokens",
+    "GFLOPs",
+    "GFLOPs (analytic)",
+    "error",
+)
+
+
+def result_rows(records: Sequence[Measurement]) -> list[list[str]]:
+    rows = []
+    for m in sorted(records, key=lambda m: (_series_key(m)[:2], m.config.batch_size, _side(m))):
+        lat = m.latency
+        rows.append(
+            [
+                m.key,
+                m.status,
+                "x".join(str(v) for v in m.config.resolution),
+                _fmt(m.patch_size),
+                str(m.config.batch_size),
+                m.config.backend,
+                m.config.precision,
+                _fmt(None if m.accuracy is None else 100 * m.accuracy, 4),
+                _fmt(None if lat is None else lat.median_ms),
+                _fmt(None if lat is None or m.status == "predicted" else lat.iqr_ms),
+                _fmt(None if lat is None or m.status == "predicted" else lat.p95_ms),
+                _fmt(None if lat is None or m.status == "predicted" else lat.unstable),
+                _fmt(m.throughput_ips, 4),
+                _fmt(m.peak_mem_mb),
+                _fmt(m.tokens),
+                _fmt(None if m.flops is None else m.flops / 1e9, 4),
+                _fmt(None if m.flops_analytic is None else m.flops_analytic / 1e9, 4),
+                m.error or "",
+            ]
+        )
+    return rows
+
+
+def fit_rows(lat_fits: dict, mem_fits: dict) -> list[list[str]]:
+    rows = []
+    for kind, fits, unit in (("latency", lat_fits, "ms"), ("memory", mem_fits, "MiB")):
+        for key, fit in fits.items():
+            model, backend, precision, batch, device, threads = key
+            loo = ", ".join(f"{f} {_fmt(e)} %" for f, e in fit.candidates.items())
+            rows.append([kind, model, backend, precision, str(batch), fit.describe(unit), loo])
+    return rows
+
+
+def ceiling_rows(ok: Sequence[Measurement], mem_fits: dict, budget: Budget) -> list[list[str]]:
+    if budget.max_memory_mb is None:
+        return []
+    rows = []
+    for key, fit in mem_fits.items():
+        sample = next(m for m in ok if group_key(m) == key)
+        patch = sample.patch_size
+        if not patch:
+            continue
+        fitted = memory_ceiling(fit, budget.max_memory_mb, patch)
+        naive = None
+        if sample.embed_dim:
+            naive = naive_max_side(budget.max_memory_mb * 2**20, patch, sample.embed_dim)
+        ratio = None if (fitted is None or naive is None or fitted == 0) else naive / fitted
+        rows.append(
+            [key[1], key[2], str(key[3]), str(patch), _fmt(fitted), _fmt(naive, 4), _fmt(ratio, 3)]
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
+table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}
+th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap}
+.plots img{max-width:48%;margin:0.5%}"""
+
+FIT_HEADER = ("quantity", "model", "backend", "precision", "batch", "fit", "LOO error by form")
+CEILING_HEADER = (
+    "backend",
+    "precision",
+    "batch",
+    "patch",
+    "fitted ceiling (px)",
+    "naive formula (px)",
+    "naive / fitted",
+)
+
+
+def write_report(
+    results: str | os.PathLike[str] | Sequence[Measurement],
+    out_html: str | os.PathLike[str],
+    budget: Budget | None = None,
+    *,
+    baseline: str | None = None,
+    title: str = "vitres resolution report",
+    markdown: bool = True,
+) -> tuple[str, str | None]:
+    """Writes the HTML report (and ``<name>.md`` with ``<name>_files/*.png`` beside it).
+
+    Args:
+        results: A results file or the records.
+        out_html: Path of the HTML file.
+        budget: Budget for the recommendation and the budget lines.
+        baseline: Baseline config key (default: native resolution, fp32 eager, batch 1).
+        title: Page title.
+        markdown: Also write the Markdown file.
+
+    Returns:
+        The HTML path and the Markdown path (``None`` without Markdown).
+    """
+    budget = budget or Budget()
+    records = latest_by_key(
+        read_results(results) if isinstance(results, (str, os.PathLike)) else list(results)
+    )
+    ok = [m for m in records if m.ok]
+    predicted = [m for m in records if m.status == "predicted"]
+    rec = recommend(ok, budget, baseline)
+    lat_fits, mem_fits = fit_latency(ok), fit_memory(ok)
+    plots = [
+        plot_accuracy(ok),
+        plot_latency(ok, predicted, lat_fits, budget),
+        plot_pareto(ok, rec),
+        plot_memory(ok, predicted, mem_fits, budget),
+    ]
+    summary = format_recommendation(rec)
+    rows, fits, ceilings = (
+        result_rows(records),
+        fit_rows(lat_fits, mem_fits),
+        ceiling_rows(ok, mem_fits, budget),
+    )
+    env = next((m.env for m in ok if m.env), {})
+    counts = (
+        f"{len(ok)} measured ok, {sum(m.status == 'error' for m in records)} failed, "
+        f"{len(predicted)} predicted (not measured)"
+    )
+
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(counts)}</p>",
+        "<h2>Recommendation</h2>",
+        f"<pre>{html.escape(summary)}</pre>",
+        '<h2>Plots</h2><div class="plots">',
+    ]
+    for plot in plots:
+        encoded = base64.b64encode(plot.png).decode("ascii")
+        parts.append(
+            f'<img alt="{html.escape(plot.title, quote=True)}" title="{html.escape(plot.title, quote=True)}" '
+            f'src="data:image/png;base64,{encoded}">'
+        )
+    parts.append("</div>")
+    parts += [
+        "<h2>Cost model</h2>",
+        _html_table(FIT_HEADER, fits) if fits else "<p>Too few points to fit.</p>",
+    ]
+    if ceilings:
+        parts += [
+            f"<h2>Memory ceiling for {html.escape(_fmt(budget.max_memory_mb))} MiB</h2>",
+            "<p>Fitted: the largest square side whose predicted peak memory fits. Naive: the seed's "
+            "formula side = p·sqrt(mem / (p²·D·4)), read as pixels.</p>",
+            _html_table(CEILING_HEADER, ceilings),
+        ]
+    parts += ["<h2>All results</h2>", _html_table(RESULT_COLUMNS, rows)]
+    if env:
+        parts += [
+            "<h2>Environment</h2>",
+            _html_table(("field", "value"), [[k, _fmt(v)] for k, v in env.items()]),
+        ]
+    parts.append("</body></html>")
+    out_html = os.fspath(out_html)
+    directory = os.path.dirname(out_html)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(out_html, "w", encoding="utf-8") as f:
+        f.write("\n".join(parts))
+
+    if not markdown:
+        return out_html, None
+    stem = os.path.splitext(out_html)[0]
+    files_dir = stem + "_files"
+    os.makedirs(files_dir, exist_ok=True)
+    md = [
+        f"# {title}",
+        "",
+        counts,
+        "",
+        "## Recommendation",
+        "",
+        "```",
+        summary,
+        "```",
+        "",
+        "## Plots",
+        "",
+    ]
+    for plot in plots:
+        path = os.path.join(files_dir, plot.name + ".png")
+        with open(path, "wb") as f:
+            f.write(plot.png)
+        md += [f"![{plot.title}]({os.path.basename(files_dir)}/{plot.name}.png)", ""]
+    md += [
+        "## Cost model",
+        "",
+        _md_table(FIT_HEADER, fits) if fits else "Too few points to fit.",
+        "",
+    ]
+    if ceilings:
+        md += [
+            f"## Memory ceiling for {_fmt(budget.max_memory_mb)} MiB",
+            "",
+            _md_table(CEILING_HEADER, ceilings),
+            "",
+        ]
+    md += ["## All results", "", _md_table(RESULT_COLUMNS, rows), ""]
+    if env:
+        md += [
+            "## Environment",
+            "",
+            _md_table(("field", "value"), [[k, _fmt(v)] for k, v in env.items()]),
+            "",
+        ]
+    md_path = stem + ".md"
+    with open(md_path, "w", encoding="utf-8") as f:
+        f.write("\n".join(md))
+    return out_html, md_path
