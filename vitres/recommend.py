@@ -225,10 +225,16 @@ class Recommendation:
 
 
 def _rank(m: Measurement) -> tuple:
-    """Sort key: known accuracy first, then most accurate, then fastest per image."""
+    """Sort key: known accuracy first, then most accurate, then fastest per image.
+
+    Without accuracy (a latency-only sweep) the most tokens wins: the largest resolution
+    the budget allows, the usual proxy for accuracy below the training resolution.
+    """
+    known = m.accuracy is not None
     return (
-        m.accuracy is not None,
-        m.accuracy if m.accuracy is not None else 0.0,
+        known,
+        m.accuracy if known else 0.0,
+        0 if known else (m.tokens or 0),
         -(_per_image_ms(m) or math.inf),
     )
 

@@ -23,20 +23,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitres.layers.cache import VersionedCache, is_tracing
+from vitres.layers.cache import VersionedCache
 from vitres.layers.patch_embed import (
     KERNEL_RESIZE_MODES,
     SIZE_POLICIES,
     PatchEmbed,
     fit_to_patch,
-    token_grid,
 )
-from vitres.layers.pos_embed import INTERPOLATION_MODES, resample_grid, to_grid
-from vitres.models.validation import check_images, check_patch_size
+from vitres.layers.pos_embed import INTERPOLATION_MODES, resample_grid
+from vitres.models.common import AnyResolutionMixin, ConfigBase
 
 
 @dataclass
-class MixerConfig:
+class MixerConfig(ConfigBase):
     """Architecture of an :class:`MlpMixer`; ``img_size`` is the native resolution."""
 
     img_size: tuple[int, int] = (224, 224)
@@ -56,13 +55,7 @@ class MixerConfig:
     std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self) -> None:
-        self.img_size = to_grid(self.img_size, "img_size")
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        if len(self.mean) != self.in_chans:
-            self.mean = (self.mean[0],) * self.in_chans
-        if len(self.std) != self.in_chans:
-            self.std = (self.std[0],) * self.in_chans
+        self._normalise_common()
         if self.size_policy not in SIZE_POLICIES:
             raise ValueError(f"invalid MixerConfig: size_policy must be one of {SIZE_POLICIES}")
         if self.token_resample_mode not in INTERPOLATION_MODES:
@@ -75,26 +68,6 @@ class MixerConfig:
             )
         if min(self.img_size) < self.patch_size:
             raise ValueError(f"invalid MixerConfig: img_size {self.img_size} must hold one patch")
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["img_size"] = list(self.img_size)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MixerConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(
-                f"unknown MixerConfig fields {sorted(unknown)}; known: {sorted(known)}"
-            )
-        return cls(**data)
 
 
 class MlpBlock(nn.Module):
@@ -157,7 +130,7 @@ class MixerBlock(nn.Module):
         return x + self.mlp_channels(self.norm2(x))
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(AnyResolutionMixin, nn.Module):
     """MLP-Mixer that accepts any input size and patch size."""
 
     num_prefix_tokens = 0
@@ -184,21 +157,6 @@ class MlpMixer(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.normal_(module.bias, std=1e-6)
-
-    @property
-    def patch_size(self) -> int:
-        return self.config.patch_size
-
-    def grid_size(
-        self, image_size: tuple[int, int], patch_size: int | None = None
-    ) -> tuple[int, int]:
-        """The token grid ``(rows, cols)`` this model uses for an ``(H, W)`` input."""
-        p = patch_size or self.config.patch_size
-        return token_grid(to_grid(image_size, "image_size"), p, self.config.size_policy)
-
-    def num_tokens(self, image_size: tuple[int, int], patch_size: int | None = None) -> int:
-        rows, cols = self.grid_size(image_size, patch_size)
-        return rows * cols
 
     def token_weights(self, index: int, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """The (cached) token-mixing weights of block ``index`` for ``grid``."""
@@ -227,10 +185,7 @@ class MlpMixer(nn.Module):
 
     def forward_features(self, x: Tensor, patch_size: int | None = None) -> Tensor:
         cfg = self.config
-        p = cfg.patch_size if patch_size is None else patch_size
-        if not is_tracing():
-            check_images(x, cfg.in_chans)
-            check_patch_size(p, x.shape[-2:])
+        p = self._checked_patch_size(x, patch_size)
         x, _ = fit_to_patch(x, p, cfg.size_policy)
         tokens, grid = self.stem(x, p)
         for index, block in enumerate(self.blocks):

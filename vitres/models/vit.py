@@ -32,7 +32,6 @@ from vitres.layers.patch_embed import (
     PatchEmbed,
     fit_to_patch,
     padded_token_mask,
-    token_grid,
 )
 from vitres.layers.pos_embed import (
     INTERPOLATION_MODES,
@@ -42,16 +41,15 @@ from vitres.layers.pos_embed import (
     resample_pos_embed,
     rope_2d,
     sincos_2d,
-    to_grid,
 )
-from vitres.models.validation import check_images, check_patch_size
+from vitres.models.common import AnyResolutionMixin, ConfigBase
 
 POS_EMBED_KINDS = ("learned", "sincos", "rope", "cpb", "mlp", "none")
 GLOBAL_POOLS = ("token", "avg")
 
 
 @dataclass
-class ViTConfig:
+class ViTConfig(ConfigBase):
     """Architecture and run-time behaviour of a :class:`VisionTransformer`.
 
     ``img_size`` is the native resolution: the learned position table has
@@ -86,13 +84,7 @@ class ViTConfig:
     std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
 
     def __post_init__(self) -> None:
-        self.img_size = to_grid(self.img_size, "img_size")
-        self.mean = tuple(float(v) for v in self.mean)
-        self.std = tuple(float(v) for v in self.std)
-        if len(self.mean) != self.in_chans:
-            self.mean = (self.mean[0],) * self.in_chans
-        if len(self.std) != self.in_chans:
-            self.std = (self.std[0],) * self.in_chans
+        self._normalise_common()
         checks = [
             (self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}"),
             (
@@ -131,27 +123,8 @@ class ViTConfig:
             )
 
     @property
-    def grid(self) -> tuple[int, int]:
-        """The native token grid ``(rows, cols)``."""
-        return (self.img_size[0] // self.patch_size, self.img_size[1] // self.patch_size)
-
-    @property
     def num_prefix_tokens(self) -> int:
         return int(self.class_token) + self.reg_tokens
-
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        data["img_size"] = list(self.img_size)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ViTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown ViTConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**data)
 
 
 class Attention(nn.Module):
@@ -223,7 +196,7 @@ class Block(nn.Module):
         return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(AnyResolutionMixin, nn.Module):
     """A ViT whose resolution and patch size are chosen per call.
 
     Example:
@@ -292,22 +265,6 @@ class VisionTransformer(nn.Module):
     def num_prefix_tokens(self) -> int:
         return self.config.num_prefix_tokens
 
-    @property
-    def patch_size(self) -> int:
-        return self.config.patch_size
-
-    # ---------------------------------------------------------------- geometry
-    def grid_size(
-        self, image_size: tuple[int, int], patch_size: int | None = None
-    ) -> tuple[int, int]:
-        """The token grid ``(rows, cols)`` this model uses for an ``(H, W)`` input."""
-        p = patch_size or self.config.patch_size
-        return token_grid(to_grid(image_size, "image_size"), p, self.config.size_policy)
-
-    def num_tokens(self, image_size: tuple[int, int], patch_size: int | None = None) -> int:
-        rows, cols = self.grid_size(image_size, patch_size)
-        return rows * cols + self.num_prefix_tokens
-
     # ---------------------------------------------------------------- position
     def _learned_pos(self, grid: tuple[int, int]) -> Tensor:
         cfg = self.config
@@ -361,11 +318,7 @@ class VisionTransformer(nn.Module):
         self, x: Tensor, patch_size: int | None, valid_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor | None]:
         cfg = self.config
-        if not is_tracing():
-            check_images(x, cfg.in_chans)
-        p = cfg.patch_size if patch_size is None else patch_size
-        if not is_tracing():
-            check_patch_size(p, x.shape[-2:])
+        p = self._checked_patch_size(x, patch_size)
         x, content_hw = fit_to_patch(x, p, cfg.size_policy)
         if valid_size is not None:
             content_hw = (min(content_hw[0], valid_size[0]), min(content_hw[1], valid_size[1]))
