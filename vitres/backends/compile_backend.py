@@ -34,7 +34,10 @@ class CompileBackend(Backend):
             on the first shape change; ``True`` = symbolic shapes from the start;
             ``False`` = recompile for every new shape.
         freezing: Freeze weights into the graph (Inductor ``freezing``).
-        mode: ``torch.compile`` mode (``None``, ``"max-autotune"``...).
+        mode: ``None`` or ``"max-autotune"`` (Inductor autotuning; slower to build).
+        compiler: ``"inductor"`` (generated kernels), or ``"eager"``: Dynamo capture and
+            guards without code generation -- same recompile behaviour, seconds to build;
+            for tests and for telling capture problems from Inductor ones.
     """
 
     name = "compile"
@@ -48,8 +51,12 @@ class CompileBackend(Backend):
         dynamic: bool | None = None,
         freezing: bool = True,
         mode: str | None = None,
+        compiler: str = "inductor",
     ) -> None:
         super().__init__(device)
+        if compiler not in ("inductor", "eager"):
+            raise ValueError(f"compiler must be 'inductor' or 'eager', got {compiler!r}")
+        self.compiler = compiler
         self.dynamic = dynamic
         self.freezing = freezing
         self.mode = mode
@@ -66,6 +73,8 @@ class CompileBackend(Backend):
         from torch._inductor.compile_fx import compile_fx
 
         self.compiles += 1
+        if self.compiler == "eager":
+            return gm.forward
         start = time.perf_counter()
         patches: dict[str, Any] = {"freezing": self.freezing}
         if self.mode == "max-autotune":

@@ -14,13 +14,14 @@ Quantised graphs are cached beside the fp32 export. ``quantize_time_s`` is part 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from vitres.backends.base import register_backend
-from vitres.backends.onnx_backend import OnnxRuntimeBackend, exported_graph
+from vitres.backends.onnx_backend import ORT_OPSET, OnnxRuntimeBackend, exported_graph
 
 
 @register_backend
@@ -35,7 +36,11 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         calibration_data: Static mode: dataset name or image folder for calibration.
         calib_images: Static mode: number of calibration images.
         calib_split: Static mode: the split calibration images come from.
-        quantize_attention_matmuls: Also quantise Q·Kᵀ and softmax·V.
+        calib_resolutions: Static mode: ``(H, W)`` sizes to calibrate at (default: the
+            build size). A dynamic graph that will serve several sizes should see them all.
+        quantize_attention_matmuls: Also quantise Q·Kᵀ and softmax·V (opset-18 graphs;
+            at opset 23 attention is one fused float operator).
+        opset: See :class:`~vitres.backends.onnx_backend.OnnxRuntimeBackend`.
     """
 
     name = "onnxruntime-int8"
@@ -51,13 +56,18 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         calibration_data: str = "fashion-mnist",
         calib_images: int = 256,
         calib_split: str = "train",
+        calib_resolutions: Sequence[tuple[int, int]] | None = None,
         quantize_attention_matmuls: bool = False,
+        opset: int = ORT_OPSET,
     ) -> None:
-        super().__init__(device, threads, cache_dir)
+        super().__init__(device, threads, cache_dir, opset=opset)
         self.calib_method = calib_method
         self.calibration_data = calibration_data
         self.calib_images = calib_images
         self.calib_split = calib_split
+        self.calib_resolutions = (
+            None if calib_resolutions is None else [tuple(r) for r in calib_resolutions]
+        )
         self.quantize_attention_matmuls = quantize_attention_matmuls
         self.quantize_time_s: float | None = None
 
@@ -68,12 +78,13 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         tag = f"int8-{self.mode}"
         if self.quantize_attention_matmuls:
             tag += "-attn"
+        resolutions = self.calib_resolutions or [tuple(image_size)]
+        if not self.build_info.get("dynamic", True):  # a static graph takes one size only
+            resolutions = [tuple(image_size)]
         if self.mode == "static":
             data = Path(self.calibration_data).name or "data"
-            tag += (
-                f"-{self.calib_method}-{data}-{self.calib_split}-{self.calib_images}"
-                f"-{image_size[0]}x{image_size[1]}"
-            )
+            sizes = "_".join(f"{h}x{w}" for h, w in resolutions)
+            tag += f"-{self.calib_method}-{data}-{self.calib_split}-{self.calib_images}-{sizes}"
         path = fp32_path.with_name(f"{fp32_path.stem}-{tag}.onnx")
         self.quantize_time_s = 0.0
         if not path.exists():
@@ -82,7 +93,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
                 calibration = calibration_batches(
                     model,
                     self.calibration_data,
-                    [tuple(image_size)],
+                    resolutions,
                     num_images=self.calib_images,
                     split=self.calib_split,
                 )
@@ -97,7 +108,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
             )
             partial.replace(path)
             self.quantize_time_s = facts["seconds"]
-            self.build_info["quantization"] = facts
+            self.build_info["quantization"] = {**facts, "path": str(path)}
         self.build_info["quantize_time_s"] = self.quantize_time_s
         return path
 

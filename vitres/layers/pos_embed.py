@@ -41,7 +41,9 @@ def to_grid(size: int | Sequence[int], name: str = "grid") -> Grid:
         if len(values) != 2:
             raise ValueError(f"{name} must be an int or a (rows, cols) pair, got {size!r}")
         rows, cols = values
-    rows, cols = int(rows), int(cols)
+    # symbolic sizes (torch.export / ONNX export with dynamic H, W) must stay symbolic:
+    # int() would bake the example input's grid into the exported graph
+    rows, cols = (v if isinstance(v, torch.SymInt) else int(v) for v in (rows, cols))
     if rows <= 0 or cols <= 0:
         raise ValueError(f"{name} must be positive, got {(rows, cols)}")
     return rows, cols

@@ -1,0 +1,216 @@
+"""Resolution robustness on Fashion-MNIST: interpolation versus multi-resolution training.
+
+Scores on the full Fashion-MNIST test set (10,000 images), at 16, 20, 28, 40 and 56 px:
+
+* ``fmnist-vit-single`` (trained at 28 px) with each position-table resampling mode
+  (nearest, bilinear, bicubic, area, fourier): what interpolation alone achieves;
+* ``fmnist-vit-multires`` (one resolution per step from 12..56 px during training);
+* the 16 px and 56 px specialists (same architecture and budget, one resolution only).
+
+At 28 px the single-resolution model's grid is its native one, so no resampling happens
+and every mode gives the same number (computed once). Writes
+``benchmarks/results/resolution_robustness.json`` and ``.md`` and prints the table.
+Per-cell results are cached in ``runs/resolution_robustness.cache.jsonl`` so an
+interrupted run resumes; ``--fresh`` ignores the cache.
+
+Usage::
+
+    .venv/bin/python benchmarks/resolution_robustness.py [--limit N] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from vitres.data import load_fashion_mnist  # noqa: E402
+from vitres.evaluate import accuracy_at  # noqa: E402
+from vitres.models.checkpoint import load_model  # noqa: E402
+
+RESULTS_DIR = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "runs" / "resolution_robustness.cache.jsonl"
+RESOLUTIONS = (16, 20, 28, 40, 56)
+MODES = ("nearest", "bilinear", "bicubic", "area", "fourier")
+SINGLE = "fmnist-vit-single"
+MULTIRES = "fmnist-vit-multires"
+SPECIALISTS = {
+    "16": RESULTS_DIR / "models" / "fmnist-vit-spec16.safetensors",
+    "56": RESULTS_DIR / "models" / "fmnist-vit-spec56.safetensors",
+}
+NATIVE = 28  # the single-resolution model's training size
+
+
+def variants() -> list[dict]:
+    """Rows of the table: label, checkpoint, load overrides."""
+    rows = [
+        {"label": f"single-res (28 px) + {mode}", "model": SINGLE, "mode": mode} for mode in MODES
+    ]
+    rows.append({"label": "multi-res (12-56 px)", "model": MULTIRES, "mode": None})
+    for size, path in SPECIALISTS.items():
+        rows.append({"label": f"specialist {size} px", "model": str(path), "mode": None})
+    return rows
+
+
+def _cache_key(row: dict, res: int, limit: int | None) -> str:
+    return json.dumps([row["model"], row["mode"], res, limit])
+
+
+def _read_cache() -> dict[str, float]:
+    if not CACHE.exists():
+        return {}
+    out = {}
+    for line in CACHE.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            out[record["key"]] = record["accuracy"]
+    return out
+
+
+def run(limit: int | None, fresh: bool, batch_size: int, allow_missing: bool = False) -> dict:
+    cache = {} if fresh else _read_cache()
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    data = load_fashion_mnist("test")
+    table: dict[str, dict[str, float]] = {}
+    models_meta: dict[str, dict] = {}
+    start = time.time()
+    for row in variants():
+        overrides = {"pos_embed_mode": row["mode"]} if row["mode"] else {}
+        try:
+            model = load_model(row["model"], **overrides)
+        except FileNotFoundError:
+            if not allow_missing:
+                raise
+            print(f"  {row['label']}: checkpoint {row['model']} missing, skipped", flush=True)
+            continue
+        meta = getattr(model, "metadata", {})
+        models_meta[row["label"]] = {
+            "checkpoint": row["model"],
+            "pos_embed_mode": model.config.pos_embed_mode,
+            "train_resolutions": meta.get("train_resolutions"),
+            "train_seconds": meta.get("train_seconds"),
+        }
+        accuracy = {}
+        for res in RESOLUTIONS:
+            # At the native size no resampling happens: one number for every mode.
+            probe = dict(row, mode=MODES[0]) if row["model"] == SINGLE and res == NATIVE else row
+            key = _cache_key(probe, res, limit)
+            if key not in cache:
+                t0 = time.time()
+                cache[key], _ = accuracy_at(model, data, res, batch_size, limit)
+                with open(CACHE, "a") as handle:
+                    handle.write(json.dumps({"key": key, "accuracy": cache[key]}) + "\n")
+                print(
+                    f"  {row['label']:<34} {res:>3} px  {cache[key] * 100:6.2f}%  "
+                    f"({time.time() - t0:.0f} s)",
+                    flush=True,
+                )
+            accuracy[str(res)] = cache[key]
+        table[row["label"]] = accuracy
+    return {
+        "benchmark": "resolution_robustness",
+        "dataset": "fashion-mnist/test",
+        "n": len(data) if limit is None else min(limit, len(data)),
+        "resolutions": list(RESOLUTIONS),
+        "accuracy": table,
+        "models": models_meta,
+        "targets": targets(table) if len(table) == len(variants()) else {},
+        "seconds": round(time.time() - start, 1),
+        "environment": {
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "threads": torch.get_num_threads(),
+        },
+    }
+
+
+def targets(table: dict[str, dict[str, float]]) -> dict:
+    """The acceptance targets of the reference models, in percentage points."""
+    multi = table["multi-res (12-56 px)"]
+    best_interp = {
+        res: max(table[f"single-res (28 px) + {m}"][res] for m in MODES) for res in multi
+    }
+    specialist = {
+        "16": table["specialist 16 px"]["16"],
+        "28": table[f"single-res (28 px) + {MODES[0]}"]["28"],
+        "56": table["specialist 56 px"]["56"],
+    }
+    out: dict = {
+        "single_at_28_ge_90": {
+            "value": round(100 * specialist["28"], 2),
+            "target": 90.0,
+            "met": specialist["28"] >= 0.90,
+        }
+    }
+    for res, spec in specialist.items():
+        gap = 100 * (multi[res] - spec)
+        out[f"multires_within_1pt_of_specialist_at_{res}"] = {
+            "multires": round(100 * multi[res], 2),
+            "specialist": round(100 * spec, 2),
+            "difference": round(gap, 2),
+            "met": gap >= -1.0,
+        }
+    for res in ("16", "56"):
+        gain = 100 * (multi[res] - best_interp[res])
+        out[f"multires_3pt_above_best_interpolation_at_{res}"] = {
+            "multires": round(100 * multi[res], 2),
+            "best_interpolation": round(100 * best_interp[res], 2),
+            "difference": round(gain, 2),
+            "met": gain >= 3.0,
+        }
+    return out
+
+
+def to_markdown(result: dict) -> str:
+    res = result["resolutions"]
+    lines = [
+        f"Top-1 accuracy (%) on {result['dataset']} (n = {result['n']}), by input resolution.",
+        "",
+        "| model | " + " | ".join(f"{r} px" for r in res) + " |",
+        "| --- | " + " | ".join("---:" for _ in res) + " |",
+    ]
+    for label, accuracy in result["accuracy"].items():
+        cells = [f"{100 * accuracy[str(r)]:.2f}" for r in res]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| target | numbers | met |", "| --- | --- | :---: |"]
+    for name, check in result["targets"].items():
+        numbers = ", ".join(f"{k} {v}" for k, v in check.items() if k != "met")
+        lines.append(f"| {name} | {numbers} | {'yes' if check['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--fresh", action="store_true", help="ignore cached cells")
+    parser.add_argument(
+        "--allow-missing", action="store_true", help="skip models not trained yet (no targets)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args.limit, args.fresh, args.batch_size, args.allow_missing)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.limit is None else f".limit{args.limit}"
+    (RESULTS_DIR / f"resolution_robustness{suffix}.json").write_text(
+        json.dumps(result, indent=2) + "\n"
+    )
+    markdown = to_markdown(result)
+    (RESULTS_DIR / f"resolution_robustness{suffix}.md").write_text(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

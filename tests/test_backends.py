@@ -1,0 +1,211 @@
+"""Deployment backends: registry, accuracy of reduced precision, recompiles, clean skips."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import vitres
+from vitres.backends import backend_class, get_backend, list_backends
+from vitres.backends.compile_backend import CompileBackend
+from vitres.backends.tensorrt_backend import TensorRTBackend
+from vitres.data import eval_batches, load_fashion_mnist
+
+NEW_BACKENDS = (
+    "compile",
+    "compile-bf16",
+    "onnxruntime",
+    "onnxruntime-int8",
+    "onnxruntime-int8-static",
+    "tensorrt",
+    "tensorrt-int8",
+)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny ViT trained for a few steps on 1024 Fashion-MNIST images (~65 % accuracy),
+    and 500 test images it has not seen."""
+    torch.manual_seed(0)
+    model = vitres.create_model(
+        "vit_tiny_patch7",
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=32,
+        depth=2,
+        num_heads=2,
+    )
+    cfg = model.config
+    x, y = next(
+        eval_batches(
+            load_fashion_mnist("train"),
+            28,
+            1024,
+            mean=cfg.mean,
+            std=cfg.std,
+            in_chans=1,
+            limit=1024,
+        )
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: one thread is faster on a busy 2-core machine
+    try:
+        for _ in range(80):
+            index = torch.randint(0, len(x), (64,), generator=generator)
+            loss = F.cross_entropy(model(x[index]), y[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    test = load_fashion_mnist("test")
+    x_test, y_test = next(
+        eval_batches(test, 28, 500, mean=cfg.mean, std=cfg.std, in_chans=1, limit=500)
+    )
+    x_other, _ = next(  # another, non-square size for the one-graph-serves-all check
+        eval_batches(test, (35, 21), 64, mean=cfg.mean, std=cfg.std, in_chans=1, limit=64)
+    )
+    with torch.no_grad():
+        reference = model(x_test)
+    accuracy = (reference.argmax(1) == y_test).float().mean().item()
+    assert accuracy > 0.45, f"the tiny model did not learn ({accuracy:.2f}); the test is void"
+    return model, x_test, y_test, reference, accuracy, x_other
+
+
+def test_backends_are_registered_with_their_precision():
+    names = list_backends()
+    for name in NEW_BACKENDS:
+        assert name in names
+    precisions = {name: backend_class(name).precision for name in NEW_BACKENDS}
+    assert precisions["onnxruntime"] == "fp32" and precisions["compile-bf16"] == "bf16"
+    assert precisions["onnxruntime-int8"] == precisions["onnxruntime-int8-static"] == "int8"
+    assert precisions["tensorrt"] == "fp16" and precisions["tensorrt-int8"] == "int8"
+
+
+def test_unknown_backend_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="unknown backend 'onnx-fp8'.*onnxruntime-int8"):
+        get_backend("onnx-fp8")
+
+
+def test_tensorrt_skips_cleanly_without_a_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the skip path is not reachable here")
+    usable, reason = TensorRTBackend.availability()
+    assert not usable and ("GPU" in reason or "tensorrt" in reason)
+    assert "tensorrt" not in list_backends(available_only=True)
+    assert "tensorrt-int8" not in list_backends(available_only=True)
+    with pytest.raises(RuntimeError, match="'tensorrt' is not available here"):
+        get_backend("tensorrt")
+
+
+def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from vitres.measure import TimingConfig
+    from vitres.sweep import run_sweep
+
+    model = vitres.create_model(
+        "vit_tiny_patch7",
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+    )
+    records = run_sweep(
+        model,
+        resolutions="28",
+        backends=("tensorrt",),
+        isolate=False,
+        progress=False,
+        timing=TimingConfig(warmup_calls=1, warmup_s=0, min_calls=1, min_s=0),
+    )
+    assert [r.status for r in records] == ["error"]
+    assert "not available here" in records[0].error
+
+
+@pytest.mark.parametrize(
+    "name, min_agreement, max_drop",
+    [
+        ("onnxruntime", 1.0, 0.0),
+        ("eager-bf16", 0.97, 0.02),
+        ("onnxruntime-int8", 0.95, 0.02),
+        ("onnxruntime-int8-static", 0.95, 0.02),
+    ],
+)
+def test_reduced_precision_accuracy_on_real_images(
+    trained, tmp_path_factory, name, min_agreement, max_drop
+):
+    """Top-1 agreement with fp32 eager and accuracy drop on 500 unseen test images, at the
+    build size and (same graph / session) at another size and batch."""
+    model, x_test, y_test, reference, accuracy, x_other = trained
+    cache = tmp_path_factory.getbasetemp() / "backend-cache"
+    kwargs = {"cache_dir": cache} if name.startswith("onnx") else {}
+    backend = get_backend(name, **kwargs)
+    backend.prepare(copy.deepcopy(model), (8, 1, 28, 28))
+    assert backend.build_time_s is not None and backend.build_time_s >= 0
+    logits = backend.run(x_test)
+    assert logits.dtype == torch.float32 and logits.shape == (500, 10)
+    agreement = (logits.argmax(1) == reference.argmax(1)).float().mean().item()
+    drop = accuracy - (logits.argmax(1) == y_test).float().mean().item()
+    assert agreement >= min_agreement, (name, agreement)
+    assert drop <= max_drop + 1e-9, (name, drop)
+    if name == "onnxruntime":
+        torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0)
+    if name.startswith("onnxruntime"):
+        # the same graph and session serve another (non-square) size and batch size
+        with torch.no_grad():
+            expected = model(x_other)
+        got = backend.run(x_other)
+        if name == "onnxruntime":
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+        else:
+            agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
+            assert agreement >= 0.9, (name, agreement)
+        assert "session_time_s" in backend.build_info
+
+
+def test_onnxruntime_sessions_and_graphs_are_reused(trained, tmp_path_factory):
+    model = trained[0]
+    cache = tmp_path_factory.getbasetemp() / "backend-cache"
+    first = get_backend("onnxruntime", cache_dir=cache, threads=1)
+    first.prepare(copy.deepcopy(model), (1, 1, 28, 28))
+    second = get_backend("onnxruntime", cache_dir=cache, threads=1)
+    second.prepare(copy.deepcopy(model), (4, 1, 56, 56))  # another size: the same graph
+    assert not second.build_info["exported"] and second.export_time_s == 0.0
+    assert first.onnx_path == second.onnx_path
+    assert first.runner.session is second.runner.session
+    options = first.runner.session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.graph_optimization_level.name == "ORT_ENABLE_ALL"
+    fp32_graphs = [p for p in cache.glob("*.onnx") if "int8" not in p.name]
+    assert fp32_graphs == [first.onnx_path]
+
+
+def test_compile_counts_recompiles_on_shape_changes(trained):
+    """Dynamo capture with the counting compiler (``compiler="eager"`` skips code
+    generation, so this runs in seconds; the recompile logic is the same)."""
+    model = copy.deepcopy(trained[0])
+    backend = CompileBackend(compiler="eager", dynamic=None)
+    backend.prepare(model, (2, 1, 28, 28))
+    assert backend.compiles == 1 and backend.recompiles == 0
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(backend.run(x), model(x), atol=1e-5, rtol=0)
+        backend.run(x)
+        assert backend.recompiles == 0  # same shape: no recompile
+        for size in ((21, 35), (35, 21), (42, 42)):
+            x = torch.randn(2, 1, *size)
+            torch.testing.assert_close(backend.run(x), model(x), atol=1e-5, rtol=0)
+    stats = backend.stats()
+    # the first new size recompiles with symbolic H, W; the others reuse that graph
+    assert stats["recompiles"] == 1, stats
+    assert len(stats["shapes_seen"]) == 4
+    with pytest.raises(ValueError, match="compiler must be"):
+        CompileBackend(compiler="tvm")

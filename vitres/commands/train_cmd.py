@@ -1,0 +1,153 @@
+"""`vitres train`: multi-resolution training; every :class:`TrainConfig` field is a flag."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+
+HELP = {
+    "model": "registry name of the architecture, e.g. vit_tiny_patch4",
+    "img_size": "native resolution of the model (learned position table size)",
+    "embed_dim": "width override (the named size's own when 'none')",
+    "depth": "depth override",
+    "num_heads": "attention heads override",
+    "pos_embed": "learned | sincos | rope | cpb | mlp | none",
+    "drop_path_rate": "stochastic depth rate",
+    "model_overrides": "any other model config field, KEY=VALUE (repeatable)",
+    "data": "fashion-mnist or an image folder",
+    "data_dir": "folder of the Fashion-MNIST files",
+    "in_chans": "input channels (from the data when omitted)",
+    "mean": "normalisation mean, comma-separated (data default when omitted)",
+    "std": "normalisation std, comma-separated",
+    "train_limit": "train on the first N examples only",
+    "resolutions": "training resolutions, one drawn per step, e.g. 12,16,20,...,56",
+    "patch_sizes": "patch sizes, one drawn per step (the model's own when empty)",
+    "crop_scale": "area range of the random resized crop, e.g. 0.8,1.0",
+    "random_crop": "random resized crop (else the whole image is resized)",
+    "hflip": "random horizontal flips",
+    "epochs": "epochs",
+    "batch_size": "examples per step",
+    "lr": "peak learning rate (AdamW)",
+    "min_lr": "final learning rate of the cosine decay",
+    "warmup_steps": "linear warm-up steps",
+    "weight_decay": "AdamW weight decay (not on norms, biases, position tables, tokens)",
+    "betas": "AdamW betas, e.g. 0.9,0.999",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "grad_clip": "max gradient norm (0 disables)",
+    "precision": "auto | bf16 | fp32 (auto: bf16 only on CPUs with AMX)",
+    "seed": "seed of initialisation, data order and augmentation",
+    "num_threads": "torch CPU threads",
+    "eval_resolutions": "resolutions evaluated after each epoch",
+    "eval_limit": "evaluate on the first N test examples ('none' for all)",
+    "eval_batch_size": "evaluation batch size",
+    "out_dir": "folder of checkpoints, log.jsonl and model.safetensors",
+    "checkpoint_every_steps": "also checkpoint every N steps inside an epoch (0: per epoch)",
+    "log_every_steps": "write a step record to log.jsonl every N steps",
+    "progress": "tqdm progress bar",
+    "resume": "continue from the checkpoint in --out-dir",
+}
+
+
+def _parse_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), _parse_value(value)
+
+
+def _optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _sequence(kind: type):
+    def parse(text: str):
+        if text.lower() in ("none", ""):
+            return ()
+        try:
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__}s, got {text!r}"
+            ) from None
+
+    parse.__name__ = f"{kind.__name__} list"
+    return parse
+
+
+def _argument_for(field: dataclasses.Field, hint) -> dict:
+    """argparse keyword arguments for one TrainConfig field, from its type hint."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    optional = (origin in (typing.Union, types.UnionType)) and type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    if origin is tuple:
+        return {"type": _sequence(args[0]), "metavar": "A,B,..."}
+    if hint is dict:
+        return {"type": _key_value, "action": "append", "metavar": "KEY=VALUE"}
+    return {"type": _optional(hint) if optional else hint}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from vitres.train import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model at one or many resolutions (resumable)",
+        description="Multi-resolution training (FlexiViT-style, one resolution per step) "
+        "with per-epoch checkpoints; --resume continues exactly where a run stopped.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    defaults = TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        kwargs = _argument_for(field, hints[field.name])
+        flag = "--set" if field.name == "model_overrides" else "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        if field.name == "model_overrides":
+            default = None
+        parser.add_argument(
+            flag, dest=field.name, default=default, help=HELP.get(field.name, ""), **kwargs
+        )
+    parser.add_argument("--json", action="store_true", help="print the final record as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitres.train import TrainConfig, train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    values["model_overrides"] = dict(values["model_overrides"] or [])
+    config = TrainConfig(**values)
+    result = train(config)
+    summary = {
+        "out_dir": str(result.out_dir),
+        "model": str(result.out_dir / "model.safetensors"),
+        "steps": result.steps,
+        "train_seconds": round(result.train_seconds, 1),
+        "precision": result.precision,
+        "accuracy": result.final_accuracy,
+    }
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>14}: {value}")
+    return 0

@@ -1,0 +1,182 @@
+"""Accuracy of a classifier at a list of input resolutions.
+
+One model, one dataset, many resolutions: each resolution resizes the whole image
+(antialiased, no crop, see :func:`vitres.data.eval_batches`) and the model adapts its
+token grid at run time. The position-embedding resampling mode and the size policy of a
+saved model are chosen when it is loaded (``load_model(name, pos_embed_mode=...)``), so
+the same weights can be scored under each of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from vitres.data import Dataset, eval_batches, get_dataset
+
+__all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
+
+
+def parse_resolutions(text: str | Sequence[int]) -> list[int]:
+    """``"16,20,28"`` (or a sequence of ints) -> ``[16, 20, 28]``; rejects non-positive sizes."""
+    if isinstance(text, str):
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(
+                f"resolutions must be comma-separated integers like '16,28,56'; got {text!r}"
+            ) from None
+    else:
+        values = [int(v) for v in text]
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"resolutions must be positive integers, at least one; got {text!r}")
+    return values
+
+
+def _autocast(precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def accuracy_at(
+    model: nn.Module,
+    dataset: Dataset,
+    resolution: int,
+    batch_size: int = 256,
+    limit: int | None = None,
+    patch_size: int | None = None,
+    precision: str = "fp32",
+) -> tuple[float, int]:
+    """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` x ``resolution``.
+
+    The model is put in eval mode for the call and its previous mode restored.
+
+    Returns:
+        ``(accuracy in [0, 1], number of examples scored)``.
+    """
+    config = model.config
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    kwargs = {} if patch_size is None else {"patch_size": patch_size}
+    try:
+        for x, y in eval_batches(
+            dataset,
+            resolution,
+            batch_size,
+            mean=config.mean,
+            std=config.std,
+            in_chans=config.in_chans,
+            limit=limit,
+        ):
+            with _autocast(precision):
+                logits = model(x, **kwargs)
+            correct += int((logits.argmax(dim=-1) == y).sum())
+            total += len(y)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("evaluation got no examples (empty dataset or limit=0)")
+    return correct / total, total
+
+
+def evaluate(
+    model: nn.Module | str,
+    dataset: Dataset | str,
+    resolutions: Sequence[int] | str,
+    batch_size: int = 256,
+    limit: int | None = None,
+    patch_size: int | None = None,
+    pos_embed_mode: str | None = None,
+    size_policy: str | None = None,
+    data_dir: str | None = None,
+    precision: str = "fp32",
+) -> dict:
+    """Scores a model at several input resolutions.
+
+    Args:
+        model: a vitres model, or a checkpoint path / bundled name for
+            :func:`vitres.load_model`.
+        dataset: a dataset object, or a name / folder for :func:`vitres.data.get_dataset`
+            (its ``"test"`` split is used).
+        resolutions: square input sizes, as ints or ``"16,28,56"``.
+        batch_size: examples per forward pass.
+        limit: score only the first ``limit`` examples (all when ``None``).
+        patch_size: patch size for every call (the model's own when ``None``).
+        pos_embed_mode: override of the learned-table resampling mode (``nearest``,
+            ``bilinear``, ``bicubic``, ``area``, ``fourier``); for a model object the
+            config is replaced in place for the duration of the call.
+        size_policy: override of the size policy (``pad``, ``crop``, ``resize``, ``error``).
+        data_dir: folder of the Fashion-MNIST files when ``dataset`` is a name.
+        precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
+
+    Returns:
+        A JSON-ready dict::
+
+            {
+              "model": str,             # checkpoint path / bundled name, or "<in-memory>"
+              "data": str,              # dataset name, e.g. "fashion-mnist/test"
+              "n": int,                 # examples scored at each resolution
+              "patch_size": int,        # patch size used
+              "accuracy": {"16": 0.81, "28": 0.90, ...},  # top-1 in [0, 1], keys str(res)
+              "pos_embed_mode": str | None,  # None for models without a learned table
+              "size_policy": str,
+              "precision": str,
+            }
+    """
+    name = model if isinstance(model, str) else "<in-memory>"
+    overrides = {}
+    if pos_embed_mode is not None:
+        overrides["pos_embed_mode"] = pos_embed_mode
+    if size_policy is not None:
+        overrides["size_policy"] = size_policy
+    if isinstance(model, str):
+        from vitres.models.checkpoint import load_model
+
+        net = load_model(model, **overrides)
+        previous = None
+    else:
+        net = model
+        previous = net.config
+        if overrides:
+            known = {f.name for f in dataclasses.fields(previous)}
+            unknown = sorted(set(overrides) - known)
+            if unknown:
+                raise ValueError(
+                    f"{type(net).__name__} has no config field(s) {unknown}; "
+                    f"settable: {sorted(known)}"
+                )
+            net.config = dataclasses.replace(previous, **overrides)
+    if isinstance(dataset, str):
+        data = get_dataset(dataset, "test", data_dir=data_dir, in_chans=net.config.in_chans)
+    else:
+        data = dataset
+    sizes = parse_resolutions(resolutions)
+    try:
+        used = net.config  # the config in effect, overrides included
+        accuracy: dict[str, float] = {}
+        n = 0
+        for res in sizes:
+            acc, n = accuracy_at(net, data, res, batch_size, limit, patch_size, precision)
+            accuracy[str(res)] = acc
+    finally:
+        if previous is not None:
+            net.config = previous
+    learned = getattr(used, "pos_embed", None) == "learned"
+    return {
+        "model": name,
+        "data": getattr(data, "name", type(data).__name__),
+        "n": n,
+        "patch_size": int(patch_size or used.patch_size),
+        "accuracy": accuracy,
+        "pos_embed_mode": used.pos_embed_mode if learned else None,
+        "size_policy": used.size_policy,
+        "precision": precision,
+    }
