@@ -238,6 +238,49 @@ def accuracy(backends: dict[str, Any], model: torch.nn.Module, limit: int) -> li
     return rows
 
 
+def calibration_methods(
+    model: torch.nn.Module, fp32_graph: Path, limit: int | None
+) -> list[dict[str, Any]]:
+    """Static INT8 of the reference model's one graph, calibrated on 256 train images
+    spread over the ladder with each method, scored on the test set at every rung."""
+    from vitres.export import OnnxModel, calibration_batches, quantize_onnx
+
+    cfg = model.config
+    test = load_fashion_mnist("test")
+    batches = calibration_batches(model, "fashion-mnist", [(r, r) for r in LADDER], num_images=256)
+    rows = []
+    for method in ("minmax", "entropy", "percentile"):
+        path = fp32_graph.with_name(f"{fp32_graph.stem}-calib-{method}.onnx")
+        facts = quantize_onnx(fp32_graph, path, "static", calibration=batches, calib_method=method)
+        runner = OnnxModel(path)
+        for resolution in LADDER:
+            correct = total = 0
+            for x, y in eval_batches(
+                test, resolution, 250, mean=cfg.mean, std=cfg.std, in_chans=1, limit=limit
+            ):
+                correct += int((runner(x).argmax(1) == y).sum())
+                total += len(y)
+            rows.append(
+                {
+                    "method": method,
+                    "resolution": resolution,
+                    "accuracy": round(correct / total, 4),
+                    "n_eval": total,
+                    "quantize_s": round(facts["seconds"], 1),
+                }
+            )
+        print(
+            f"  calibration {method}: "
+            + ", ".join(
+                f"{r['resolution']}px {100 * r['accuracy']:.2f}"
+                for r in rows
+                if r["method"] == method
+            ),
+            flush=True,
+        )
+    return rows
+
+
 # ----------------------------------------------------------------------------- bf16
 
 
@@ -356,6 +399,26 @@ def markdown(result: dict[str, Any]) -> str:
                 for name, count in counts.items()
             ),
         ]
+    calibration = result.get("calibration_methods")
+    if calibration:
+        eager = {
+            r["resolution"]: r["accuracy"] for r in result["accuracy"] if r["backend"] == "eager"
+        }
+        lines += [
+            "",
+            "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
+            "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
+            "",
+            "| method | " + " | ".join(f"{r} px" for r in LADDER) + " |",
+            "|---|" + "---:|" * len(LADDER),
+        ]
+        for method in ("minmax", "entropy", "percentile"):
+            cells = [
+                f"{100 * r['accuracy']:.2f} ({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
+                for r in calibration
+                if r["method"] == method
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
     bf16 = result.get("bf16_investigation")
     if bf16:
         lines += [
@@ -411,12 +474,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default=None, help="comma-separated subset")
     parser.add_argument("--out", default=str(RESULTS / "backends"))
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "onnx-cache"))
+    parser.add_argument(
+        "--compile-fmnist",
+        action="store_true",
+        help="also time torch.compile on the Fashion-MNIST ladder (4-6 compiles of ~30 s each: "
+        "batch 1 vs >1 and the native grid each get their own graph)",
+    )
     args = parser.parse_args(argv)
 
     import onnxruntime
 
     torch.set_num_threads(args.threads)
     names = args.backends.split(",") if args.backends else list(ALL_BACKENDS)
+    names = ["eager"] + [n for n in names if n != "eager"]  # the baseline of every speed-up
     if args.quick and not args.backends:
         names = [n for n in names if not n.startswith("compile")]
     rounds = args.rounds or (3 if args.quick else 6)
@@ -433,15 +503,18 @@ def main(argv: list[str] | None = None) -> int:
         ("fmnist", fmnist, LADDER, 28),
         ("vit_small_patch16", vit_s, (224,), 224),
     ]
-    latency, builds, recompiles, accuracy_rows = [], {}, {}, []
+    latency, builds, recompiles, accuracy_rows, calibration_rows = [], {}, {}, [], []
     onnx_files: dict[str, list[str]] = {}
     for case, model, resolutions, native in cases:
-        print(f"{case}: building {', '.join(names)}", flush=True)
+        print(f"{case}: building backends", flush=True)
         chans = model.config.in_chans
         calib = [(r, r) for r in resolutions]
+        case_names = names
+        if case == "fmnist" and not args.compile_fmnist:
+            case_names = [n for n in names if not n.startswith("compile")]
         backends, builds[case] = build_backends(
             model,
-            names,
+            case_names,
             (1, chans, native, native),
             cache_dir,
             calib,
@@ -484,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 builds[case]["onnxruntime"]["ladder_parity"] = report.max_abs_diff
             accuracy_rows = accuracy(backends, model, eval_limit)
+            if onnx_backend is not None and not args.quick:
+                calibration_rows = calibration_methods(model, onnx_backend.onnx_path, eval_limit)
         del backends
     bf16 = None
     if not args.quick:
@@ -538,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
         "onnx_files": onnx_files,
         "targets": targets,
         "bf16_investigation": bf16,
+        "calibration_methods": calibration_rows,
         "load_average_start_end": [load_start, list(os.getloadavg())],
     }
     out = Path(args.out)

@@ -209,3 +209,18 @@ def test_compile_counts_recompiles_on_shape_changes(trained):
     assert len(stats["shapes_seen"]) == 4
     with pytest.raises(ValueError, match="compiler must be"):
         CompileBackend(compiler="tvm")
+
+
+def test_tensorrt_optimisation_profile_spans_the_build_shape():
+    backend = TensorRTBackend(max_batch=32)  # constructing needs neither GPU nor tensorrt
+    profile = backend.optimisation_profile((8, 3, 224, 160), patch=16, dynamic=True)
+    assert profile == {
+        "min": (1, 3, 112, 80),
+        "opt": (8, 3, 224, 160),
+        "max": (32, 3, 448, 320),
+    }
+    static = backend.optimisation_profile((8, 3, 224, 224), patch=16, dynamic=False)
+    assert static["min"][2:] == static["max"][2:] == (224, 224)
+    narrow = TensorRTBackend(min_size=(256, 256))
+    with pytest.raises(ValueError, match="outside the profile"):
+        narrow.optimisation_profile((1, 3, 224, 224), patch=16, dynamic=True)

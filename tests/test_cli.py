@@ -57,6 +57,15 @@ def test_demo_pipeline_on_tiny_model(tmp_path, capsys):
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 and all(r["status"] == "ok" for r in records)
     assert (out_dir / "report.html").stat().st_size > 1000
+    # without hardware limits the speed-up rule becomes the latency limit
+    from vitres.pipeline import speedup_budget
+    from vitres.records import read_results
+
+    measured = read_results(out_dir / "results.jsonl")
+    base = next(m for m in measured if tuple(m.config.resolution) == (28, 28))
+    derived = speedup_budget(measured, vitres.Budget(min_speedup=0.25))
+    assert derived.max_latency_ms == pytest.approx(base.latency.median_ms / 1.25)
+    assert speedup_budget(measured, vitres.Budget(max_memory_mb=1e6)).max_latency_ms is None
     # re-running resumes: nothing is measured again
     assert main([*args, "--eval-limit", "64"]) in (0, 1)
     assert len((out_dir / "results.jsonl").read_text().splitlines()) == 2

@@ -6,10 +6,10 @@
   real images (the *train* split of ``calibration_data``, Fashion-MNIST by default, at
   the build resolution), MinMax / Entropy / Percentile.
 
-Both quantise only the weight matmuls and the patch convolution; LayerNorm, Softmax,
-GELU, residual Adds and the attention's activation-by-activation matmuls stay float.
-Quantised graphs are cached beside the fp32 export. ``quantize_time_s`` is part of
-``build_time_s``.
+Both quantise only the weight matmuls (static also the patch convolution); LayerNorm,
+Softmax, GELU, residual Adds and attention stay float (at the backends' opset 23,
+attention is one fused float ``Attention`` operator). Quantised graphs are cached beside
+the fp32 export. ``quantize_time_s`` is part of ``build_time_s``.
 """
 
 from __future__ import annotations

@@ -38,7 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--int8", choices=("dynamic", "static"), default=None, help="quantise to INT8"
     )
     parser.add_argument(
-        "--calib-method", choices=("minmax", "entropy", "percentile"), default="percentile"
+        "--calib-method",
+        choices=("minmax", "entropy", "percentile"),
+        default="percentile",
+        help="how static INT8 sets activation ranges (default percentile, 99.999)",
     )
     parser.add_argument(
         "--calib-data", default="fashion-mnist", help="dataset name or image folder"
