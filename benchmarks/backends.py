@@ -470,7 +470,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and images, no compile")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=None, help="timing rounds per config")
-    parser.add_argument("--eval-limit", type=int, default=None, help="test images (default all)")
+    parser.add_argument(
+        "--eval-limit", type=int, default=None, help="test images (default 2000; quick 1000)"
+    )
     parser.add_argument("--backends", default=None, help="comma-separated subset")
     parser.add_argument("--out", default=str(RESULTS / "backends"))
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "onnx-cache"))
@@ -490,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and not args.backends:
         names = [n for n in names if not n.startswith("compile")]
     rounds = args.rounds or (3 if args.quick else 6)
-    eval_limit = args.eval_limit or (2000 if args.quick else None)
+    eval_limit = args.eval_limit or (1000 if args.quick else 2000)
     cache_dir = Path(args.cache_dir)
     start = time.time()
     load_start = list(os.getloadavg())

@@ -132,14 +132,16 @@ def plot_latency(
     series = _by_series([m for m in ok if m.latency_ms is not None])
     colors = {}
     for key, points in series.items():
-        iqr = [m.latency.iqr_ms / 2 for m in points]
+        # bars span the fastest call to the 90th percentile (asymmetric, never below 0)
+        below = [max(0.0, m.latency_ms - m.latency.min_ms) for m in points]
+        above = [max(0.0, m.latency.p90_ms - m.latency_ms) for m in points]
         container = ax.errorbar(
             [_side(m) for m in points],
             [m.latency_ms for m in points],
-            yerr=iqr,
+            yerr=[below, above],
             fmt="o",
             capsize=2,
-            label=f"{_series_label(key)} measured",
+            label=f"{_series_label(key)} median (bars: min to p90)",
         )
         colors[key] = container.lines[0].get_color()
         fit = fits.get(group_key(points[0]))
