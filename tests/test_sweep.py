@@ -244,3 +244,20 @@ def test_isolated_child_crash_becomes_an_error_record(tmp_path):
     assert results[0].peak_mem_mb is not None and results[0].peak_mem_mb >= 0
     assert results[1].status == "error" and "SIGKILL" in results[1].error
     assert [m.status for m in read_results(path)] == ["ok", "error"]
+
+
+def test_measure_hook_replaces_measurement(tmp_path):
+    """Strategies can be compared on recorded numbers: the hook is called per config."""
+    from vitres.sweep import error_record, run_sweep
+
+    seen = []
+
+    def replay(model_ref, config, *rest):
+        seen.append(config.resolution)
+        return error_record(config, "replayed")
+
+    out = tmp_path / "r.jsonl"
+    records = run_sweep("vit_tiny_patch16", out_path=out, resolutions="32,48", measure=replay, progress=False)
+    assert seen == [(32, 32), (48, 48)]
+    assert [m.error for m in records] == ["replayed", "replayed"]
+    assert len(out.read_text().splitlines()) == 2

@@ -357,6 +357,7 @@ def run_sweep(
     per_round: int = 2,
     model_overrides: dict[str, Any] | None = None,
     progress: bool = True,
+    measure: Callable[..., Measurement] | None = None,
 ) -> list[Measurement]:
     """Measures every config (or, adaptively, the ones that matter) and records each.
 
@@ -388,6 +389,10 @@ def run_sweep(
         per_round: Configs measured per adaptive round.
         model_overrides: Keyword overrides for the model factory/loader.
         progress: Show a progress bar.
+        measure: Replaces the measurement of one config: called in this process as
+            ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
+            model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
+            results when comparing sweep strategies on identical numbers).
 
     Returns:
         One record per config, in grid order: measured (``ok``/``error``) or ``predicted``.
@@ -447,11 +452,12 @@ def run_sweep(
         bar.set_postfix_str(config.key(), refresh=True)
         try:
             args = (model_ref, config, dataset, timing, known, isolate, model_overrides)
-            m = (
-                run_isolated(measure_one, *args, timeout_s=timeout_s)
-                if isolate
-                else measure_one(*args)
-            )
+            if measure is not None:
+                m = measure(*args)
+            elif isolate:
+                m = run_isolated(measure_one, *args, timeout_s=timeout_s)
+            else:
+                m = measure_one(*args)
         except IsolatedRunError as error:
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep

@@ -16,6 +16,7 @@ patch does not cover; timm resamples bicubic with antialias.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -78,8 +79,16 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict | None = None)
     tmp = weights_path.with_name(weights_path.name + ".tmp")
     save_file(state, str(tmp), metadata={"vitres": json.dumps(document)})
     tmp.replace(weights_path)
+    _chmod_like_open(weights_path)
     config_path.write_text(json.dumps(document, indent=2) + "\n")
     return weights_path
+
+
+def _chmod_like_open(path: Path) -> None:
+    """safetensors creates files 0600; give them the mode ``open()`` would (0666 & ~umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
