@@ -32,6 +32,7 @@ from vitres.layers.patch_embed import (
 )
 from vitres.layers.pos_embed import INTERPOLATION_MODES, resample_grid
 from vitres.models.common import AnyResolutionMixin, ConfigBase
+from vitres.models.vit import Mlp
 
 
 @dataclass
@@ -68,17 +69,6 @@ class MixerConfig(ConfigBase):
             )
         if min(self.img_size) < self.patch_size:
             raise ValueError(f"invalid MixerConfig: img_size {self.img_size} must hold one patch")
-
-
-class MlpBlock(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
 
 
 def resample_token_mixing(
@@ -118,9 +108,9 @@ class MixerBlock(nn.Module):
         super().__init__()
         num_tokens = cfg.grid[0] * cfg.grid[1]
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp_tokens = MlpBlock(num_tokens, cfg.tokens_mlp_dim)
+        self.mlp_tokens = Mlp(num_tokens, cfg.tokens_mlp_dim)
         self.norm2 = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.mlp_channels = MlpBlock(cfg.embed_dim, cfg.channels_mlp_dim)
+        self.mlp_channels = Mlp(cfg.embed_dim, cfg.channels_mlp_dim)
 
     def forward(self, x: Tensor, token_weights: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         w1, w2, b2 = token_weights
