@@ -118,15 +118,22 @@ def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
         depth=1,
         num_heads=2,
     )
+    from vitres.records import SweepConfig
+
+    # a grid that names it skips it (test_sweep_grid_skips_unavailable_backends); a config
+    # given explicitly is attempted and recorded as an error, and the sweep goes on
+    configs = [
+        SweepConfig("m", (28, 28), None, 1, "fp16", "tensorrt", 1, "cpu"),
+        SweepConfig("m", (28, 28), None, 1, "fp32", "eager", 1, "cpu"),
+    ]
     records = run_sweep(
         model,
-        resolutions="28",
-        backends=("tensorrt",),
+        configs,
         isolate=False,
         progress=False,
         timing=TimingConfig(warmup_calls=1, warmup_s=0, min_calls=1, min_s=0),
     )
-    assert [r.status for r in records] == ["error"]
+    assert [r.status for r in records] == ["error", "ok"]
     assert "not available here" in records[0].error
 
 
@@ -224,3 +231,13 @@ def test_tensorrt_optimisation_profile_spans_the_build_shape():
     narrow = TensorRTBackend(min_size=(256, 256))
     with pytest.raises(ValueError, match="outside the profile"):
         narrow.optimisation_profile((1, 3, 224, 224), patch=16, dynamic=True)
+
+
+def test_sweep_grid_skips_unavailable_backends():
+    from vitres.sweep import build_grid
+
+    with pytest.warns(UserWarning, match="skipping backend 'tensorrt'"):
+        grid = build_grid("vit_tiny_patch16", "32,48", backends=("eager", "tensorrt"))
+    assert {c.backend for c in grid} == {"eager"} and len(grid) == 2
+    with pytest.raises(ValueError, match="none of the backends"), pytest.warns(UserWarning):
+        build_grid("vit_tiny_patch16", "32", backends=("tensorrt",))

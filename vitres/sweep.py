@@ -24,6 +24,7 @@ import os
 import re
 import sys
 import types
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -157,15 +158,25 @@ def build_grid(
         resolutions: See :func:`parse_resolutions`.
         patch_sizes: Patch sizes; ``None`` = the model's own.
         batch_sizes: Batch sizes.
-        backends: Backend names (each fixes the precision, e.g. ``eager-bf16`` → bf16).
+        backends: Backend names (each fixes the precision, e.g. ``eager-bf16`` → bf16);
+            backends not available here (``Backend.availability``) are skipped with a warning.
         threads: CPU threads; ``None`` records the current torch default so keys are stable.
         device: ``cpu`` or ``cuda``.
     """
     sizes = parse_resolutions(resolutions)
     threads = threads if threads is not None else torch.get_num_threads()
     name = model_ref_name(model)
-    configs = []
+    usable = []
     for backend in backends:
+        ok, why = backend_class(backend).availability()
+        if ok:
+            usable.append(backend)
+        else:  # e.g. TensorRT without a GPU: skipped with the reason, not N error records
+            warnings.warn(f"skipping backend {backend!r}: {why}", stacklevel=2)
+    if backends and not usable:
+        raise ValueError(f"none of the backends {list(backends)} is available here; see the warnings")
+    configs = []
+    for backend in usable:
         precision = backend_class(backend).precision
         for batch in batch_sizes:
             for patch in patch_sizes:

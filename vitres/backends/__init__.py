@@ -17,7 +17,7 @@ from vitres.backends.base import (
     register_backend,
 )
 
-_OPTIONAL_MODULES = ("compile_backend", "onnx_backend", "int8", "tensorrt_backend", "bf16")
+_OPTIONAL_MODULES = ("compile_backend", "onnx_backend", "int8", "tensorrt_backend")
 
 for _module in _OPTIONAL_MODULES:
     _qualified = f"{__name__}.{_module}"
