@@ -24,7 +24,7 @@ demo: install data
 
 test: install data
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
-	$(PY) -m pytest -q
+	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
