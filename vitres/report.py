@@ -125,6 +125,22 @@ def _model_line(
     return sides, fit.predict((sides / patch) ** 2)
 
 
+def _finish_resolution_axes(
+    ax, has_data: bool, limit: float | None, unit: str, ylabel: str, title: str, empty: str
+) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """Budget line, labels, grid and legend shared by the per-resolution plots."""
+    if limit is not None:
+        ax.axhline(limit, color="red", linestyle=":", label=f"budget {limit:g} {unit}")
+    if not has_data:
+        _empty(ax, empty)
+    else:
+        ax.set_xlabel("resolution (px, √(H·W))")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    ax.set_title(title)
+
+
 def plot_latency(
     ok: Sequence[Measurement], predicted: Sequence[Measurement], fits: dict, budget: Budget
 ) -> Plot:
@@ -164,21 +180,15 @@ def plot_latency(
             edgecolors=colors.get(key, "gray"),
             label=f"{_series_label(key)} predicted",
         )
-    if budget.max_latency_ms is not None:
-        ax.axhline(
-            budget.max_latency_ms,
-            color="red",
-            linestyle=":",
-            label=f"budget {budget.max_latency_ms:g} ms",
-        )
-    if not series:
-        _empty(ax, "no successful measurements")
-    else:
-        ax.set_xlabel("resolution (px, √(H·W))")
-        ax.set_ylabel("median latency per call (ms)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax.set_title("Latency vs resolution")
+    _finish_resolution_axes(
+        ax,
+        bool(series),
+        budget.max_latency_ms,
+        "ms",
+        "median latency per call (ms)",
+        "Latency vs resolution",
+        "no successful measurements",
+    )
     return Plot(
         "latency_vs_resolution",
         "Latency vs resolution (points measured, lines modelled)",
@@ -271,21 +281,15 @@ def plot_memory(
             edgecolors="gray",
             label=f"{_series_label(key)} predicted",
         )
-    if budget.max_memory_mb is not None:
-        ax.axhline(
-            budget.max_memory_mb,
-            color="red",
-            linestyle=":",
-            label=f"budget {budget.max_memory_mb:g} MiB",
-        )
-    if not series:
-        _empty(ax, "no memory measurements")
-    else:
-        ax.set_xlabel("resolution (px, √(H·W))")
-        ax.set_ylabel("peak memory over baseline (MiB)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    ax.set_title("Peak memory vs resolution")
+    _finish_resolution_axes(
+        ax,
+        bool(series),
+        budget.max_memory_mb,
+        "MiB",
+        "peak memory over baseline (MiB)",
+        "Peak memory vs resolution",
+        "no memory measurements",
+    )
     return Plot("memory_vs_resolution", "Peak memory vs resolution", _png(figure))
 
 
