@@ -57,8 +57,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from vitres.layers.patch_embed import fit_to_patch
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -153,9 +154,9 @@ def _check_exportable(model: nn.Module, dynamic: bool, opset: int) -> None:
 class _ExportableModel(nn.Module):
     """``images -> logits`` with the patch size bound and the size policy in the graph.
 
-    The model's own policy code branches on ``H % patch``; here the sizes are first made
-    multiples of the patch with shape arithmetic the exporter keeps symbolic, so the
-    model sees divisible sides and the graph serves every size.
+    The model's own policy step skips divisible inputs (a branch on ``H % patch``); here
+    the policy runs first without that branch, so the exporter keeps the sizes symbolic,
+    the model sees divisible sides and one graph serves every size.
     """
 
     def __init__(self, model: nn.Module, patch_size: int, policy: str) -> None:
@@ -165,23 +166,8 @@ class _ExportableModel(nn.Module):
         self.policy = policy
 
     def forward(self, images: Tensor) -> Tensor:
-        p = self.patch_size
-        height, width = images.shape[-2], images.shape[-1]
-        if self.policy == "pad":
-            images = F.pad(images, (0, (p - width % p) % p, 0, (p - height % p) % p))
-        elif self.policy == "crop":
-            images = images[..., : height - height % p, : width - width % p]
-        elif self.policy == "resize":  # nearest multiple, halves rounded up (token_grid)
-            rows = torch.sym_max(1, (2 * height + p) // (2 * p))
-            cols = torch.sym_max(1, (2 * width + p) // (2 * p))
-            images = F.interpolate(
-                images,
-                size=(rows * p, cols * p),
-                mode="bilinear",
-                align_corners=False,
-                antialias=True,
-            )
-        return self.model(images, patch_size=p)
+        images, _ = fit_to_patch(images, self.patch_size, self.policy, symbolic=True)
+        return self.model(images, patch_size=self.patch_size)
 
 
 # ----------------------------------------------------------------------------- results

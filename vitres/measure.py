@@ -36,6 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vitres.backends import get_backend
 from vitres.layers.patch_embed import token_grid
+from vitres.layers.pos_embed import to_grid
 from vitres.records import LatencyStats, Measurement, SweepConfig
 
 UNSTABLE_IQR_RATIO = 0.10
@@ -234,13 +235,6 @@ def count_flops(model: nn.Module, x: Tensor, **kwargs: Any) -> int:
     return int(counter.get_total_flops() + correction.correction)
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    first, second = tuple(value)
-    return int(first), int(second)
-
-
 def analytic_flops(
     config: Any,
     resolution: int | Sequence[int],
@@ -270,9 +264,9 @@ def analytic_flops(
         grid: Token grid, if known (``model.grid_size``); otherwise derived from the
             config's ``size_policy`` (default ``pad``: round up).
     """
-    patch = int(_pair(patch_size if patch_size is not None else config.patch_size)[0])
+    patch = int(to_grid(patch_size if patch_size is not None else config.patch_size)[0])
     if grid is None:
-        grid = token_grid(_pair(resolution), patch, getattr(config, "size_policy", "pad"))
+        grid = token_grid(to_grid(resolution), patch, getattr(config, "size_policy", "pad"))
     n = grid[0] * grid[1]
     dim = int(config.embed_dim)
     flops = 2 * n * int(config.in_chans) * patch * patch * dim
@@ -615,9 +609,9 @@ def measure_config(
     model_config = getattr(model, "config", None)
     in_chans = int(getattr(model_config, "in_chans", 3))
     native_patch = getattr(model_config, "patch_size", None)
-    native_patch = None if native_patch is None else _pair(native_patch)[0]
+    native_patch = None if native_patch is None else to_grid(native_patch)[0]
     native_res = getattr(model_config, "img_size", None)
-    native_res = None if native_res is None else _pair(native_res)
+    native_res = None if native_res is None else to_grid(native_res)
     height, width = config.resolution
 
     runnable: nn.Module = (

@@ -82,13 +82,14 @@ def token_grid(
     image_size: tuple[int, int], patch_size: int, policy: str = "pad"
 ) -> tuple[int, int]:
     """The ``(rows, cols)`` token grid an ``(H, W)`` input gets under a size policy."""
-    height, width = int(image_size[0]), int(image_size[1])
+    # sizes stay symbolic under export (int() would bake in the example's size)
+    height, width = (v if isinstance(v, torch.SymInt) else int(v) for v in image_size[:2])
     if policy == "pad":
         return (-(-height // patch_size), -(-width // patch_size))
     if policy == "resize":  # nearest multiple, halves rounded up
         return (
-            max(1, (2 * height + patch_size) // (2 * patch_size)),
-            max(1, (2 * width + patch_size) // (2 * patch_size)),
+            torch.sym_max(1, (2 * height + patch_size) // (2 * patch_size)),
+            torch.sym_max(1, (2 * width + patch_size) // (2 * patch_size)),
         )
     if policy == "error" and (height % patch_size or width % patch_size):
         raise ValueError(
@@ -97,7 +98,9 @@ def token_grid(
     return (height // patch_size, width // patch_size)
 
 
-def fit_to_patch(x: Tensor, patch_size: int, policy: str = "pad") -> tuple[Tensor, tuple[int, int]]:
+def fit_to_patch(
+    x: Tensor, patch_size: int, policy: str = "pad", *, symbolic: bool = False
+) -> tuple[Tensor, tuple[int, int]]:
     """Applies the size policy for inputs whose sides the patch size does not divide.
 
     Args:
@@ -106,6 +109,11 @@ def fit_to_patch(x: Tensor, patch_size: int, policy: str = "pad") -> tuple[Tenso
         policy: ``pad`` (zero-pad bottom/right), ``crop`` (drop the bottom/right
             remainder, as a strided convolution does), ``resize`` (to the nearest multiple,
             antialiased bilinear) or ``error``.
+        symbolic: apply the policy with shape arithmetic only, never branching on
+            ``H % patch`` (what an exporter needs to keep ``H`` and ``W`` symbolic). The
+            result is the same; eager callers keep the default, which skips the no-op
+            pad/crop/resize of divisible inputs. ``error`` then leaves ``x`` as it is
+            (the exporter constrains the sizes instead).
 
     Returns:
         The adjusted images and the ``(H, W)`` of the original content inside them.
@@ -114,7 +122,9 @@ def fit_to_patch(x: Tensor, patch_size: int, policy: str = "pad") -> tuple[Tenso
         raise ValueError(f"unknown size policy {policy!r}; expected one of {SIZE_POLICIES}")
     height, width = x.shape[-2:]
     rem_h, rem_w = height % patch_size, width % patch_size
-    if not rem_h and not rem_w:
+    if symbolic and policy == "error":
+        return x, (height, width)
+    if not symbolic and not rem_h and not rem_w:
         return x, (height, width)
     if policy == "error":
         raise ValueError(
