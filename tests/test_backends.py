@@ -241,3 +241,60 @@ def test_sweep_grid_skips_unavailable_backends():
     assert {c.backend for c in grid} == {"eager"} and len(grid) == 2
     with pytest.raises(ValueError, match="none of the backends"), pytest.warns(UserWarning):
         build_grid("vit_tiny_patch16", "32", backends=("tensorrt",))
+
+
+def test_static_int8_in_a_sweep_calibrates_on_the_sweeps_own_data(tmp_path, monkeypatch):
+    """A folder dataset's int8-static config is calibrated on that folder (train split),
+    not on the Fashion-MNIST default; backends without calibration get only the device."""
+    import numpy as np
+    from PIL import Image
+
+    import vitres
+    import vitres.backends.onnx_backend as onnx_backend
+    import vitres.export
+    from vitres.measure import TimingConfig, backend_options, measure_config
+    from vitres.records import SweepConfig
+
+    root = tmp_path / "shapes"
+    rng = np.random.default_rng(0)
+    for label in ("dark", "light"):
+        (root / label).mkdir(parents=True)
+        for i in range(4):
+            base = 40 if label == "dark" else 200
+            pixels = np.clip(base + rng.integers(-20, 20, (16, 16)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{i}.png")
+    seen = []
+    real = vitres.export.calibration_batches
+
+    def recording(model, data, *args, **kwargs):
+        batches = real(model, data, *args, **kwargs)
+        seen.append((data, kwargs.get("data_dir"), sum(len(b) for b in batches)))
+        return batches
+
+    monkeypatch.setattr(vitres.export, "calibration_batches", recording)
+    monkeypatch.setattr(onnx_backend, "DEFAULT_CACHE_DIR", tmp_path / "graphs")
+    torch.manual_seed(0)
+    model = vitres.create_model(
+        "vit_tiny_patch4",
+        img_size=16,
+        in_chans=1,
+        num_classes=2,
+        embed_dim=32,
+        depth=1,
+        num_heads=2,
+    )
+    config = SweepConfig(
+        model="tiny", resolution=(16, 16), backend="onnxruntime-int8-static", precision="int8"
+    )
+    assert backend_options(SweepConfig(model="tiny", resolution=(16, 16))) == {"device": "cpu"}
+    assert backend_options(config, (str(root), None)) == {
+        "device": "cpu",
+        "calibration_data": str(root),
+        "calibration_data_dir": None,
+    }
+    timing = TimingConfig(warmup_calls=1, warmup_s=0.0, min_calls=2, min_s=0.0)
+    record = measure_config(
+        lambda: model, config, timing=timing, with_flops=False, calibration=(str(root), None)
+    )
+    assert record.status == "ok", record.error
+    assert seen == [(str(root), None, 8)]  # all 8 folder images, none from Fashion-MNIST

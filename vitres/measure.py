@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from vitres.backends import get_backend
+from vitres.backends import backend_class, get_backend
 from vitres.layers.patch_embed import token_grid
 from vitres.layers.pos_embed import to_grid
 from vitres.records import LatencyStats, Measurement, SweepConfig
@@ -571,6 +571,17 @@ def evaluate_accuracy(
     return correct / total, total
 
 
+def backend_options(
+    config: SweepConfig, calibration: tuple[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Constructor arguments of ``config.backend``: the device, and for backends that
+    calibrate on real images, the data they calibrate on."""
+    options: dict[str, Any] = {"device": config.device}
+    if calibration is not None and backend_class(config.backend).calibrated:
+        options["calibration_data"], options["calibration_data_dir"] = calibration
+    return options
+
+
 def measure_config(
     build_model: Callable[[], nn.Module],
     config: SweepConfig,
@@ -581,6 +592,7 @@ def measure_config(
     known_accuracy: tuple[float, int] | None = None,
     isolated: bool = False,
     with_flops: bool = True,
+    calibration: tuple[str, str | None] | None = None,
 ) -> Measurement:
     """Measures one config: latency, peak memory, accuracy, FLOPs; returns an ``ok`` record.
 
@@ -599,6 +611,9 @@ def measure_config(
             patch and backend (another batch size): evaluation is skipped.
         isolated: True when running in a fresh child process (labels the memory method).
         with_flops: Count FLOPs (one extra forward pass under the counter).
+        calibration: ``(dataset name or folder, data_dir)`` that backends needing
+            calibration images (static INT8) calibrate on: the sweep's own dataset, so a
+            folder dataset is not quantised with Fashion-MNIST's activation ranges.
     """
     timing = timing or TimingConfig()
     threads = set_threads(config.threads)
@@ -617,7 +632,7 @@ def measure_config(
     runnable: nn.Module = (
         model if config.patch_size is None else FixedPatchSize(model, config.patch_size)
     )
-    backend = get_backend(config.backend, device=config.device)
+    backend = get_backend(config.backend, **backend_options(config, calibration))
     shape = (config.batch_size, in_chans, height, width)
     backend.prepare(runnable, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # no copy timed

@@ -324,6 +324,7 @@ def measure_one(
         timing=timing,
         known_accuracy=known_accuracy,
         isolated=isolated,
+        calibration=None if data is None else (data.data, data.data_dir),
     )
 
 

@@ -44,6 +44,9 @@ class Backend(ABC):
         dynamic_batch: True if ``run`` accepts any batch size after ``prepare`` (then
             accuracy can be evaluated in larger batches); False for backends built for
             the exact ``input_shape``.
+        calibrated: True if building the backend needs real calibration images; its
+            constructor then takes ``calibration_data`` (dataset name or image folder)
+            and ``calibration_data_dir`` (where a named dataset's files are).
 
     Attributes:
         device: Where the model runs (``"cpu"``, ``"cuda"``...).
@@ -53,6 +56,7 @@ class Backend(ABC):
     name: ClassVar[str] = ""
     precision: ClassVar[str] = "fp32"
     dynamic_batch: ClassVar[bool] = False
+    calibrated: ClassVar[bool] = False
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)

@@ -34,6 +34,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         cache_dir: Where graphs are kept.
         calib_method: Static mode: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         calibration_data: Static mode: dataset name or image folder for calibration.
+        calibration_data_dir: Static mode: folder of a named dataset's files.
         calib_images: Static mode: number of calibration images.
         calib_split: Static mode: the split calibration images come from.
         calib_resolutions: Static mode: ``(H, W)`` sizes to calibrate at (default: the
@@ -56,6 +57,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         calibration_data: str = "fashion-mnist",
         calib_images: int = 256,
         calib_split: str = "train",
+        calibration_data_dir: str | None = None,
         calib_resolutions: Sequence[tuple[int, int]] | None = None,
         quantize_attention_matmuls: bool = False,
         opset: int = ORT_OPSET,
@@ -65,6 +67,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         self.calibration_data = calibration_data
         self.calib_images = calib_images
         self.calib_split = calib_split
+        self.calibration_data_dir = calibration_data_dir
         self.calib_resolutions = (
             None if calib_resolutions is None else [tuple(r) for r in calib_resolutions]
         )
@@ -96,6 +99,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
                     resolutions,
                     num_images=self.calib_images,
                     split=self.calib_split,
+                    data_dir=self.calibration_data_dir,
                 )
             partial = path.with_suffix(".partial.onnx")
             facts: dict[str, Any] = quantize_onnx(
@@ -119,6 +123,7 @@ class OnnxRuntimeInt8StaticBackend(OnnxRuntimeInt8Backend):
 
     name = "onnxruntime-int8-static"
     mode = "static"
+    calibrated = True
 
 
 __all__ = ["OnnxRuntimeInt8Backend", "OnnxRuntimeInt8StaticBackend", "exported_graph"]

@@ -195,12 +195,14 @@ class TensorRTInt8Backend(TensorRTBackend):
     Args:
         calib_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         calibration_data: Dataset name or image folder (its train split is used).
+        calibration_data_dir: Folder of a named dataset's files.
         calib_images: Number of calibration images.
         **kwargs: See :class:`TensorRTBackend`.
     """
 
     name = "tensorrt-int8"
     precision = "int8"
+    calibrated = True
 
     def __init__(
         self,
@@ -208,24 +210,31 @@ class TensorRTInt8Backend(TensorRTBackend):
         calib_method: str = "percentile",
         calibration_data: str = "fashion-mnist",
         calib_images: int = 256,
+        calibration_data_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device, **kwargs)
         self.calib_method = calib_method
         self.calibration_data = calibration_data
+        self.calibration_data_dir = calibration_data_dir
         self.calib_images = calib_images
 
     def onnx_graph(self, model: nn.Module, image_size: tuple[int, int]) -> tuple[Path, bool]:
         from vitres.export import calibration_batches, quantize_onnx
 
         path, dynamic = super().onnx_graph(model, image_size)
+        data = Path(self.calibration_data).name or "data"  # graphs never mix datasets
         qdq = path.with_name(
-            f"{path.stem}-int8-static-{self.calib_method}-{self.calib_images}"
+            f"{path.stem}-int8-static-{self.calib_method}-{data}-{self.calib_images}"
             f"-{image_size[0]}x{image_size[1]}.onnx"
         )
         if not qdq.exists():
             batches = calibration_batches(
-                model, self.calibration_data, [tuple(image_size)], num_images=self.calib_images
+                model,
+                self.calibration_data,
+                [tuple(image_size)],
+                num_images=self.calib_images,
+                data_dir=self.calibration_data_dir,
             )
             quantize_onnx(
                 path,
