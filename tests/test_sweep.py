@@ -257,7 +257,46 @@ def test_measure_hook_replaces_measurement(tmp_path):
         return error_record(config, "replayed")
 
     out = tmp_path / "r.jsonl"
-    records = run_sweep("vit_tiny_patch16", out_path=out, resolutions="32,48", measure=replay, progress=False)
+    records = run_sweep(
+        "vit_tiny_patch16", out_path=out, resolutions="32,48", measure=replay, progress=False
+    )
     assert seen == [(32, 32), (48, 48)]
     assert [m.error for m in records] == ["replayed", "replayed"]
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_resume_measures_again_when_the_checkpoint_changed(tmp_path):
+    """Results are keyed by model name; a retrained checkpoint under the same path must not
+    inherit them, while an unchanged one resumes without measuring anything."""
+    import vitres
+    from vitres.models.checkpoint import checkpoint_digest, save_model
+
+    def fake(model_ref, config, *rest):
+        calls.append(config.resolution)
+        return Measurement(config=config, accuracy=0.5, n_eval=1)
+
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    save_model(
+        vitres.create_model("vit_tiny_patch4", img_size=8, embed_dim=16, depth=1, num_heads=2), path
+    )
+    first = checkpoint_digest(path)
+    assert first is not None and checkpoint_digest("vit_tiny_patch4") is None
+    out = tmp_path / "r.jsonl"
+    calls: list = []
+    run_sweep(str(path), out_path=out, resolutions="8,16", measure=fake, progress=False)
+    assert len(calls) == 2 and {m.model_digest for m in read_results(out)} == {first}
+    calls.clear()
+    run_sweep(str(path), out_path=out, resolutions="8,16", measure=fake, progress=False)
+    assert calls == []  # same weights: everything resumes
+    torch.manual_seed(1)
+    save_model(
+        vitres.create_model("vit_tiny_patch4", img_size=8, embed_dim=16, depth=1, num_heads=2), path
+    )
+    second = checkpoint_digest(path)
+    assert second != first
+    with pytest.warns(UserWarning, match="other weights"):
+        records = run_sweep(
+            str(path), out_path=out, resolutions="8,16", measure=fake, progress=False
+        )
+    assert len(calls) == 2 and {m.model_digest for m in records} == {second}

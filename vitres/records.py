@@ -65,6 +65,10 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     embed_dim: width D of the model (for the naive memory formula).
     build_time_s: seconds the backend's ``prepare`` took (export / compile / cast).
     env: environment fingerprint, see :func:`vitres.measure.env_fingerprint`.
+    model_digest: short SHA-256 of the checkpoint file the model was loaded from
+        (:func:`vitres.models.checkpoint.checkpoint_digest`), ``None`` for models not
+        loaded from a vitres checkpoint. A resumed sweep re-measures records whose
+        digest is not the current file's, so retrained weights never inherit old numbers.
     timestamp: ISO-8601 UTC time the record was made.
 """
 
@@ -177,6 +181,7 @@ class Measurement:
     embed_dim: int | None = None
     build_time_s: float | None = None
     env: dict[str, Any] = field(default_factory=dict)
+    model_digest: str | None = None
     timestamp: str = field(default_factory=utc_timestamp)
     source: str = "measured"
     key: str = ""

@@ -43,6 +43,7 @@ from vitres.measure import (
     run_isolated,
     set_threads,
 )
+from vitres.models.checkpoint import checkpoint_digest
 from vitres.recommend import Budget, adaptive_candidates
 from vitres.records import (
     Measurement,
@@ -445,7 +446,16 @@ def run_sweep(
     if out_path is not None:
         repair_results(out_path)
         existing = read_results(out_path)
-    done = {m.key: m for m in existing if m.ok}
+    # Records keyed by model *name* must not outlive the weights they measured.
+    digest = checkpoint_digest(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None
+    done = {m.key: m for m in existing if m.ok and (digest is None or m.model_digest == digest)}
+    stale = {m.key for m in existing if m.ok and m.key not in done}
+    if stale:
+        warnings.warn(
+            f"{len(stale)} result(s) in {out_path} were measured with other weights than "
+            f"{model_ref}'s current file (digest {digest}); measuring them again",
+            stacklevel=2,
+        )
     results: dict[str, Measurement] = {c.key(): done[c.key()] for c in configs if c.key() in done}
     accuracies: dict[tuple, tuple[float, int]] = {}
     threads_before = torch.get_num_threads()
@@ -474,6 +484,8 @@ def run_sweep(
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
             m = error_record(config, f"{type(error).__name__}: {error}")
+        if digest is not None:
+            m.model_digest = digest
         if m.ok and m.accuracy is not None:
             accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
         if not m.ok:

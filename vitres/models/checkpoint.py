@@ -15,6 +15,7 @@ patch does not cover; timm resamples bicubic with antialias.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -102,6 +103,24 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str
 def _resolve_reference(name: str) -> Path | None:
     candidate = WEIGHTS_DIR / f"{name}.safetensors"
     return candidate if candidate.exists() else None
+
+
+def checkpoint_digest(path: str | Path) -> str | None:
+    """Short SHA-256 of the weights file of a vitres checkpoint (a path or a bundled name),
+    or ``None`` when ``path`` names no such file (registry names, factories, folders of
+    other formats)."""
+    try:
+        reference = _resolve_reference(str(path)) if not Path(path).exists() else None
+        weights_path, _ = _paths(reference or path)
+    except (OSError, ValueError):
+        return None
+    if not weights_path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(weights_path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def load_model(path: str | Path, **overrides) -> nn.Module:
