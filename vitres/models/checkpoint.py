@@ -105,13 +105,18 @@ def _resolve_reference(name: str) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def _checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """``(weights, config)`` paths of a checkpoint path or bundled reference name."""
+    reference = _resolve_reference(str(path)) if not Path(path).exists() else None
+    return _paths(reference or path)
+
+
 def checkpoint_digest(path: str | Path) -> str | None:
     """Short SHA-256 of the weights file of a vitres checkpoint (a path or a bundled name),
     or ``None`` when ``path`` names no such file (registry names, factories, folders of
     other formats)."""
     try:
-        reference = _resolve_reference(str(path)) if not Path(path).exists() else None
-        weights_path, _ = _paths(reference or path)
+        weights_path, _ = _checkpoint_paths(path)
     except (OSError, ValueError):
         return None
     if not weights_path.is_file():
@@ -130,8 +135,7 @@ def load_model(path: str | Path, **overrides) -> nn.Module:
         path: ``x.safetensors``, its ``x.json``, a checkpoint directory, or a bundled name.
         **overrides: run-time config fields to change, e.g. ``pos_embed_mode="fourier"``.
     """
-    reference = _resolve_reference(str(path)) if not Path(path).exists() else None
-    weights_path, config_path = _paths(reference or path)
+    weights_path, config_path = _checkpoint_paths(path)
     if not weights_path.exists():
         bundled = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
         raise FileNotFoundError(
