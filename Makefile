@@ -24,6 +24,7 @@ demo: install data
 
 test: install data
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
+	$(VENV)/bin/ruff format --check vitres tests benchmarks scripts
 	$(PY) -m pytest
 
 lint: install

@@ -46,7 +46,9 @@ def interleaved_medians(fns: list, x: torch.Tensor, rounds: int, warmup: int) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
@@ -60,7 +62,9 @@ def main() -> None:
     for res in [int(r) for r in args.resolutions.split(",")]:
         native = vitres.create_model("vit_small_patch16", img_size=res).eval()
         state = anyres.state_dict()
-        state["pos_embed"] = vitres.resample_pos_embed(state["pos_embed"], res // 16, 224 // 16, 1, "bicubic")
+        state["pos_embed"] = vitres.resample_pos_embed(
+            state["pos_embed"], res // 16, 224 // 16, 1, "bicubic"
+        )
         native.load_state_dict(state)
         for batch in [int(b) for b in args.batches.split(",")]:
             x = torch.randn(batch, 3, res, res)
@@ -91,7 +95,12 @@ def main() -> None:
                 flush=True,
             )
     RESULTS.mkdir(parents=True, exist_ok=True)
-    report = {"benchmark": "anyres_overhead", "target_pct": 2.0, "env": env_fingerprint(args.threads), "rows": rows}
+    report = {
+        "benchmark": "anyres_overhead",
+        "target_pct": 2.0,
+        "env": env_fingerprint(args.threads),
+        "rows": rows,
+    }
     (RESULTS / "anyres_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "| resolution | batch | any-res median (ms) | native median (ms) | overhead | logits max abs diff |",

@@ -107,7 +107,7 @@ def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     from vitres.measure import TimingConfig
-    from vitres.sweep import run_sweep
+    from vitres.tune.sweep import run_sweep
 
     model = vitres.create_model(
         "vit_tiny_patch7",
@@ -118,7 +118,7 @@ def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
         depth=1,
         num_heads=2,
     )
-    from vitres.records import SweepConfig
+    from vitres.tune.records import SweepConfig
 
     # a grid that names it skips it (test_sweep_grid_skips_unavailable_backends); a config
     # given explicitly is attempted and recorded as an error, and the sweep goes on
@@ -234,7 +234,7 @@ def test_tensorrt_optimisation_profile_spans_the_build_shape():
 
 
 def test_sweep_grid_skips_unavailable_backends():
-    from vitres.sweep import build_grid
+    from vitres.tune.grid import build_grid
 
     with pytest.warns(UserWarning, match="skipping backend 'tensorrt'"):
         grid = build_grid("vit_tiny_patch16", "32,48", backends=("eager", "tensorrt"))
@@ -252,8 +252,9 @@ def test_static_int8_in_a_sweep_calibrates_on_the_sweeps_own_data(tmp_path, monk
     import vitres
     import vitres.backends.onnx_backend as onnx_backend
     import vitres.export
-    from vitres.measure import TimingConfig, backend_options, measure_config
-    from vitres.records import SweepConfig
+    from vitres.measure import TimingConfig
+    from vitres.tune.measurement import backend_options, measure_config
+    from vitres.tune.records import SweepConfig
 
     root = tmp_path / "shapes"
     rng = np.random.default_rng(0)

@@ -1,6 +1,9 @@
 """The command line: every command's --help, and the main job end to end on a tiny model."""
 
 import json
+import subprocess
+import sys
+from html import escape as html_escape
 
 import pytest
 import torch
@@ -45,27 +48,96 @@ def test_errors_are_reported_not_raised(capsys, tmp_path):
 def test_demo_pipeline_on_tiny_model(tmp_path, capsys):
     torch.manual_seed(0)
     model = vitres.create_model(
-        "vit_tiny_patch4", img_size=28, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2
+        "vit_tiny_patch4",
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
     )
     path = vitres.save_model(model, tmp_path / "tiny.safetensors")
     out_dir = tmp_path / "demo"
-    args = ["demo", "--model", str(path), "--res", "16,28", "--backend", "eager", "--out-dir", str(out_dir)]
-    assert main([*args, "--eval-limit", "64", "--max-acc-drop", "100", "--min-speedup", "-1"]) == 0
+    args = [
+        "demo",
+        "--model",
+        str(path),
+        "--res",
+        "16,28",
+        "--backend",
+        "eager",
+        "--out-dir",
+        str(out_dir),
+    ]
+    assert (
+        main([*args, "--eval-limit", "64", "--max-acc-drop", "100", "--min-speedup", "-0.99"]) == 0
+    )
     out = capsys.readouterr().out
     assert "report" in out
     lines = (out_dir / "results.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert len(records) == 2 and all(r["status"] == "ok" for r in records)
     assert (out_dir / "report.html").stat().st_size > 1000
-    # without hardware limits the speed-up rule becomes the latency limit
-    from vitres.pipeline import speedup_budget
-    from vitres.records import read_results
-
-    measured = read_results(out_dir / "results.jsonl")
-    base = next(m for m in measured if tuple(m.config.resolution) == (28, 28))
-    derived = speedup_budget(measured, vitres.Budget(min_speedup=0.25))
-    assert derived.max_latency_ms == pytest.approx(base.latency.median_ms / 1.25)
-    assert speedup_budget(measured, vitres.Budget(max_memory_mb=1e6)).max_latency_ms is None
     # re-running resumes: nothing is measured again
     assert main([*args, "--eval-limit", "64"]) in (0, 1)
     assert len((out_dir / "results.jsonl").read_text().splitlines()) == 2
+
+
+def test_demo_recommend_and_report_give_one_answer(tmp_path, capsys):
+    """The same results file and flags give the same decision in all three commands."""
+    torch.manual_seed(1)
+    model = vitres.create_model(
+        "vit_tiny_patch4",
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
+    )
+    path = vitres.save_model(model, tmp_path / "tiny.safetensors")
+    out_dir = tmp_path / "demo"
+    demo = ["demo", "--model", str(path), "--res", "12,20,28", "--backend", "eager"]
+    for flags in ([], ["--max-acc-drop", "100", "--min-speedup", "-0.5"], ["--task", "realtime"]):
+        code_demo = main([*demo, "--out-dir", str(out_dir), "--limit", "64", *flags])
+        answer_demo = capsys.readouterr().out.splitlines()[0]
+        results = str(out_dir / "results.jsonl")
+        code_rec = main(["recommend", results, *flags])
+        answer_rec = capsys.readouterr().out.splitlines()[0]
+        assert main(["report", results, "--out", str(tmp_path / "r.html"), *flags]) == 0
+        answer_report = capsys.readouterr().out.splitlines()[0]
+        assert answer_demo == answer_rec == answer_report
+        assert code_demo == code_rec
+        assert main(["recommend", results, "--json", *flags]) == code_rec
+        data = json.loads(capsys.readouterr().out)
+        assert data["answer"] == answer_rec
+        assert (code_rec == 0) == (data["choice"] is not None)
+        html = (tmp_path / "r.html").read_text()
+        assert html_escape(answer_rec) in html
+
+
+def test_version_and_python_m(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"vitres {vitres.__version__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "vitres", "--version"], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == f"vitres {vitres.__version__}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-latency-ms", "-2"], "--max-latency-ms must be a positive"),
+        (["--max-latency-ms", "nan"], "--max-latency-ms must be a positive"),
+        (["--min-fps", "0"], "--min-fps must be a positive"),
+        (["--max-acc-drop", "-1"], "--max-acc-drop must be a finite number >= 0"),
+    ],
+)
+def test_bad_budget_flags_are_clear_errors(tmp_path, capsys, flags, message):
+    results = tmp_path / "r.jsonl"
+    results.write_text("")
+    assert main(["recommend", str(results), *flags]) == 2
+    assert message in capsys.readouterr().err

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from vitres.costmodel import (
+from vitres.tune.costmodel import (
     CostFit,
     fit_cost,
     fit_latency,
@@ -18,7 +18,7 @@ from vitres.costmodel import (
     nonnegative_lstsq,
     predicted_measurement,
 )
-from vitres.records import LatencyStats, Measurement, SweepConfig
+from vitres.tune.records import LatencyStats, Measurement, SweepConfig
 
 TOKENS = np.array([16, 49, 100, 196, 400, 784, 1024, 1600], dtype=float)
 
@@ -123,7 +123,7 @@ def test_fit_latency_groups_by_backend_and_predicts():
     ]
     fits = fit_latency(records)
     assert len(fits) == 2
-    eager = next(f for k, f in fits.items() if k[1] == "eager")
+    eager = next(f for k, f in fits.items() if k.backend == "eager")
     assert (
         eager.form == "linear" and eager.b == pytest.approx(0.02) and eager.c == pytest.approx(1.0)
     )

@@ -116,7 +116,7 @@ def test_cli_eval_table(saved_model, capsys):
 def test_cli_eval_reports_bad_input(capsys):
     assert main(["eval", "--model", "no-such-model", "--res", "16", "--limit", "5"]) == 2
     assert "no vitres checkpoint" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="comma-separated"):
+    with pytest.raises(ValueError, match="cannot read resolution"):
         parse_resolutions("16,abc")
     with pytest.raises(ValueError, match="positive"):
         parse_resolutions([16, 0])

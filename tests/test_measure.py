@@ -19,12 +19,12 @@ from vitres.measure import (
     attention_flops,
     count_flops,
     env_fingerprint,
-    evaluate_accuracy,
     latency_stats,
     percentile,
     set_threads,
     time_calls,
 )
+from vitres.tune.measurement import evaluate_accuracy
 
 
 class FakeClock:

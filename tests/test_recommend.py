@@ -7,15 +7,16 @@ import json
 
 import pytest
 
-from vitres.recommend import (
-    Budget,
-    adaptive_candidates,
+from vitres.tune.adaptive import adaptive_candidates
+from vitres.tune.budget import Budget
+from vitres.tune.recommend import (
     format_recommendation,
     pareto_front,
     recommend,
     select_baseline,
 )
-from vitres.records import LatencyStats, Measurement, SweepConfig, append_result, read_results
+from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result, read_results
+from vitres.tune.rule import judge
 
 
 def mk(
@@ -59,31 +60,77 @@ def test_pareto_front_removes_dominated_points():
     assert [m.latency_ms for m in front] == [1.0, 2.0, 5.0]
 
 
-def test_best_feasible_is_most_accurate_then_fastest():
+def test_best_eligible_is_most_accurate_then_fastest():
     base = mk(28, 0.93, 4.0)
     b = mk(24, 0.92, 2.0)
     d = mk(20, 0.92, 2.2)
     slow = mk(32, 0.96, 6.0)
     rec = recommend([base, b, d, slow], Budget(max_latency_ms=2.5))
     assert rec.choice.key == b.key  # tie on accuracy with d -> the faster one
-    assert keys(rec.feasible) == keys([b, d])
+    assert keys(rec.feasible) == keys([b, d]) and keys(rec.eligible) == keys([b, d])
     assert rec.baseline.key == base.key
-    assert rec.delta_acc_points == pytest.approx(-1.0)
-    assert rec.delta_speed == pytest.approx(4.0 / 2.0 - 1.0)
-    assert rec.accepted is True and rec.verdict.startswith("accept")
+    # the seed's formulas, by hand: ΔAcc = (0.93 - 0.92) / 0.93, ΔSpeed = (4 - 2) / 4
+    assert rec.delta_acc == pytest.approx(0.01 / 0.93)
+    assert rec.delta_acc_points == pytest.approx(1.0)
+    assert rec.delta_speed == pytest.approx(0.5)
+    assert rec.speedup == pytest.approx(2.0)
+    assert rec.accepted is True and rec.status == "accepted"
+    assert rec.verdict.startswith("accept")
 
 
-def test_verdict_rejects_large_accuracy_change_or_small_speedup():
+def test_rule_matches_the_seeds_hand_computation():
+    # the seed's vehicle case: 120 ms -> 68 ms for a 1 % relative accuracy loss
+    base, tuned = mk(28, 0.800, 120.0), mk(20, 0.792, 68.0)
+    j = judge(tuned, base, Budget())
+    assert j.delta_acc == pytest.approx((0.800 - 0.792) / 0.800)  # 1.0 %
+    assert j.delta_speed == pytest.approx((120.0 - 68.0) / 120.0)  # 43.3 %
+    assert j.accepted is True
+    # relative vs points: a 1-point drop from 60 % is 1.67 % relative
+    base, tuned = mk(28, 0.60, 4.0), mk(20, 0.59, 2.0)
+    assert judge(tuned, base, Budget()).accepted is False
+    assert judge(tuned, base, Budget()).acc_ok is False
+    assert judge(tuned, base, Budget(acc_form="points")).accepted is True
+    # time saved vs throughput gain: 4 ms -> 3.3 ms saves 17.5 %, is 1.21x the throughput
+    base, tuned = mk(28, 0.9, 4.0), mk(24, 0.9, 3.3)
+    assert judge(tuned, base, Budget(min_speedup=0.2)).delta_speed == pytest.approx(0.175)
+    assert judge(tuned, base, Budget(min_speedup=0.2)).accepted is False
+    assert judge(tuned, base, Budget(min_speedup=0.2, speed_form="throughput")).accepted is True
+    # exactly at the limit is not accepted (|ΔAcc| < 1.5 %, ΔSpeed > 25 %)
+    assert judge(mk(20, 0.985, 1.0), mk(28, 1.0, 4.0), Budget()).acc_ok is False
+    assert judge(mk(20, 1.0, 3.0), mk(28, 1.0, 4.0), Budget()).speed_ok is False
+    # a gain in accuracy never fails, however large
+    assert judge(mk(20, 0.99, 2.0), mk(28, 0.5, 4.0), Budget(max_acc_drop=0)).accepted is True
+
+
+def test_no_budget_means_most_accurate_config_the_rule_accepts():
     base = mk(28, 0.93, 4.0)
-    rec = recommend([base, mk(16, 0.91, 1.0)], Budget(max_latency_ms=2.0))
-    assert rec.delta_acc_points == pytest.approx(-2.0)
-    assert rec.accepted is False and "accuracy" in rec.verdict
-    rec = recommend([base, mk(24, 0.93, 3.5)], Budget(max_latency_ms=3.6))
-    assert rec.delta_speed == pytest.approx(4.0 / 3.5 - 1) and rec.delta_speed < 0.25
-    assert rec.accepted is False and "speed" in rec.verdict
-    # the rule is |ΔAcc| < max_acc_drop: exactly at the limit is not accepted
-    rec = recommend([base, mk(16, 0.915, 1.0)], Budget(max_latency_ms=2.0, max_acc_drop=1.5))
-    assert rec.delta_acc_points == pytest.approx(-1.5) and rec.accepted is False
+    bigger = mk(40, 0.94, 8.0)  # more accurate but slower: the speed half fails
+    good = mk(20, 0.925, 2.0)  # 0.54 % drop, 50 % faster
+    small = mk(16, 0.90, 1.0)  # 3.2 % drop
+    rec = recommend([base, bigger, good, small])
+    assert rec.choice.key == good.key and rec.accepted is True
+    assert rec.budget.limits() == [] and "no limits" in rec.budget.source
+    assert rec.sentence() == (
+        "Deploy 20 px fp32 eager: 92.5 % (-0.5 %), 2.00× faster than 28 px fp32 eager "
+        "— accepted by the rule."
+    )
+
+
+def test_none_passes_names_the_closest_and_by_how_much():
+    base = mk(28, 0.93, 4.0)
+    almost = mk(24, 0.93, 3.2)  # ΔSpeed 20 %: misses 25 % by 5 points
+    lossy = mk(16, 0.85, 1.0)  # fast but 8.6 % drop
+    rec = recommend([base, almost, lossy])
+    assert rec.choice is None and rec.status == "none-passes"
+    assert rec.closest.key == almost.key
+    assert rec.message.startswith("ΔSpeed misses by 5.0 %")
+    assert rec.sentence().startswith(
+        "Nothing passes the acceptance rule; closest: 24 px fp32 eager"
+    )
+    assert "None passes" in format_recommendation(rec)
+    data = rec.to_dict()
+    assert data["choice"] is None and data["closest"]["key"] == almost.key
+    assert data["closest_judgement"]["delta_speed"] == pytest.approx(0.2)
 
 
 def test_speedup_is_per_image_across_batch_sizes():
@@ -91,22 +138,57 @@ def test_speedup_is_per_image_across_batch_sizes():
     batched = mk(28, 0.93, 8.0, batch=4)  # 2 ms per image
     rec = recommend([base, batched], Budget(min_fps=400), baseline=base.key)
     assert rec.choice.key == batched.key
-    assert rec.delta_speed == pytest.approx(1.0)
+    assert rec.delta_speed == pytest.approx(0.5) and rec.speedup == pytest.approx(2.0)
 
 
 def test_infeasible_message_names_the_closest():
     records = [mk(28, 0.93, 9.0), mk(28, 0.925, 6.1, backend="eager-bf16"), mk(40, 0.94, 15.0)]
     rec = recommend(records, Budget(max_latency_ms=5))
-    assert rec.choice is None
+    assert rec.choice is None and rec.status == "infeasible"
     assert rec.message == "no config meets 5 ms; the fastest is 28 px bf16 at 6.1 ms"
     assert rec.closest.config.backend == "eager-bf16"
-    assert "No feasible config" in format_recommendation(rec)
+    assert rec.sentence().startswith("Nothing meets latency ≤ 5 ms; closest: 28 px bf16")
     rec = recommend(records, Budget(max_memory_mb=5))
     assert rec.message.startswith("no config fits 5 MiB; the smallest is")
     # each limit reachable alone, not together
     both = [mk(16, 0.9, 1.0, mem=50.0), mk(20, 0.9, 5.0, mem=5.0)]
     rec = recommend(both, Budget(max_latency_ms=2.0, max_memory_mb=10.0))
     assert rec.choice is None and rec.message.startswith("no config meets all of")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_latency_ms": -1}, "max_latency_ms must be a positive"),
+        ({"max_latency_ms": 0}, "max_latency_ms must be a positive"),
+        ({"min_fps": float("nan")}, "min_fps must be a positive"),
+        ({"max_memory_mb": float("inf")}, "max_memory_mb must be a positive"),
+        ({"max_acc_drop": -1}, "max_acc_drop must be a finite number >= 0"),
+        ({"max_acc_drop": float("nan")}, "max_acc_drop"),
+        ({"min_speedup": 1.5}, "must lie in \\(-1, 1\\)"),
+        ({"min_speedup": float("nan")}, "min_speedup must be a finite"),
+        ({"acc_form": "absolute"}, "acc_form must be one of"),
+        ({"min_side_px": 40, "max_side_px": 20}, "larger than"),
+    ],
+)
+def test_bad_budgets_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Budget(**kwargs)
+
+
+def test_task_presets_scale_with_the_native_size():
+    realtime = Budget.for_task("realtime")
+    assert realtime.min_fps == 30 and "realtime" in realtime.source
+    # native 28 px: "224 px on the model's scale" is 28 px, "384 px" is 48 px
+    assert realtime.side_limits(mk(28, 0.9, 1.0)) == (0.0, pytest.approx(28.0))
+    precise = Budget.for_task("high-precision")
+    assert precise.side_limits(mk(28, 0.9, 1.0))[0] == pytest.approx(28 * 384 / 224)
+    records = [mk(28, 0.93, 20.0), mk(40, 0.94, 30.0), mk(56, 0.95, 40.0), mk(20, 0.92, 10.0)]
+    assert precise.violations(records[1]) == ["size"] and precise.feasible(records[2])
+    # 20 px is the only config within 28 px that is >= 30 FPS and passes the rule
+    assert recommend(records, realtime).choice.config.resolution == (20, 20)
+    with pytest.raises(ValueError, match="unknown task"):
+        Budget.for_task("fast")
 
 
 def test_baseline_selection():
@@ -132,7 +214,9 @@ def test_recommendation_from_a_results_file_and_json(tmp_path):
     data = json.loads(json.dumps(rec.to_dict()))
     assert data["choice"]["resolution"] == [20, 20]
     assert data["accepted"] is True
-    assert data["delta_acc_points"] == pytest.approx(-0.5)
+    assert data["delta_acc_points"] == pytest.approx(0.5)
+    assert data["delta_acc"] == pytest.approx(0.005 / 0.93)
+    assert data["delta_speed"] == pytest.approx(0.5) and data["speedup"] == pytest.approx(2.0)
     assert "Recommended: 20 px fp32" in format_recommendation(rec)
 
 

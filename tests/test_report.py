@@ -5,9 +5,9 @@ from __future__ import annotations
 import base64
 from html.parser import HTMLParser
 
-from vitres.recommend import Budget
-from vitres.records import LatencyStats, Measurement, SweepConfig, append_result
-from vitres.report import write_report
+from vitres.tune.recommend import Budget
+from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
+from vitres.tune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -92,7 +92,7 @@ def test_report_embeds_pngs_escapes_text_and_writes_markdown(tmp_path):
     assert "<script" not in parser.tags and "script" not in parser.tags
     assert any("alert('x')" in t for t in parser.text)  # shown as text
     body = "".join(parser.text)
-    assert "Recommended: 28 px fp32" in body  # most accurate under 3 ms / 30 MiB
+    assert "Recommended: 28 px bf16" in body  # most accurate passing under 3 ms / 30 MiB
     assert "naive formula" in body
 
     markdown = open(md_path, encoding="utf-8").read()

@@ -13,22 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from vitres.measure import TimingConfig
-from vitres.records import (
-    LatencyStats,
+from vitres.measure import LatencyStats, TimingConfig
+from vitres.tune.grid import anchor_resolutions, build_grid, parse_int_list, parse_resolutions
+from vitres.tune.records import (
     Measurement,
     SweepConfig,
     append_result,
     read_results,
     repair_results,
 )
-from vitres.sweep import (
-    anchor_resolutions,
-    build_grid,
-    parse_int_list,
-    parse_resolutions,
-    run_sweep,
-)
+from vitres.tune.sweep import run_sweep
 
 FAST = TimingConfig(warmup_calls=1, warmup_s=0.0, min_calls=3, min_s=0.0)
 
@@ -248,7 +242,7 @@ def test_isolated_child_crash_becomes_an_error_record(tmp_path):
 
 def test_measure_hook_replaces_measurement(tmp_path):
     """Strategies can be compared on recorded numbers: the hook is called per config."""
-    from vitres.sweep import error_record, run_sweep
+    from vitres.tune.sweep import error_record, run_sweep
 
     seen = []
 

@@ -1,30 +1,32 @@
 """vitres: Vision Transformers at any input resolution and patch size, and a tuner for
 the resolution, patch size, precision and backend they are deployed at."""
 
-from vitres import sweep  # a callable module: vitres.sweep(...) runs a sweep
 from vitres.layers.patch_embed import resample_patch_embed
 from vitres.layers.pos_embed import resample_pos_embed
 from vitres.models.checkpoint import from_pretrained, load_model, save_model
 from vitres.models.registry import create_model, list_models, model_config
-from vitres.recommend import Budget, recommend
-from vitres.report import write_report
-from vitres.sweep import run_sweep
+from vitres.tune.budget import Budget
+from vitres.tune.recommend import Recommendation, recommend
+from vitres.tune.records import read_results
+from vitres.tune.report import write_report
+from vitres.tune.sweep import run_sweep
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Budget",
+    "Recommendation",
     "__version__",
     "create_model",
     "from_pretrained",
     "list_models",
     "load_model",
     "model_config",
+    "read_results",
     "recommend",
     "resample_patch_embed",
     "resample_pos_embed",
     "run_sweep",
     "save_model",
-    "sweep",
     "write_report",
 ]

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run Vision Transformers at any resolution, measure every resolution on your "
         "hardware and data, and pick the one that meets your budget.",
     )
+    from vitres import __version__
+
+    parser.add_argument("--version", action="version", version=f"vitres {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:

@@ -17,25 +17,9 @@ import torch
 from torch import nn
 
 from vitres.data import Dataset, eval_batches, get_dataset
+from vitres.layers.sizes import parse_resolutions, size_label
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
-
-
-def parse_resolutions(text: str | Sequence[int]) -> list[int]:
-    """``"16,20,28"`` (or a sequence of ints) -> ``[16, 20, 28]``; rejects non-positive sizes."""
-    if isinstance(text, str):
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        try:
-            values = [int(p) for p in parts]
-        except ValueError:
-            raise ValueError(
-                f"resolutions must be comma-separated integers like '16,28,56'; got {text!r}"
-            ) from None
-    else:
-        values = [int(v) for v in text]
-    if not values or any(v < 1 for v in values):
-        raise ValueError(f"resolutions must be positive integers, at least one; got {text!r}")
-    return values
 
 
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -48,13 +32,13 @@ def _autocast(precision: str) -> contextlib.AbstractContextManager:
 def accuracy_at(
     model: nn.Module,
     dataset: Dataset,
-    resolution: int,
+    resolution: int | tuple[int, int],
     batch_size: int = 256,
     limit: int | None = None,
     patch_size: int | None = None,
     precision: str = "fp32",
 ) -> tuple[float, int]:
-    """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` x ``resolution``.
+    """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` (one int: square).
 
     The model is put in eval mode for the call and its previous mode restored.
 
@@ -98,6 +82,7 @@ def evaluate(
     size_policy: str | None = None,
     data_dir: str | None = None,
     precision: str = "fp32",
+    threads: int | None = None,
 ) -> dict:
     """Scores a model at several input resolutions.
 
@@ -106,7 +91,8 @@ def evaluate(
             :func:`vitres.load_model`.
         dataset: a dataset object, or a name / folder for :func:`vitres.data.get_dataset`
             (its ``"test"`` split is used).
-        resolutions: square input sizes, as ints or ``"16,28,56"``.
+        resolutions: input sizes in the grammar of :func:`vitres.layers.sizes.parse_resolutions`
+            (``"16,28,56"``, ``"12:56:4"``, ``"28x40"``, ints or ``(h, w)`` pairs).
         batch_size: examples per forward pass.
         limit: score only the first ``limit`` examples (all when ``None``).
         patch_size: patch size for every call (the model's own when ``None``).
@@ -116,6 +102,7 @@ def evaluate(
         size_policy: override of the size policy (``pad``, ``crop``, ``resize``, ``error``).
         data_dir: folder of the Fashion-MNIST files when ``dataset`` is a name.
         precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
+        threads: torch CPU threads for the call (``None``: leave as set).
 
     Returns:
         A JSON-ready dict::
@@ -125,7 +112,7 @@ def evaluate(
               "data": str,              # dataset name, e.g. "fashion-mnist/test"
               "n": int,                 # examples scored at each resolution
               "patch_size": int,        # patch size used
-              "accuracy": {"16": 0.81, "28": 0.90, ...},  # top-1 in [0, 1], keys str(res)
+              "accuracy": {"16": 0.81, "28x40": 0.90, ...},  # top-1 in [0, 1]; keys "H" or "HxW"
               "pos_embed_mode": str | None,  # None for models without a learned table
               "size_policy": str,
               "precision": str,
@@ -159,14 +146,20 @@ def evaluate(
     else:
         data = dataset
     sizes = parse_resolutions(resolutions)
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
     try:
         used = net.config  # the config in effect, overrides included
         accuracy: dict[str, float] = {}
         n = 0
         for res in sizes:
             acc, n = accuracy_at(net, data, res, batch_size, limit, patch_size, precision)
-            accuracy[str(res)] = acc
+            accuracy[size_label(res)] = acc
     finally:
+        torch.set_num_threads(threads_before)
         if previous is not None:
             net.config = previous
     learned = getattr(used, "pos_embed", None) == "learned"

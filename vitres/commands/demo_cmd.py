@@ -4,32 +4,45 @@ from __future__ import annotations
 
 import argparse
 
-from vitres.commands.recommend_cmd import add_budget_arguments, budget_from_args
+from vitres.commands.args import (
+    DefaultsFormatter,
+    add_budget_arguments,
+    add_res_argument,
+    budget_from_args,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vitres.pipeline import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS
+    from vitres.tune.run import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS
 
     parser = subparsers.add_parser(
         "demo",
         help="sweep the bundled Fashion-MNIST model, recommend a config, write the report",
         description="Sweeps the bundled reference model over a resolution ladder in fp32 and bf16 "
-        "on the Fashion-MNIST test set, recommends a config under the budget, and writes an HTML "
-        "report. Re-running resumes: configs already measured are skipped.",
+        "on the Fashion-MNIST test set, recommends a config under the budget (the same decision "
+        "`vitres recommend` makes on the results file), and writes an HTML report. Re-running "
+        "resumes: configs already measured are skipped.",
+        formatter_class=DefaultsFormatter,
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model reference")
     parser.add_argument("--data", default="fashion-mnist", help="dataset for accuracy")
-    parser.add_argument("--res", default=DEFAULT_RESOLUTIONS, help="resolution ladder")
-    parser.add_argument("--backend", default=",".join(DEFAULT_BACKENDS), help="backends, comma-separated")
-    parser.add_argument("--out-dir", default="runs/demo", help="output folder (default runs/demo)")
-    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    add_res_argument(parser, default=DEFAULT_RESOLUTIONS)
+    parser.add_argument("--backend", default=",".join(DEFAULT_BACKENDS), help="backends")
+    parser.add_argument("--out-dir", default="runs/demo", help="output folder")
+    parser.add_argument(
+        "--limit",
+        "--eval-limit",
+        dest="limit",
+        type=int,
+        help="evaluate on the first N test images only (default: all)",
+    )
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.pipeline import tune
+    from vitres.tune.run import tune
 
     result = tune(
         model=args.model,
@@ -38,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
         backends=tuple(b.strip() for b in args.backend.split(",") if b.strip()),
         out_dir=args.out_dir,
         budget=budget_from_args(args),
-        eval_limit=args.eval_limit,
+        baseline=args.baseline,
+        eval_limit=args.limit,
         threads=args.threads,
     )
     print(result.summary())
-    return 0
+    return 0 if result.recommendation.choice is not None else 1

@@ -5,27 +5,33 @@ from __future__ import annotations
 import argparse
 import json
 
+from vitres.commands.args import (
+    DefaultsFormatter,
+    add_common_arguments,
+    add_model_argument,
+    add_res_argument,
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="accuracy of a model at several resolutions",
-        description="Scores a vitres checkpoint (path or bundled name) on a dataset's test "
-        "split at each resolution; --mode and --size-policy override how it adapts.",
+        description="Scores a model (any model reference) on a dataset's test split at each "
+        "resolution; --mode and --size-policy override how it adapts.",
+        formatter_class=DefaultsFormatter,
     )
-    parser.add_argument("--model", required=True, help="checkpoint path or bundled name")
+    add_model_argument(parser)
     parser.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
-    parser.add_argument("--res", default="16,20,28,40,56", help="comma-separated resolutions")
+    add_res_argument(parser, default="16,20,28,40,56")
     parser.add_argument(
         "--mode",
         default=None,
         help="position-table resampling: nearest|bilinear|bicubic|area|fourier",
     )
     parser.add_argument("--size-policy", default=None, help="pad | crop | resize | error")
-    parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
-    parser.add_argument("--limit", type=int, default=None, help="first N test examples only")
-    parser.add_argument("--batch-size", type=int, default=256)
+    add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         size_policy=args.size_policy,
         data_dir=args.data_dir,
         precision=args.precision,
+        threads=args.threads,
     )
     if args.json:
         print(json.dumps(result))

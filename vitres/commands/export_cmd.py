@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         quantize_onnx,
         unwrap_model,
     )
-    from vitres.sweep import resolve_model
+    from vitres.models.resolve import resolve_model
 
     model = resolve_model(args.model).eval()
     out = Path(args.out)

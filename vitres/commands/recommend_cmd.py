@@ -1,56 +1,21 @@
-"""`vitres recommend RESULTS`: the best config under a budget, with the ΔAcc/ΔSpeed verdict."""
+"""`vitres recommend RESULTS`: the config to deploy under a budget, by the acceptance rule."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-
-def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
-    """The budget flags shared by ``recommend``, ``report`` and ``sweep --adaptive``."""
-    group = parser.add_argument_group("budget")
-    group.add_argument(
-        "--max-latency-ms", type=float, help="median latency per call must not exceed this"
-    )
-    group.add_argument("--min-fps", type=float, help="throughput (images/s) must reach this")
-    group.add_argument("--max-memory-mb", type=float, help="peak memory (MiB) must not exceed this")
-    group.add_argument(
-        "--max-acc-drop",
-        type=float,
-        default=1.5,
-        help="accept when the accuracy drop is below this many points (default 1.5)",
-    )
-    group.add_argument(
-        "--min-speedup",
-        type=float,
-        default=0.25,
-        help="accept when ΔSpeed exceeds this fraction (default 0.25 = 25%%)",
-    )
-    group.add_argument(
-        "--baseline",
-        metavar="CONFIGKEY",
-        help="config key to compare against (default: native resolution, fp32 eager, batch 1)",
-    )
-
-
-def budget_from_args(args: argparse.Namespace):  # noqa: ANN201 - Budget, imported lazily
-    from vitres.recommend import Budget
-
-    return Budget(
-        max_latency_ms=args.max_latency_ms,
-        min_fps=args.min_fps,
-        max_memory_mb=args.max_memory_mb,
-        max_acc_drop=args.max_acc_drop,
-        min_speedup=args.min_speedup,
-    )
+from vitres.commands.args import DefaultsFormatter, add_budget_arguments, budget_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "recommend",
-        help="pick the most accurate config that meets a budget",
-        description="Reads a sweep results file and prints the most accurate config that meets the "
-        "budget (ties: fastest), its Pareto front, and the acceptance verdict against the baseline.",
+        help="the config to deploy under a budget, by the acceptance rule",
+        description="Reads a sweep results file and prints the most accurate config that meets "
+        "the budget and that the acceptance rule accepts against the baseline (ties: fastest). "
+        "Exits 1 when nothing passes, naming the closest config and by how much it misses.",
+        formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
         "results", metavar="RESULTS", help="results file written by `vitres sweep` (JSON lines)"
@@ -60,17 +25,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def load_recommendation(path: str, args: argparse.Namespace):  # noqa: ANN201 - Recommendation
+    """The one decision for a results file and the budget flags (shared by the commands)."""
     import os
 
-    from vitres.recommend import format_recommendation, recommend
-    from vitres.records import read_results
+    from vitres.tune.recommend import recommend
+    from vitres.tune.records import read_results
 
-    if not os.path.exists(args.results):
-        raise FileNotFoundError(
-            f"no results file at {args.results}; run `vitres sweep --out {args.results}` first"
-        )
-    rec = recommend(read_results(args.results), budget_from_args(args), args.baseline)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no results file at {path}; run `vitres sweep --out {path}` first")
+    return recommend(read_results(path), budget_from_args(args), args.baseline)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vitres.tune.recommend import format_recommendation
+
+    rec = load_recommendation(args.results, args)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:

@@ -4,51 +4,49 @@ from __future__ import annotations
 
 import argparse
 
-from vitres.commands.recommend_cmd import add_budget_arguments, budget_from_args
+from vitres.commands.args import (
+    DefaultsFormatter,
+    add_budget_arguments,
+    add_common_arguments,
+    add_model_argument,
+    add_res_argument,
+    budget_from_args,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vitres.measure import TimingConfig
+
     parser = subparsers.add_parser(
         "sweep",
         help="measure every resolution / patch / batch / backend config into a results file",
-        description="Measures each config (by default in its own child process) and appends one JSON "
-        "line per config to --out as soon as it finishes. Re-running skips configs already "
+        description="Measures each config (by default in its own child process) and appends one "
+        "JSON line per config to --out as soon as it finishes. Re-running skips configs already "
         "recorded as ok.",
+        formatter_class=DefaultsFormatter,
     )
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="model: reference name (fmnist-vit-multires), checkpoint path, registry "
-        "name (vit_tiny_patch16) or module:factory",
-    )
+    add_model_argument(parser)
+    add_res_argument(parser, required=True)
+    add_common_arguments(parser, patch_list=True, batch_list=True, batch_default="1")
     parser.add_argument(
         "--data", help="dataset for accuracy: fashion-mnist or an image folder (omit: speed only)"
     )
     parser.add_argument("--data-dir", help="folder holding the dataset files")
-    parser.add_argument("--split", default="test", help="dataset split (default test)")
+    parser.add_argument("--split", default="test", help="dataset split")
     parser.add_argument(
-        "--res", required=True, help="resolutions: 16,20,28 or ranges 96:448:32 or HxW like 28x40"
+        "--backend",
+        default="eager",
+        help="backends, comma-separated, e.g. eager,eager-bf16,onnxruntime",
     )
-    parser.add_argument(
-        "--patch", default=None, help="patch sizes, e.g. 4,7 (default: the model's own)"
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default="results.jsonl", help="results file")
+    timing = parser.add_argument_group("timing")
+    defaults = TimingConfig()
+    timing.add_argument(
+        "--min-time", type=float, default=defaults.min_s, help="seconds of timed calls per config"
     )
-    parser.add_argument(
-        "--backend", default="eager", help="backends, e.g. eager,eager-bf16 (default eager)"
-    )
-    parser.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8 (default 1)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument(
-        "--out", default="results.jsonl", help="results file (default results.jsonl)"
-    )
-    parser.add_argument(
-        "--eval-limit", type=int, help="evaluate accuracy on the first N examples only"
-    )
-    parser.add_argument(
-        "--min-time", type=float, default=2.0, help="seconds of timed calls per config (default 2)"
-    )
-    parser.add_argument(
-        "--min-calls", type=int, default=30, help="timed calls per config at least (default 30)"
+    timing.add_argument(
+        "--min-calls", type=int, default=defaults.min_calls, help="timed calls per config at least"
     )
     parser.add_argument(
         "--timeout", type=float, help="seconds per config before it is recorded as failed"
@@ -70,8 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitres.backends import list_backends
+    from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig
-    from vitres.sweep import build_grid, parse_int_list, run_sweep
+    from vitres.tune.grid import build_grid
+    from vitres.tune.sweep import run_sweep
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
     unknown = [b for b in backends if b not in list_backends()]
@@ -80,8 +80,8 @@ def run(args: argparse.Namespace) -> int:
     configs = build_grid(
         args.model,
         args.res,
-        parse_int_list(args.patch, allow_native=True),
-        parse_int_list(args.batch),
+        parse_int_list(args.patch_size, allow_native=True),
+        parse_int_list(args.batch_size),
         backends,
         threads=args.threads,
         device=args.device,
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         args.data,
         split=args.split,
         data_dir=args.data_dir,
-        eval_limit=args.eval_limit,
+        eval_limit=args.limit,
         timing=timing,
         isolate=not args.no_isolate,
         timeout_s=args.timeout,

@@ -6,8 +6,8 @@ model), the accuracy-vs-latency Pareto front with the recommendation marked, and
 memory vs resolution with the budget line. Tables list the recommendation, every
 record, the cost-model fits, and the memory ceiling next to the seed's naive formula.
 
-The report draws what the other stages computed (:mod:`vitres.costmodel`,
-:mod:`vitres.recommend`); it computes no results itself. Plots use matplotlib's Agg
+The report draws what the other stages computed (:mod:`vitres.tune.costmodel`,
+:mod:`vitres.tune.recommend`); it computes no results itself. Plots use matplotlib's Agg
 canvas directly (no pyplot, no global backend switch).
 """
 
@@ -26,22 +26,16 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from vitres.costmodel import (
-    CostFit,
-    fit_latency,
-    fit_memory,
-    group_key,
-    memory_ceiling,
-    naive_max_side,
-)
-from vitres.recommend import (
-    Budget,
+from vitres.tune.budget import Budget
+from vitres.tune.costmodel import CostFit
+from vitres.tune.recommend import (
+    MemoryCeiling,
     Recommendation,
     describe_config,
     format_recommendation,
     recommend,
 )
-from vitres.records import Measurement, latest_by_key, read_results
+from vitres.tune.records import Measurement, group_key, read_results
 
 
 @dataclass
@@ -363,28 +357,36 @@ def fit_rows(lat_fits: dict, mem_fits: dict) -> list[list[str]]:
     rows = []
     for kind, fits, unit in (("latency", lat_fits, "ms"), ("memory", mem_fits, "MiB")):
         for key, fit in fits.items():
-            model, backend, precision, batch, device, threads = key
             loo = ", ".join(f"{f} {_fmt(e)} %" for f, e in fit.candidates.items())
-            rows.append([kind, model, backend, precision, str(batch), fit.describe(unit), loo])
+            rows.append(
+                [
+                    kind,
+                    key.model,
+                    key.backend,
+                    key.precision,
+                    str(key.batch_size),
+                    fit.describe(unit),
+                    loo,
+                ]
+            )
     return rows
 
 
-def ceiling_rows(ok: Sequence[Measurement], mem_fits: dict, budget: Budget) -> list[list[str]]:
-    if budget.max_memory_mb is None:
-        return []
+def ceiling_rows(ceilings: Sequence[MemoryCeiling]) -> list[list[str]]:
     rows = []
-    for key, fit in mem_fits.items():
-        sample = next(m for m in ok if group_key(m) == key)
-        patch = sample.patch_size
-        if not patch:
-            continue
-        fitted = memory_ceiling(fit, budget.max_memory_mb, patch)
-        naive = None
-        if sample.embed_dim:
-            naive = naive_max_side(budget.max_memory_mb * 2**20, patch, sample.embed_dim)
+    for c in ceilings:
+        fitted, naive = c.fitted_side_px, c.naive_side_px
         ratio = None if (fitted is None or naive is None or fitted == 0) else naive / fitted
         rows.append(
-            [key[1], key[2], str(key[3]), str(patch), _fmt(fitted), _fmt(naive, 4), _fmt(ratio, 3)]
+            [
+                c.group.backend,
+                c.group.precision,
+                str(c.group.batch_size),
+                str(c.patch_size),
+                _fmt(fitted),
+                _fmt(naive, 4),
+                _fmt(ratio, 3),
+            ]
         )
     return rows
 
@@ -428,7 +430,7 @@ CEILING_HEADER = (
 
 
 def write_report(
-    results: str | os.PathLike[str] | Sequence[Measurement],
+    recommendation: Recommendation | str | os.PathLike[str] | Sequence[Measurement],
     out_html: str | os.PathLike[str],
     budget: Budget | None = None,
     *,
@@ -438,25 +440,40 @@ def write_report(
 ) -> tuple[str, str | None]:
     """Writes the HTML report (and ``<name>.md`` with ``<name>_files/*.png`` beside it).
 
+    The report draws what :func:`vitres.tune.recommend.recommend` decided and the
+    evidence it carries (records, fits, ceilings); it computes no results itself.
+
     Args:
-        results: A results file or the records.
+        recommendation: The :class:`Recommendation` to draw. A results file or a list
+            of records is accepted too: it is first passed to ``recommend`` with
+            ``budget`` and ``baseline`` (the same call ``vitres recommend`` makes).
         out_html: Path of the HTML file.
-        budget: Budget for the recommendation and the budget lines.
-        baseline: Baseline config key (default: native resolution, fp32 eager, batch 1).
+        budget: Budget, only when ``recommendation`` is records.
+        baseline: Baseline config key, only when ``recommendation`` is records.
         title: Page title.
         markdown: Also write the Markdown file.
 
     Returns:
         The HTML path and the Markdown path (``None`` without Markdown).
     """
-    budget = budget or Budget()
-    records = latest_by_key(
-        read_results(results) if isinstance(results, (str, os.PathLike)) else list(results)
-    )
+    if isinstance(recommendation, Recommendation):
+        if budget is not None or baseline is not None:
+            raise ValueError(
+                "write_report: budget and baseline belong to recommend(); pass them there, "
+                "or pass records instead of a Recommendation"
+            )
+        rec = recommendation
+    else:
+        records = (
+            read_results(recommendation)
+            if isinstance(recommendation, (str, os.PathLike))
+            else list(recommendation)
+        )
+        rec = recommend(records, budget, baseline)
+    budget, records = rec.budget, rec.records
     ok = [m for m in records if m.ok]
     predicted = [m for m in records if m.status == "predicted"]
-    rec = recommend(ok, budget, baseline)
-    lat_fits, mem_fits = fit_latency(ok), fit_memory(ok)
+    lat_fits, mem_fits = rec.latency_fits, rec.memory_fits
     plots = [
         plot_accuracy(ok),
         plot_latency(ok, predicted, lat_fits, budget),
@@ -467,7 +484,7 @@ def write_report(
     rows, fits, ceilings = (
         result_rows(records),
         fit_rows(lat_fits, mem_fits),
-        ceiling_rows(ok, mem_fits, budget),
+        ceiling_rows(rec.ceilings),
     )
     env = next((m.env for m in ok if m.env), {})
     counts = (

@@ -7,8 +7,8 @@ constant, and small ``N`` often looks linear. So three forms are fitted -- ``c``
 fall as ``N`` grows), and the form is chosen by leave-one-out (LOO) error: each point
 is predicted by the fit to the others, and the form with the smallest median absolute
 percentage error wins, the simpler one when within 25 % of the best (the data must
-earn the extra term). Fits are made per ``(model, backend, precision, batch, device,
-threads)``, minimising relative error (rows weighted by ``1/y``), since latencies span
+earn the extra term). Fits are made per :class:`~vitres.tune.records.GroupKey` (every config field but
+the resolution), minimising relative error (rows weighted by ``1/y``), since latencies span
 orders of magnitude and the error is judged in percent.
 
 This module fits and predicts; it runs no model.
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from vitres.records import LatencyStats, Measurement, SweepConfig, latest_by_key
+from vitres.measure.timing import LatencyStats
+from vitres.tune.records import GroupKey, Measurement, SweepConfig, group_key, latest_by_key
 
 FORMS: dict[str, tuple[int, ...]] = {
     # which of (a, b, c) of a·N² + b·N + c the form uses
@@ -33,8 +34,6 @@ FORMS: dict[str, tuple[int, ...]] = {
     "quadratic": (0, 1, 2),
 }
 PARSIMONY = 0.25
-
-GroupKey = tuple[str, str, str, int, str, Any]
 
 
 @dataclass
@@ -196,13 +195,6 @@ def fit_cost(
         n_points=len(n),
         tokens_range=(float(n.min()), float(n.max())),
     )
-
-
-def group_key(m: Measurement | SweepConfig) -> GroupKey:
-    """The group a record's cost curve belongs to: (model, backend, precision, batch,
-    device, threads)."""
-    c = m.config if isinstance(m, Measurement) else m
-    return (c.model, c.backend, c.precision, c.batch_size, c.device, c.threads)
 
 
 def _fit_groups(

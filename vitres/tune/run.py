@@ -3,21 +3,15 @@ configuration under a budget, and write the report. Used by ``vitres demo``."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from vitres.measure import TimingConfig
-from vitres.recommend import (
-    Budget,
-    Recommendation,
-    format_recommendation,
-    recommend,
-    select_baseline,
-)
-from vitres.records import read_results
-from vitres.report import write_report
-from vitres.sweep import run_sweep
+from vitres.tune.budget import Budget
+from vitres.tune.recommend import Recommendation, format_recommendation, recommend
+from vitres.tune.records import read_results
+from vitres.tune.report import write_report
+from vitres.tune.sweep import run_sweep
 
 DEFAULT_MODEL = "fmnist-vit-multires"
 DEFAULT_RESOLUTIONS = "12,16,20,24,28,40,56"
@@ -43,23 +37,6 @@ class TuneResult:
         return "\n".join(lines)
 
 
-def speedup_budget(measurements: list, budget: Budget) -> Budget:
-    """Turns the acceptance rule's speed-up into a latency limit when no limit is given.
-
-    With no latency, FPS or memory limit, "the most accurate config" is simply the largest
-    one; the question a user asks is which config is at least ``min_speedup`` faster than
-    the baseline with the least accuracy loss. So the latency limit becomes the baseline's
-    latency / (1 + min_speedup).
-    """
-    if budget.limits():
-        return budget
-    base = select_baseline(measurements)
-    if base is None or base.latency is None or budget.min_speedup <= -1.0:
-        return budget  # no baseline, or any slow-down is acceptable
-    limit = base.latency.median_ms / (1.0 + budget.min_speedup)
-    return dataclasses.replace(budget, max_latency_ms=limit)
-
-
 def tune(
     model: str = DEFAULT_MODEL,
     data: str | None = "fashion-mnist",
@@ -67,6 +44,7 @@ def tune(
     backends: tuple[str, ...] = DEFAULT_BACKENDS,
     out_dir: str | Path = "runs/demo",
     budget: Budget | None = None,
+    baseline: str | None = None,
     eval_limit: int | None = None,
     timing: TimingConfig | None = None,
     threads: int | None = None,
@@ -80,8 +58,9 @@ def tune(
         resolutions: ladder, e.g. ``"16,20,28"`` or ``"96:448:32"``.
         backends: backend names (precision is part of the backend).
         out_dir: where ``results.jsonl``, ``report.html`` and ``report.md`` go.
-        budget: the deployment budget; without a latency, FPS or memory limit, the
-            latency limit is derived from the acceptance rule (:func:`speedup_budget`).
+        budget: the deployment budget (default: no limits, the seed's acceptance rule,
+            i.e. the most accurate config the rule accepts).
+        baseline: baseline config key (default: native resolution, fp32 eager).
         eval_limit: evaluate accuracy on the first N examples only.
         timing: warm-up and measurement lengths (default: >= 30 calls and >= 2 s).
         threads: torch threads (default: all cores).
@@ -103,8 +82,6 @@ def tune(
         timing=timing,
         progress=progress,
     )
-    measurements = read_results(results_path)
-    budget = speedup_budget(measurements, budget)
-    rec = recommend(measurements, budget)
-    html, md = write_report(measurements, out_dir / "report.html", budget, title=f"vitres: {model}")
+    rec = recommend(read_results(results_path), budget, baseline)
+    html, md = write_report(rec, out_dir / "report.html", title=f"vitres: {model}")
     return TuneResult(results_path, Path(html), Path(md) if md else None, rec)

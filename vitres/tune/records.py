@@ -76,11 +76,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
+
+from vitres.measure.timing import LatencyStats
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "predicted")
@@ -128,29 +131,6 @@ class SweepConfig:
         return cls(**kwargs)
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    """Statistics of per-call latency in milliseconds; see the module docstring."""
-
-    median_ms: float
-    iqr_ms: float
-    p90_ms: float
-    p95_ms: float
-    p99_ms: float
-    min_ms: float
-    mean_ms: float
-    count: int
-    unstable: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
 def utc_timestamp() -> str:
     """The current time as ISO-8601 UTC with seconds, e.g. ``2025-01-31T12:00:00Z``."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -190,6 +170,21 @@ class Measurement:
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.accuracy is not None:
+            acc = self.accuracy
+            if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0.0 <= acc <= 1.0:
+                raise ValueError(
+                    f"accuracy must be a fraction in [0, 1] (or null), got {acc!r}; "
+                    "accuracy is stored as a fraction, e.g. 0.853 for 85.3 %"
+                )
+        for name in ("throughput_ips", "peak_mem_mb"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or not value >= 0):
+                raise ValueError(f"{name} must be a number >= 0 (or null), got {value!r}")
+        if self.latency is not None and not (
+            math.isfinite(self.latency.median_ms) and self.latency.median_ms >= 0
+        ):
+            raise ValueError(f"latency median_ms must be a finite number >= 0, got {self.latency}")
         self.key = self.config.key()
         for name in ("grid", "native_resolution"):
             value = getattr(self, name)
@@ -229,6 +224,10 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        if not isinstance(d, dict):
+            raise ValueError(f"a record must be a JSON object, got {type(d).__name__} {d!r:.60}")
+        if not isinstance(d.get("config"), dict):
+            raise ValueError("a record needs a 'config' object (model, resolution, ...)")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in names and k != "key"}
         kwargs["config"] = SweepConfig.from_dict(d["config"])
@@ -274,7 +273,7 @@ def read_results(path: str | os.PathLike[str]) -> list[Measurement]:
         is_last_partial = number == len(lines) and not complete
         try:
             results.append(Measurement.from_json(line))
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             if is_last_partial:
                 warnings.warn(
                     f"{path}: ignoring a partial last line ({len(line)} characters); "
@@ -349,3 +348,32 @@ def latest_by_key(measurements: list[Measurement]) -> list[Measurement]:
         if previous is None or m.ok or not previous.ok:
             chosen[m.key] = m
     return list(chosen.values())
+
+
+class GroupKey(NamedTuple):
+    """The records that share one cost curve: every field of a config but its resolution.
+
+    The cost model fits one curve per group, the adaptive sweep refines per group, and
+    the report draws one series per group; this is the one definition all of them use.
+    """
+
+    model: str
+    patch_size: int | None
+    batch_size: int
+    backend: str
+    precision: str
+    threads: int | None
+    device: str
+
+    def label(self) -> str:
+        """Short text for legends, e.g. ``eager fp32 b1`` (``p7`` when a patch is set)."""
+        patch = "" if self.patch_size is None else f" p{self.patch_size}"
+        return f"{self.backend} {self.precision} b{self.batch_size}{patch}"
+
+
+def group_key(item: Measurement | SweepConfig) -> GroupKey:
+    """The :class:`GroupKey` of a record or config."""
+    c = item.config if isinstance(item, Measurement) else item
+    return GroupKey(
+        c.model, c.patch_size, c.batch_size, c.backend, c.precision, c.threads, c.device
+    )

@@ -1,0 +1,211 @@
+"""The flags every command shares, so one name means one thing everywhere.
+
+- ``--model``: the one model-reference grammar (:func:`vitres.models.resolve.resolve_model`);
+- ``--res``: the one size grammar (:mod:`vitres.layers.sizes`);
+- ``--patch-size``, ``--batch-size``, ``--limit``, ``--threads``;
+- the budget flags, generated from :class:`vitres.tune.budget.Budget` with its docstring
+  as help and its defaults shown, plus ``--task`` presets.
+
+Help text for dataclass-generated flags comes from the dataclass's Google-style
+``Attributes:`` section, so the library documents each option once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import re
+import types
+import typing
+from typing import Any
+
+MODEL_HELP = (
+    "model: a bundled name (fmnist-vit-multires), a vitres checkpoint, a Hugging Face "
+    "directory, a timm file or directory, a registry name (random weights) or module:factory"
+)
+RES_HELP = "resolutions: 16,20,28 | ranges 12:56:4 (start:stop:step) | height x width 28x40"
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default (when it has a real one) after its text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default:" in text
+            or default in (None, False, "", argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """``{field: description}`` from the ``Attributes:`` section of ``cls``'s docstring."""
+    doc = inspect.getdoc(cls) or ""
+    match = re.search(r"^Attributes:\s*$(.*?)(?:^\S|\Z)", doc, re.M | re.S)
+    if not match:
+        return {}
+    out: dict[str, str] = {}
+    current = None
+    for line in match.group(1).splitlines():
+        item = re.match(r"^\s{4}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
+        if item:
+            current = item.group(1)
+            out[current] = item.group(2).strip()
+        elif current and line.strip():
+            out[current] += " " + line.strip()
+    return {name: re.sub(r"``([^`]*)``", r"\1", text) for name, text in out.items()}
+
+
+def _optional(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        return None if text.lower() in ("none", "") else kind(text)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    skip: tuple[str, ...] = (),
+    defaults: Any = None,
+    help: dict[str, str] | None = None,
+) -> None:
+    """One ``--field-name`` flag per field of ``cls`` (bools as ``--x/--no-x``), its help
+    from the docstring and its default shown.
+
+    Args:
+        parser: Parser or argument group to add to.
+        cls: The dataclass.
+        skip: Fields not to expose.
+        defaults: An instance whose values are the defaults (default: ``cls()``).
+        help: Extra or overriding help texts per field.
+    """
+    docs = {**attribute_docs(cls), **(help or {})}
+    hints = typing.get_type_hints(cls)
+    defaults = defaults if defaults is not None else cls()
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        hint = hints[field.name]
+        args = typing.get_args(hint)
+        origin = typing.get_origin(hint)
+        optional = origin in (typing.Union, types.UnionType) and type(None) in args
+        if optional:
+            hint = next(a for a in args if a is not type(None))
+        default = getattr(defaults, field.name)
+        text = docs.get(field.name, "")
+        kwargs: dict[str, Any] = {"default": default, "help": text.replace("%", "%%")}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = _optional(hint) if optional else hint
+        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
+
+
+def add_model_argument(
+    parser: argparse.ArgumentParser, *, required: bool = True, **kw: Any
+) -> None:
+    parser.add_argument("--model", required=required, help=MODEL_HELP, **kw)
+
+
+def add_res_argument(
+    parser: argparse.ArgumentParser, *, default: str | None = None, required: bool = False
+) -> None:
+    parser.add_argument("--res", default=default, required=required, help=RES_HELP)
+
+
+def add_common_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    patch_list: bool = False,
+    batch_list: bool = False,
+    batch_default: str | int | None = None,
+) -> None:
+    """``--patch-size``, ``--batch-size``, ``--limit`` and ``--threads``.
+
+    Args:
+        parser: The command's parser.
+        patch_list: ``--patch-size`` takes a list (``4,7``; ``native`` = the model's own).
+        batch_list: ``--batch-size`` takes a list (a sweep axis) rather than one size.
+        batch_default: Default of ``--batch-size``.
+    """
+    parser.add_argument(
+        "--patch-size",
+        "--patch",
+        dest="patch_size",
+        default=None,
+        type=None if patch_list else int,
+        help="patch sizes, e.g. 4,7 (native = the model's own; default: the model's own)"
+        if patch_list
+        else "patch size for every call (default: the model's own)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        default=batch_default,
+        type=None if batch_list else int,
+        help="batch sizes, e.g. 1,8" if batch_list else "images per forward call",
+    )
+    parser.add_argument(
+        "--limit",
+        "--eval-limit",
+        dest="limit",
+        type=int,
+        default=None,
+        help="use the first N evaluation examples only (all when omitted)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (torch's choice when omitted)"
+    )
+
+
+# --------------------------------------------------------------------------- budget
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """The budget flags shared by ``recommend``, ``report``, ``demo`` and ``sweep``."""
+    from vitres.tune.budget import TASK_TEXT, Budget
+
+    group = parser.add_argument_group(
+        "budget and acceptance rule",
+        "Limits a config must meet, and the rule it is judged by against the baseline. "
+        "Without limits the answer is the most accurate config the rule accepts.",
+    )
+    group.add_argument(
+        "--task",
+        choices=sorted(TASK_TEXT),
+        help="start from a preset: "
+        + "; ".join(f"{name}: {text}" for name, text in TASK_TEXT.items()),
+    )
+    add_dataclass_arguments(group, Budget, skip=("task", "source"))
+    group.add_argument(
+        "--baseline",
+        metavar="CONFIGKEY",
+        help="config key to compare against (default: native resolution, fp32 eager, "
+        "smallest batch)",
+    )
+
+
+def budget_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~vitres.tune.budget.Budget` the flags describe; ``ValueError`` with the
+    flag's name when a value is out of range."""
+    from vitres.tune.budget import Budget
+
+    names = [f.name for f in dataclasses.fields(Budget) if f.name not in ("task", "source")]
+    values = {name: getattr(args, name) for name in names}
+    try:
+        if getattr(args, "task", None):
+            defaults = Budget()
+            overrides = {k: v for k, v in values.items() if v != getattr(defaults, k)}
+            return Budget.for_task(args.task, **overrides)
+        return Budget(**values)
+    except ValueError as error:
+        flag = re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(error))
+        raise ValueError(flag) from None

@@ -1,0 +1,147 @@
+"""Timing of a call: warm-up, call-by-call samples and robust latency statistics.
+
+Latency is timed call by call after a warm-up that lasts both a number of calls and a
+time (timm's ``benchmark.py`` and torchao's benchmarks do the same), and summarised by
+robust statistics (median, IQR, tail percentiles) with an ``unstable`` flag when the
+spread is large. The clock is injectable, so tests use a fake one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+UNSTABLE_IQR_RATIO = 0.10
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Statistics of per-call latency in milliseconds; see the module docstring."""
+
+    median_ms: float
+    iqr_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    min_ms: float
+    mean_ms: float
+    count: int
+    unstable: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LatencyStats:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to warm up and to measure; both a call count and a time must be reached."""
+
+    warmup_calls: int = 10
+    warmup_s: float = 0.2
+    min_calls: int = 30
+    min_s: float = 2.0
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "warmup_calls": self.warmup_calls,
+            "warmup_s": self.warmup_s,
+            "min_calls": self.min_calls,
+            "min_s": self.min_s,
+        }
+
+
+def time_calls(
+    fn: Callable[[], Any],
+    *,
+    warmup_calls: int = 10,
+    warmup_s: float = 0.2,
+    min_calls: int = 30,
+    min_s: float = 2.0,
+    clock: Callable[[], float] = time.perf_counter,
+    sync: Callable[[], None] | None = None,
+) -> list[float]:
+    """Times ``fn()`` call by call.
+
+    Warm-up runs until at least ``warmup_calls`` calls AND ``warmup_s`` seconds have
+    passed; then calls are timed until at least ``min_calls`` calls AND ``min_s`` seconds
+    (from the start of the first timed call to the end of the last) have passed.
+
+    The clock is read once at the start of the warm-up and once after each warm-up call,
+    and twice around each timed call (``t0``, ``fn()``, ``sync()``, ``t1``).
+
+    Args:
+        fn: The call to time.
+        warmup_calls: Minimum warm-up calls.
+        warmup_s: Minimum warm-up seconds.
+        min_calls: Minimum timed calls.
+        min_s: Minimum timed seconds.
+        clock: Seconds as a float; injectable so tests can use a fake clock.
+        sync: Called after each ``fn()`` before reading the clock (e.g.
+            ``torch.cuda.synchronize`` for asynchronous devices).
+
+    Returns:
+        The duration of every timed call, in seconds.
+    """
+    if min_calls < 1:
+        raise ValueError(f"min_calls must be at least 1, got {min_calls}")
+    start = clock()
+    calls = 0
+    while calls < warmup_calls or clock() - start < warmup_s:
+        fn()
+        if sync is not None:
+            sync()
+        calls += 1
+    samples: list[float] = []
+    first = None
+    while True:
+        t0 = clock()
+        fn()
+        if sync is not None:
+            sync()
+        t1 = clock()
+        if first is None:
+            first = t0
+        samples.append(t1 - t0)
+        if len(samples) >= min_calls and t1 - first >= min_s:
+            return samples
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of already sorted values, linearly interpolated
+    between closest ranks (numpy's default ``method="linear"``)."""
+    if not sorted_values:
+        raise ValueError("percentile of an empty sequence")
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    fraction = position - low
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
+
+
+def latency_stats(samples_s: Sequence[float]) -> LatencyStats:
+    """Summarises call durations (seconds) as :class:`LatencyStats` in milliseconds."""
+    if len(samples_s) == 0:
+        raise ValueError("latency_stats needs at least one sample")
+    ms = sorted(float(s) * 1000.0 for s in samples_s)
+    median = percentile(ms, 50)
+    iqr = percentile(ms, 75) - percentile(ms, 25)
+    return LatencyStats(
+        median_ms=median,
+        iqr_ms=iqr,
+        p90_ms=percentile(ms, 90),
+        p95_ms=percentile(ms, 95),
+        p99_ms=percentile(ms, 99),
+        min_ms=ms[0],
+        mean_ms=sum(ms) / len(ms),
+        count=len(ms),
+        unstable=bool(median > 0 and iqr / median > UNSTABLE_IQR_RATIO),
+    )

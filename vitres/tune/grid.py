@@ -1,0 +1,118 @@
+"""The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends.
+
+The resolution grammar is :mod:`vitres.layers.sizes`' (re-exported here).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitres.backends import backend_class
+from vitres.layers.patch_embed import token_grid
+from vitres.layers.sizes import parse_int_list, parse_resolutions
+from vitres.models.resolve import ModelRef
+
+__all__ = [
+    "anchor_resolutions",
+    "build_grid",
+    "estimate_tokens",
+    "model_ref_name",
+    "parse_int_list",
+    "parse_resolutions",
+]
+from vitres.tune.records import Measurement, SweepConfig
+
+
+def model_ref_name(model_ref: ModelRef) -> str:
+    """The name a model reference is recorded under."""
+    if isinstance(model_ref, str):
+        return model_ref
+    if isinstance(model_ref, nn.Module):
+        return type(model_ref).__name__
+    return f"{model_ref.__module__}:{model_ref.__qualname__}"
+
+
+def build_grid(
+    model: ModelRef,
+    resolutions: str | Sequence[Any],
+    patch_sizes: Sequence[int | None] = (None,),
+    batch_sizes: Sequence[int] = (1,),
+    backends: Sequence[str] = ("eager",),
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+) -> list[SweepConfig]:
+    """Every combination as a :class:`SweepConfig`, resolution varying fastest.
+
+    Args:
+        model: Model reference (recorded by name).
+        resolutions: See :func:`parse_resolutions`.
+        patch_sizes: Patch sizes; ``None`` = the model's own.
+        batch_sizes: Batch sizes.
+        backends: Backend names (each fixes the precision, e.g. ``eager-bf16`` → bf16);
+            backends not available here (``Backend.availability``) are skipped with a warning.
+        threads: CPU threads; ``None`` records the current torch default so keys are stable.
+        device: ``cpu`` or ``cuda``.
+    """
+    sizes = parse_resolutions(resolutions)
+    threads = threads if threads is not None else torch.get_num_threads()
+    name = model_ref_name(model)
+    usable = []
+    for backend in backends:
+        ok, why = backend_class(backend).availability()
+        if ok:
+            usable.append(backend)
+        else:  # e.g. TensorRT without a GPU: skipped with the reason, not N error records
+            warnings.warn(f"skipping backend {backend!r}: {why}", stacklevel=2)
+    if backends and not usable:
+        raise ValueError(
+            f"none of the backends {list(backends)} is available here; see the warnings"
+        )
+    configs = []
+    for backend in usable:
+        precision = backend_class(backend).precision
+        for batch in batch_sizes:
+            for patch in patch_sizes:
+                for size in sizes:
+                    configs.append(
+                        SweepConfig(
+                            name, size, patch, int(batch), precision, backend, threads, device
+                        )
+                    )
+    return list(dict.fromkeys(configs))
+
+
+def anchor_resolutions(
+    resolutions: Sequence[tuple[int, int]], count: int = 4
+) -> list[tuple[int, int]]:
+    """``count`` resolutions spread evenly (by index, after sorting by pixel count),
+    always including the smallest and the largest."""
+    ordered = sorted(dict.fromkeys(tuple(r) for r in resolutions), key=lambda r: (r[0] * r[1], r))
+    if len(ordered) <= count:
+        return ordered
+    picks = {round(i * (len(ordered) - 1) / (count - 1)) for i in range(count)}
+    return [ordered[i] for i in sorted(picks)]
+
+
+def estimate_tokens(config: SweepConfig, measured: Sequence[Measurement]) -> int | None:
+    """Patch tokens of an unmeasured config, from the patch size and the rounding policy
+    seen in measured records of the same model (default: pad, i.e. round up)."""
+    same = [m for m in measured if m.config.model == config.model and m.native_patch_size]
+    if not same:
+        return None
+    patch = config.patch_size or same[0].native_patch_size
+    policy = "pad"
+    for m in same:
+        p = m.patch_size
+        if m.grid and p and (m.config.resolution[0] % p or m.config.resolution[1] % p):
+            policy = (
+                "crop" if tuple(m.grid) == token_grid(m.config.resolution, p, "crop") else "pad"
+            )
+            break
+    rows, cols = token_grid(config.resolution, patch, policy)
+    return rows * cols

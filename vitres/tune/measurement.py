@@ -1,0 +1,187 @@
+"""Measuring one sweep config into a record: latency, peak memory, accuracy, FLOPs.
+
+The timing, memory, FLOP and environment primitives are :mod:`vitres.measure`'s; this
+module puts them together for one :class:`~vitres.tune.records.SweepConfig` and returns
+its :class:`~vitres.tune.records.Measurement`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vitres.backends import backend_class, get_backend
+from vitres.layers.pos_embed import to_grid
+from vitres.measure import (
+    PeakMemoryTracker,
+    TimingConfig,
+    analytic_flops,
+    count_flops,
+    env_fingerprint,
+    latency_stats,
+    set_threads,
+    time_calls,
+)
+from vitres.tune.records import Measurement, SweepConfig
+
+
+class FixedPatchSize(nn.Module):
+    """Binds ``patch_size`` so a backend sees a plain ``forward(x)``."""
+
+    def __init__(self, model: nn.Module, patch_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, patch_size=self.patch_size)
+
+
+EvalData = Callable[[nn.Module, SweepConfig], Iterable[tuple[Tensor, Tensor]]]
+
+
+def evaluate_accuracy(
+    run: Callable[[Tensor], Tensor],
+    batches: Iterable[tuple[Tensor, Tensor]],
+    pad_to: int | None = None,
+) -> tuple[float, int]:
+    """Top-1 accuracy (fraction) and example count of ``run`` over ``(x, y)`` batches.
+
+    Args:
+        run: Maps a batch to logits.
+        batches: The evaluation batches.
+        pad_to: If set, every batch is split/padded to exactly this size (repeating its
+            last image; the padding is dropped), for backends built for one batch size.
+    """
+    correct = total = 0
+    for x, y in batches:
+        chunks = [x] if pad_to is None else list(torch.split(x, pad_to))
+        labels = [y] if pad_to is None else list(torch.split(y, pad_to))
+        for xc, yc in zip(chunks, labels):
+            n = xc.shape[0]
+            if pad_to is not None and n < pad_to:
+                xc = torch.cat([xc, xc[-1:].expand(pad_to - n, *xc.shape[1:])])
+            logits = run(xc)[:n]
+            correct += int((logits.float().argmax(dim=-1).cpu() == yc.cpu()).sum())
+            total += n
+    if total == 0:
+        raise ValueError("the evaluation data yielded no examples")
+    return correct / total, total
+
+
+def backend_options(
+    config: SweepConfig, calibration: tuple[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Constructor arguments of ``config.backend``: the device, and for backends that
+    calibrate on real images, the data they calibrate on."""
+    options: dict[str, Any] = {"device": config.device}
+    if calibration is not None and backend_class(config.backend).calibrated:
+        options["calibration_data"], options["calibration_data_dir"] = calibration
+    return options
+
+
+def measure_config(
+    build_model: Callable[[], nn.Module],
+    config: SweepConfig,
+    *,
+    eval_data: EvalData | None = None,
+    data_name: str | None = None,
+    timing: TimingConfig | None = None,
+    known_accuracy: tuple[float, int] | None = None,
+    isolated: bool = False,
+    with_flops: bool = True,
+    calibration: tuple[str, str | None] | None = None,
+) -> Measurement:
+    """Measures one config: latency, peak memory, accuracy, FLOPs; returns an ``ok`` record.
+
+    Order: set threads; memory baseline; build the model; ``backend.prepare``; time
+    ``backend.run`` on a random batch; read the peak memory; evaluate accuracy (through
+    the same backend, so reduced precision shows in accuracy); count FLOPs.
+
+    Args:
+        build_model: Returns the model (called after the memory baseline, so the peak
+            includes the weights).
+        config: What to measure.
+        eval_data: ``eval_data(model, config)`` yields ``(x, y)`` evaluation batches.
+        data_name: Name of the evaluation data, for the record.
+        timing: Warm-up and measurement windows.
+        known_accuracy: ``(accuracy, n_eval)`` already known for this model, resolution,
+            patch and backend (another batch size): evaluation is skipped.
+        isolated: True when running in a fresh child process (labels the memory method).
+        with_flops: Count FLOPs (one extra forward pass under the counter).
+        calibration: ``(dataset name or folder, data_dir)`` that backends needing
+            calibration images (static INT8) calibrate on: the sweep's own dataset, so a
+            folder dataset is not quantised with Fashion-MNIST's activation ranges.
+    """
+    timing = timing or TimingConfig()
+    threads = set_threads(config.threads)
+    device = torch.device(config.device)
+    tracker = PeakMemoryTracker(device, isolated=isolated)
+    tracker.start()
+    model = build_model().eval()
+    model_config = getattr(model, "config", None)
+    in_chans = int(getattr(model_config, "in_chans", 3))
+    native_patch = getattr(model_config, "patch_size", None)
+    native_patch = None if native_patch is None else to_grid(native_patch)[0]
+    native_res = getattr(model_config, "img_size", None)
+    native_res = None if native_res is None else to_grid(native_res)
+    height, width = config.resolution
+
+    runnable: nn.Module = (
+        model if config.patch_size is None else FixedPatchSize(model, config.patch_size)
+    )
+    backend = get_backend(config.backend, **backend_options(config, calibration))
+    shape = (config.batch_size, in_chans, height, width)
+    backend.prepare(runnable, shape)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # no copy timed
+    samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
+    peak = tracker.peak_mb()
+    stats = latency_stats(samples)
+
+    accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
+    if eval_data is not None and known_accuracy is None:
+        pad_to = None if backend.dynamic_batch else config.batch_size
+        accuracy, n_eval = evaluate_accuracy(backend.run, eval_data(model, config), pad_to=pad_to)
+
+    grid = tokens = flops = flops_analytic = None
+    if hasattr(model, "grid_size"):
+        grid = tuple(int(g) for g in model.grid_size((height, width), patch_size=config.patch_size))
+        tokens = grid[0] * grid[1]
+    if with_flops:
+        first = next(model.parameters(), None)
+        dtype = first.dtype if first is not None else torch.float32
+        flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
+        if model_config is not None:
+            try:
+                flops_analytic = analytic_flops(
+                    model_config, (height, width), config.patch_size, grid=grid
+                )
+            except (AttributeError, TypeError, ValueError):
+                flops_analytic = None
+    return Measurement(
+        config=config,
+        status="ok",
+        accuracy=accuracy,
+        n_eval=n_eval,
+        data=data_name if accuracy is not None else None,
+        latency=stats,
+        throughput_ips=config.batch_size / (stats.median_ms / 1000.0)
+        if stats.median_ms > 0
+        else None,
+        peak_mem_mb=peak,
+        mem_method=tracker.method,
+        flops=flops,
+        flops_analytic=flops_analytic,
+        params=sum(p.numel() for p in model.parameters()),
+        tokens=tokens,
+        grid=grid,
+        num_prefix_tokens=getattr(model, "num_prefix_tokens", None),
+        native_resolution=native_res,
+        native_patch_size=native_patch,
+        embed_dim=getattr(model_config, "embed_dim", None),
+        build_time_s=backend.build_time_s,
+        env=env_fingerprint(threads, config.device),
+    )

@@ -1,0 +1,296 @@
+"""The sweep: a grid of configs, each measured once, its record appended to a file.
+
+Configs are resolutions × patch sizes × batch sizes × backends (a backend fixes the
+precision). Each config is measured -- by default in its own ``spawn`` child process,
+so its memory peak is its own and a crash or out-of-memory kill becomes an ``error``
+record instead of a dead sweep -- and its record is appended to a JSON-lines file as
+soon as it finishes. Re-running the same sweep skips every config already recorded with
+status ``ok``; Ctrl-C leaves only whole lines. The record format is documented in
+:mod:`vitres.tune.records`.
+
+With ``adaptive=True`` only the configs that could change the recommendation are
+measured (:mod:`vitres.tune.adaptive`). The grid is :mod:`vitres.tune.grid`'s.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from vitres.measure import (
+    IsolatedRunError,
+    TimingConfig,
+    env_fingerprint,
+    run_isolated,
+    set_threads,
+)
+from vitres.models.checkpoint import checkpoint_digest
+from vitres.models.resolve import resolve_model
+from vitres.tune.adaptive import run_adaptive
+from vitres.tune.grid import ModelRef, build_grid
+from vitres.tune.measurement import measure_config
+from vitres.tune.recommend import Budget
+from vitres.tune.records import (
+    Measurement,
+    SweepConfig,
+    append_result,
+    read_results,
+    repair_results,
+)
+
+_DATASETS: dict[tuple, Any] = {}
+
+
+def _dataset(data: str, split: str, data_dir: str | None, in_chans: int) -> Any:
+    from vitres.data import get_dataset
+
+    key = (data, split, data_dir, in_chans)
+    if key not in _DATASETS:
+        _DATASETS.clear()  # keep at most one in memory
+        _DATASETS[key] = get_dataset(data, split, data_dir=data_dir, in_chans=in_chans)
+    return _DATASETS[key]
+
+
+class DatasetEval:
+    """``eval_data(model, config)`` for :func:`vitres.measure.measure_config`: batches of a
+    named dataset at the config's resolution, normalised with the model's mean/std."""
+
+    def __init__(
+        self,
+        data: str,
+        *,
+        split: str = "test",
+        data_dir: str | None = None,
+        limit: int | None = None,
+        batch_size: int = 64,
+    ) -> None:
+        self.data, self.split, self.data_dir = data, split, data_dir
+        self.limit, self.batch_size = limit, batch_size
+
+    def __call__(self, model: nn.Module, config: SweepConfig) -> Iterator[tuple[Tensor, Tensor]]:
+        from vitres.data import eval_batches
+
+        cfg = model.config
+        dataset = _dataset(self.data, self.split, self.data_dir, cfg.in_chans)
+        batch = max(self.batch_size, config.batch_size)
+        yield from eval_batches(
+            dataset,
+            config.resolution,
+            batch,
+            mean=cfg.mean,
+            std=cfg.std,
+            in_chans=cfg.in_chans,
+            limit=self.limit,
+        )
+
+
+def measure_one(
+    model_ref: ModelRef,
+    config: SweepConfig,
+    data: DatasetEval | None,
+    timing: TimingConfig,
+    known_accuracy: tuple[float, int] | None,
+    isolated: bool,
+    model_overrides: dict[str, Any] | None = None,
+) -> Measurement:
+    """Measures one config from picklable arguments (the child process entry point)."""
+    return measure_config(
+        lambda: resolve_model(model_ref, **(model_overrides or {})),
+        config,
+        eval_data=data,
+        data_name=None if data is None else data.data,
+        timing=timing,
+        known_accuracy=known_accuracy,
+        isolated=isolated,
+        calibration=None if data is None else (data.data, data.data_dir),
+    )
+
+
+def error_record(config: SweepConfig, message: str) -> Measurement:
+    return Measurement(
+        config=config,
+        status="error",
+        error=message,
+        env=env_fingerprint(config.threads, config.device),
+    )
+
+
+# --------------------------------------------------------------------------- sweep
+
+
+def _accuracy_key(c: SweepConfig) -> tuple:
+    return (c.model, c.resolution, c.patch_size, c.backend, c.precision, c.device)
+
+
+def run_sweep(
+    model_ref: ModelRef,
+    configs: Sequence[SweepConfig] | None = None,
+    out_path: str | os.PathLike[str] | None = None,
+    data: str | None = None,
+    *,
+    resolutions: str | Sequence[Any] | None = None,
+    patch_sizes: Sequence[int | None] = (None,),
+    batch_sizes: Sequence[int] = (1,),
+    backends: Sequence[str] = ("eager",),
+    threads: int | None = None,
+    device: str = "cpu",
+    split: str = "test",
+    data_dir: str | None = None,
+    eval_limit: int | None = None,
+    eval_batch_size: int = 64,
+    timing: TimingConfig | None = None,
+    isolate: bool = True,
+    timeout_s: float | None = None,
+    adaptive: bool = False,
+    budget: Budget | None = None,
+    anchors: int = 4,
+    per_round: int = 2,
+    model_overrides: dict[str, Any] | None = None,
+    progress: bool = True,
+    measure: Callable[..., Measurement] | None = None,
+) -> list[Measurement]:
+    """Measures every config (or, adaptively, the ones that matter) and records each.
+
+    Args:
+        model_ref: Model name or path (``vitres.load_model`` / ``vitres.create_model``),
+            ``"module:factory"``, a module-level factory, or (with ``isolate=False``) a model.
+        configs: The grid (:func:`build_grid`); or give ``resolutions`` (+ ``patch_sizes``,
+            ``batch_sizes``, ``backends``, ``threads``, ``device``) to build it here.
+        out_path: JSON-lines results file, appended to and resumed from; ``None`` keeps
+            results in memory only. A config is skipped when its key (which names the
+            model, resolution, patch, batch, backend, precision, threads and device, but not
+            the data or timing) is already recorded ``ok``: use a new file to re-measure
+            with other data or timing.
+        data: Dataset name or folder for accuracy (:func:`vitres.data.get_dataset`);
+            ``None`` measures speed and memory only.
+        split: Dataset split.
+        data_dir: Folder of dataset files.
+        eval_limit: Evaluate on the first ``eval_limit`` examples only.
+        eval_batch_size: Batch size for accuracy evaluation (backends built for one batch
+            size evaluate in chunks of the config's batch size).
+        timing: Warm-up and measurement windows.
+        isolate: Measure each config in a fresh child process (CPU memory peaks are then
+            per config, and crashes are contained). Without it a hard crash (e.g. the
+            out-of-memory killer) ends the sweep; exceptions are still recorded.
+        timeout_s: Per-config time limit (isolated runs only).
+        adaptive: Measure anchors, then only uncertain configs (see the module docstring).
+        budget: Budget the adaptive mode refines the recommendation for.
+        anchors: Anchor resolutions per group in adaptive mode.
+        per_round: Configs measured per adaptive round.
+        model_overrides: Keyword overrides for the model factory/loader.
+        progress: Show a progress bar.
+        measure: Replaces the measurement of one config: called in this process as
+            ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
+            model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
+            results when comparing sweep strategies on identical numbers).
+
+    Returns:
+        One record per config, in grid order: measured (``ok``/``error``) or ``predicted``.
+    """
+    if configs is None:
+        if resolutions is None:
+            raise ValueError("give either configs (see build_grid) or resolutions")
+        configs = build_grid(
+            model_ref,
+            resolutions,
+            patch_sizes,
+            batch_sizes,
+            backends,
+            threads=threads,
+            device=device,
+        )
+    if isolate and getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise RuntimeError(
+            "run_sweep was called while a child process was importing the main module; put "
+            "the sweep under `if __name__ == '__main__':` (or pass isolate=False)"
+        )
+    configs = list(dict.fromkeys(configs))
+    if not configs:
+        raise ValueError("the sweep has no configs")
+    if isolate and isinstance(model_ref, nn.Module):
+        raise ValueError(
+            "isolate=True needs a model name, path or module-level factory, not a model object"
+        )
+    timing = timing or TimingConfig()
+    dataset = (
+        None
+        if data is None
+        else DatasetEval(
+            data, split=split, data_dir=data_dir, limit=eval_limit, batch_size=eval_batch_size
+        )
+    )
+    existing: list[Measurement] = []
+    if out_path is not None:
+        repair_results(out_path)
+        existing = read_results(out_path)
+    # Records keyed by model *name* must not outlive the weights they measured.
+    digest = checkpoint_digest(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None
+    done = {m.key: m for m in existing if m.ok and (digest is None or m.model_digest == digest)}
+    stale = {m.key for m in existing if m.ok and m.key not in done}
+    if stale:
+        warnings.warn(
+            f"{len(stale)} result(s) in {out_path} were measured with other weights than "
+            f"{model_ref}'s current file (digest {digest}); measuring them again",
+            stacklevel=2,
+        )
+    results: dict[str, Measurement] = {c.key(): done[c.key()] for c in configs if c.key() in done}
+    accuracies: dict[tuple, tuple[float, int]] = {}
+    threads_before = torch.get_num_threads()
+
+    bar = tqdm(
+        total=len(configs),
+        initial=len(results),
+        disable=not progress,
+        unit="config",
+        desc="sweep",
+        dynamic_ncols=True,
+    )
+
+    def run(config: SweepConfig) -> Measurement:
+        known = accuracies.get(_accuracy_key(config))
+        bar.set_postfix_str(config.key(), refresh=True)
+        try:
+            args = (model_ref, config, dataset, timing, known, isolate, model_overrides)
+            if measure is not None:
+                m = measure(*args)
+            elif isolate:
+                m = run_isolated(measure_one, *args, timeout_s=timeout_s)
+            else:
+                m = measure_one(*args)
+        except IsolatedRunError as error:
+            m = error_record(config, str(error))
+        except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
+            m = error_record(config, f"{type(error).__name__}: {error}")
+        if digest is not None:
+            m.model_digest = digest
+        if m.ok and m.accuracy is not None:
+            accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
+        if not m.ok:
+            bar.write(f"config {config.key()} failed: {m.error}")
+        if out_path is not None:
+            append_result(out_path, m)
+        results[config.key()] = m
+        bar.update(1)
+        return m
+
+    try:
+        if not adaptive:
+            for config in configs:
+                if config.key() not in results:
+                    run(config)
+        else:
+            run_adaptive(
+                configs, results, run, budget or Budget(), anchors, per_round, out_path, bar
+            )
+    finally:
+        bar.close()
+        if not isolate:
+            set_threads(threads_before)
+    return [results[c.key()] for c in configs if c.key() in results]
