@@ -132,6 +132,7 @@ def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
         isolate=False,
         progress=False,
         timing=TimingConfig(warmup_calls=1, warmup_s=0, min_calls=1, min_s=0),
+        max_attempts=1,
     )
     assert [r.status for r in records] == ["error", "ok"]
     assert "not available here" in records[0].error

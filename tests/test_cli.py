@@ -68,6 +68,9 @@ def test_demo_pipeline_on_tiny_model(tmp_path, capsys):
         "eager",
         "--out-dir",
         str(out_dir),
+        "--keep-unstable",
+        "--max-attempts",
+        "1",
     ]
     assert (
         main([*args, "--eval-limit", "64", "--max-acc-drop", "100", "--min-speedup", "-0.99"]) == 0
@@ -98,6 +101,7 @@ def test_demo_recommend_and_report_give_one_answer(tmp_path, capsys):
     path = vitres.save_model(model, tmp_path / "tiny.safetensors")
     out_dir = tmp_path / "demo"
     demo = ["demo", "--model", str(path), "--res", "12,20,28", "--backend", "eager"]
+    demo += ["--keep-unstable", "--max-attempts", "1"]
     for flags in ([], ["--max-acc-drop", "100", "--min-speedup", "-0.5"], ["--task", "realtime"]):
         code_demo = main([*demo, "--out-dir", str(out_dir), "--limit", "64", *flags])
         answer_demo = capsys.readouterr().out.splitlines()[0]

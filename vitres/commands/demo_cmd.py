@@ -37,6 +37,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate on the first N test images only (default: all)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--keep-unstable",
+        action="store_true",
+        help="on resume, keep records flagged unstable or disturbed (default: measure again)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="measurements of a config whose timing window shows interference, at most",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -54,6 +65,8 @@ def run(args: argparse.Namespace) -> int:
         baseline=args.baseline,
         eval_limit=args.limit,
         threads=args.threads,
+        keep_unstable=args.keep_unstable,
+        max_attempts=args.max_attempts,
     )
     print(result.summary())
     return 0 if result.recommendation.choice is not None else 1

@@ -62,6 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure anchor resolutions, then only those the cost model leaves uncertain",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--keep-unstable",
+        action="store_true",
+        help="on resume, keep records flagged unstable or disturbed (default: measure again)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="measurements of a config whose timing window shows interference, at most",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -101,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         adaptive=args.adaptive,
         budget=budget_from_args(args),
         progress=not args.no_progress,
+        keep_unstable=args.keep_unstable,
+        max_attempts=args.max_attempts,
     )
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)

@@ -20,7 +20,25 @@ UNSTABLE_IQR_RATIO = 0.10
 
 @dataclass(frozen=True)
 class LatencyStats:
-    """Statistics of per-call latency in milliseconds; see the module docstring."""
+    """Statistics of per-call latency in milliseconds.
+
+    Attributes:
+        median_ms: Median of all timed calls.
+        iqr_ms: 75th minus 25th percentile.
+        p90_ms: 90th percentile (percentiles linearly interpolated, numpy's default).
+        p95_ms: 95th percentile.
+        p99_ms: 99th percentile.
+        min_ms: The fastest call.
+        mean_ms: Mean.
+        count: Timed calls.
+        unstable: ``iqr_ms / median_ms > 0.10``: the timing is noisy.
+        robust_ms: Median of the per-round medians (the calls split into ``rounds``
+            consecutive rounds), the statistic a short burst of load moves least.
+        ci_low_ms: Lower end of the 95 % confidence interval of the median (distribution
+            free: order statistics of the binomial(n, 1/2) ranks).
+        ci_high_ms: Upper end of that interval.
+        rounds: Rounds the calls were split into.
+    """
 
     median_ms: float
     iqr_ms: float
@@ -31,6 +49,15 @@ class LatencyStats:
     mean_ms: float
     count: int
     unstable: bool
+    robust_ms: float | None = None
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    rounds: int | None = None
+
+    @property
+    def tail_ratio(self) -> float | None:
+        """Median over the fastest call; near 1 on a quiet machine."""
+        return self.median_ms / self.min_ms if self.min_ms > 0 else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,13 +154,38 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction
 
 
-def latency_stats(samples_s: Sequence[float]) -> LatencyStats:
-    """Summarises call durations (seconds) as :class:`LatencyStats` in milliseconds."""
+def median_ci_ranks(n: int, z: float = 1.959964) -> tuple[int, int]:
+    """0-based ranks ``(lo, hi)`` of the sorted sample bounding a ~95 % confidence interval
+    of the median: the normal approximation of the binomial(n, 1/2) rank distribution,
+    ``n/2 ± z·sqrt(n)/2``, clamped to the sample."""
+    if n < 1:
+        raise ValueError("need at least one sample")
+    half = z * math.sqrt(n) / 2.0
+    lo = max(0, math.floor(n / 2.0 - half))
+    hi = min(n - 1, math.ceil(n / 2.0 + half) - 1)
+    return lo, max(lo, hi)
+
+
+def latency_stats(samples_s: Sequence[float], rounds: int = 5) -> LatencyStats:
+    """Summarises call durations (seconds, in call order) as :class:`LatencyStats` in ms.
+
+    Args:
+        samples_s: Durations of the timed calls, in the order they ran.
+        rounds: Consecutive rounds the calls are split into for ``robust_ms`` (fewer when
+            there are fewer than ``2·rounds`` calls; one round per call at the least).
+    """
     if len(samples_s) == 0:
         raise ValueError("latency_stats needs at least one sample")
-    ms = sorted(float(s) * 1000.0 for s in samples_s)
+    in_order = [float(s) * 1000.0 for s in samples_s]
+    ms = sorted(in_order)
     median = percentile(ms, 50)
     iqr = percentile(ms, 75) - percentile(ms, 25)
+    count = len(ms)
+    n_rounds = max(1, min(rounds, count // 2))
+    size = count / n_rounds
+    chunks = [in_order[round(i * size) : round((i + 1) * size)] for i in range(n_rounds)]
+    round_medians = sorted(percentile(sorted(c), 50) for c in chunks if c)
+    lo, hi = median_ci_ranks(count)
     return LatencyStats(
         median_ms=median,
         iqr_ms=iqr,
@@ -141,7 +193,11 @@ def latency_stats(samples_s: Sequence[float]) -> LatencyStats:
         p95_ms=percentile(ms, 95),
         p99_ms=percentile(ms, 99),
         min_ms=ms[0],
-        mean_ms=sum(ms) / len(ms),
-        count=len(ms),
+        mean_ms=sum(ms) / count,
+        count=count,
         unstable=bool(median > 0 and iqr / median > UNSTABLE_IQR_RATIO),
+        robust_ms=percentile(round_medians, 50),
+        ci_low_ms=ms[lo],
+        ci_high_ms=ms[hi],
+        rounds=n_rounds,
     )

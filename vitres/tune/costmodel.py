@@ -301,3 +301,30 @@ def predicted_measurement(
         params=None if like is None else like.params,
         num_prefix_tokens=None if like is None else like.num_prefix_tokens,
     )
+
+
+def latency_outliers(
+    measurements: Iterable[Measurement], threshold: float = 1.5, min_points: int = 4
+) -> dict[str, float]:
+    """Records slower than their neighbours say they should be: ``{key: ratio}``.
+
+    Per :class:`~vitres.tune.records.GroupKey` with at least ``min_points`` measured
+    records, each record's latency is predicted by the cost model fitted to the others
+    (leave one out); a record more than ``threshold`` times its prediction is returned
+    with the ratio. Load makes timings slower, never faster, so only slow outliers count.
+    """
+    groups: dict[GroupKey, list[Measurement]] = {}
+    for m in latest_by_key(list(measurements)):
+        if m.ok and m.source == "measured" and m.tokens and m.latency_ms:
+            groups.setdefault(group_key(m), []).append(m)
+    out: dict[str, float] = {}
+    for members in groups.values():
+        if len(members) < min_points:
+            continue
+        for i, m in enumerate(members):
+            others = members[:i] + members[i + 1 :]
+            fit = fit_cost([o.tokens for o in others], [o.latency_ms for o in others])
+            predicted = float(fit.predict(m.tokens))
+            if predicted > 0 and m.latency_ms / predicted > threshold:
+                out[m.key] = m.latency_ms / predicted
+    return out

@@ -9,7 +9,6 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from vitres.backends import backend_class
@@ -56,11 +55,11 @@ def build_grid(
         batch_sizes: Batch sizes.
         backends: Backend names (each fixes the precision, e.g. ``eager-bf16`` → bf16);
             backends not available here (``Backend.availability``) are skipped with a warning.
-        threads: CPU threads; ``None`` records the current torch default so keys are stable.
+        threads: CPU threads; ``None`` = auto: the sweep chooses the count by measurement
+            (key ``tauto``).
         device: ``cpu`` or ``cuda``.
     """
     sizes = parse_resolutions(resolutions)
-    threads = threads if threads is not None else torch.get_num_threads()
     name = model_ref_name(model)
     usable = []
     for backend in backends:

@@ -25,6 +25,7 @@ from vitres.measure import (
     set_threads,
     time_calls,
 )
+from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
 from vitres.tune.records import Measurement, SweepConfig
 
 
@@ -94,6 +95,8 @@ def measure_config(
     isolated: bool = False,
     with_flops: bool = True,
     calibration: tuple[str, str | None] | None = None,
+    threads: int | None = None,
+    reference_best_ms: float | None = None,
 ) -> Measurement:
     """Measures one config: latency, peak memory, accuracy, FLOPs; returns an ``ok`` record.
 
@@ -115,9 +118,13 @@ def measure_config(
         calibration: ``(dataset name or folder, data_dir)`` that backends needing
             calibration images (static INT8) calibrate on: the sweep's own dataset, so a
             folder dataset is not quantised with Fashion-MNIST's activation ranges.
+        threads: Threads to run at when ``config.threads`` is ``None`` ("auto": the
+            count the sweep chose by measurement); ``None`` keeps the current setting.
+        reference_best_ms: The fastest reference-kernel time seen so far in the sweep,
+            for the interference verdict (:mod:`vitres.measure.interference`).
     """
     timing = timing or TimingConfig()
-    threads = set_threads(config.threads)
+    threads = set_threads(config.threads if config.threads is not None else threads)
     device = torch.device(config.device)
     tracker = PeakMemoryTracker(device, isolated=isolated)
     tracker.start()
@@ -137,9 +144,21 @@ def measure_config(
     shape = (config.batch_size, in_chans, height, width)
     backend.prepare(runnable, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # no copy timed
+    reference_before = reference_kernel_ms(threads)
+    before = sample_cpu()
     samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
+    after = sample_cpu()
+    reference = (reference_before, reference_kernel_ms(threads))
     peak = tracker.peak_mb()
     stats = latency_stats(samples)
+    evidence = assess(
+        other=other_cores(before, after),
+        loadavg=after.loadavg_1m,
+        reference_ms=reference,
+        reference_best_ms=min([*reference, *([reference_best_ms] if reference_best_ms else [])]),
+        tail_ratio=stats.tail_ratio,
+        threads=threads,
+    )
 
     accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
     if eval_data is not None and known_accuracy is None:
@@ -184,4 +203,5 @@ def measure_config(
         embed_dim=getattr(model_config, "embed_dim", None),
         build_time_s=backend.build_time_s,
         env=env_fingerprint(threads, config.device),
+        interference=evidence.to_dict(),
     )

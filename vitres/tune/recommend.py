@@ -471,7 +471,13 @@ def recommend(
         if judged[m.key].accepted or (judged[m.key].acc_ok is None and judged[m.key].speed_ok)
     ]
     if not eligible:
-        closest, message = _closest_to_passing(feasible, judged, budget)
+        others = [m for m in feasible if m.key != base.key]
+        if not others:
+            message = "only the baseline itself meets the limits"
+            return Recommendation(
+                budget, None, base, None, "none-passes", message, feasible=feasible, **common
+            )
+        closest, message = _closest_to_passing(others, judged, budget)
         return Recommendation(
             budget,
             None,

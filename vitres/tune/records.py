@@ -18,7 +18,9 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     precision: numeric precision of the backend (``"fp32"``, ``"bf16"``, ``"fp16"``,
         ``"int8"`` ...).
     backend: backend name from :mod:`vitres.backends` (``"eager"``, ``"eager-bf16"`` ...).
-    threads: intra-op CPU threads set with ``torch.set_num_threads`` (``null`` = default).
+    threads: intra-op CPU threads set with ``torch.set_num_threads``; ``null`` = "auto":
+        the count the sweep chose by measurement (:mod:`vitres.measure.threads`), recorded
+        in ``env.torch_threads`` and ``env.thread_choice``.
     device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
 
 ``LatencyStats`` -- statistics of per-call latency (the object under ``"latency"``):
@@ -27,6 +29,8 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     count: number of timed calls.
     unstable: ``iqr_ms / median_ms > 0.10`` -- the timing is noisy; re-measure on a
         quieter machine or with a longer window before trusting small differences.
+    robust_ms: median of the per-round medians (calls split into ``rounds`` rounds).
+    ci_low_ms, ci_high_ms: 95 % confidence interval of the median (order statistics).
 
 ``Measurement`` -- one result line:
     schema_version: format version of the line (1).
@@ -69,6 +73,11 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         (:func:`vitres.models.checkpoint.checkpoint_digest`), ``None`` for models not
         loaded from a vitres checkpoint. A resumed sweep re-measures records whose
         digest is not the current file's, so retrained weights never inherit old numbers.
+    interference: the evidence of interference during the timing window and the verdict
+        (:class:`vitres.measure.interference.Interference` as a dict): ``flagged``,
+        ``reasons``, other processes' busy cores, load average, reference-kernel times and
+        slowdown, tail ratio, and ``attempts``/``kept`` when the sweep re-measured the
+        config (the cleanest attempt is kept). ``null`` for records made before it existed.
     timestamp: ISO-8601 UTC time the record was made.
 """
 
@@ -162,6 +171,7 @@ class Measurement:
     build_time_s: float | None = None
     env: dict[str, Any] = field(default_factory=dict)
     model_digest: str | None = None
+    interference: dict[str, Any] | None = None
     timestamp: str = field(default_factory=utc_timestamp)
     source: str = "measured"
     key: str = ""
@@ -194,6 +204,16 @@ class Measurement:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def flagged(self) -> bool:
+        """The timing window showed interference (see ``interference``)."""
+        return bool(self.interference and self.interference.get("flagged"))
+
+    @property
+    def suspect(self) -> bool:
+        """Timing not to be trusted as it stands: interference or an unstable spread."""
+        return self.flagged or bool(self.latency is not None and self.latency.unstable)
 
     @property
     def latency_ms(self) -> float | None:

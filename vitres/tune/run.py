@@ -49,6 +49,8 @@ def tune(
     timing: TimingConfig | None = None,
     threads: int | None = None,
     progress: bool = True,
+    keep_unstable: bool = False,
+    max_attempts: int = 3,
 ) -> TuneResult:
     """Sweeps, recommends and reports; resumable (re-running skips measured configs).
 
@@ -65,6 +67,8 @@ def tune(
         timing: warm-up and measurement lengths (default: >= 30 calls and >= 2 s).
         threads: torch threads (default: all cores).
         progress: show progress bars.
+        keep_unstable: on resume, keep records flagged unstable or disturbed.
+        max_attempts: measurements of a disturbed config at most (see ``run_sweep``).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -81,6 +85,8 @@ def tune(
         eval_batch_size=256,
         timing=timing,
         progress=progress,
+        keep_unstable=keep_unstable,
+        max_attempts=max_attempts,
     )
     rec = recommend(read_results(results_path), budget, baseline)
     html, md = write_report(rec, out_dir / "report.html", title=f"vitres: {model}")

@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from vitres.layers.pos_embed import to_grid
 from vitres.measure import (
     IsolatedRunError,
     TimingConfig,
@@ -31,9 +34,12 @@ from vitres.measure import (
     run_isolated,
     set_threads,
 )
+from vitres.measure.interference import Interference, reassess
+from vitres.measure.threads import ThreadChoice, choose_threads
 from vitres.models.checkpoint import checkpoint_digest
 from vitres.models.resolve import resolve_model
 from vitres.tune.adaptive import run_adaptive
+from vitres.tune.costmodel import latency_outliers
 from vitres.tune.grid import ModelRef, build_grid
 from vitres.tune.measurement import measure_config
 from vitres.tune.recommend import Budget
@@ -41,6 +47,7 @@ from vitres.tune.records import (
     Measurement,
     SweepConfig,
     append_result,
+    latest_by_key,
     read_results,
     repair_results,
 )
@@ -99,6 +106,8 @@ def measure_one(
     known_accuracy: tuple[float, int] | None,
     isolated: bool,
     model_overrides: dict[str, Any] | None = None,
+    threads: int | None = None,
+    reference_best_ms: float | None = None,
 ) -> Measurement:
     """Measures one config from picklable arguments (the child process entry point)."""
     return measure_config(
@@ -110,7 +119,24 @@ def measure_one(
         known_accuracy=known_accuracy,
         isolated=isolated,
         calibration=None if data is None else (data.data, data.data_dir),
+        threads=threads,
+        reference_best_ms=reference_best_ms,
     )
+
+
+def choose_sweep_threads(
+    model_ref: ModelRef, configs: Sequence[SweepConfig], model_overrides: dict[str, Any] | None
+) -> ThreadChoice:
+    """The thread count for a sweep's "auto" configs: 1 thread against all cores, timed on
+    the model's own forward pass at the native size (else the first config's size),
+    interleaved, under the load present now."""
+    model = resolve_model(model_ref, **(model_overrides or {})).eval()
+    cfg = getattr(model, "config", None)
+    native = getattr(cfg, "img_size", None)
+    size = tuple(to_grid(native)) if native is not None else configs[0].resolution
+    x = torch.randn(1, int(getattr(cfg, "in_chans", 3)), *size)
+    with torch.inference_mode():
+        return choose_threads(lambda: model(x))
 
 
 def error_record(config: SweepConfig, message: str) -> Measurement:
@@ -155,6 +181,10 @@ def run_sweep(
     model_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     measure: Callable[..., Measurement] | None = None,
+    keep_unstable: bool = False,
+    max_attempts: int = 3,
+    outlier_ratio: float = 1.5,
+    log: Callable[[str], None] | None = None,
 ) -> list[Measurement]:
     """Measures every config (or, adaptively, the ones that matter) and records each.
 
@@ -190,6 +220,14 @@ def run_sweep(
             ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
             model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
             results when comparing sweep strategies on identical numbers).
+        keep_unstable: On resume, keep records flagged ``unstable`` or with interference
+            (by default they are measured again).
+        max_attempts: Measurements of one config at most: a config whose timing window
+            shows interference (:mod:`vitres.measure.interference`), or that is more than
+            ``outlier_ratio`` times what the cost model of its neighbours predicts, is
+            measured again after its neighbours, and the cleanest attempt is kept.
+        outlier_ratio: See ``max_attempts``.
+        log: Where the sweep's messages go (default: above the progress bar).
 
     Returns:
         One record per config, in grid order: measured (``ok``/``error``) or ``predicted``.
@@ -232,18 +270,23 @@ def run_sweep(
         existing = read_results(out_path)
     # Records keyed by model *name* must not outlive the weights they measured.
     digest = checkpoint_digest(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None
-    done = {m.key: m for m in existing if m.ok and (digest is None or m.model_digest == digest)}
-    stale = {m.key for m in existing if m.ok and m.key not in done}
+    fresh = {
+        m.key: m
+        for m in latest_by_key(existing)
+        if m.ok and (digest is None or m.model_digest == digest)
+    }
+    stale = {m.key for m in existing if m.ok and m.key not in fresh}
     if stale:
         warnings.warn(
             f"{len(stale)} result(s) in {out_path} were measured with other weights than "
             f"{model_ref}'s current file (digest {digest}); measuring them again",
             stacklevel=2,
         )
+    wanted = {c.key() for c in configs}
+    done = {k: m for k, m in fresh.items() if keep_unstable or not m.suspect}
     results: dict[str, Measurement] = {c.key(): done[c.key()] for c in configs if c.key() in done}
     accuracies: dict[tuple, tuple[float, int]] = {}
     threads_before = torch.get_num_threads()
-
     bar = tqdm(
         total=len(configs),
         initial=len(results),
@@ -252,24 +295,65 @@ def run_sweep(
         desc="sweep",
         dynamic_ncols=True,
     )
+    say = log or (lambda text: bar.write(text, file=sys.stderr))
+    suspects = sorted(k for k in fresh if k in wanted and k not in done)
+    if suspects:
+        say(
+            f"{len(suspects)} recorded config(s) were flagged unstable or disturbed; measuring "
+            "them again (keep_unstable / --keep-unstable keeps them)"
+        )
+    todo = [c for c in configs if c.key() not in results]
+    if not todo:
+        say(
+            f"all {len(configs)} configs are already measured in {out_path}: nothing to "
+            "measure (a new --out file, or deleting lines, measures again)"
+        )
+    elif len(results):
+        say(f"resuming: {len(results)} of {len(configs)} configs already measured in {out_path}")
+
+    choice: ThreadChoice | None = None
+    if todo and measure is None and any(c.threads is None for c in todo):
+        choice = choose_sweep_threads(model_ref, todo, model_overrides)
+        say(f"threads: {choice.reason}")
+    reference_best = _best_reference(existing)
+    attempts: dict[str, list[Measurement]] = {}
 
     def run(config: SweepConfig) -> Measurement:
+        nonlocal reference_best
         known = accuracies.get(_accuracy_key(config))
         bar.set_postfix_str(config.key(), refresh=True)
         try:
             args = (model_ref, config, dataset, timing, known, isolate, model_overrides)
+            extra = {
+                "threads": None if choice is None else choice.threads,
+                "reference_best_ms": reference_best,
+            }
             if measure is not None:
                 m = measure(*args)
             elif isolate:
-                m = run_isolated(measure_one, *args, timeout_s=timeout_s)
+                m = run_isolated(measure_one, *args, timeout_s=timeout_s, **extra)
             else:
-                m = measure_one(*args)
+                m = measure_one(*args, **extra)
         except IsolatedRunError as error:
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
             m = error_record(config, f"{type(error).__name__}: {error}")
         if digest is not None:
             m.model_digest = digest
+        if choice is not None and config.threads is None:
+            m.env["thread_choice"] = choice.to_dict()
+        tries = attempts.setdefault(config.key(), [])
+        tries.append(m)
+        if m.ok and m.interference is not None:
+            reference_best = _best_reference([m], reference_best)
+            verdict = reassess(
+                m.interference,
+                reference_best,
+                int(m.env.get("torch_threads") or 1),
+                m.env.get("usable_cores"),
+            )
+            verdict.attempts = verdict.kept = len(tries)
+            m.interference = verdict.to_dict()
         if m.ok and m.accuracy is not None:
             accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
         if not m.ok:
@@ -277,14 +361,14 @@ def run_sweep(
         if out_path is not None:
             append_result(out_path, m)
         results[config.key()] = m
-        bar.update(1)
+        if len(tries) == 1:
+            bar.update(1)
         return m
 
     try:
         if not adaptive:
-            for config in configs:
-                if config.key() not in results:
-                    run(config)
+            _measure_all(todo, results, attempts, run, max_attempts, outlier_ratio, say)
+            _keep_cleanest(attempts, results, out_path, say)
         else:
             run_adaptive(
                 configs, results, run, budget or Budget(), anchors, per_round, out_path, bar
@@ -294,3 +378,82 @@ def run_sweep(
         if not isolate:
             set_threads(threads_before)
     return [results[c.key()] for c in configs if c.key() in results]
+
+
+def _best_reference(records: Iterable[Measurement], best: float | None = None) -> float | None:
+    """The fastest reference-kernel time in ``records``' interference evidence."""
+    for m in records:
+        times = (m.interference or {}).get("reference_ms")
+        if m.ok and times:
+            low = min(times)
+            best = low if best is None else min(best, low)
+    return best
+
+
+def _measure_all(
+    todo: list[SweepConfig],
+    results: dict[str, Measurement],
+    attempts: dict[str, list[Measurement]],
+    run: Callable[[SweepConfig], Measurement],
+    max_attempts: int,
+    outlier_ratio: float,
+    say: Callable[[str], None],
+) -> None:
+    """Measures every config; a disturbed one again after its next two neighbours, and,
+    once all are measured, the ones slower than their neighbours' cost model predicts."""
+    queue = deque(todo)
+    by_key = {c.key(): c for c in todo}
+    checked_outliers = False
+    while queue or not checked_outliers:
+        if not queue:
+            checked_outliers = True
+            for key, ratio in latency_outliers(results.values(), outlier_ratio).items():
+                if key in by_key and len(attempts.get(key, [])) < max_attempts:
+                    m = results[key]
+                    reason = f"latency {ratio:.2f}× what its neighbours' cost model predicts"
+                    evidence = dict(m.interference or {})
+                    evidence["flagged"] = True
+                    evidence["reasons"] = [*evidence.get("reasons", []), reason]
+                    m.interference = evidence
+                    say(f"{key}: {reason}; measuring again")
+                    queue.append(by_key[key])
+            continue
+        config = queue.popleft()
+        m = run(config)
+        if m.ok and m.flagged and len(attempts[config.key()]) < max_attempts:
+            reasons = "; ".join((m.interference or {}).get("reasons", []))
+            say(f"{config.key()}: interference ({reasons}); measuring again after its neighbours")
+            queue.insert(min(2, len(queue)), config)
+
+
+def _keep_cleanest(
+    attempts: dict[str, list[Measurement]],
+    results: dict[str, Measurement],
+    out_path: str | os.PathLike[str] | None,
+    say: Callable[[str], None],
+) -> None:
+    """For a config measured more than once, keeps the cleanest attempt (least evidence of
+    interference, then the lowest median) and records which one it was."""
+    remeasured, still = 0, []
+    for key, tries in attempts.items():
+        ok = [m for m in tries if m.ok and m.interference is not None]
+        if len(tries) < 2 or not ok:
+            continue
+        remeasured += 1
+
+        def cleanliness(m: Measurement) -> tuple:
+            return (m.flagged, Interference.from_dict(m.interference).score(), m.latency_ms)
+
+        best = min(ok, key=cleanliness)
+        index = tries.index(best) + 1
+        best.interference = {**best.interference, "attempts": len(tries), "kept": index}
+        if best is not tries[-1] and out_path is not None:
+            append_result(out_path, best)  # the last line of a key is the one that counts
+        results[key] = best
+        if best.flagged:
+            still.append(key)
+    if remeasured:
+        say(
+            f"re-measured {remeasured} disturbed config(s), kept the cleanest attempt of each"
+            + (f"; still disturbed after every attempt: {', '.join(still)}" if still else "")
+        )
