@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint data install clean
+.PHONY: demo test lint data browser install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,13 @@ install: $(STAMP)
 data:
 	@bash scripts/ensure_data.sh
 
+browser:
+	@bash scripts/ensure_browser.sh
+
 demo: install data
 	$(VENV)/bin/vitres demo
 
-test: install data
+test: install data browser
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
 	$(VENV)/bin/ruff format --check vitres tests benchmarks scripts
 	$(PY) -m pytest

@@ -22,6 +22,7 @@ SCHEMA = {
     "pos_embed_mode": (str, type(None)),
     "size_policy": str,
     "precision": str,
+    "warnings": list,
 }
 
 
@@ -131,3 +132,35 @@ def test_bundled_reference_model_scores_well(capsys):
                  "--json"]) == 0  # fmt: skip
     result = json.loads(capsys.readouterr().out)
     assert min(result["accuracy"].values()) > 0.7
+
+
+def test_unreadable_files_and_class_mismatch_are_reported(tmp_path, capsys):
+    """A folder with corrupt files and fewer classes than the model: eval says so, with
+    the count and the first names, and still scores the readable images."""
+    from PIL import Image
+
+    test = load_fashion_mnist("test")
+    images, labels = test.images, test.labels
+    root = tmp_path / "folder"
+    for k in range(3):  # 3 classes, the model has 10
+        (root / f"class{k}").mkdir(parents=True)
+    kept = 0
+    for i in range(60):
+        label = int(labels[i])
+        if label >= 3:
+            continue
+        Image.fromarray(images[i, 0].numpy()).save(root / f"class{label}" / f"img{i}.png")
+        kept += 1
+    for j in range(5):
+        (root / "class0" / f"broken{j}.png").write_bytes(b"not a png at all")
+    model = vitres.load_model("fmnist-vit-single")
+    result = evaluate(model, str(root), "28")
+    assert result["n"] == kept
+    unreadable, mismatch = result["warnings"]
+    assert "5 of" in unreadable and "files unreadable" in unreadable
+    assert "broken0.png" in unreadable and "and 2 more" in unreadable
+    assert "has 3 classes but the model predicts 10" in mismatch
+    saved = vitres.save_model(model, tmp_path / "m.safetensors")
+    assert main(["eval", "--model", str(saved), "--data", str(root), "--res", "28"]) == 0
+    err = capsys.readouterr().err
+    assert "warning:" in err and "files unreadable" in err and "predicts 10" in err

@@ -5,8 +5,11 @@ from __future__ import annotations
 import base64
 from html.parser import HTMLParser
 
+import pytest
+
 from vitres.tune.recommend import Budget
 from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
+from vitres.tune.render import find_chromium, screenshot
 from vitres.tune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -117,3 +120,29 @@ def test_report_without_accuracy_or_memory_still_renders(tmp_path):
     parser = Collector()
     parser.feed(open(html_path, encoding="utf-8").read())
     assert len(parser.images) == 4
+
+
+@pytest.mark.skipif(
+    find_chromium() is None, reason="no Chromium installed (apt-get install chromium)"
+)
+def test_report_renders_in_a_real_browser(tmp_path):
+    """Headless Chromium draws the answer banner and the embedded plots."""
+    from PIL import Image
+
+    results = tmp_path / "results.jsonl"
+    for res, ms, acc in [(16, 1.0, 0.80), (20, 1.5, 0.86), (28, 2.6, 0.90), (40, 5.5, 0.89)]:
+        append_result(results, mk(res, "eager", acc, ms, 20.0 + res))
+    html_path, _ = write_report(str(results), tmp_path / "report.html", markdown=False)
+    png = screenshot(html_path, tmp_path / "report.png", width=1000, height=1400)
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1000, 1400)
+    colors = image.getcolors(maxcolors=1_000_000)
+    count = {rgb: n for n, rgb in colors}
+    banner = count.get((0xEE, 0xF6, 0xEE), 0)  # the .answer background
+    border = count.get((0x33, 0xAA, 0x33), 0)  # its left border
+    plot_blue = sum(
+        n
+        for rgb, n in count.items()
+        if abs(rgb[0] - 31) + abs(rgb[1] - 119) + abs(rgb[2] - 180) < 30
+    )
+    assert banner > 5000 and border > 100 and plot_blue > 200

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from vitres.data import Dataset, eval_batches, get_dataset
+from vitres.data import Dataset, data_problems, eval_batches, get_dataset
 from vitres.layers.sizes import parse_resolutions, size_label
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
@@ -37,10 +39,14 @@ def accuracy_at(
     limit: int | None = None,
     patch_size: int | None = None,
     precision: str = "fp32",
+    progress: Any = None,
 ) -> tuple[float, int]:
     """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` (one int: square).
 
     The model is put in eval mode for the call and its previous mode restored.
+
+    Args:
+        progress: A tqdm bar advanced by the examples of each batch (optional).
 
     Returns:
         ``(accuracy in [0, 1], number of examples scored)``.
@@ -64,6 +70,8 @@ def accuracy_at(
                 logits = model(x, **kwargs)
             correct += int((logits.argmax(dim=-1) == y).sum())
             total += len(y)
+            if progress is not None:
+                progress.update(len(y))
     finally:
         model.train(was_training)
     if total == 0:
@@ -83,6 +91,7 @@ def evaluate(
     data_dir: str | None = None,
     precision: str = "fp32",
     threads: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Scores a model at several input resolutions.
 
@@ -103,6 +112,7 @@ def evaluate(
         data_dir: folder of the Fashion-MNIST files when ``dataset`` is a name.
         precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
         threads: torch CPU threads for the call (``None``: leave as set).
+        progress: Show a progress bar over every resolution's examples.
 
     Returns:
         A JSON-ready dict::
@@ -116,6 +126,7 @@ def evaluate(
               "pos_embed_mode": str | None,  # None for models without a learned table
               "size_policy": str,
               "precision": str,
+              "warnings": [str],        # unreadable files, class-count mismatch
             }
     """
     name = model if isinstance(model, str) else "<in-memory>"
@@ -155,9 +166,16 @@ def evaluate(
         used = net.config  # the config in effect, overrides included
         accuracy: dict[str, float] = {}
         n = 0
-        for res in sizes:
-            acc, n = accuracy_at(net, data, res, batch_size, limit, patch_size, precision)
-            accuracy[size_label(res)] = acc
+        per_size = len(data) if limit is None else min(limit, len(data))
+        with tqdm(
+            total=per_size * len(sizes), disable=not progress, unit="img", desc="eval"
+        ) as bar:
+            for res in sizes:
+                bar.set_postfix_str(f"{size_label(res)} px")
+                acc, n = accuracy_at(
+                    net, data, res, batch_size, limit, patch_size, precision, progress=bar
+                )
+                accuracy[size_label(res)] = acc
     finally:
         torch.set_num_threads(threads_before)
         if previous is not None:
@@ -172,4 +190,5 @@ def evaluate(
         "pos_embed_mode": used.pos_embed_mode if learned else None,
         "size_policy": used.size_policy,
         "precision": precision,
+        "warnings": data_problems(data, getattr(used, "num_classes", None)),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from vitres.commands.args import (
     DefaultsFormatter,
@@ -52,7 +53,10 @@ def run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         precision=args.precision,
         threads=args.threads,
+        progress=not args.json,
     )
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
         return 0

@@ -21,6 +21,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="report.html", help="HTML file to write")
     parser.add_argument("--title", default="vitres resolution report", help="report title")
     parser.add_argument("--no-markdown", action="store_true", help="write only the HTML file")
+    parser.add_argument(
+        "--screenshot",
+        metavar="PNG",
+        help="also render the HTML in headless Chromium to this PNG (needs chromium)",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -34,4 +39,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(rec.sentence())
     print(f"wrote {html_path}" + (f" and {md_path}" if md_path else ""))
+    if args.screenshot:
+        from vitres.tune.render import screenshot
+
+        print(f"wrote {screenshot(html_path, args.screenshot)}")
     return 0

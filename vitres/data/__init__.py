@@ -6,6 +6,7 @@ loader (:func:`prepare_batch`, :func:`eval_batches`), so one dataset serves ever
 resolution of a sweep.
 """
 
+from vitres.data.checks import data_problems
 from vitres.data.dataset import ArrayDataset
 from vitres.data.fashion_mnist import (
     DEFAULT_FMNIST_DIR,
@@ -40,6 +41,7 @@ from vitres.data.transforms import (
 )
 
 __all__ = [
+    "data_problems",
     "DEFAULT_FMNIST_DIR",
     "FASHION_MNIST_ALIASES",
     "FASHION_MNIST_CLASSES",

@@ -164,6 +164,7 @@ def measure_config(
     if eval_data is not None and known_accuracy is None:
         pad_to = None if backend.dynamic_batch else config.batch_size
         accuracy, n_eval = evaluate_accuracy(backend.run, eval_data(model, config), pad_to=pad_to)
+    warnings = list(eval_data.problems(model)) if hasattr(eval_data, "problems") else []
 
     grid = tokens = flops = flops_analytic = None
     if hasattr(model, "grid_size"):
@@ -204,4 +205,5 @@ def measure_config(
         build_time_s=backend.build_time_s,
         env=env_fingerprint(threads, config.device),
         interference=evidence.to_dict(),
+        data_warnings=warnings,
     )

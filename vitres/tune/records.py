@@ -78,6 +78,8 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         ``reasons``, other processes' busy cores, load average, reference-kernel times and
         slowdown, tail ratio, and ``attempts``/``kept`` when the sweep re-measured the
         config (the cleanest attempt is kept). ``null`` for records made before it existed.
+    data_warnings: problems with the evaluation data (unreadable files, a class count
+        that differs from the model's), as sentences.
     timestamp: ISO-8601 UTC time the record was made.
 """
 
@@ -172,6 +174,7 @@ class Measurement:
     env: dict[str, Any] = field(default_factory=dict)
     model_digest: str | None = None
     interference: dict[str, Any] | None = None
+    data_warnings: list[str] = field(default_factory=list)
     timestamp: str = field(default_factory=utc_timestamp)
     source: str = "measured"
     key: str = ""

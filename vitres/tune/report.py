@@ -87,6 +87,40 @@ def _empty(ax: Any, text: str) -> None:
     ax.set_yticks([])
 
 
+def _log_if_wide(ax: Any, values: Sequence[float], axis: str) -> bool:
+    """Logarithmic ``axis`` when the positive ``values`` span more than 10×."""
+    positive = [v for v in values if v is not None and v > 0]
+    wide = bool(positive) and max(positive) / min(positive) > 10
+    if wide:
+        (ax.set_yscale if axis == "y" else ax.set_xscale)("log")
+    return wide
+
+
+def _mark_quality(ax: Any, points: Sequence[Measurement], x: Any, y: Any) -> None:
+    """Rings around points whose timing showed interference (red) or spread (orange):
+    marked, never hidden."""
+    for test, color, label in (
+        (lambda m: m.flagged, "red", "interference (see Measurement quality)"),
+        (
+            lambda m: not m.flagged and m.latency is not None and m.latency.unstable,
+            "orange",
+            "unstable timing",
+        ),
+    ):
+        marked = [m for m in points if test(m)]
+        if marked:
+            ax.scatter(
+                [x(m) for m in marked],
+                [y(m) for m in marked],
+                s=170,
+                facecolors="none",
+                edgecolors=color,
+                linewidths=1.6,
+                label=label,
+                zorder=5,
+            )
+
+
 def plot_accuracy(ok: Sequence[Measurement]) -> Plot:
     figure, ax = _figure()
     series = {k: [m for m in v if m.accuracy is not None] for k, v in _by_series(ok).items()}
@@ -119,6 +153,32 @@ def _model_line(
     return sides, fit.predict((sides / patch) ** 2)
 
 
+def _mark_choice(ax: Any, rec: Recommendation | None, x: Any, y: Any) -> None:
+    """The baseline (black square) and the recommendation (red star)."""
+    if rec is None:
+        return
+    if rec.baseline is not None and y(rec.baseline) is not None:
+        ax.scatter(
+            [x(rec.baseline)],
+            [y(rec.baseline)],
+            marker="s",
+            s=80,
+            color="black",
+            label="baseline",
+            zorder=6,
+        )
+    if rec.choice is not None and y(rec.choice) is not None:
+        ax.scatter(
+            [x(rec.choice)],
+            [y(rec.choice)],
+            marker="*",
+            s=220,
+            color="tab:red",
+            label=f"recommended: {describe_config(rec.choice)}",
+            zorder=7,
+        )
+
+
 def _finish_resolution_axes(
     ax, has_data: bool, limit: float | None, unit: str, ylabel: str, title: str, empty: str
 ) -> None:  # noqa: ANN001 - a matplotlib Axes
@@ -129,14 +189,19 @@ def _finish_resolution_axes(
         _empty(ax, empty)
     else:
         ax.set_xlabel("resolution (px, √(H·W))")
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3)
+        if not ax.get_ylabel():
+            ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     ax.set_title(title)
 
 
 def plot_latency(
-    ok: Sequence[Measurement], predicted: Sequence[Measurement], fits: dict, budget: Budget
+    ok: Sequence[Measurement],
+    predicted: Sequence[Measurement],
+    fits: dict,
+    budget: Budget,
+    rec: Recommendation | None = None,
 ) -> Plot:
     figure, ax = _figure()
     series = _by_series([m for m in ok if m.latency_ms is not None])
@@ -174,6 +239,12 @@ def plot_latency(
             edgecolors=colors.get(key, "gray"),
             label=f"{_series_label(key)} predicted",
         )
+    timed = [m for m in ok if m.latency_ms is not None]
+    _mark_quality(ax, timed, _side, lambda m: m.latency_ms)
+    _mark_choice(ax, rec, _side, lambda m: m.latency_ms)
+    values = [m.latency_ms for m in timed] + [budget.max_latency_ms or 0]
+    if _log_if_wide(ax, values, "y"):
+        ax.set_ylabel("median latency per call (ms, log scale)")
     _finish_resolution_axes(
         ax,
         bool(series),
@@ -212,31 +283,21 @@ def plot_pareto(ok: Sequence[Measurement], rec: Recommendation) -> Plot:
                 color="tab:blue",
                 label="Pareto front (acc, latency, memory)",
             )
-        if rec.baseline is not None and rec.baseline.accuracy is not None:
-            ax.scatter(
-                [rec.baseline.latency_ms],
-                [100 * rec.baseline.accuracy],
-                marker="s",
-                s=80,
-                color="black",
-                label="baseline",
-                zorder=3,
-            )
-        if rec.choice is not None and rec.choice.accuracy is not None:
-            ax.scatter(
-                [rec.choice.latency_ms],
-                [100 * rec.choice.accuracy],
-                marker="*",
-                s=220,
-                color="tab:red",
-                label=f"recommended: {describe_config(rec.choice)}",
-                zorder=4,
-            )
+        _mark_quality(ax, points, lambda m: m.latency_ms, lambda m: 100 * m.accuracy)
+        _mark_choice(
+            ax,
+            rec,
+            lambda m: m.latency_ms,
+            lambda m: None if m.accuracy is None else 100 * m.accuracy,
+        )
         if rec.budget.max_latency_ms is not None:
             ax.axvline(
                 rec.budget.max_latency_ms, color="red", linestyle=":", label="latency budget"
             )
-        ax.set_xlabel("median latency per call (ms)")
+        wide = _log_if_wide(
+            ax, [m.latency_ms for m in points] + [rec.budget.max_latency_ms or 0], "x"
+        )
+        ax.set_xlabel("median latency per call (ms" + (", log scale)" if wide else ")"))
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -353,6 +414,57 @@ def result_rows(records: Sequence[Measurement]) -> list[list[str]]:
     return rows
 
 
+QUALITY_HEADER = ("key", "attempts", "kept", "interference", "unstable", "median ms", "evidence")
+
+
+def quality_rows(records: Sequence[Measurement]) -> list[list[str]]:
+    """One row per measured config that was re-measured, disturbed or unstable."""
+    rows = []
+    for m in records:
+        if not m.ok or m.source != "measured":
+            continue
+        evidence = m.interference or {}
+        attempts = int(evidence.get("attempts", 1))
+        unstable = bool(m.latency is not None and m.latency.unstable)
+        if attempts < 2 and not m.flagged and not unstable:
+            continue
+        rows.append(
+            [
+                m.key,
+                str(attempts),
+                str(evidence.get("kept", 1)),
+                _fmt(m.flagged),
+                _fmt(unstable),
+                _fmt(m.latency_ms),
+                "; ".join(evidence.get("reasons", [])),
+            ]
+        )
+    return rows
+
+
+def quality_summary(records: Sequence[Measurement]) -> str:
+    """Counts of re-measured, disturbed and unstable configs, and the thread choice."""
+    measured = [m for m in records if m.ok and m.source == "measured"]
+    remeasured = sum(int((m.interference or {}).get("attempts", 1)) > 1 for m in measured)
+    flagged = sum(m.flagged for m in measured)
+    unstable = sum(bool(m.latency is not None and m.latency.unstable) for m in measured)
+    unchecked = sum(m.interference is None for m in measured)
+    choices = sorted(
+        {m.env["thread_choice"]["reason"] for m in measured if "thread_choice" in m.env}
+    )
+    threads = sorted({str(m.env.get("torch_threads")) for m in measured if m.env})
+    text = (
+        f"{len(measured)} configs measured: {remeasured} re-measured, {flagged} still showing "
+        f"interference, {unstable} with unstable timing (IQR/median > 10 %)"
+    )
+    if unchecked:
+        text += f", {unchecked} recorded without interference evidence (older records)"
+    text += f". Threads: {', '.join(threads) or 'unknown'}"
+    if choices:
+        text += f" ({'; '.join(choices)})"
+    return text + "."
+
+
 def fit_rows(lat_fits: dict, mem_fits: dict) -> list[list[str]]:
     rows = []
     for kind, fits, unit in (("latency", lat_fits, "ms"), ("memory", mem_fits, "MiB")):
@@ -415,7 +527,8 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}
 th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap}
-.plots img{max-width:48%;margin:0.5%}"""
+.plots img{max-width:48%;margin:0.5%}
+.answer{font-size:1.35em;font-weight:600;background:#eef6ee;border-left:6px solid #3a3;padding:.6em 1em}"""
 
 FIT_HEADER = ("quantity", "model", "backend", "precision", "batch", "fit", "LOO error by form")
 CEILING_HEADER = (
@@ -476,11 +589,17 @@ def write_report(
     lat_fits, mem_fits = rec.latency_fits, rec.memory_fits
     plots = [
         plot_accuracy(ok),
-        plot_latency(ok, predicted, lat_fits, budget),
+        plot_latency(ok, predicted, lat_fits, budget, rec),
         plot_pareto(ok, rec),
         plot_memory(ok, predicted, mem_fits, budget),
     ]
     summary = format_recommendation(rec)
+    limits = budget.limits()
+    budget_text = (
+        f"Budget: {', '.join(limits) if limits else 'no limits'} — {budget.source}. "
+        f"Rule: {budget.rule_text()}."
+    )
+    quality, quality_table = quality_summary(records), quality_rows(records)
     rows, fits, ceilings = (
         result_rows(records),
         fit_rows(lat_fits, mem_fits),
@@ -497,6 +616,8 @@ def write_report(
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
+        f'<p class="answer">{html.escape(rec.sentence())}</p>',
+        f"<p>{html.escape(budget_text)}</p>",
         f"<p>{html.escape(counts)}</p>",
         "<h2>Recommendation</h2>",
         f"<pre>{html.escape(summary)}</pre>",
@@ -520,6 +641,9 @@ def write_report(
             "formula side = p·sqrt(mem / (p²·D·4)), read as pixels.</p>",
             _html_table(CEILING_HEADER, ceilings),
         ]
+    parts += ["<h2>Measurement quality</h2>", f"<p>{html.escape(quality)}</p>"]
+    if quality_table:
+        parts.append(_html_table(QUALITY_HEADER, quality_table))
     parts += ["<h2>All results</h2>", _html_table(RESULT_COLUMNS, rows)]
     if env:
         parts += [
@@ -541,6 +665,10 @@ def write_report(
     os.makedirs(files_dir, exist_ok=True)
     md = [
         f"# {title}",
+        "",
+        f"**{rec.sentence()}**",
+        "",
+        budget_text,
         "",
         counts,
         "",
@@ -571,6 +699,9 @@ def write_report(
             _md_table(CEILING_HEADER, ceilings),
             "",
         ]
+    md += ["## Measurement quality", "", quality, ""]
+    if quality_table:
+        md += [_md_table(QUALITY_HEADER, quality_table), ""]
     md += ["## All results", "", _md_table(RESULT_COLUMNS, rows), ""]
     if env:
         md += [

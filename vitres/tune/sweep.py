@@ -81,6 +81,14 @@ class DatasetEval:
         self.data, self.split, self.data_dir = data, split, data_dir
         self.limit, self.batch_size = limit, batch_size
 
+    def problems(self, model: nn.Module) -> list[str]:
+        """Unreadable files and class-count mismatches seen so far (see ``data_problems``)."""
+        from vitres.data import data_problems
+
+        cfg = model.config
+        dataset = _dataset(self.data, self.split, self.data_dir, cfg.in_chans)
+        return data_problems(dataset, getattr(cfg, "num_classes", None))
+
     def __call__(self, model: nn.Module, config: SweepConfig) -> Iterator[tuple[Tensor, Tensor]]:
         from vitres.data import eval_batches
 
@@ -317,6 +325,7 @@ def run_sweep(
         say(f"threads: {choice.reason}")
     reference_best = _best_reference(existing)
     attempts: dict[str, list[Measurement]] = {}
+    warned: set[str] = set()
 
     def run(config: SweepConfig) -> Measurement:
         nonlocal reference_best
@@ -358,6 +367,10 @@ def run_sweep(
             accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
         if not m.ok:
             bar.write(f"config {config.key()} failed: {m.error}")
+        for warning in m.data_warnings:
+            if warning not in warned:
+                warned.add(warning)
+                say(f"warning: {warning}")
         if out_path is not None:
             append_result(out_path, m)
         results[config.key()] = m

@@ -1,0 +1,109 @@
+"""Which size policy is most accurate at sizes the patch does not divide?
+
+A ViT with patch p sees an H×W input that p does not divide through its size policy:
+``pad`` (zero-pad to the next multiple, padded tokens masked out of attention and
+pooling), ``crop`` (drop the remainder), or ``resize`` (resample the image to the nearest
+multiple). The benchmark scores the bundled Fashion-MNIST models on the full test set at
+sizes patch 4 does not divide (and, for reference, at divisible ones, where all policies
+are identical) under each policy. The winner becomes the default for vitres-trained models;
+imported models keep their source's behaviour (timm and Hugging Face crop).
+
+    .venv/bin/python benchmarks/size_policy.py [--limit N]
+
+Writes benchmarks/results/size_policy.{json,md}. Accuracy only: no timing, so it may run
+beside other work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from vitres.data import get_dataset
+from vitres.evaluate import accuracy_at
+from vitres.models.checkpoint import load_model
+
+MODELS = ("fmnist-vit-single", "fmnist-vit-multires")
+POLICIES = ("pad", "crop", "resize")
+SIZES = (26, 30, 34, 42, 50)
+CONTROL = (28, 40)
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N test images (all)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = get_dataset("fashion-mnist", "test", in_chans=1)
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    start = time.time()
+    n = 0
+    for name in MODELS:
+        table[name] = {}
+        for policy in POLICIES:
+            model = load_model(name, size_policy=policy)
+            row = {}
+            for size in SIZES + CONTROL:
+                acc, n = accuracy_at(model, data, size, batch_size=500, limit=args.limit)
+                row[str(size)] = acc
+                print(f"{name} {policy} {size}: {100 * acc:.2f}", file=sys.stderr)
+            table[name][policy] = row
+    best = {
+        name: {str(size): max(POLICIES, key=lambda p: rows[p][str(size)]) for size in SIZES}
+        for name, rows in table.items()
+    }
+    mean = {
+        name: {p: sum(rows[p][str(s)] for s in SIZES) / len(SIZES) for p in POLICIES}
+        for name, rows in table.items()
+    }
+    winner = max(POLICIES, key=lambda p: sum(mean[name][p] for name in MODELS))
+    result = {
+        "n": n,
+        "sizes": SIZES,
+        "control_sizes": CONTROL,
+        "accuracy": table,
+        "best_policy_per_size": best,
+        "mean_accuracy_non_divisible": mean,
+        "winner": winner,
+        "cpu": platform.processor() or platform.machine(),
+        "seconds": round(time.time() - start, 1),
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "size_policy.json").write_text(json.dumps(result, indent=2) + "\n")
+    header = (
+        "| model | policy | "
+        + " | ".join(f"{s} px" for s in SIZES + CONTROL)
+        + " | mean (non-divisible) |"
+    )
+    lines = [
+        f"Top-1 accuracy (%) on fashion-mnist/test (n = {n}) by size policy; 28 and 40 px are "
+        "divisible by the patch (4), where every policy is the same.",
+        "",
+        header,
+        "|---|---|" + "---:|" * (len(SIZES) + len(CONTROL) + 1),
+    ]
+    for name in MODELS:
+        for policy in POLICIES:
+            cells = [f"{100 * table[name][policy][str(s)]:.2f}" for s in SIZES + CONTROL]
+            lines.append(
+                f"| {name} | {policy} | "
+                + " | ".join(cells)
+                + f" | {100 * mean[name][policy]:.2f} |"
+            )
+    lines += ["", f"Most accurate on average over the non-divisible sizes: **{winner}**."]
+    (OUT / "size_policy.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
