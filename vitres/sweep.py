@@ -17,6 +17,7 @@ appended as ``status="predicted"`` records.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import multiprocessing
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 
 from vitres.backends import backend_class
 from vitres.costmodel import fit_latency, fit_memory, group_key, predicted_measurement
+from vitres.hostkind import HOST_KIND_KEY, host_fingerprint
 from vitres.layers.patch_embed import token_grid
 from vitres.measure import (
     IsolatedRunError,
@@ -371,6 +373,7 @@ def run_sweep(
     model_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     measure: Callable[..., Measurement] | None = None,
+    executor: Callable[..., Iterable[tuple[SweepConfig, Measurement]]] | None = None,
 ) -> list[Measurement]:
     """Measures every config (or, adaptively, the ones that matter) and records each.
 
@@ -406,6 +409,13 @@ def run_sweep(
             ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
             model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
             results when comparing sweep strategies on identical numbers).
+        executor: Measures the configs elsewhere, e.g. as Ray tasks
+            (:class:`vitres.ray_executor.RayExecutor`): called once as ``executor(configs,
+            measure, make_args)`` with the configs still to measure, a picklable measure
+            function (``measure``, else :func:`measure_one`, run in a child process when
+            ``isolate``) and ``make_args(config)`` giving its arguments; it yields
+            ``(config, Measurement)`` as each finishes, and this process alone appends them
+            to ``out_path``. Not with ``adaptive``.
 
     Returns:
         One record per config, in grid order: measured (``ok``/``error``) or ``predicted``.
@@ -430,6 +440,8 @@ def run_sweep(
     configs = list(dict.fromkeys(configs))
     if not configs:
         raise ValueError("the sweep has no configs")
+    if adaptive and executor is not None:
+        raise ValueError("an executor (--ray) runs the whole grid; it cannot be adaptive")
     if isolate and isinstance(model_ref, nn.Module):
         raise ValueError(
             "isolate=True needs a model name, path or module-level factory, not a model object"
@@ -469,11 +481,14 @@ def run_sweep(
         dynamic_ncols=True,
     )
 
-    def run(config: SweepConfig) -> Measurement:
+    def make_args(config: SweepConfig) -> tuple:
         known = accuracies.get(_accuracy_key(config))
+        return (model_ref, config, dataset, timing, known, isolate, model_overrides)
+
+    def run(config: SweepConfig) -> Measurement:
         bar.set_postfix_str(config.key(), refresh=True)
         try:
-            args = (model_ref, config, dataset, timing, known, isolate, model_overrides)
+            args = make_args(config)
             if measure is not None:
                 m = measure(*args)
             elif isolate:
@@ -484,6 +499,10 @@ def run_sweep(
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
             m = error_record(config, f"{type(error).__name__}: {error}")
+        return keep(config, m)
+
+    def keep(config: SweepConfig, m: Measurement) -> Measurement:
+        m.env.setdefault(HOST_KIND_KEY, host_fingerprint(m.env))
         if digest is not None:
             m.model_digest = digest
         if m.ok and m.accuracy is not None:
@@ -497,7 +516,16 @@ def run_sweep(
         return m
 
     try:
-        if not adaptive:
+        if executor is not None:
+            todo = [c for c in configs if c.key() not in results]
+            task = measure or (
+                functools.partial(run_isolated, measure_one, timeout_s=timeout_s)
+                if isolate
+                else measure_one
+            )
+            for config, m in executor(todo, task, make_args) if todo else ():
+                keep(config, m)
+        elif not adaptive:
             for config in configs:
                 if config.key() not in results:
                     run(config)

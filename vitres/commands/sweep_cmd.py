@@ -64,6 +64,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure anchor resolutions, then only those the cost model leaves uncertain",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("Ray (needs the ray extra: pip install 'vitres[ray]')")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each config as a Ray task: --ray alone starts a local Ray instance, "
+        "--ray auto joins this machine's cluster, --ray HOST:PORT a given head",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=int,
+        help="CPUs of the local Ray instance (default: this machine's physical cores)",
+    )
+    ray.add_argument(
+        "--ray-resources",
+        metavar="JSON",
+        help="custom resources every task needs, e.g. '{\"edge_box\": 1}' to run on nodes "
+        "started with `ray start --resources '{\"edge_box\": 1}'`",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -77,6 +97,17 @@ def run(args: argparse.Namespace) -> int:
     unknown = [b for b in backends if b not in list_backends()]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; available: {', '.join(list_backends())}")
+    executor = None
+    if args.ray is not None:
+        from vitres.ray_executor import RayExecutor, parse_resources
+
+        executor = RayExecutor(
+            address=None if args.ray == "local" else args.ray,
+            num_cpus=args.ray_cpus,
+            resources=parse_resources(args.ray_resources),
+        )
+    elif args.ray_cpus is not None or args.ray_resources is not None:
+        raise ValueError("--ray-cpus and --ray-resources need --ray")
     configs = build_grid(
         args.model,
         args.res,
@@ -101,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         adaptive=args.adaptive,
         budget=budget_from_args(args),
         progress=not args.no_progress,
+        executor=executor,
     )
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)
