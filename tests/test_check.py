@@ -19,7 +19,7 @@ from vitres.check import (
     parse_fraction,
 )
 from vitres.cli import main
-from vitres.hostkind import describe_host, host_fingerprint, split_by_host
+from vitres.hostkind import describe_host, host_fingerprint, records_for_host, split_by_host
 from vitres.measure import latency_stats
 from vitres.records import LatencyStats, Measurement, SweepConfig, append_result
 
@@ -254,6 +254,13 @@ def test_host_fingerprint_is_the_machine_kind_not_the_box():
     groups = split_by_host([*run_set(), *run_set(env=XEON), record(40, 5.0)])
     assert list(groups) == [host_fingerprint(EPYC), host_fingerprint(XEON)]
     assert [len(g) for g in groups.values()] == [4, 3]
+    mixed = [*run_set(), *run_set(env=XEON)]
+    xeon = records_for_host(mixed, host_fingerprint(XEON)[:6])
+    assert [m.env["cpu"] for m in xeon] == [XEON["cpu"]] * 3
+    with pytest.raises(ValueError, match="matches no machine kind.*Intel Xeon"):
+        records_for_host(mixed, "zzz")
+    with pytest.raises(ValueError, match="matches several"):
+        records_for_host(mixed, "")  # a prefix of every kind
 
 
 # ---------------------------------------------------------------- JSON and stored samples

@@ -175,8 +175,5 @@ def test_application_errors_become_error_records_and_bad_requests_are_refused(
     needs_box = RayExecutor(resources=parse_resources('{"edge_box": 1}'))
     with pytest.raises(ValueError, match="edge_box"):
         run_sweep(MODEL, configs, None, isolate=False, progress=False, executor=needs_box)
-    for bad in ('{"edge_box": -1}', "[1]", "edge_box", '{"CPU": 2}'):
-        with pytest.raises(ValueError, match="--ray-resources"):
-            parse_resources(bad)
     with pytest.raises(ValueError, match="adaptive"):
         run_sweep(MODEL, configs, None, adaptive=True, executor=RayExecutor(), progress=False)

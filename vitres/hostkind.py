@@ -86,3 +86,20 @@ def split_by_host(records: Iterable[Measurement]) -> dict[str, list[Measurement]
     for m in records:
         groups.setdefault(host_fingerprint(m.env), []).append(m)
     return groups
+
+
+def records_for_host(records: Iterable[Measurement], host: str) -> list[Measurement]:
+    """The records of one machine kind, named by its fingerprint or a unique prefix of it
+    (what ``vitres recommend --host KIND`` selects).
+
+    Raises:
+        ValueError: no kind, or several kinds, match ``host``; the message lists the kinds
+            in the records with their descriptions.
+    """
+    groups = split_by_host(records)
+    matches = [kind for kind in groups if kind.startswith(host.strip())]
+    if len(matches) == 1:
+        return groups[matches[0]]
+    listing = "; ".join(f"{kind} ({describe_host(g[0].env)})" for kind, g in groups.items())
+    problem = "matches several machine kinds" if matches else "matches no machine kind"
+    raise ValueError(f"--host {host!r} {problem}; the records hold: {listing or 'no records'}")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,27 @@ def physical_cores() -> int:
     if not all(cpu in cores for cpu in usable):
         return len(usable)
     return max(1, len({cores[cpu] for cpu in usable}))
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fails fast when a ``host:port`` (or ``ray://host:port``) head does not answer;
+    ``ray.init`` would otherwise wait on it for minutes. ``"auto"`` is left to Ray.
+
+    Raises:
+        ValueError: nothing accepts connections at that address.
+    """
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ValueError(
+            f"no Ray head answers at {address} ({error}); start one with `ray start --head "
+            "--port 6379`, pass its address (host:6379), `auto`, or omit the address to start "
+            "a local instance"
+        ) from None
 
 
 def task_resources(config: SweepConfig, custom: dict[str, float]) -> dict[str, float]:
@@ -223,12 +245,19 @@ class RayExecutor:
         ray = require_ray()
         if ray.is_initialized():
             return False
+        if self.address is not None and self.num_cpus is not None:
+            raise ValueError(
+                "--ray-cpus sets the CPUs of a local Ray instance; a cluster's nodes declare "
+                "their own (`ray start --num-cpus N`): drop --ray-cpus or the address"
+            )
         options: dict[str, Any] = {"include_dashboard": False, **self.init_options}
         if self.address is None:
             options["num_cpus"] = self.num_cpus or physical_cores()
         else:
             options["address"] = self.address
             options.pop("include_dashboard")
+        if self.address is not None:
+            check_reachable(self.address)
         try:
             ray.init(**options)
         except ConnectionError as error:
