@@ -241,3 +241,33 @@ def test_adaptive_candidates_boundary_and_accuracy_bracket():
     blind = [mk(r, None, ms) for r, ms in ((16, 1.0), (32, 4.0), (64, 16.0))]
     out = adaptive_candidates(blind, [p24, p40, p56], budget, error_pct=10.0)
     assert [m.key for m in out] == [p40.key]
+
+
+def test_records_of_two_machine_kinds_are_never_mixed(tmp_path, capsys):
+    from vitres.cli import main
+    from vitres.tune.hostkind import host_fingerprint
+    from vitres.tune.recommend import recommend_per_host
+
+    def on(host_cpu: str, m: Measurement) -> Measurement:
+        m.env = {"cpu": host_cpu, "logical_cores": 2, "cpu_flags": {}}
+        return m
+
+    slow_box = [on("Box A", mk(28, 0.93, 4.0)), on("Box A", mk(20, 0.925, 2.0))]
+    fast_box = [on("Box B", mk(28, 0.93, 1.0)), on("Box B", mk(24, 0.928, 0.7))]
+    records = slow_box + fast_box
+    with pytest.raises(ValueError, match="2 machine kinds"):
+        recommend(records)
+    kind_a = host_fingerprint(slow_box[0].env)
+    kind_b = host_fingerprint(fast_box[0].env)
+    assert recommend(records, host=kind_a).choice.config.resolution == (20, 20)
+    assert recommend(records, host=kind_b[:6]).choice.config.resolution == (24, 24)
+    per = recommend_per_host(records)
+    assert set(per) == {kind_a, kind_b}
+    path = tmp_path / "r.jsonl"
+    for m in records:
+        append_result(path, m)
+    assert main(["recommend", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"== {kind_a}" in out and f"== {kind_b}" in out and "Box A" in out
+    assert main(["recommend", str(path), "--host", kind_b]) == 0
+    assert capsys.readouterr().out.startswith("Deploy 24 px")

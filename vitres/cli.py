@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "eval_cmd",
     "sweep_cmd",
     "recommend_cmd",
+    "check_cmd",
     "report_cmd",
     "export_cmd",
     "models_cmd",

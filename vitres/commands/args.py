@@ -186,6 +186,12 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add_dataclass_arguments(group, Budget, skip=("task", "source"))
     group.add_argument(
+        "--host",
+        metavar="KIND",
+        help="machine kind (host fingerprint or a prefix) whose records to use, when a "
+        "results file holds several",
+    )
+    group.add_argument(
         "--baseline",
         metavar="CONFIGKEY",
         help="config key to compare against (default: native resolution, fp32 eager, "

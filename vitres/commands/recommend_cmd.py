@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from vitres.commands.args import DefaultsFormatter, add_budget_arguments, budget_from_args
 
@@ -34,12 +35,26 @@ def load_recommendation(path: str, args: argparse.Namespace):  # noqa: ANN201 - 
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no results file at {path}; run `vitres sweep --out {path}` first")
-    return recommend(read_results(path), budget_from_args(args), args.baseline)
+    return recommend(read_results(path), budget_from_args(args), args.baseline, args.host)
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.tune.recommend import format_recommendation
+    from vitres.tune.hostkind import describe_host, split_by_host
+    from vitres.tune.recommend import format_recommendation, recommend_per_host
+    from vitres.tune.records import read_results
 
+    if args.host is None and os.path.exists(args.results):
+        records = read_results(args.results)
+        kinds = split_by_host(m for m in records if m.ok)
+        if len(kinds) > 1:  # one recommendation per machine kind, never mixed
+            per = recommend_per_host(records, budget_from_args(args), args.baseline)
+            if args.json:
+                print(json.dumps({k: r.to_dict() for k, r in per.items()}, indent=2))
+            else:
+                for kind, rec in per.items():
+                    print(f"== {kind}: {describe_host(kinds[kind][0].env)}")
+                    print(format_recommendation(rec) + "\n")
+            return 0 if all(r.choice is not None for r in per.values()) else 1
     rec = load_recommendation(args.results, args)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))

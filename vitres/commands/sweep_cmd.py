@@ -73,6 +73,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=3,
         help="measurements of a config whose timing window shows interference, at most",
     )
+    ray = parser.add_argument_group("Ray (needs the ray extra: pip install 'vitres[ray]')")
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run each config as a Ray task: --ray alone starts a local Ray instance, "
+        "--ray auto joins this machine's cluster, --ray HOST:PORT a given head",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=int,
+        help="CPUs of the local Ray instance (default: this machine's physical cores)",
+    )
+    ray.add_argument(
+        "--ray-resources",
+        metavar="JSON",
+        help="custom resources every task needs, e.g. '{\"edge_box\": 1}' to run on nodes "
+        "started with `ray start --resources '{\"edge_box\": 1}'`",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -88,6 +108,17 @@ def run(args: argparse.Namespace) -> int:
     unknown = [b for b in backends if b not in list_backends()]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; available: {', '.join(list_backends())}")
+    executor = None
+    if args.ray is not None:
+        from vitres.tune.ray_executor import RayExecutor, parse_resources
+
+        executor = RayExecutor(
+            address=None if args.ray == "local" else args.ray,
+            num_cpus=args.ray_cpus,
+            resources=parse_resources(args.ray_resources),
+        )
+    elif args.ray_cpus is not None or args.ray_resources is not None:
+        raise ValueError("--ray-cpus and --ray-resources need --ray")
     configs = build_grid(
         args.model,
         args.res,
@@ -114,6 +145,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         keep_unstable=args.keep_unstable,
         max_attempts=args.max_attempts,
+        executor=executor,
     )
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)

@@ -28,6 +28,7 @@ from typing import Any
 
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit, fit_latency, fit_memory, memory_ceiling, naive_max_side
+from vitres.tune.hostkind import describe_host, records_for_host, split_by_host
 from vitres.tune.records import GroupKey, Measurement, group_key, latest_by_key
 from vitres.tune.rule import Judgement, judge, per_image_ms
 
@@ -40,6 +41,7 @@ __all__ = [
     "pareto_front",
     "rank_key",
     "recommend",
+    "recommend_per_host",
     "select_baseline",
 ]
 
@@ -401,6 +403,7 @@ def recommend(
     measurements: Iterable[Measurement],
     budget: Budget | None = None,
     baseline: str | Measurement | None = None,
+    host: str | None = None,
 ) -> Recommendation:
     """The most accurate feasible config that the acceptance rule accepts (ties: fastest).
 
@@ -409,13 +412,30 @@ def recommend(
             record counts; ``error`` and ``predicted`` records are never chosen.
         budget: Limits and the rule; default: no limits, the seed's rule.
         baseline: Config key or record; default: see :func:`select_baseline`.
+        host: The machine kind (:func:`vitres.tune.hostkind.host_fingerprint`, or a
+            unique prefix) whose records to use. Records of several kinds are never mixed:
+            without ``host`` they must all be of one kind (see :func:`recommend_per_host`).
+
+    Raises:
+        ValueError: the records come from several machine kinds and no ``host`` is given.
 
     Returns:
         The :class:`Recommendation`; its ``choice`` is ``None`` when nothing is feasible
         or nothing passes the rule (``message`` then says what is closest).
     """
     budget = budget or Budget()
-    records = latest_by_key(list(measurements))
+    measurements = list(measurements)
+    if host is not None:
+        measurements = records_for_host(measurements, host)
+    else:
+        kinds = split_by_host(m for m in measurements if m.ok)
+        if len(kinds) > 1:
+            listing = "; ".join(f"{k} ({describe_host(g[0].env)})" for k, g in kinds.items())
+            raise ValueError(
+                f"the records come from {len(kinds)} machine kinds, which are never mixed: "
+                f"{listing}; choose one with --host KIND (host=) or see recommend_per_host"
+            )
+    records = latest_by_key(measurements)
     ok = [m for m in records if m.ok]
     base = select_baseline(ok, baseline)
     lat_fits, mem_fits = fit_latency(ok), fit_memory(ok)
@@ -501,6 +521,18 @@ def recommend(
         eligible=eligible,
         **common,
     )
+
+
+def recommend_per_host(
+    measurements: Iterable[Measurement],
+    budget: Budget | None = None,
+    baseline: str | Measurement | None = None,
+) -> dict[str, Recommendation]:
+    """One :func:`recommend` per machine kind in the records: ``{kind: Recommendation}``."""
+    return {
+        kind: recommend(group, budget, baseline, host=kind)
+        for kind, group in split_by_host(list(measurements)).items()
+    }
 
 
 def format_recommendation(rec: Recommendation) -> str:

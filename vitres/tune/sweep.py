@@ -14,6 +14,7 @@ measured (:mod:`vitres.tune.adaptive`). The grid is :mod:`vitres.tune.grid`'s.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 import sys
@@ -41,6 +42,7 @@ from vitres.models.resolve import resolve_model
 from vitres.tune.adaptive import run_adaptive
 from vitres.tune.costmodel import latency_outliers
 from vitres.tune.grid import ModelRef, build_grid
+from vitres.tune.hostkind import HOST_KIND_KEY, host_fingerprint
 from vitres.tune.measurement import measure_config
 from vitres.tune.recommend import Budget
 from vitres.tune.records import (
@@ -189,6 +191,7 @@ def run_sweep(
     model_overrides: dict[str, Any] | None = None,
     progress: bool = True,
     measure: Callable[..., Measurement] | None = None,
+    executor: Callable[..., Iterable[tuple[SweepConfig, Measurement]]] | None = None,
     keep_unstable: bool = False,
     max_attempts: int = 3,
     outlier_ratio: float = 1.5,
@@ -228,6 +231,14 @@ def run_sweep(
             ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
             model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
             results when comparing sweep strategies on identical numbers).
+        executor: Measures the configs elsewhere, e.g. as Ray tasks
+            (:class:`vitres.tune.ray_executor.RayExecutor`): called once as
+            ``executor(configs, measure, make_args)`` with the configs still to measure, a
+            picklable measure function (``measure``, else :func:`measure_one`, run in a
+            child process when ``isolate``) and ``make_args(config)`` giving its arguments;
+            it yields ``(config, Measurement)`` as each finishes, and this process alone
+            appends them to ``out_path``. Not with ``adaptive``; "auto" threads run at the
+            task's CPUs (Ray sets one thread per requested CPU).
         keep_unstable: On resume, keep records flagged ``unstable`` or with interference
             (by default they are measured again).
         max_attempts: Measurements of one config at most: a config whose timing window
@@ -260,6 +271,8 @@ def run_sweep(
     configs = list(dict.fromkeys(configs))
     if not configs:
         raise ValueError("the sweep has no configs")
+    if adaptive and executor is not None:
+        raise ValueError("an executor (--ray) runs the whole grid; it cannot be adaptive")
     if isolate and isinstance(model_ref, nn.Module):
         raise ValueError(
             "isolate=True needs a model name, path or module-level factory, not a model object"
@@ -320,19 +333,21 @@ def run_sweep(
         say(f"resuming: {len(results)} of {len(configs)} configs already measured in {out_path}")
 
     choice: ThreadChoice | None = None
-    if todo and measure is None and any(c.threads is None for c in todo):
+    if todo and measure is None and executor is None and any(c.threads is None for c in todo):
         choice = choose_sweep_threads(model_ref, todo, model_overrides)
         say(f"threads: {choice.reason}")
     reference_best = _best_reference(existing)
     attempts: dict[str, list[Measurement]] = {}
     warned: set[str] = set()
 
-    def run(config: SweepConfig) -> Measurement:
-        nonlocal reference_best
+    def make_args(config: SweepConfig) -> tuple:
         known = accuracies.get(_accuracy_key(config))
+        return (model_ref, config, dataset, timing, known, isolate, model_overrides)
+
+    def run(config: SweepConfig) -> Measurement:
         bar.set_postfix_str(config.key(), refresh=True)
         try:
-            args = (model_ref, config, dataset, timing, known, isolate, model_overrides)
+            args = make_args(config)
             extra = {
                 "threads": None if choice is None else choice.threads,
                 "reference_best_ms": reference_best,
@@ -347,6 +362,11 @@ def run_sweep(
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
             m = error_record(config, f"{type(error).__name__}: {error}")
+        return keep(config, m)
+
+    def keep(config: SweepConfig, m: Measurement) -> Measurement:
+        nonlocal reference_best
+        m.env.setdefault(HOST_KIND_KEY, host_fingerprint(m.env))
         if digest is not None:
             m.model_digest = digest
         if choice is not None and config.threads is None:
@@ -379,7 +399,15 @@ def run_sweep(
         return m
 
     try:
-        if not adaptive:
+        if executor is not None:
+            task = measure or (
+                functools.partial(run_isolated, measure_one, timeout_s=timeout_s)
+                if isolate
+                else measure_one
+            )
+            for config, m in executor(todo, task, make_args) if todo else ():
+                keep(config, m)
+        elif not adaptive:
             _measure_all(todo, results, attempts, run, max_attempts, outlier_ratio, say)
             _keep_cleanest(attempts, results, out_path, say)
         else:
