@@ -75,7 +75,13 @@ def test_resolution_advice_states_the_seed_rule():
     assert resolution_advice({"16": 0.4, "40x24": 0.31}) == (
         "overlap 31 % at 40x24 px > 30 % → consider lowering the resolution"
     )
-    assert resolution_advice({28: 0.5, 56: 0.1}).startswith("overlap 10 % at 56 px ≤ 30 %")
+    assert resolution_advice({28: 0.5, 56: 0.1}) == (
+        "overlap 10 % at 56 px ≤ 30 % → no reason to lower the resolution"
+    )
+    assert resolution_advice({28: 0.08, 56: 0.24}) == (
+        "overlap 24 % at 56 px ≤ 30 % → no reason to lower the resolution, "
+        "though 28 px overlaps less (8 %)"
+    )
     with pytest.raises(ValueError):
         resolution_advice({})
 

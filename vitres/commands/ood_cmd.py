@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "ood",
         help="OOD scores (MSP, MaxLogit, energy, Mahalanobis, ViM) and class overlap per resolution",
-        description="At each resolution: accuracy on the test split; AUROC and FPR at 95 %% TPR of "
+        description="At each resolution: accuracy on the test split; AUROC and FPR at 95 % TPR of "
         "each OOD score, test split vs the OOD set (Mahalanobis and ViM fitted on the training "
         "split at that resolution); class overlap (fraction of test points whose 10 nearest "
         "neighbours in standardised feature space are mostly of another class) and silhouette.",

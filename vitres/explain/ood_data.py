@@ -30,7 +30,12 @@ def load_digits_dataset() -> ArrayDataset:
 
     Pixel values ``v`` in 0..16 become ``round(v * 255 / 16)``.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise ImportError(
+            "the 'digits' OOD set ships with scikit-learn: pip install 'vitres[explain]'"
+        ) from None
 
     digits = load_digits()
     images = np.rint(digits.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)

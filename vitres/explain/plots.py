@@ -35,46 +35,63 @@ def _token_extent(panel: AttentionPanel) -> tuple[float, float, float, float]:
     return (0.0, float(cols * p), float(rows * p), 0.0)
 
 
-def attention_figure(panels: Sequence[AttentionPanel], title: str | None = None) -> Figure:
+def attention_figure(
+    panels: Sequence[AttentionPanel] | Mapping[str, Sequence[AttentionPanel]],
+    title: str | None = None,
+) -> Figure:
     """The image at each resolution with its attention map over it, side by side.
 
     Each map is scaled to [0, 1] over the tokens that hold content; padding tokens are
     left transparent.
+
+    Args:
+        panels: one row of panels, or a row name (e.g. a model) -> its row.
+        title: the figure's title (the method when ``None``).
     """
-    if not panels:
-        raise ValueError("attention_figure needs at least one panel")
-    figure = Figure(figsize=(2.6 * len(panels), 3.3), layout="constrained")
-    axes = figure.subplots(1, len(panels), squeeze=False)[0]
-    for axis, panel in zip(axes, panels):
-        height, width = panel.display.shape[:2]
-        attention = panel.attention
-        values = attention.maps[0, -1].numpy().astype(np.float64)
-        valid = attention.valid.numpy()
-        top = values[valid].max() if valid.any() else 0.0
-        scaled = np.ma.masked_array(values / top if top > 0 else values, mask=~valid)
-        axis.imshow(panel.display, cmap="gray", vmin=0, vmax=1, extent=(0, width, height, 0))
-        axis.imshow(
-            scaled,
-            cmap="inferno",
-            vmin=0,
-            vmax=1,
-            alpha=0.55,
-            interpolation="nearest",
-            extent=_token_extent(panel),
-        )
-        axis.set_xlim(0, width)
-        axis.set_ylim(height, 0)
-        axis.set_xticks([])
-        axis.set_yticks([])
-        rows, cols = attention.grid
-        name = panel.class_name or f"class {panel.predicted}"
-        axis.set_title(
-            f"{height}x{width} px, grid {rows}x{cols}\n{name} ({panel.probability:.0%})",
-            fontsize=9,
-        )
-    method = panels[0].attention.method
+    rows = dict(panels) if isinstance(panels, Mapping) else {"": list(panels)}
+    if not rows or not all(rows.values()):
+        raise ValueError("attention_figure needs at least one panel in every row")
+    columns = max(len(row) for row in rows.values())
+    figure = Figure(figsize=(2.6 * columns, 3.0 * len(rows) + 0.3), layout="constrained")
+    grid = figure.subplots(len(rows), columns, squeeze=False)
+    for axes, (row_name, row) in zip(grid, rows.items()):
+        for axis in axes[len(row) :]:
+            axis.set_visible(False)
+        for axis, panel in zip(axes, row):
+            _draw_attention(axis, panel)
+        if row_name:
+            axes[0].set_ylabel(row_name, fontsize=9)
+    method = next(iter(rows.values()))[0].attention.method
     figure.suptitle(title or f"attention ({method})", fontsize=10)
     return figure
+
+
+def _draw_attention(axis, panel: AttentionPanel) -> None:
+    height, width = panel.display.shape[:2]
+    attention = panel.attention
+    values = attention.maps[0, -1].numpy().astype(np.float64)
+    valid = attention.valid.numpy()
+    top = values[valid].max() if valid.any() else 0.0
+    scaled = np.ma.masked_array(values / top if top > 0 else values, mask=~valid)
+    axis.imshow(panel.display, cmap="gray", vmin=0, vmax=1, extent=(0, width, height, 0))
+    axis.imshow(
+        scaled,
+        cmap="inferno",
+        vmin=0,
+        vmax=1,
+        alpha=0.55,
+        interpolation="nearest",
+        extent=_token_extent(panel),
+    )
+    axis.set_xlim(0, width)
+    axis.set_ylim(height, 0)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    rows, cols = attention.grid
+    name = panel.class_name or f"class {panel.predicted}"
+    axis.set_title(
+        f"{height}x{width} px, grid {rows}x{cols}\n{name} ({panel.probability:.0%})", fontsize=9
+    )
 
 
 def ood_figure(analyses: Mapping[str, ResolutionAnalysis]) -> Figure:
