@@ -11,6 +11,8 @@ COMMAND_MODULES = (
     "demo_cmd",
     "train_cmd",
     "eval_cmd",
+    "explain_cmd",
+    "ood_cmd",
     "sweep_cmd",
     "recommend_cmd",
     "check_cmd",

@@ -128,7 +128,12 @@ class ViTConfig(ConfigBase):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention on ``F.scaled_dot_product_attention``."""
+    """Multi-head self-attention on ``F.scaled_dot_product_attention``.
+
+    :meth:`forward_with_weights` computes the same output with an explicit
+    ``softmax(q k^T / sqrt(head_dim) + mask)`` and returns the weights too; only
+    :mod:`vitres.explain` calls it, so the normal forward stays on the fused kernel.
+    """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -136,6 +141,20 @@ class Attention(nn.Module):
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+
+    def _heads(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, num_prefix_tokens: int
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v``, each ``(B, heads, T, head_dim)``, rotary embedding applied."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        if rope is not None:
+            cos, sin = rope
+            p = num_prefix_tokens
+            q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], cos, sin)], dim=2)
+            k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], cos, sin)], dim=2)
+        return q, k, v
 
     def forward(
         self,
@@ -145,16 +164,32 @@ class Attention(nn.Module):
         attn_mask: Tensor | None = None,
     ) -> Tensor:
         batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        if rope is not None:
-            cos, sin = rope
-            p = num_prefix_tokens
-            q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], cos, sin)], dim=2)
+        q, k, v = self._heads(x, rope, num_prefix_tokens)
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         x = x.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(x)
+
+    def forward_with_weights(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        num_prefix_tokens: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The output of :meth:`forward` computed explicitly, and the attention weights.
+
+        Returns:
+            ``(output (B, T, D), weights (B, heads, T, T))``; ``weights[b, h, i, j]`` is
+            how much query token ``i`` takes from key token ``j`` (rows sum to 1).
+        """
+        batch, tokens, dim = x.shape
+        q, k, v = self._heads(x, rope, num_prefix_tokens)
+        logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, heads, T, T)
+        if attn_mask is not None:
+            logits = logits + attn_mask
+        weights = logits.float().softmax(dim=-1).to(q.dtype)
+        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
+        return self.proj(out), weights
 
 
 class Mlp(nn.Module):

@@ -1,0 +1,121 @@
+"""`vitres ood`: OOD detection and class separability of a model at several resolutions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from vitres.commands.args import add_model_argument
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "ood",
+        help="OOD scores (MSP, MaxLogit, energy, Mahalanobis, ViM) and class overlap per resolution",
+        description="At each resolution: accuracy on the test split; AUROC and FPR at 95 % TPR of "
+        "each OOD score, test split vs the OOD set (Mahalanobis and ViM fitted on the training "
+        "split at that resolution); class overlap (fraction of test points whose 10 nearest "
+        "neighbours in standardised feature space are mostly of another class) and silhouette.",
+    )
+    add_model_argument(parser)
+    parser.add_argument("--data", default="fashion-mnist", help="in-distribution dataset or folder")
+    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    parser.add_argument(
+        "--ood",
+        default="digits",
+        help="OOD set: digits (scikit-learn's 8x8 digits) or an image folder",
+    )
+    parser.add_argument(
+        "--res", default="16,28,56", help="resolutions, comma-separated (28 or 40x24)"
+    )
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="subset of msp,maxlogit,energy,mahalanobis,vim (default all)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=10_000,
+        help="training images for the Mahalanobis/ViM fit (default 10000)",
+    )
+    parser.add_argument("--ood-limit", type=int, default=None, help="first N OOD images only")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--k", type=int, default=10, help="neighbours of the overlap measure")
+    parser.add_argument(
+        "--no-separability", action="store_true", help="skip class overlap and silhouette"
+    )
+    parser.add_argument("--plot", default=None, help="write AUROC/FPR vs resolution to this PNG")
+    parser.add_argument(
+        "--tsne", default=None, help="write a t-SNE scatter per resolution to this PNG"
+    )
+    parser.add_argument(
+        "--tsne-points", type=int, default=2000, help="points per t-SNE (default 2000)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vitres.explain import analyse_resolutions, analysis_table, tsne_embedding
+    from vitres.explain.plots import ood_figure, tsne_figure
+    from vitres.layers.sizes import parse_resolutions
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    analysis = analyse_resolutions(
+        args.model,
+        parse_resolutions(args.res),
+        args.data,
+        args.ood,
+        methods=args.methods,
+        train_limit=args.train_limit,
+        limit=args.limit,
+        ood_limit=args.ood_limit,
+        separability=not args.no_separability,
+        k=args.k,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        data_dir=args.data_dir,
+        progress=not args.no_progress and not args.json,
+    )
+    written = []
+    if args.plot:
+        ood_figure({args.model: analysis}).savefig(args.plot, dpi=120, bbox_inches="tight")
+        written.append(args.plot)
+    if args.tsne:
+        embeddings = {
+            label: tsne_embedding(features.features, features.labels, args.tsne_points)
+            for label, features in analysis.test_features.items()
+        }
+        overlaps = {r.label: r.overlap for r in analysis.results if r.overlap is not None}
+        figure = tsne_figure(embeddings, class_names=analysis.classes, overlaps=overlaps)
+        figure.savefig(args.tsne, dpi=120, bbox_inches="tight")
+        written.append(args.tsne)
+    if args.json:
+        print(json.dumps({**analysis.to_dict(), "files": written}))
+        return 0
+    fitted = (
+        f"; Mahalanobis/ViM fitted on {analysis.n_train} training images"
+        if analysis.n_train
+        else ""
+    )
+    print(
+        f"{args.model}: {analysis.id_data} (n={analysis.n_id}) vs {analysis.ood_data} "
+        f"(n={analysis.n_ood}){fitted}"
+    )
+    print(f"OOD images: {analysis.ood_conversion}")
+    print("cells: AUROC (FPR at 95 % TPR), best method in bold")
+    print(analysis_table({args.model: analysis}))
+    advice = analysis.advice()
+    if advice:
+        print(advice)
+    for path in written:
+        print(f"wrote {path}")
+    return 0

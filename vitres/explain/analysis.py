@@ -1,0 +1,359 @@
+"""What changes with resolution, measured: accuracy, OOD detection and class separability.
+
+For each resolution, one pass over three image sets gives the classifier head's input
+features and logits (:mod:`vitres.explain.features`):
+
+* the in-distribution training split (first ``train_limit`` images): fits Mahalanobis and
+  ViM (:mod:`vitres.explain.ood`) at that resolution;
+* the in-distribution test split: accuracy, the in-distribution scores, class overlap and
+  silhouette (:mod:`vitres.explain.separability`);
+* the OOD set (:mod:`vitres.explain.ood_data`): the OOD scores.
+
+AUROC and FPR at 95 % TPR (:mod:`vitres.explain.metrics`) compare the two score sets.
+:func:`ood_auroc_for_config` is the one-number form for a sweep record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+from tqdm.auto import tqdm
+
+from vitres.data import get_dataset
+from vitres.data.transforms import to_size
+from vitres.explain.features import FeatureSet, extract_features, linear_head
+from vitres.explain.metrics import DetectionMetrics, detection_metrics
+from vitres.explain.ood import FEATURE_METHODS, OODDetectors, parse_methods
+from vitres.explain.ood_data import open_ood_data
+from vitres.explain.separability import (
+    OVERLAP_RULE_THRESHOLD,
+    class_overlap,
+    resolution_advice,
+    silhouette,
+)
+
+__all__ = [
+    "ResolutionAnalysis",
+    "ResolutionResult",
+    "analyse_resolutions",
+    "analysis_table",
+    "ood_auroc_for_config",
+    "resolution_label",
+]
+
+
+def resolution_label(resolution: int | Sequence[int]) -> str:
+    """``28`` or ``(28, 28)`` -> ``"28"``; ``(40, 24)`` -> ``"40x24"``."""
+    height, width = to_size(resolution if isinstance(resolution, int) else tuple(resolution))
+    return str(height) if height == width else f"{height}x{width}"
+
+
+@dataclass(frozen=True)
+class ResolutionResult:
+    """Measurements at one resolution.
+
+    Attributes:
+        resolution: ``(height, width)``.
+        accuracy: top-1 accuracy on the in-distribution test images.
+        ood: method -> AUROC and FPR at 95 % TPR.
+        overlap: class overlap of the test features (``None`` when not measured).
+        disagreement: mean fraction of other-class neighbours.
+        silhouette: mean silhouette coefficient of the test features.
+    """
+
+    resolution: tuple[int, int]
+    accuracy: float
+    ood: dict[str, DetectionMetrics]
+    overlap: float | None = None
+    disagreement: float | None = None
+    silhouette: float | None = None
+
+    @property
+    def label(self) -> str:
+        return resolution_label(self.resolution)
+
+    def best_method(self) -> tuple[str, DetectionMetrics] | None:
+        """The method with the highest AUROC, or ``None`` when no OOD score was computed."""
+        if not self.ood:
+            return None
+        return max(self.ood.items(), key=lambda item: item[1].auroc)
+
+    def to_dict(self) -> dict[str, Any]:
+        best = self.best_method()
+        return {
+            "resolution": list(self.resolution),
+            "label": self.label,
+            "accuracy": self.accuracy,
+            "ood": {method: metrics.to_dict() for method, metrics in self.ood.items()},
+            "best_method": best[0] if best else None,
+            "best_auroc": best[1].auroc if best else None,
+            "overlap": self.overlap,
+            "disagreement": self.disagreement,
+            "silhouette": self.silhouette,
+        }
+
+
+@dataclass(frozen=True)
+class ResolutionAnalysis:
+    """The measurements of :func:`analyse_resolutions`, and the features they came from.
+
+    Attributes:
+        model: the model reference (``"<in-memory>"`` for a module).
+        id_data: in-distribution dataset name.
+        ood_data: OOD dataset name (``None`` without OOD scores).
+        ood_conversion: how the OOD images were converted for the model.
+        methods: the OOD scores computed.
+        n_train: training images the feature-space detectors were fitted on (0 if none).
+        n_id: in-distribution test images.
+        n_ood: OOD images.
+        k: neighbours of the class-overlap measure.
+        results: one entry per resolution, in the order asked.
+        classes: the in-distribution class names.
+        test_features: resolution label -> the in-distribution test features (not in
+            :meth:`to_dict`; for t-SNE pictures).
+    """
+
+    model: str
+    id_data: str
+    ood_data: str | None
+    ood_conversion: str | None
+    methods: tuple[str, ...]
+    n_train: int
+    n_id: int
+    n_ood: int
+    k: int
+    results: list[ResolutionResult]
+    classes: tuple[str, ...] = ()
+    test_features: dict[str, FeatureSet] = field(default_factory=dict, repr=False)
+
+    def advice(self, threshold: float = OVERLAP_RULE_THRESHOLD) -> str | None:
+        """The seed's overlap rule as a sentence (``None`` when overlap was not measured)."""
+        overlaps = {r.label: r.overlap for r in self.results if r.overlap is not None}
+        return resolution_advice(overlaps, threshold) if overlaps else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "id_data": self.id_data,
+            "ood_data": self.ood_data,
+            "ood_conversion": self.ood_conversion,
+            "methods": list(self.methods),
+            "n_train": self.n_train,
+            "n_id": self.n_id,
+            "n_ood": self.n_ood,
+            "k": self.k,
+            "classes": list(self.classes),
+            "results": [r.to_dict() for r in self.results],
+            "advice": self.advice(),
+        }
+
+
+def _model(model: nn.Module | str) -> tuple[nn.Module, str]:
+    if isinstance(model, str):
+        from vitres.models.resolve import resolve_model as load_model
+
+        return load_model(model), model
+    return model, "<in-memory>"
+
+
+def analyse_resolutions(
+    model: nn.Module | str,
+    resolutions: Sequence[int | Sequence[int]],
+    id_data: str = "fashion-mnist",
+    ood_data: str | None = "digits",
+    *,
+    methods: str | Sequence[str] | None = None,
+    train_limit: int | None = 10_000,
+    limit: int | None = None,
+    ood_limit: int | None = None,
+    separability: bool = True,
+    k: int = 10,
+    silhouette_sample: int | None = None,
+    principal_dim: int | None = None,
+    batch_size: int = 256,
+    patch_size: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> ResolutionAnalysis:
+    """Measures accuracy, OOD detection and class separability at each resolution.
+
+    Args:
+        model: a classifier with a linear head, or a checkpoint path / bundled name.
+        resolutions: ints (squares) or ``(height, width)`` pairs.
+        id_data: in-distribution dataset name or folder (its ``train`` and ``test`` splits).
+        ood_data: ``digits``, a dataset name or an image folder; ``None`` for no OOD scores.
+        methods: OOD scores among ``msp, maxlogit, energy, mahalanobis, vim`` (all when
+            ``None``).
+        train_limit: training images the Mahalanobis and ViM fits use (the first ones).
+        limit: in-distribution test images (the first ones; all when ``None``).
+        ood_limit: OOD images (all when ``None``).
+        separability: measure class overlap and silhouette on the test features.
+        k: neighbours of the class-overlap measure.
+        silhouette_sample: score the silhouette on a seeded subset of this many points.
+        principal_dim: ViM's principal-subspace dimension (half the feature size if None).
+        batch_size: images per forward pass.
+        patch_size: patch side for every call (the model's own when ``None``).
+        data_dir: folder of the Fashion-MNIST files.
+        progress: show progress bars.
+
+    Raises:
+        ValueError: for bad arguments, a model without a linear head, or data with no
+            readable images.
+    """
+    net, name = _model(model)
+    head = linear_head(net)
+    method_names = parse_methods(methods) if ood_data is not None else ()
+    sizes = [to_size(r if isinstance(r, int) else tuple(r)) for r in resolutions]
+    if not sizes:
+        raise ValueError("analyse_resolutions needs at least one resolution")
+    in_chans = net.config.in_chans
+    test_set = get_dataset(id_data, "test", data_dir=data_dir, in_chans=in_chans)
+    needs_train = any(m in FEATURE_METHODS for m in method_names)
+    train_set = (
+        get_dataset(id_data, "train", data_dir=data_dir, in_chans=in_chans) if needs_train else None
+    )
+    ood = open_ood_data(ood_data, in_chans, data_dir) if ood_data is not None else None
+    results: list[ResolutionResult] = []
+    test_features: dict[str, FeatureSet] = {}
+    n_train = n_ood = n_id = 0
+    common = {"batch_size": batch_size, "patch_size": patch_size, "progress": progress}
+    for size in tqdm(sizes, desc="resolutions", unit="res", disable=not progress):
+        label = resolution_label(size)
+        test = extract_features(
+            net, test_set, size, limit=limit, description=f"{label} px test", **common
+        )
+        test_features[label] = test
+        n_id = len(test)
+        ood_metrics: dict[str, DetectionMetrics] = {}
+        if ood is not None:
+            train = None
+            if train_set is not None:
+                train = extract_features(
+                    net,
+                    train_set,
+                    size,
+                    limit=train_limit,
+                    description=f"{label} px train",
+                    **common,
+                )
+                n_train = len(train)
+            outliers = extract_features(
+                net, ood.dataset, size, limit=ood_limit, description=f"{label} px OOD", **common
+            )
+            n_ood = len(outliers)
+            detectors = OODDetectors.fit(method_names, train, head, principal_dim)
+            id_scores = detectors.scores(test)
+            ood_scores = detectors.scores(outliers)
+            ood_metrics = {
+                method: detection_metrics(id_scores[method], ood_scores[method])
+                for method in method_names
+            }
+        overlap = disagreement = silhouette_value = None
+        if separability:
+            measured = class_overlap(test.features, test.labels, k=k)
+            overlap, disagreement = measured.overlap, measured.disagreement
+            silhouette_value = silhouette(test.features, test.labels, sample_size=silhouette_sample)
+        results.append(
+            ResolutionResult(
+                resolution=size,
+                accuracy=test.accuracy,
+                ood=ood_metrics,
+                overlap=overlap,
+                disagreement=disagreement,
+                silhouette=silhouette_value,
+            )
+        )
+    return ResolutionAnalysis(
+        model=name,
+        id_data=str(getattr(test_set, "name", id_data)),
+        ood_data=ood.name if ood is not None else None,
+        ood_conversion=ood.conversion if ood is not None else None,
+        methods=method_names,
+        n_train=n_train,
+        n_id=n_id,
+        n_ood=n_ood,
+        k=k,
+        results=results,
+        classes=tuple(getattr(test_set, "classes", ())),
+        test_features=test_features,
+    )
+
+
+def ood_auroc_for_config(
+    model: nn.Module | str,
+    resolution: int | Sequence[int],
+    id_data: str = "fashion-mnist",
+    ood_data: str = "digits",
+    *,
+    methods: str | Sequence[str] | None = None,
+    train_limit: int | None = 10_000,
+    limit: int | None = None,
+    ood_limit: int | None = None,
+    batch_size: int = 256,
+    patch_size: int | None = None,
+    data_dir: str | None = None,
+    progress: bool = False,
+) -> float:
+    """The best OOD AUROC over ``methods`` for one model at one resolution (and patch size).
+
+    The number a sweep record can carry (and ``recommend --min-ood-auroc`` can constrain);
+    :func:`analyse_resolutions` gives every method and the FPR as well. Arguments are
+    those of :func:`analyse_resolutions`.
+    """
+    analysis = analyse_resolutions(
+        model,
+        [resolution],
+        id_data,
+        ood_data,
+        methods=methods,
+        train_limit=train_limit,
+        limit=limit,
+        ood_limit=ood_limit,
+        separability=False,
+        batch_size=batch_size,
+        patch_size=patch_size,
+        data_dir=data_dir,
+        progress=progress,
+    )
+    best = analysis.results[0].best_method()
+    assert best is not None
+    return best[1].auroc
+
+
+def analysis_table(analyses: dict[str, ResolutionAnalysis]) -> str:
+    """A Markdown table: one row per model and resolution, AUROC (FPR95) per method.
+
+    Args:
+        analyses: a name for each model -> its analysis (all with the same methods).
+    """
+    if not analyses:
+        raise ValueError("analysis_table needs at least one analysis")
+    methods = next(iter(analyses.values())).methods
+    header = ["model", "res", "accuracy", *methods, "overlap", "disagreement", "silhouette"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * 2 + " ---: |" * (len(header) - 2)]
+
+    def number(value: float | None, form: str) -> str:
+        return "–" if value is None else format(value, form)
+
+    for name, analysis in analyses.items():
+        for result in analysis.results:
+            best = result.best_method()
+            cells = [name, f"{result.label} px", f"{result.accuracy * 100:.1f} %"]
+            for method in methods:
+                metrics = result.ood.get(method)
+                if metrics is None:
+                    cells.append("–")
+                    continue
+                text = f"{metrics.auroc:.3f} ({metrics.fpr95 * 100:.0f} %)"
+                cells.append(f"**{text}**" if best and best[0] == method else text)
+            cells += [
+                number(None if result.overlap is None else result.overlap * 100, ".1f")
+                + (" %" if result.overlap is not None else ""),
+                number(result.disagreement, ".3f"),
+                number(result.silhouette, ".3f"),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""One image file, explained at several resolutions: what ``vitres explain`` draws.
+
+The image is decoded with Pillow, converted to the model's channels (greyscale by
+ITU-R BT.601 luma, or grey repeated to RGB), resized to each resolution as the evaluation
+does (whole image, antialiased bilinear), and the attention map of each resolution is
+computed on that input's own token grid (:func:`vitres.explain.attention_maps`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor, nn
+
+from vitres.data import prepare_batch
+from vitres.explain.attention import AttentionMaps, attention_maps
+
+__all__ = ["AttentionPanel", "explain_image", "load_image"]
+
+
+def load_image(path: str | os.PathLike[str], in_chans: int) -> Tensor:
+    """Decodes an image file to a uint8 tensor ``(in_chans, H, W)``.
+
+    Raises:
+        FileNotFoundError: if there is no such file.
+        ValueError: if Pillow cannot decode it, or ``in_chans`` is not 1 or 3.
+    """
+    path = os.fspath(path)
+    if in_chans not in (1, 3):
+        raise ValueError(f"images can be converted to 1 or 3 channels; the model wants {in_chans}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode.startswith("I;16"):
+                image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
+            array = np.asarray(image.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise ValueError(
+            f"cannot read {path} as an image ({type(error).__name__}: {error}); expected a file "
+            "Pillow can decode (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM)"
+        ) from None
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+@dataclass(frozen=True)
+class AttentionPanel:
+    """One resolution of an explained image.
+
+    Attributes:
+        display: ``(H, W)`` or ``(H, W, 3)`` float image in [0, 1] at this resolution.
+        attention: the maps (batch of one).
+        size_policy: the model's size policy (how tokens cover the image).
+        predicted: predicted class index.
+        probability: its softmax probability.
+        class_name: its name when the model knows its classes.
+    """
+
+    display: np.ndarray
+    attention: AttentionMaps
+    size_policy: str
+    predicted: int
+    probability: float
+    class_name: str | None = None
+
+
+def _class_names(model: nn.Module) -> tuple[str, ...] | None:
+    metadata = getattr(model, "metadata", None) or {}
+    if str(metadata.get("dataset", "")).lower() in ("fashion-mnist", "fmnist", "fashion_mnist"):
+        from vitres.data import FASHION_MNIST_CLASSES
+
+        return FASHION_MNIST_CLASSES
+    names = metadata.get("classes")
+    return tuple(names) if isinstance(names, list) else None
+
+
+def explain_image(
+    model: nn.Module,
+    image: Tensor,
+    resolutions: Sequence[int | Sequence[int]],
+    method: str = "rollout",
+    layers: int | Sequence[int] | None = None,
+    head_fusion: str = "mean",
+    patch_size: int | None = None,
+) -> list[AttentionPanel]:
+    """Attention maps of ``image`` at each resolution.
+
+    Args:
+        model: a vitres ViT.
+        image: uint8 ``(C, H, W)`` (e.g. from :func:`load_image`).
+        resolutions: ints (squares) or ``(height, width)`` pairs.
+        method: ``rollout``, ``last`` or ``raw`` (``raw`` draws the last requested layer).
+        layers: blocks to use (all when ``None``).
+        head_fusion: ``mean``, ``max`` or ``min``.
+        patch_size: patch side (the model's own when ``None``).
+    """
+    config = model.config
+    names = _class_names(model)
+    panels = []
+    for resolution in resolutions:
+        size = resolution if isinstance(resolution, int) else tuple(resolution)
+        x = prepare_batch(
+            image[None],
+            size,
+            train=False,
+            mean=config.mean,
+            std=config.std,
+            in_chans=config.in_chans,
+        )
+        shown = prepare_batch(
+            image[None], size, train=False, mean=(0.0,), std=(1.0,), in_chans=config.in_chans
+        )[0]
+        maps = attention_maps(model, x, layers, method, head_fusion, patch_size)
+        probabilities = maps.logits[0].float().softmax(dim=-1)
+        predicted = int(probabilities.argmax())
+        display = shown.clamp(0, 1).permute(1, 2, 0).numpy()
+        panels.append(
+            AttentionPanel(
+                display=display[..., 0] if display.shape[-1] == 1 else display,
+                attention=maps,
+                size_policy=config.size_policy,
+                predicted=predicted,
+                probability=float(probabilities[predicted]),
+                class_name=names[predicted] if names and predicted < len(names) else None,
+            )
+        )
+    return panels
