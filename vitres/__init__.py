@@ -4,8 +4,9 @@ the resolution, patch size, precision and backend they are deployed at."""
 from vitres import sweep  # a callable module: vitres.sweep(...) runs a sweep
 from vitres.layers.patch_embed import resample_patch_embed
 from vitres.layers.pos_embed import resample_pos_embed
-from vitres.models.checkpoint import from_pretrained, load_model, save_model
+from vitres.models.checkpoint import load_model, save_model
 from vitres.models.registry import create_model, list_models, model_config
+from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
 from vitres.recommend import Budget, recommend
 from vitres.report import write_report
 from vitres.sweep import run_sweep
@@ -16,6 +17,7 @@ __all__ = [
     "Budget",
     "__version__",
     "create_model",
+    "describe_reference",
     "from_pretrained",
     "list_models",
     "load_model",
@@ -23,6 +25,7 @@ __all__ = [
     "recommend",
     "resample_patch_embed",
     "resample_pos_embed",
+    "resolve_model",
     "run_sweep",
     "save_model",
     "sweep",

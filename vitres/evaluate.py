@@ -3,8 +3,9 @@
 One model, one dataset, many resolutions: each resolution resizes the whole image
 (antialiased, no crop, see :func:`vitres.data.eval_batches`) and the model adapts its
 token grid at run time. The position-embedding resampling mode and the size policy of a
-saved model are chosen when it is loaded (``load_model(name, pos_embed_mode=...)``), so
-the same weights can be scored under each of them.
+saved model are chosen when it is loaded (``resolve_model(ref, pos_embed_mode=...)``), so
+the same weights can be scored under each of them. Any model reference works: a bundled
+name, a vitres checkpoint, a Hugging Face or timm directory (see :mod:`vitres.models.resolve`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -88,7 +90,7 @@ def accuracy_at(
 
 
 def evaluate(
-    model: nn.Module | str,
+    model: nn.Module | str | Path,
     dataset: Dataset | str,
     resolutions: Sequence[int] | str,
     batch_size: int = 256,
@@ -102,8 +104,9 @@ def evaluate(
     """Scores a model at several input resolutions.
 
     Args:
-        model: a vitres model, or a checkpoint path / bundled name for
-            :func:`vitres.load_model`.
+        model: a vitres model, or any model reference :func:`vitres.resolve_model`
+            accepts: a bundled name, a vitres checkpoint, a Hugging Face directory, a
+            timm file or directory, a registry name (random weights).
         dataset: a dataset object, or a name / folder for :func:`vitres.data.get_dataset`
             (its ``"test"`` split is used).
         resolutions: square input sizes, as ints or ``"16,28,56"``.
@@ -131,17 +134,21 @@ def evaluate(
               "precision": str,
             }
     """
-    name = model if isinstance(model, str) else "<in-memory>"
+    name = str(model) if not isinstance(model, nn.Module) else "<in-memory>"
     overrides = {}
     if pos_embed_mode is not None:
         overrides["pos_embed_mode"] = pos_embed_mode
     if size_policy is not None:
         overrides["size_policy"] = size_policy
-    if isinstance(model, str):
-        from vitres.models.checkpoint import load_model
+    if not isinstance(model, nn.Module):
+        from vitres.models.resolve import resolve_model
 
-        net = load_model(model, **overrides)
+        net = resolve_model(model, **overrides)
         previous = None
+        if not hasattr(net, "config"):
+            raise ValueError(
+                f"{model!r} resolved to a {type(net).__name__} without a vitres config"
+            )
     else:
         net = model
         previous = net.config

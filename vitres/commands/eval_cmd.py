@@ -10,10 +10,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="accuracy of a model at several resolutions",
-        description="Scores a vitres checkpoint (path or bundled name) on a dataset's test "
-        "split at each resolution; --mode and --size-policy override how it adapts.",
+        description="Scores a model on a dataset's test split at each resolution; --mode and "
+        "--size-policy override how it adapts. --model takes any model reference: a bundled "
+        "name, a vitres checkpoint, a Hugging Face directory, a timm file or directory, or a "
+        "registry name.",
     )
-    parser.add_argument("--model", required=True, help="checkpoint path or bundled name")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="bundled name, vitres checkpoint, Hugging Face directory, timm file/directory, "
+        "or registry name",
+    )
     parser.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
     parser.add_argument("--res", default="16,20,28,40,56", help="comma-separated resolutions")

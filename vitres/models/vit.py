@@ -19,22 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitres.layers.cache import VersionedCache, is_tracing
-from vitres.layers.patch_embed import (
-    KERNEL_RESIZE_MODES,
-    SIZE_POLICIES,
-    PatchEmbed,
-    fit_to_patch,
-    padded_token_mask,
-)
+from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch, padded_token_mask
 from vitres.layers.pos_embed import (
-    INTERPOLATION_MODES,
     ContinuousPositionBias,
     CoordinateMLPPosEmbed,
     apply_rope,
@@ -42,89 +34,10 @@ from vitres.layers.pos_embed import (
     rope_2d,
     sincos_2d,
 )
-from vitres.models.common import AnyResolutionMixin, ConfigBase
+from vitres.models.common import AnyResolutionMixin
+from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
 
-POS_EMBED_KINDS = ("learned", "sincos", "rope", "cpb", "mlp", "none")
-GLOBAL_POOLS = ("token", "avg")
-
-
-@dataclass
-class ViTConfig(ConfigBase):
-    """Architecture and run-time behaviour of a :class:`VisionTransformer`.
-
-    ``img_size`` is the native resolution: the learned position table has
-    ``img_size // patch_size`` positions per side, and coordinate-based embeddings
-    measure positions in units of that grid. Other sizes work at run time.
-    """
-
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    class_token: bool = True
-    reg_tokens: int = 0
-    global_pool: str = "token"
-    pos_embed: str = "learned"
-    pos_embed_mode: str = "bicubic"
-    pos_embed_antialias: bool = False
-    pos_embed_prefix: bool = True  # class/register tokens have learned positions (timm/HF)
-    size_policy: str = "pad"
-    kernel_resize_mode: str = "bicubic"
-    kernel_resize_antialias: bool = True
-    norm_eps: float = 1e-6
-    rope_theta: float = 100.0
-    cpb_hidden_dim: int = 256
-    drop_path_rate: float = 0.0
-    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-
-    def __post_init__(self) -> None:
-        self._normalise_common()
-        checks = [
-            (self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}"),
-            (
-                self.pos_embed_mode in INTERPOLATION_MODES,
-                f"pos_embed_mode must be one of {INTERPOLATION_MODES}",
-            ),
-            (
-                self.kernel_resize_mode in KERNEL_RESIZE_MODES,
-                f"kernel_resize_mode must be one of {KERNEL_RESIZE_MODES}",
-            ),
-            (self.size_policy in SIZE_POLICIES, f"size_policy must be one of {SIZE_POLICIES}"),
-            (self.global_pool in GLOBAL_POOLS, f"global_pool must be one of {GLOBAL_POOLS}"),
-            (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
-            (
-                self.class_token or self.global_pool == "avg",
-                "global_pool='token' needs class_token=True",
-            ),
-            (
-                self.patch_size > 0 and self.depth >= 0 and self.reg_tokens >= 0,
-                "sizes must be positive",
-            ),
-            (
-                self.img_size[0] >= self.patch_size and self.img_size[1] >= self.patch_size,
-                "img_size must hold one patch",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid ViTConfig: {message} (got {self})")
-        head_dim = self.embed_dim // self.num_heads
-        if self.pos_embed == "rope" and head_dim % 4:
-            raise ValueError(f"pos_embed='rope' needs head_dim divisible by 4, got {head_dim}")
-        if self.pos_embed == "sincos" and self.embed_dim % 4:
-            raise ValueError(
-                f"pos_embed='sincos' needs embed_dim divisible by 4, got {self.embed_dim}"
-            )
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.reg_tokens
+__all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
 
 
 class Attention(nn.Module):
@@ -210,13 +123,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         cfg = dataclasses.replace(config, **overrides) if config else ViTConfig(**overrides)
         self.config = cfg
         dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(
-            cfg.patch_size,
-            cfg.in_chans,
-            dim,
-            kernel_resize_mode=cfg.kernel_resize_mode,
-            kernel_resize_antialias=cfg.kernel_resize_antialias,
-        )
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
         self.reg_token = (
             nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
@@ -315,14 +222,16 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _features(
-        self, x: Tensor, patch_size: int | None, valid_size: tuple[int, int] | None
+        self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor | None]:
         cfg = self.config
-        p = self._checked_patch_size(x, patch_size)
+        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
         x, content_hw = fit_to_patch(x, p, cfg.size_policy)
         if valid_size is not None:
             content_hw = (min(content_hw[0], valid_size[0]), min(content_hw[1], valid_size[1]))
-        tokens, grid = self.patch_embed(x, p)  # (B, N, D)
+        tokens, grid = self.patch_embed(
+            x, p, cfg.kernel_resize_mode, cfg.kernel_resize_antialias
+        )  # (B, N, D)
         tokens = self._add_prefix_and_pos(tokens, grid)
         num_prefix = self.num_prefix_tokens
         keep = None if is_tracing() else padded_token_mask(grid, content_hw, p)
@@ -357,7 +266,10 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return tokens, keep
 
     def forward_features(
-        self, x: Tensor, patch_size: int | None = None, valid_size: tuple[int, int] | None = None
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
     ) -> Tensor:
         """Token features ``(B, prefix + rows * cols, D)`` (after the final norm for token pooling)."""
         return self._features(x, patch_size, valid_size)[0]
@@ -379,7 +291,10 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(
-        self, x: Tensor, patch_size: int | None = None, valid_size: tuple[int, int] | None = None
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
     ) -> Tensor:
         """Classifies images of any size.
 
