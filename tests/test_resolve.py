@@ -94,7 +94,8 @@ def test_registry_name_builds_random_weights():
 
 
 def test_hf_directory(hf_fmnist_dir):
-    assert describe_reference(hf_fmnist_dir).kind == "hf"
+    ref = describe_reference(hf_fmnist_dir)
+    assert ref.kind == "hf" and "Hugging Face vit directory" in ref.detail
     hf = transformers.ViTForImageClassification.from_pretrained(hf_fmnist_dir).eval()
     ours = resolve_model(hf_fmnist_dir)
     x = torch.randn(2, 1, 28, 28)

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vitres.layers.mlp import ACTIVATIONS
 from vitres.layers.patch_embed import (
     KERNEL_RESIZE_MODES,
     SIZE_POLICIES,
@@ -25,7 +26,9 @@ from vitres.layers.pos_embed import INTERPOLATION_MODES, to_grid
 ConfigT = TypeVar("ConfigT", bound="ConfigBase")
 
 POS_EMBED_KINDS = ("learned", "sincos", "rope", "cpb", "mlp", "none")
-GLOBAL_POOLS = ("token", "avg")
+# token: the class token; avg / max / avgmax: of the patch tokens; map: attention pool
+# (SigLIP, big_vision); token_avg: [class token, mean of patch tokens] (DINOv2's classifier)
+GLOBAL_POOLS = ("token", "avg", "max", "avgmax", "map", "token_avg")
 
 
 def _is_int(value: object) -> bool:
@@ -144,6 +147,13 @@ class ViTConfig(ConfigBase):
     ``img_size // patch_size`` positions per side, and coordinate-based embeddings
     measure positions in units of that grid. Other sizes work at run time.
     ``patch_size`` is an int or a ``(height, width)`` pair (rectangular patches).
+
+    The options after ``drop_path_rate``'s group describe the imported families (names as
+    timm's ``VisionTransformer``): ``dist_token`` / ``head_dist`` (DeiT), ``init_values``
+    (LayerScale), ``qk_norm``, ``pre_norm`` (CLIP's pre-LayerNorm), ``fc_norm`` (the final
+    norm after pooling instead of before; ``None``: after for avg/max/avgmax pools),
+    ``act_layer``, ``patch_embed_bias``, ``representation_size`` (a tanh pre-logits
+    layer, Hugging Face's pooler) and ``head_bias`` (CLIP's projection has none).
     """
 
     img_size: tuple[int, int] = (224, 224)
@@ -171,6 +181,16 @@ class ViTConfig(ConfigBase):
     drop_path_rate: float = 0.0
     mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
     std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
+    dist_token: bool = False
+    head_dist: bool = False
+    init_values: float | None = None
+    qk_norm: bool = False
+    pre_norm: bool = False
+    fc_norm: bool | None = None
+    act_layer: str = "gelu"
+    patch_embed_bias: bool = True
+    representation_size: int = 0
+    head_bias: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.num_heads) and self.num_heads > 0):
@@ -200,6 +220,33 @@ class ViTConfig(ConfigBase):
                 ),
                 (0.0 <= self.drop_path_rate < 1.0, "drop_path_rate must be in [0, 1)"),
                 (self.cpb_hidden_dim > 0 and self.rope_theta > 0, "sizes must be positive"),
+                (
+                    self.class_token or self.global_pool not in ("token", "token_avg"),
+                    f"global_pool={self.global_pool!r} needs class_token=True",
+                ),
+                (self.class_token or not self.dist_token, "dist_token needs class_token=True"),
+                (
+                    self.dist_token or not self.head_dist,
+                    "head_dist (a distillation head) needs dist_token=True",
+                ),
+                (
+                    self.num_classes > 0 or not self.head_dist,
+                    "head_dist needs num_classes > 0",
+                ),
+                (
+                    self.init_values is None
+                    or (isinstance(self.init_values, (int, float)) and self.init_values > 0),
+                    "init_values (LayerScale) must be None or positive",
+                ),
+                (self.act_layer in ACTIVATIONS, f"act_layer must be one of {ACTIVATIONS}"),
+                (
+                    _is_int(self.representation_size) and self.representation_size >= 0,
+                    "representation_size must be an int >= 0",
+                ),
+                (
+                    self.global_pool != "token_avg" or not self.fc_norm,
+                    "global_pool='token_avg' normalises the tokens, not the pool: fc_norm=False",
+                ),
             ]
         )
         head_dim = self.embed_dim // self.num_heads
@@ -212,7 +259,22 @@ class ViTConfig(ConfigBase):
 
     @property
     def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.reg_tokens
+        """Class, distillation and register tokens, in that order before the patches."""
+        return int(self.class_token) + int(self.dist_token) + self.reg_tokens
+
+    @property
+    def use_fc_norm(self) -> bool:
+        """Whether the final norm acts on the pooled vector (else on every token)."""
+        if self.fc_norm is None:
+            return self.global_pool in ("avg", "max", "avgmax")
+        return bool(self.fc_norm)
+
+    @property
+    def pooled_dim(self) -> int:
+        """Width of the pooled vector the head reads."""
+        if self.representation_size:
+            return self.representation_size
+        return 2 * self.embed_dim if self.global_pool == "token_avg" else self.embed_dim
 
 
 @dataclass

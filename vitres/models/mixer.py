@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitres.layers.cache import VersionedCache
+from vitres.layers.mlp import Mlp
 from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch
 from vitres.layers.pos_embed import resample_grid
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import MixerConfig
-from vitres.models.vit import Mlp
 
 __all__ = ["MixerConfig", "MlpMixer", "resample_token_mixing"]
 

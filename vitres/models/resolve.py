@@ -52,10 +52,12 @@ from vitres.models.checkpoint import (
 from vitres.models.config import ViTConfig
 from vitres.models.convert import (
     adapt_state_dict,
-    convert_hf_vit_state_dict,
-    convert_timm_vit_state_dict,
-    hf_vit_config,
-    timm_vit_config,
+    convert_hf_state_dict,
+    convert_timm_state_dict,
+    hf_config_fields,
+    hf_family,
+    hf_vision_config,
+    timm_config_fields,
 )
 from vitres.models.registry import create_model, model_config
 from vitres.models.vit import VisionTransformer
@@ -250,32 +252,30 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         return load_model(path, **overrides)
     if kind == "hf":
         hf = _read_json(path / "config.json")
+        family = hf_family(hf_vision_config(hf))  # an unsupported model_type fails here
         weights = find_weights(path)
-        state = convert_hf_vit_state_dict(read_state_dict(weights))
-        fields = hf_vit_config(hf)
-        if "head.weight" not in state:
-            fields["num_classes"] = 0
+        state = convert_hf_state_dict(read_state_dict(weights), family)
+        preprocessor = path / "preprocessor_config.json"
+        fields = hf_config_fields(
+            hf, state, _read_json(preprocessor) if preprocessor.exists() else None
+        )
         return _build_foreign(state, fields, overrides, str(weights))
-    # timm
-    meta: dict = {}
+    # timm: a bare weights file, or timm's save_for_hf directory
+    document: dict = {}
     weights = path
     if path.is_dir():
         weights = find_weights(path)
         if (path / "config.json").exists():
             document = _read_json(path / "config.json")
-            meta = {**document.get("pretrained_cfg", {}), **document}
-            if "num_heads" in document.get("model_args", {}):
-                meta["num_heads"] = document["model_args"]["num_heads"]
     raw = read_state_dict(weights)
-    if "patch_embed.proj.weight" not in raw or "blocks.0.attn.qkv.weight" not in raw:
+    if "patch_embed.proj.weight" not in raw or not any(k.startswith("blocks.0.") for k in raw):
         raise ValueError(
-            f"{weights} is not a timm ViT state dict (no patch_embed.proj.weight / "
-            f"blocks.0.attn.qkv.weight); first keys: {list(raw)[:6]}"
+            f"{weights} is not a timm ViT state dict (no patch_embed.proj.weight / blocks.0.*); "
+            f"first keys: {list(raw)[:6]}"
         )
-    if "num_heads" in overrides:  # the one architecture fact a state dict cannot tell
-        meta["num_heads"] = overrides["num_heads"]
-    fields = timm_vit_config(raw, meta)
-    state = convert_timm_vit_state_dict(raw)
+    # num_heads is the one architecture fact a state dict cannot tell: an override wins
+    fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"))
+    state = convert_timm_state_dict(raw)
     return _build_foreign(state, fields, overrides, str(weights))
 
 
@@ -309,9 +309,10 @@ def describe_reference(ref: ModelRef) -> Reference:
     path = Path(ref)
     if path.exists():
         kind = detect_format(path)
-        what = {"vitres": "a vitres checkpoint", "hf": "a Hugging Face directory"}.get(
-            kind, "timm weights"
-        )
+        what = {"vitres": "a vitres checkpoint", "timm": "timm weights"}.get(kind)
+        if kind == "hf":
+            model_type = _read_json(path / "config.json").get("model_type")
+            what = f"a Hugging Face {model_type} directory"
         return Reference(kind, text, f"{what} at {path}")
     if isinstance(ref, str) and _IMPORT_REF.match(text):
         return Reference("import", text, f"the factory {text}")
