@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from vitres.data import Dataset, eval_batches, get_dataset
+from vitres.layers.patch_embed import canonical_patch
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
 
@@ -127,7 +128,7 @@ def evaluate(
               "model": str,             # checkpoint path / bundled name, or "<in-memory>"
               "data": str,              # dataset name, e.g. "fashion-mnist/test"
               "n": int,                 # examples scored at each resolution
-              "patch_size": int,        # patch size used
+              "patch_size": int,        # patch size used ((h, w) when rectangular)
               "accuracy": {"16": 0.81, "28": 0.90, ...},  # top-1 in [0, 1], keys str(res)
               "pos_embed_mode": str | None,  # None for models without a learned table
               "size_policy": str,
@@ -181,7 +182,7 @@ def evaluate(
         "model": name,
         "data": getattr(data, "name", type(data).__name__),
         "n": n,
-        "patch_size": int(patch_size or used.patch_size),
+        "patch_size": canonical_patch(patch_size or used.patch_size),  # int, or [h, w]
         "accuracy": accuracy,
         "pos_embed_mode": used.pos_embed_mode if learned else None,
         "size_policy": used.size_policy,
