@@ -116,7 +116,9 @@ def test_cli_eval_table(saved_model, capsys):
 
 def test_cli_eval_reports_bad_input(capsys):
     assert main(["eval", "--model", "no-such-model", "--res", "16", "--limit", "5"]) == 2
-    assert "no vitres checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("vitres eval: error: cannot resolve model 'no-such-model'")
+    assert "fmnist-vit-multires" in err and "Hugging Face" in err  # lists the accepted forms
     with pytest.raises(ValueError, match="cannot read resolution"):
         parse_resolutions("16,abc")
     with pytest.raises(ValueError, match="positive"):

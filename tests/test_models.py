@@ -204,3 +204,40 @@ def test_resample_token_mixing_shapes_and_scale():
     m1, _, _ = resample_token_mixing(w1, w2, b2, (4, 4), (8, 8), "nearest")
     # nearest upsampling by 2 duplicates each column 4x and scales by 16/64
     torch.testing.assert_close(m1.reshape(6, 8, 8)[:, ::2, ::2] * 4, w1.reshape(6, 4, 4))
+
+
+def test_rectangular_patch_model_matches_flexi_invariance():
+    """A (4, 8) patch model: its grid, and doubling image and patch together changes nothing."""
+    model = tiny_vit(patch_size=(4, 8), img_size=(16, 32), kernel_resize_mode="nearest")
+    assert model.config.patch_size == (4, 8) and model.config.grid == (4, 4)
+    assert model.pos_embed.shape == (1, 1 + 16, 32)
+    x = torch.randn(2, 3, 16, 32)
+    x2 = F.interpolate(x, scale_factor=2, mode="nearest")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(x2, patch_size=(8, 16)), atol=1e-5, rtol=1e-5)
+    assert model.grid_size((30, 37)) == (8, 5)  # pad policy, per side
+
+
+def test_square_model_runs_rectangular_patches_by_pi_resize():
+    """Stretching the width by 2 and the patch width by 2 keeps every token (nearest resize)."""
+    model = tiny_vit(kernel_resize_mode="nearest")
+    x = torch.randn(2, 3, 32, 32)
+    wide = F.interpolate(x, size=(32, 64), mode="nearest")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model(wide, patch_size=(8, 16)), atol=1e-5, rtol=1e-5)
+
+
+def test_rectangular_patch_config_round_trip(tmp_path):
+    model = tiny_vit(patch_size=(4, 8), img_size=(16, 32))
+    path = vitres.save_model(model, tmp_path / "rect.safetensors")
+    loaded = vitres.load_model(path)
+    assert loaded.config == model.config and loaded.config.patch_size == (4, 8)
+    x = torch.randn(1, 3, 20, 36)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    # a new native patch size: the kernel is PI-resized, the table resampled to the new grid
+    resized = vitres.from_pretrained(path, patch_size=(8, 8), kernel_resize_mode="nearest")
+    assert resized.patch_embed.proj.weight.shape[-2:] == (8, 8)
+    assert resized.config.grid == (2, 4) and resized.pos_embed.shape == (1, 1 + 8, 32)
+    assert tiny_vit(patch_size=8).config.patch_size == 8  # square pairs stay ints
+    assert tiny_vit(patch_size=(8, 8)).config.patch_size == 8

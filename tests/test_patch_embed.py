@@ -89,3 +89,43 @@ def test_padded_token_mask():
         -1
     )
     assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("old,new", [((4, 6), (6, 9)), ((4, 6), (8, 8)), ((4, 4), (6, 10))])
+@pytest.mark.parametrize("mode,antialias", [("bicubic", True), ("bilinear", False)])
+def test_pi_resize_rectangular_preserves_inner_product(old, new, mode, antialias):
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(3, 2, *old, generator=g, dtype=torch.float64)
+    x = torch.randn(4, 2, *old, generator=g, dtype=torch.float64)
+    new_weight = resample_patch_embed(weight, new, mode=mode, antialias=antialias)
+    assert new_weight.shape == (3, 2, *new)
+    x_big = F.interpolate(x, size=new, mode=mode, align_corners=False, antialias=antialias)
+    before = torch.einsum("bchw,dchw->bd", x, weight)
+    after = torch.einsum("bchw,dchw->bd", x_big, new_weight)
+    torch.testing.assert_close(after, before, atol=1e-8, rtol=1e-8)
+
+
+def test_rectangular_policies_and_mask():
+    x = torch.randn(1, 1, 10, 13)
+    padded, valid = fit_to_patch(x, (4, 6), "pad")
+    assert padded.shape[-2:] == (12, 18) and valid == (10, 13)
+    cropped, valid = fit_to_patch(x, (4, 6), "crop")
+    torch.testing.assert_close(cropped, x[..., :8, :12])
+    mask = padded_token_mask((3, 3), (5, 6), (4, 6))
+    assert torch.equal(mask.reshape(3, 3).sum(dim=1), torch.tensor([1, 1, 0]))
+
+
+def test_patch_embed_rectangular_kernel_and_mode_in_cache_key():
+    embed = PatchEmbed((4, 8), 1, 6).eval()
+    x = torch.randn(2, 1, 16, 32)
+    with torch.no_grad():
+        tokens, grid = embed(x)
+        assert grid == (4, 4) and tokens.shape == (2, 16, 6)
+        reference = F.conv2d(x, embed.proj.weight, embed.proj.bias, stride=(4, 8))
+        torch.testing.assert_close(tokens, reference.flatten(2).transpose(1, 2))
+        bicubic = embed.kernel((8, 8), "bicubic", True)
+        nearest = embed.kernel((8, 8), "nearest", False)
+        torch.testing.assert_close(nearest, resample_patch_embed(embed.proj.weight, 8, "nearest"))
+        assert not torch.allclose(bicubic, nearest)
+    with pytest.raises(AttributeError, match="model.config.kernel_resize_mode"):
+        embed.kernel_resize_mode = "nearest"

@@ -3,8 +3,9 @@ the resolution, patch size, precision and backend they are deployed at."""
 
 from vitres.layers.patch_embed import resample_patch_embed
 from vitres.layers.pos_embed import resample_pos_embed
-from vitres.models.checkpoint import from_pretrained, load_model, save_model
+from vitres.models.checkpoint import load_model, save_model
 from vitres.models.registry import create_model, list_models, model_config
+from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
 from vitres.tune.budget import Budget
 from vitres.tune.recommend import Recommendation, recommend
 from vitres.tune.records import read_results
@@ -18,6 +19,7 @@ __all__ = [
     "Recommendation",
     "__version__",
     "create_model",
+    "describe_reference",
     "from_pretrained",
     "list_models",
     "load_model",
@@ -26,6 +28,7 @@ __all__ = [
     "recommend",
     "resample_patch_embed",
     "resample_pos_embed",
+    "resolve_model",
     "run_sweep",
     "save_model",
     "write_report",

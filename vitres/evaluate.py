@@ -3,8 +3,9 @@
 One model, one dataset, many resolutions: each resolution resizes the whole image
 (antialiased, no crop, see :func:`vitres.data.eval_batches`) and the model adapts its
 token grid at run time. The position-embedding resampling mode and the size policy of a
-saved model are chosen when it is loaded (``load_model(name, pos_embed_mode=...)``), so
-the same weights can be scored under each of them.
+saved model are chosen when it is loaded (``resolve_model(ref, pos_embed_mode=...)``), so
+the same weights can be scored under each of them. Any model reference works: a bundled
+name, a vitres checkpoint, a Hugging Face or timm directory (see :mod:`vitres.models.resolve`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset
+from vitres.layers.patch_embed import canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
@@ -80,7 +83,7 @@ def accuracy_at(
 
 
 def evaluate(
-    model: nn.Module | str,
+    model: nn.Module | str | Path,
     dataset: Dataset | str,
     resolutions: Sequence[int] | str,
     batch_size: int = 256,
@@ -96,8 +99,9 @@ def evaluate(
     """Scores a model at several input resolutions.
 
     Args:
-        model: a vitres model, or a checkpoint path / bundled name for
-            :func:`vitres.load_model`.
+        model: a vitres model, or any model reference :func:`vitres.resolve_model`
+            accepts: a bundled name, a vitres checkpoint, a Hugging Face directory, a
+            timm file or directory, a registry name (random weights).
         dataset: a dataset object, or a name / folder for :func:`vitres.data.get_dataset`
             (its ``"test"`` split is used).
         resolutions: input sizes in the grammar of :func:`vitres.layers.sizes.parse_resolutions`
@@ -121,7 +125,7 @@ def evaluate(
               "model": str,             # checkpoint path / bundled name, or "<in-memory>"
               "data": str,              # dataset name, e.g. "fashion-mnist/test"
               "n": int,                 # examples scored at each resolution
-              "patch_size": int,        # patch size used
+              "patch_size": int,        # patch size used ((h, w) when rectangular)
               "accuracy": {"16": 0.81, "28x40": 0.90, ...},  # top-1 in [0, 1]; keys "H" or "HxW"
               "pos_embed_mode": str | None,  # None for models without a learned table
               "size_policy": str,
@@ -129,17 +133,21 @@ def evaluate(
               "warnings": [str],        # unreadable files, class-count mismatch
             }
     """
-    name = model if isinstance(model, str) else "<in-memory>"
+    name = str(model) if not isinstance(model, nn.Module) else "<in-memory>"
     overrides = {}
     if pos_embed_mode is not None:
         overrides["pos_embed_mode"] = pos_embed_mode
     if size_policy is not None:
         overrides["size_policy"] = size_policy
-    if isinstance(model, str):
-        from vitres.models.checkpoint import load_model
+    if not isinstance(model, nn.Module):
+        from vitres.models.resolve import resolve_model
 
-        net = load_model(model, **overrides)
+        net = resolve_model(model, **overrides)
         previous = None
+        if not hasattr(net, "config"):
+            raise ValueError(
+                f"{model!r} resolved to a {type(net).__name__} without a vitres config"
+            )
     else:
         net = model
         previous = net.config
@@ -185,7 +193,7 @@ def evaluate(
         "model": name,
         "data": getattr(data, "name", type(data).__name__),
         "n": n,
-        "patch_size": int(patch_size or used.patch_size),
+        "patch_size": canonical_patch(patch_size or used.patch_size),  # int, or [h, w]
         "accuracy": accuracy,
         "pos_embed_mode": used.pos_embed_mode if learned else None,
         "size_policy": used.size_policy,

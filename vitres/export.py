@@ -326,12 +326,8 @@ def export_onnx(
         # The PI-resize of the kernel solves a pseudo-inverse, which has no ONNX form; its
         # matrix is memoised per (old, new) size, so computing the kernel once here makes
         # it a constant of the traced graph.
-        from vitres.layers.patch_embed import PatchEmbed
-
         with torch.no_grad():
-            for module in base.modules():
-                if isinstance(module, PatchEmbed):
-                    module.kernel(patch)
+            base.patch_kernel(patch)
     wrapper = _ExportableModel(base, patch, policy).eval()
     was_training = base.training
     base.eval()

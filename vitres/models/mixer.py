@@ -17,58 +17,19 @@ weights are cached per grid in eval mode.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitres.layers.cache import VersionedCache
-from vitres.layers.patch_embed import (
-    KERNEL_RESIZE_MODES,
-    SIZE_POLICIES,
-    PatchEmbed,
-    fit_to_patch,
-)
-from vitres.layers.pos_embed import INTERPOLATION_MODES, resample_grid
-from vitres.models.common import AnyResolutionMixin, ConfigBase
-from vitres.models.vit import Mlp
+from vitres.layers.mlp import Mlp
+from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch
+from vitres.layers.pos_embed import resample_grid
+from vitres.models.common import AnyResolutionMixin
+from vitres.models.config import MixerConfig
 
-
-@dataclass
-class MixerConfig(ConfigBase):
-    """Architecture of an :class:`MlpMixer`; ``img_size`` is the native resolution."""
-
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 512
-    depth: int = 8
-    tokens_mlp_dim: int = 256
-    channels_mlp_dim: int = 2048
-    norm_eps: float = 1e-6
-    size_policy: str = "pad"
-    token_resample_mode: str = "bilinear"
-    kernel_resize_mode: str = "bicubic"
-    kernel_resize_antialias: bool = True
-    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-
-    def __post_init__(self) -> None:
-        self._normalise_common()
-        if self.size_policy not in SIZE_POLICIES:
-            raise ValueError(f"invalid MixerConfig: size_policy must be one of {SIZE_POLICIES}")
-        if self.token_resample_mode not in INTERPOLATION_MODES:
-            raise ValueError(
-                f"invalid MixerConfig: token_resample_mode must be one of {INTERPOLATION_MODES}"
-            )
-        if self.kernel_resize_mode not in KERNEL_RESIZE_MODES:
-            raise ValueError(
-                f"invalid MixerConfig: kernel_resize_mode must be one of {KERNEL_RESIZE_MODES}"
-            )
-        if min(self.img_size) < self.patch_size:
-            raise ValueError(f"invalid MixerConfig: img_size {self.img_size} must hold one patch")
+__all__ = ["MixerConfig", "MlpMixer", "resample_token_mixing"]
 
 
 def resample_token_mixing(
@@ -129,13 +90,7 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         super().__init__()
         cfg = dataclasses.replace(config, **overrides) if config else MixerConfig(**overrides)
         self.config = cfg
-        self.stem = PatchEmbed(
-            cfg.patch_size,
-            cfg.in_chans,
-            cfg.embed_dim,
-            kernel_resize_mode=cfg.kernel_resize_mode,
-            kernel_resize_antialias=cfg.kernel_resize_antialias,
-        )
+        self.stem = PatchEmbed(cfg.patch_size, cfg.in_chans, cfg.embed_dim)
         self.blocks = nn.ModuleList(MixerBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.head = (
@@ -173,11 +128,11 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         w2 = packed[hidden * n : 2 * hidden * n].reshape(n, hidden)
         return w1, w2, packed[2 * hidden * n :]
 
-    def forward_features(self, x: Tensor, patch_size: int | None = None) -> Tensor:
+    def forward_features(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
         cfg = self.config
-        p = self._checked_patch_size(x, patch_size)
+        x, p, _ = self._checked_input(x, patch_size)
         x, _ = fit_to_patch(x, p, cfg.size_policy)
-        tokens, grid = self.stem(x, p)
+        tokens, grid = self.stem(x, p, cfg.kernel_resize_mode, cfg.kernel_resize_antialias)
         for index, block in enumerate(self.blocks):
             tokens = block(tokens, self.token_weights(index, grid))
         return self.norm(tokens)
@@ -186,6 +141,6 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         pooled = tokens.mean(dim=1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: Tensor, patch_size: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
         """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring)."""
         return self.forward_head(self.forward_features(x, patch_size))

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from torch import nn
 
-from vitres.models.mixer import MixerConfig, MlpMixer
-from vitres.models.vit import VisionTransformer, ViTConfig
+from vitres.models.config import MixerConfig, ViTConfig
+from vitres.models.mixer import MlpMixer
+from vitres.models.vit import VisionTransformer
 
 # width, depth, heads (Dosovitskiy et al. 2021; Touvron et al. 2021 for tiny/small)
 VIT_SIZES: dict[str, tuple[int, int, int]] = {

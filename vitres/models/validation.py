@@ -1,9 +1,21 @@
-"""Input checks shared by the models: bad input fails loudly, never silently wrong."""
+"""Input checks shared by the models: bad input fails loudly, never silently wrong.
+
+* Images must be a float ``(B, in_chans, H, W)`` tensor. Integer images are an error
+  (they need scaling and normalisation, which the model cannot guess); a float dtype
+  other than the model's (float64, float16, bfloat16 against float32 weights) is cast to
+  the weights' dtype.
+* NaN or Inf pixels are an error: one such pixel would turn every logit to NaN through
+  attention, silently. The check costs one pass over the input (and a device sync).
+* Patch sizes are positive ints or ``(height, width)`` pairs that fit the image;
+  ``valid_size`` is a positive ``(h, w)`` no larger than the input.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from vitres.layers.patch_embed import to_patch
 
 
 def check_images(x: Tensor, in_chans: int) -> None:
@@ -29,15 +41,45 @@ def check_images(x: Tensor, in_chans: int) -> None:
         raise ValueError("images contain NaN or Inf values")
 
 
+def cast_images(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """``x`` in the weights' float ``dtype`` (a no-op when it already is, and under autocast,
+    which chooses the compute dtype itself)."""
+    if x.dtype == dtype or torch.is_autocast_enabled(x.device.type):
+        return x
+    return x.to(dtype)
+
+
 def check_patch_size(patch_size: object, image_size: tuple[int, int] | torch.Size) -> None:
-    """Raises ``ValueError`` unless ``patch_size`` is a positive int that fits the image."""
-    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
-        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
-    if patch_size <= 0:
-        raise ValueError(f"patch_size must be positive, got {patch_size}")
+    """Raises ``ValueError`` unless ``patch_size`` is a positive int (or pair) that fits the image."""
+    ph, pw = to_patch(patch_size)
     height, width = int(image_size[0]), int(image_size[1])
-    if height < patch_size or width < patch_size:
+    if height < ph or width < pw:
         raise ValueError(
-            f"image of {height}x{width} is smaller than one {patch_size}x{patch_size} patch; "
-            f"use an input of at least {patch_size}x{patch_size} or a smaller patch size"
+            f"image of {height}x{width} is smaller than one {ph}x{pw} patch; "
+            f"use an input of at least {ph}x{pw} or a smaller patch size"
         )
+
+
+def check_valid_size(
+    valid_size: object, image_size: tuple[int, int] | torch.Size
+) -> tuple[int, int]:
+    """``valid_size`` as ``(h, w)``; raises ``ValueError`` unless it is positive and fits the image."""
+    height, width = int(image_size[0]), int(image_size[1])
+    values = valid_size if isinstance(valid_size, (tuple, list)) else None
+    if (
+        values is None
+        or len(values) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) for v in values)
+    ):
+        raise ValueError(f"valid_size must be a pair of ints (h, w), got {valid_size!r}")
+    h, w = values
+    if h <= 0 or w <= 0:
+        raise ValueError(
+            f"valid_size must be positive, got {(h, w)}: at least one pixel must hold content"
+        )
+    if h > height or w > width:
+        raise ValueError(
+            f"valid_size {(h, w)} is larger than the {height}x{width} input; it gives the "
+            "content's size inside the (padded) input"
+        )
+    return h, w

@@ -12,29 +12,29 @@ time (``ViTConfig.pos_embed``):
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
-Module names follow timm's ``VisionTransformer`` so timm state dicts map one to one.
+Module names follow timm's ``VisionTransformer`` so timm state dicts map one to one, and
+the options of the families vitres imports are built in: DeiT's distillation token and
+head (Touvron et al., ICML 2021), LayerScale (Touvron et al., ICCV 2021; DINOv2),
+register tokens (Darcet et al., ICLR 2024), q/k normalisation, CLIP's pre-LayerNorm and
+bias-free projection (Radford et al., ICML 2021), SigLIP's attention-pool head (Zhai et
+al., ICCV 2023), and timm's pools (token, avg, max, avgmax, map) with the final norm
+before or after pooling.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vitres.layers.attention_pool import AttentionPoolLatent
 from vitres.layers.cache import VersionedCache, is_tracing
-from vitres.layers.patch_embed import (
-    KERNEL_RESIZE_MODES,
-    SIZE_POLICIES,
-    PatchEmbed,
-    fit_to_patch,
-    padded_token_mask,
-)
+from vitres.layers.mlp import Mlp
+from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch, padded_token_mask
 from vitres.layers.pos_embed import (
-    INTERPOLATION_MODES,
     ContinuousPositionBias,
     CoordinateMLPPosEmbed,
     apply_rope,
@@ -42,104 +42,34 @@ from vitres.layers.pos_embed import (
     rope_2d,
     sincos_2d,
 )
-from vitres.models.common import AnyResolutionMixin, ConfigBase
+from vitres.models.common import AnyResolutionMixin
+from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
 
-POS_EMBED_KINDS = ("learned", "sincos", "rope", "cpb", "mlp", "none")
-GLOBAL_POOLS = ("token", "avg")
-
-
-@dataclass
-class ViTConfig(ConfigBase):
-    """Architecture and run-time behaviour of a :class:`VisionTransformer`.
-
-    ``img_size`` is the native resolution: the learned position table has
-    ``img_size // patch_size`` positions per side, and coordinate-based embeddings
-    measure positions in units of that grid. Other sizes work at run time.
-    """
-
-    img_size: tuple[int, int] = (224, 224)
-    patch_size: int = 16
-    in_chans: int = 3
-    num_classes: int = 1000
-    embed_dim: int = 768
-    depth: int = 12
-    num_heads: int = 12
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    class_token: bool = True
-    reg_tokens: int = 0
-    global_pool: str = "token"
-    pos_embed: str = "learned"
-    pos_embed_mode: str = "bicubic"
-    pos_embed_antialias: bool = False
-    pos_embed_prefix: bool = True  # class/register tokens have learned positions (timm/HF)
-    size_policy: str = "pad"
-    kernel_resize_mode: str = "bicubic"
-    kernel_resize_antialias: bool = True
-    norm_eps: float = 1e-6
-    rope_theta: float = 100.0
-    cpb_hidden_dim: int = 256
-    drop_path_rate: float = 0.0
-    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-
-    def __post_init__(self) -> None:
-        self._normalise_common()
-        checks = [
-            (self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}"),
-            (
-                self.pos_embed_mode in INTERPOLATION_MODES,
-                f"pos_embed_mode must be one of {INTERPOLATION_MODES}",
-            ),
-            (
-                self.kernel_resize_mode in KERNEL_RESIZE_MODES,
-                f"kernel_resize_mode must be one of {KERNEL_RESIZE_MODES}",
-            ),
-            (self.size_policy in SIZE_POLICIES, f"size_policy must be one of {SIZE_POLICIES}"),
-            (self.global_pool in GLOBAL_POOLS, f"global_pool must be one of {GLOBAL_POOLS}"),
-            (self.embed_dim % self.num_heads == 0, "embed_dim must be divisible by num_heads"),
-            (
-                self.class_token or self.global_pool == "avg",
-                "global_pool='token' needs class_token=True",
-            ),
-            (
-                self.patch_size > 0 and self.depth >= 0 and self.reg_tokens >= 0,
-                "sizes must be positive",
-            ),
-            (
-                self.img_size[0] >= self.patch_size and self.img_size[1] >= self.patch_size,
-                "img_size must hold one patch",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"invalid ViTConfig: {message} (got {self})")
-        head_dim = self.embed_dim // self.num_heads
-        if self.pos_embed == "rope" and head_dim % 4:
-            raise ValueError(f"pos_embed='rope' needs head_dim divisible by 4, got {head_dim}")
-        if self.pos_embed == "sincos" and self.embed_dim % 4:
-            raise ValueError(
-                f"pos_embed='sincos' needs embed_dim divisible by 4, got {self.embed_dim}"
-            )
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return int(self.class_token) + self.reg_tokens
+__all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention on ``F.scaled_dot_product_attention``.
+    """Multi-head self-attention on ``F.scaled_dot_product_attention``, optional q/k LayerNorm.
 
     :meth:`forward_with_weights` computes the same output with an explicit
     ``softmax(q k^T / sqrt(head_dim) + mask)`` and returns the weights too; only
     :mod:`vitres.explain` calls it, so the normal forward stays on the fused kernel.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_norm: bool = False,
+        norm_eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def _heads(
@@ -149,6 +79,7 @@ class Attention(nn.Module):
         batch, tokens, _ = x.shape
         qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             cos, sin = rope
             p = num_prefix_tokens
@@ -192,15 +123,16 @@ class Attention(nn.Module):
         return self.proj(out), weights
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int) -> None:
+class LayerScale(nn.Module):
+    """Per-channel residual-branch scale ``x * gamma`` (CaiT / DeiT-3 / DINOv2)."""
+
+    def __init__(self, dim: int, init_values: float) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.init_values = init_values
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return x * self.gamma
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -213,22 +145,23 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block, with LayerScale when ``init_values`` is set."""
 
     def __init__(self, cfg: ViTConfig, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps)
+        self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio))
+        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.act_layer)
+        self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.drop_path_rate = drop_path_rate
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
-        x = x + drop_path(
-            self.attn(self.norm1(x), **attn_kwargs), self.drop_path_rate, self.training
-        )
-        return x + drop_path(self.mlp(self.norm2(x)), self.drop_path_rate, self.training)
+        rate, training = self.drop_path_rate, self.training
+        x = x + drop_path(self.ls1(self.attn(self.norm1(x), **attn_kwargs)), rate, training)
+        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
 
 
 class VisionTransformer(AnyResolutionMixin, nn.Module):
@@ -245,14 +178,9 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         cfg = dataclasses.replace(config, **overrides) if config else ViTConfig(**overrides)
         self.config = cfg
         dim = cfg.embed_dim
-        self.patch_embed = PatchEmbed(
-            cfg.patch_size,
-            cfg.in_chans,
-            dim,
-            kernel_resize_mode=cfg.kernel_resize_mode,
-            kernel_resize_antialias=cfg.kernel_resize_antialias,
-        )
+        self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, dim, cfg.patch_embed_bias)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.dist_token else None
         self.reg_token = (
             nn.Parameter(torch.zeros(1, cfg.reg_tokens, dim)) if cfg.reg_tokens else None
         )
@@ -270,10 +198,28 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             if cfg.pos_embed == "cpb"
             else None
         )
+        self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
+        # one final norm, on the tokens (before pooling) or on the pooled vector (fc_norm)
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.head = nn.Linear(dim, cfg.num_classes) if cfg.num_classes > 0 else nn.Identity()
+        self.attn_pool = (
+            AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_ratio, cfg.act_layer, cfg.norm_eps)
+            if cfg.global_pool == "map"
+            else None
+        )
+        self.pre_logits = None
+        if cfg.representation_size:  # Linear + tanh (Hugging Face's pooler)
+            pooled = 2 * dim if cfg.global_pool == "token_avg" else dim
+            self.pre_logits = nn.Sequential()
+            self.pre_logits.add_module("fc", nn.Linear(pooled, cfg.representation_size))
+            self.pre_logits.add_module("act", nn.Tanh())
+        self.head = (
+            nn.Linear(cfg.pooled_dim, cfg.num_classes, bias=cfg.head_bias)
+            if cfg.num_classes > 0
+            else nn.Identity()
+        )
+        self.head_dist = nn.Linear(dim, cfg.num_classes) if cfg.head_dist else None
         self._cache = VersionedCache()
         self._init_weights()
 
@@ -291,6 +237,11 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         nn.init.trunc_normal_(w, std=math.sqrt(1.0 / w[0].numel()))
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=1e-6)
+        if self.dist_token is not None:
+            nn.init.normal_(self.dist_token, std=1e-6)
+        for module in self.modules():
+            if isinstance(module, LayerScale):
+                nn.init.constant_(module.gamma, module.init_values)
         if self.reg_token is not None:
             nn.init.normal_(self.reg_token, std=1e-6)
         if self.pos_embed is not None:
@@ -336,6 +287,8 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         prefix = []
         if self.cls_token is not None:
             prefix.append(self.cls_token.expand(batch, -1, -1).to(x.dtype))
+        if self.dist_token is not None:
+            prefix.append(self.dist_token.expand(batch, -1, -1).to(x.dtype))
         if self.reg_token is not None:
             prefix.append(self.reg_token.expand(batch, -1, -1).to(x.dtype))
         if cfg.pos_embed == "learned":
@@ -350,15 +303,17 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _features(
-        self, x: Tensor, patch_size: int | None, valid_size: tuple[int, int] | None
+        self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
     ) -> tuple[Tensor, Tensor | None]:
         cfg = self.config
-        p = self._checked_patch_size(x, patch_size)
+        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
         x, content_hw = fit_to_patch(x, p, cfg.size_policy)
         if valid_size is not None:
             content_hw = (min(content_hw[0], valid_size[0]), min(content_hw[1], valid_size[1]))
-        tokens, grid = self.patch_embed(x, p)  # (B, N, D)
-        tokens = self._add_prefix_and_pos(tokens, grid)
+        tokens, grid = self.patch_embed(
+            x, p, cfg.kernel_resize_mode, cfg.kernel_resize_antialias
+        )  # (B, N, D)
+        tokens = self.norm_pre(self._add_prefix_and_pos(tokens, grid))
         num_prefix = self.num_prefix_tokens
         keep = None if is_tracing() else padded_token_mask(grid, content_hw, p)
         attn_mask = None
@@ -387,45 +342,86 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 ).to(tokens.dtype)[None]
                 mask = bias if mask is None else bias + mask
             tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=mask)
-        if cfg.global_pool == "token":
+        if not cfg.use_fc_norm:
             tokens = self.norm(tokens)
         return tokens, keep
 
     def forward_features(
-        self, x: Tensor, patch_size: int | None = None, valid_size: tuple[int, int] | None = None
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
     ) -> Tensor:
-        """Token features ``(B, prefix + rows * cols, D)`` (after the final norm for token pooling)."""
+        """The token sequence ``(B, prefix + rows * cols, D)``, prefix tokens first (class,
+        distillation, registers); after the final norm unless that norm acts on the pool."""
         return self._features(x, patch_size, valid_size)[0]
+
+    def pool(self, tokens: Tensor, token_mask: Tensor | None = None) -> Tensor:
+        """The pooled vector ``(B, D)`` (``(B, 2D)`` for ``token_avg``) before any final norm.
+
+        ``token_mask`` (prefix + patches,) marks the tokens with content; padding-only
+        tokens are left out of the mean, the max and the attention pool.
+        """
+        cfg = self.config
+        if cfg.global_pool == "token":
+            return tokens[:, 0]
+        prefix = self.num_prefix_tokens
+        patch = tokens[:, prefix:]
+        keep = None if token_mask is None else token_mask[prefix:].to(tokens.device)
+        if cfg.global_pool == "map":
+            return self.attn_pool(patch, keep)
+        if keep is None:
+            mean = patch.mean(dim=1)
+            amax = patch.amax(dim=1) if cfg.global_pool in ("max", "avgmax") else None
+        else:
+            weights = keep.to(patch.dtype)[None, :, None]
+            mean = (patch * weights).sum(dim=1) / weights.sum(dim=1)
+            amax = patch.masked_fill(~keep[None, :, None], float("-inf")).amax(dim=1)
+        if cfg.global_pool == "avg":
+            return mean
+        if cfg.global_pool == "max":
+            return amax
+        if cfg.global_pool == "avgmax":
+            return 0.5 * (amax + mean)
+        return torch.cat([tokens[:, 0], mean], dim=-1)  # token_avg
 
     def forward_head(
         self, tokens: Tensor, token_mask: Tensor | None = None, pre_logits: bool = False
     ) -> Tensor:
-        """Pools the tokens (class token or mean of content tokens) and classifies."""
-        if self.config.global_pool == "token":
-            pooled = tokens[:, 0]
-        else:
-            patch = tokens[:, self.num_prefix_tokens :]
-            if token_mask is None:
-                pooled = patch.mean(dim=1)
-            else:
-                weights = token_mask[self.num_prefix_tokens :].to(patch.dtype)[None, :, None]
-                pooled = (patch * weights).sum(dim=1) / weights.sum(dim=1)
+        """Pools the tokens, applies the final norm when it acts on the pool, the
+        representation layer if any, and classifies (the mean of the class and
+        distillation heads for a DeiT with a distillation head)."""
+        pooled = self.pool(tokens, token_mask)
+        if self.config.use_fc_norm:
             pooled = self.norm(pooled)
-        return pooled if pre_logits else self.head(pooled)
+        if self.pre_logits is not None:
+            pooled = self.pre_logits(pooled)
+        if pre_logits:
+            return pooled
+        logits = self.head(pooled)
+        if self.head_dist is not None:
+            logits = (logits + self.head_dist(tokens[:, 1])) / 2
+        return logits
 
     def forward(
-        self, x: Tensor, patch_size: int | None = None, valid_size: tuple[int, int] | None = None
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
     ) -> Tensor:
-        """Classifies images of any size.
+        """Classifies (or embeds) images of any size.
 
         Args:
             x: ``(B, in_chans, H, W)`` float images, any ``H x W`` of at least one patch.
-            patch_size: the patch side for this call; the stored size when omitted.
+            patch_size: the patch size for this call (an int or ``(h, w)``); the stored
+                size when omitted.
             valid_size: ``(h, w)`` of real content in the top-left corner when the rest is
                 padding; tokens with no content are masked out of attention and pooling.
 
         Returns:
-            Logits ``(B, num_classes)`` (features ``(B, D)`` when ``num_classes == 0``).
+            Logits ``(B, num_classes)``; for a model without a classifier
+            (``num_classes == 0``) the pooled embedding, as the source model returns it
+            (e.g. DINOv2's normed class token, SigLIP's attention pool, a ViT's pooler).
         """
         tokens, keep = self._features(x, patch_size, valid_size)
         return self.forward_head(tokens, keep)

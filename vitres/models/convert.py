@@ -1,0 +1,610 @@
+"""Weight conversion: Hugging Face and timm ViTs to vitres, as pure mappings.
+
+Every function here is pure: a ``state_dict -> state_dict`` mapping (as timm's
+``checkpoint_filter_fn``) or a config reader (``dict -> ViTConfig fields``). Nothing
+reads files or builds models; :mod:`vitres.models.resolve` does that. vitres module
+names follow timm's ``VisionTransformer``, so timm state dicts map almost one to one.
+
+Supported Hugging Face families (``config.json`` ``model_type``) and what is matched:
+
+* ``vit``: ``ViTForImageClassification`` logits, ``ViTModel`` pooler (dense + tanh);
+* ``deit``: ``DeiTForImageClassificationWithTeacher`` (logits = mean of the class and
+  distillation heads), ``DeiTForImageClassification`` (class head), ``DeiTModel``;
+* ``dinov2`` / ``dinov2_with_registers``: ``pooler_output`` (normed class token),
+  ``last_hidden_state``, the classifier on ``[class, mean(patches)]``; LayerScale;
+  registers have no position (folded as timm does: ``cls += pos[0]``, table without
+  prefix positions); the with-registers model resamples with antialias, plain DINOv2 not;
+* ``siglip_vision_model`` / ``siglip``: ``pooler_output`` of the attention-pool head,
+  no class token, tanh GELU;
+* ``clip_vision_model`` / ``clip``: ``pooler_output`` (post-LayerNorm of the class
+  token), ``image_embeds`` (the bias-free projection), pre-LayerNorm, quick GELU, no
+  patch bias.
+
+Each imported model keeps its source's size policy: the grid is floored by the strided
+convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
+source's ``interpolate_pos_encoding`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor
+
+from vitres.layers.patch_embed import resample_patch_embed
+from vitres.layers.pos_embed import resample_pos_embed
+from vitres.models.config import ViTConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# model_type -> (family, default mean, default std)
+HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
+    "vit": ("vit", (0.5,), (0.5,)),
+    "deit": ("deit", IMAGENET_MEAN, IMAGENET_STD),
+    "dinov2": ("dinov2", IMAGENET_MEAN, IMAGENET_STD),
+    "dinov2_with_registers": ("dinov2_with_registers", IMAGENET_MEAN, IMAGENET_STD),
+    "siglip_vision_model": ("siglip", (0.5,), (0.5,)),
+    "siglip": ("siglip", (0.5,), (0.5,)),
+    "clip_vision_model": ("clip", CLIP_MEAN, CLIP_STD),
+    "clip": ("clip", CLIP_MEAN, CLIP_STD),
+}
+HF_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_new": "gelu_new",
+    "gelu_pytorch_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+}
+_HF_PREFIXES = (
+    "vit.",
+    "deit.",
+    "dinov2_with_registers.",
+    "dinov2.",
+    "vision_model.",
+)
+_HF_DROPPED = re.compile(
+    r"^(?:embeddings\.mask_token|embeddings\.position_ids|text_model\..*|text_projection\..*"
+    r"|logit_scale|logit_bias)$"
+)
+_HF_SIMPLE = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.distillation_token": "dist_token",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+    "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
+    "layernorm.weight": "norm.weight",
+    "layernorm.bias": "norm.bias",
+    "post_layernorm.weight": "norm.weight",
+    "post_layernorm.bias": "norm.bias",
+    "pre_layrnorm.weight": "norm_pre.weight",
+    "pre_layrnorm.bias": "norm_pre.bias",
+    "pooler.dense.weight": "pre_logits.fc.weight",
+    "pooler.dense.bias": "pre_logits.fc.bias",
+    "classifier.weight": "head.weight",
+    "classifier.bias": "head.bias",
+    "cls_classifier.weight": "head.weight",
+    "cls_classifier.bias": "head.bias",
+    "distillation_classifier.weight": "head_dist.weight",
+    "distillation_classifier.bias": "head_dist.bias",
+    "visual_projection.weight": "head.weight",
+    "head.probe": "attn_pool.latent",
+    "head.attention.out_proj.weight": "attn_pool.proj.weight",
+    "head.attention.out_proj.bias": "attn_pool.proj.bias",
+    "head.layernorm.weight": "attn_pool.norm.weight",
+    "head.layernorm.bias": "attn_pool.norm.bias",
+    "head.mlp.fc1.weight": "attn_pool.mlp.fc1.weight",
+    "head.mlp.fc1.bias": "attn_pool.mlp.fc1.bias",
+    "head.mlp.fc2.weight": "attn_pool.mlp.fc2.weight",
+    "head.mlp.fc2.bias": "attn_pool.mlp.fc2.bias",
+}
+_HF_LAYER_PARTS = {
+    # files written by save_pretrained (ViT, DeiT, DINOv2)
+    "attention.attention.query": "q",
+    "attention.attention.key": "k",
+    "attention.attention.value": "v",
+    "attention.output.dense": "attn.proj",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+    # current in-memory names of transformers
+    "attention.q_proj": "q",
+    "attention.k_proj": "k",
+    "attention.v_proj": "v",
+    "attention.o_proj": "attn.proj",
+    # CLIP / SigLIP
+    "self_attn.q_proj": "q",
+    "self_attn.k_proj": "k",
+    "self_attn.v_proj": "v",
+    "self_attn.out_proj": "attn.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "layernorm_before": "norm1",
+    "layernorm_after": "norm2",
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "layer_norm1": "norm1",
+    "layer_norm2": "norm2",
+    "layer_scale1": "ls1",
+    "layer_scale2": "ls2",
+}
+_HF_LAYER_RE = re.compile(r"^(?:encoder\.)?(?:layer|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+
+
+def supported_hf_model_types() -> list[str]:
+    """The ``model_type`` values :func:`convert_hf_state_dict` accepts."""
+    return sorted(HF_FAMILIES)
+
+
+def hf_family(hf: dict) -> str:
+    """The vitres family of a Hugging Face (vision) config.
+
+    Raises:
+        ValueError: an unsupported ``model_type`` (named, with the list of supported ones),
+            ``hidden_act`` or variant (DINOv2's SwiGLU MLP).
+    """
+    model_type = hf.get("model_type")
+    if model_type not in HF_FAMILIES:
+        architectures = hf.get("architectures") or []
+        named = f" ({', '.join(architectures)})" if architectures else ""
+        raise ValueError(
+            f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
+            f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
+            "registers, SigLIP vision, CLIP vision)"
+        )
+    act = hf.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {act!r}; supported: {sorted(HF_ACTIVATIONS)}")
+    if hf.get("use_swiglu_ffn"):
+        raise ValueError(
+            "DINOv2 with use_swiglu_ffn=True (a SwiGLU MLP, as in DINOv2 giant) is not supported"
+        )
+    return HF_FAMILIES[model_type][0]
+
+
+def hf_vision_config(hf: dict) -> dict:
+    """The vision part of a config: itself, or ``vision_config`` of a CLIP / SigLIP pair."""
+    if hf.get("model_type") in ("clip", "siglip"):
+        vision = dict(hf.get("vision_config") or {})
+        vision.setdefault("model_type", hf["model_type"])
+        if "projection_dim" in hf:
+            vision.setdefault("projection_dim", hf["projection_dim"])
+        return {**vision, "model_type": hf["model_type"]}
+    return hf
+
+
+def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+    """Maps a Hugging Face state dict of a supported family to vitres names.
+
+    Accepts the names in ``save_pretrained`` files and the current in-memory names, with
+    or without the model prefix (``vit.``, ``deit.``, ``dinov2.``, ``vision_model.``).
+    Query, key and value are concatenated into ``qkv``; the attention-pool head's packed
+    ``in_proj`` is split into ``q`` and ``kv``; unused tensors (mask token, text tower of
+    a CLIP/SigLIP pair) are dropped.
+
+    Raises:
+        ValueError: keys this mapping does not know (it never drops weights silently).
+    """
+    out: dict[str, Tensor] = {}
+    qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
+    unknown = []
+    for key, value in state.items():
+        bare = key
+        for prefix in _HF_PREFIXES:
+            if bare.startswith(prefix):
+                bare = bare[len(prefix) :]
+                break
+        if _HF_DROPPED.match(bare):
+            continue
+        if bare in _HF_SIMPLE:
+            out[_HF_SIMPLE[bare]] = value
+            continue
+        if bare == "embeddings.class_embedding":  # CLIP: (D,)
+            out["cls_token"] = value.reshape(1, 1, -1)
+            continue
+        if bare == "embeddings.position_embedding.weight":  # CLIP / SigLIP nn.Embedding
+            out["pos_embed"] = value.unsqueeze(0)
+            continue
+        if bare in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
+            kind = "weight" if bare.endswith("weight") else "bias"
+            dim = value.shape[0] // 3
+            out[f"attn_pool.q.{kind}"] = value[:dim]
+            out[f"attn_pool.kv.{kind}"] = value[dim:]
+            continue
+        match = _HF_LAYER_RE.match(bare)
+        if not match or match.group(2) not in _HF_LAYER_PARTS:
+            unknown.append(key)
+            continue
+        index, part, kind = int(match.group(1)), _HF_LAYER_PARTS[match.group(2)], match.group(3)
+        if part in ("q", "k", "v"):
+            qkv.setdefault((index, kind), {})[part] = value
+        elif part in ("ls1", "ls2"):
+            out[f"blocks.{index}.{part}.gamma"] = value
+        else:
+            out[f"blocks.{index}.{part}.{kind}"] = value
+    if unknown:
+        raise ValueError(
+            f"unknown keys in Hugging Face {family} weights: {unknown[:8]}"
+            f"{'...' if len(unknown) > 8 else ''}; this architecture variant is not supported"
+        )
+    for (index, kind), parts in sorted(qkv.items()):
+        if set(parts) != {"q", "k", "v"}:
+            raise ValueError(
+                f"layer {index} {kind}: expected query, key and value, found {sorted(parts)}"
+            )
+        out[f"blocks.{index}.attn.qkv.{kind}"] = torch.cat(
+            [parts["q"], parts["k"], parts["v"]], dim=0
+        )
+    if family == "dinov2_with_registers" and "pos_embed" in out and "cls_token" in out:
+        # its class token has a position and its registers none: fold the class position
+        # into the token, keep a table of patch positions only (exact; timm does the same)
+        out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
+        out["pos_embed"] = out["pos_embed"][:, 1:]
+    return out
+
+
+def _head_features(state: dict[str, Tensor]) -> int:
+    head = state.get("head.weight")
+    return int(head.shape[0]) if head is not None else 0
+
+
+def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
+    """:class:`ViTConfig` fields of a Hugging Face model (its config and converted weights).
+
+    Args:
+        hf: ``config.json`` (the vision part of a CLIP / SigLIP pair is taken).
+        state: the state dict after :func:`convert_hf_state_dict` (heads are read from it).
+        preprocessor: ``preprocessor_config.json``, for the normalisation mean/std.
+    """
+    hf = hf_vision_config(hf)
+    family = hf_family(hf)
+    _, mean, std = HF_FAMILIES[hf["model_type"]]
+    act = hf.get("hidden_act", "gelu")
+    hidden = hf["hidden_size"]
+    channels = hf.get("num_channels", 3)
+    if family in ("dinov2", "dinov2_with_registers"):
+        mlp_ratio = float(hf.get("mlp_ratio", 4))
+    else:
+        mlp_ratio = hf.get("intermediate_size", 4 * hidden) / hidden
+    if preprocessor:
+        mean = tuple(preprocessor.get("image_mean", mean))
+        std = tuple(preprocessor.get("image_std", std))
+    if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
+        raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
+    class_token = "cls_token" in state
+    head_features = _head_features(state)
+    if family == "siglip":
+        global_pool = "map" if "attn_pool.latent" in state else "avg"
+    elif family in ("dinov2", "dinov2_with_registers") and head_features:
+        global_pool = "token_avg"  # the classifier reads [class token, mean of patches]
+    else:
+        global_pool = "token"
+    init = hf.get("layerscale_value", 1.0) if "blocks.0.ls1.gamma" in state else None
+    pooler = state.get("pre_logits.fc.weight")
+    return {
+        "img_size": hf.get("image_size", 224),
+        "patch_size": hf.get("patch_size", 16),
+        "in_chans": channels,
+        "num_classes": head_features,
+        "embed_dim": hidden,
+        "depth": hf["num_hidden_layers"],
+        "num_heads": hf["num_attention_heads"],
+        "mlp_ratio": mlp_ratio,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "class_token": class_token,
+        "dist_token": "dist_token" in state,
+        "head_dist": "head_dist.weight" in state,
+        "reg_tokens": int(state["reg_token"].shape[1]) if "reg_token" in state else 0,
+        "global_pool": global_pool,
+        "fc_norm": False,
+        "init_values": init,
+        "pre_norm": "norm_pre.weight" in state,
+        "patch_embed_bias": "patch_embed.proj.bias" in state,
+        "act_layer": HF_ACTIVATIONS[act],
+        "representation_size": int(pooler.shape[0]) if pooler is not None else 0,
+        "head_bias": "head.bias" in state or not head_features,
+        "norm_eps": hf.get("layer_norm_eps", 1e-12),
+        # reproduce the source's interpolate_pos_encoding and its strided conv
+        "pos_embed_prefix": family != "dinov2_with_registers",
+        "pos_embed_mode": "bicubic",
+        "pos_embed_antialias": family == "dinov2_with_registers",
+        "size_policy": "crop",
+        "mean": mean if len(mean) == channels else (mean[0],) * channels,
+        "std": std if len(std) == channels else (std[0],) * channels,
+    }
+
+
+# ----------------------------------------------------------------------------- timm
+# width -> heads of timm's named sizes (Ti, S, M, B, L, H, So400m, g, G)
+TIMM_HEADS_BY_SIZE = {
+    "tiny": 3,
+    "small": 6,
+    "medium": 8,
+    "base": 12,
+    "large": 16,
+    "huge": 16,
+    "so400m": 16,
+    "giant": 16,
+    "gigantic": 16,
+}
+TIMM_HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16}
+TIMM_ACTIVATIONS = {
+    "gelu": "gelu",
+    "gelu_tanh": "gelu_tanh",
+    "quick_gelu": "quick_gelu",
+    "relu": "relu",
+}
+TIMM_POOLS = ("token", "avg", "max", "avgmax", "map")
+# model_args of timm's VisionTransformer that vitres reads, and those that change nothing
+_TIMM_ARGS = {
+    "img_size",
+    "patch_size",
+    "in_chans",
+    "num_classes",
+    "global_pool",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "qkv_bias",
+    "qk_norm",
+    "init_values",
+    "class_token",
+    "no_embed_class",
+    "reg_tokens",
+    "pre_norm",
+    "fc_norm",
+    "act_layer",
+}
+_TIMM_IGNORED_ARGS = {
+    "dynamic_img_size",
+    "dynamic_img_pad",
+    "drop_rate",
+    "pos_drop_rate",
+    "patch_drop_rate",
+    "proj_drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+    "weight_init",
+    "fix_init",
+    "pretrained_strict",
+}
+_TIMM_UNSUPPORTED_KEYS = re.compile(
+    r"^(patch_embed\.norm\.|blocks\.\d+\.attn\.norm\.|blocks\.\d+\.mlp\.norm\.|"
+    r"blocks\.\d+\.mlp\.fc1_[gx]\.|attn_pool\.(q_norm|k_norm|pos_embed)|"
+    r"blocks\.\d+\.(in_proj|in_norm|attn_out_proj)\.)"
+)
+
+
+def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names.
+
+    Names are timm's own, except the final norm: timm keeps ``norm`` (before pooling) or
+    ``fc_norm`` (after pooling) and an identity for the other; vitres has one ``norm``
+    used in either place (``ViTConfig.fc_norm`` says which). DeiT-3's old ``gamma_1`` /
+    ``gamma_2`` layer scales become ``ls1.gamma`` / ``ls2.gamma``; timm's unused
+    ``pre_logits`` of old checkpoints are kept as a representation layer.
+
+    Raises:
+        ValueError: keys of timm variants vitres does not implement (named).
+    """
+    unsupported = sorted(k for k in state if _TIMM_UNSUPPORTED_KEYS.match(k))
+    if unsupported:
+        raise ValueError(
+            f"unsupported timm ViT variant: keys {unsupported[:6]} (patch-embed norm, scaled "
+            "attention/MLP norms, SwiGLU, parallel blocks or attention-pool q/k norm)"
+        )
+    if "fc_norm.weight" in state and "norm.weight" in state:
+        raise ValueError(
+            "timm weights with both norm and fc_norm are not supported (vitres has one final norm)"
+        )
+    out = {}
+    for key, value in state.items():
+        if key.startswith("fc_norm."):
+            out["norm." + key[len("fc_norm.") :]] = value
+        elif re.match(r"^blocks\.\d+\.gamma_[12]$", key):
+            out[re.sub(r"gamma_([12])$", r"ls\1.gamma", key)] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _timm_heads(arch: str, width: int) -> int | None:
+    size = re.search(r"_(tiny|small|medium|base|large|huge|so400m|giant|gigantic)_", f"_{arch}_")
+    if size:
+        return TIMM_HEADS_BY_SIZE[size.group(1)]
+    return TIMM_HEADS_BY_WIDTH.get(width)
+
+
+def timm_config_fields(
+    state: dict[str, Tensor], document: dict | None = None, num_heads: int | None = None
+) -> dict:
+    """:class:`ViTConfig` fields of timm weights, from the state dict and timm's ``config.json``.
+
+    timm's ``save_for_hf`` writes ``{"architecture", "num_classes", "global_pool",
+    "model_args": {...}, "pretrained_cfg": {"input_size": [C, H, W], "mean", "std", ...}}``.
+    Precedence: ``num_heads`` (an override) > ``model_args`` > top-level ``global_pool`` /
+    ``num_classes`` > ``pretrained_cfg`` > the architecture name > the state dict.
+
+    Args:
+        state: timm's own state dict (before :func:`convert_timm_state_dict`: the
+            ``norm`` / ``fc_norm`` names tell where the final norm goes).
+        document: timm's ``config.json`` (``None`` for a bare weights file).
+        num_heads: heads, when neither the config nor the name gives them.
+    """
+    document = document or {}
+    args = dict(document.get("model_args") or {})
+    unknown = sorted(set(args) - _TIMM_ARGS - _TIMM_IGNORED_ARGS)
+    if unknown:
+        raise ValueError(
+            f"unsupported timm model_args {unknown}; vitres reads {sorted(_TIMM_ARGS)}"
+        )
+    pretrained = document.get("pretrained_cfg") or {}
+    arch = str(document.get("architecture") or pretrained.get("architecture") or "")
+    proj = state["patch_embed.proj.weight"]
+    dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
+    patch = (int(proj.shape[-2]), int(proj.shape[-1]))
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    class_token = "cls_token" in state
+    dist_token = "dist_token" in state
+    reg_tokens = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
+    num_prefix = int(class_token) + int(dist_token) + reg_tokens
+    q_norm = state.get("blocks.0.attn.q_norm.weight")
+    from_q_norm = dim // int(q_norm.shape[0]) if q_norm is not None else None
+    heads = num_heads or args.get("num_heads") or from_q_norm or _timm_heads(arch, dim)
+    if heads is None:
+        raise ValueError(
+            f"cannot tell num_heads of timm weights of width {dim}{f' ({arch})' if arch else ''}; "
+            "pass num_heads=..."
+        )
+    # native geometry: model_args.img_size > pretrained_cfg.input_size > the table's length
+    pos_len = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
+    img = args.get("img_size")
+    if img is None and pretrained.get("input_size"):
+        img = tuple(pretrained["input_size"][-2:])
+    if img is not None:
+        img = (img, img) if isinstance(img, int) else tuple(int(v) for v in img)
+        grid_positions = (img[0] // patch[0]) * (img[1] // patch[1])
+    else:
+        grid_positions = pos_len - num_prefix
+        side = math.isqrt(max(grid_positions, 0))
+        if side * side != grid_positions:  # no_embed_class: no prefix positions
+            grid_positions = pos_len
+            side = math.isqrt(pos_len)
+        img = (side * patch[0], side * patch[1])
+    if "no_embed_class" in args:
+        no_embed_class = bool(args["no_embed_class"])
+    else:
+        no_embed_class = num_prefix > 0 and pos_len == grid_positions
+    if pos_len and pos_len != grid_positions + (0 if no_embed_class else num_prefix):
+        raise ValueError(
+            f"the position table holds {pos_len} positions, but a {img[0]}x{img[1]} image in "
+            f"{patch[0]}x{patch[1]} patches with {num_prefix} prefix token(s) needs "
+            f"{grid_positions + (0 if no_embed_class else num_prefix)}; check img_size"
+        )
+    has_fc_norm_weights = "fc_norm.weight" in state
+    # the pool: model_args > top-level global_pool (save_for_hf) > the weights
+    pool = args.get("global_pool", document.get("global_pool"))
+    if pool is None:
+        if "attn_pool.latent" in state:
+            pool = "map"
+        elif has_fc_norm_weights or not class_token:
+            pool = "avg"
+        else:
+            pool = "token"
+    if pool not in TIMM_POOLS:
+        raise ValueError(f"unsupported timm global_pool {pool!r}; supported: {TIMM_POOLS}")
+    if "fc_norm" in args and args["fc_norm"] is not None:
+        fc_norm = bool(args["fc_norm"])
+    elif "fc_norm.weight" in state:
+        fc_norm = True
+    elif "norm.weight" in state:
+        fc_norm = False
+    else:
+        fc_norm = None
+    act = args.get("act_layer") or ("quick_gelu" if "quickgelu" in arch else "gelu")
+    if act not in TIMM_ACTIVATIONS:
+        raise ValueError(
+            f"unsupported timm act_layer {act!r}; supported: {sorted(TIMM_ACTIVATIONS)}"
+        )
+    # timm's CLIP models use LayerNorm(eps=1e-5); everything else its default 1e-6
+    eps = 1e-5 if "clip" in arch else 1e-6
+    mean = tuple(pretrained.get("mean", (0.5,) * in_chans))
+    std = tuple(pretrained.get("std", (0.5,) * in_chans))
+    head_features = _head_features(state)
+    if "num_classes" in args or "num_classes" in document:
+        declared = args.get("num_classes", document.get("num_classes"))
+        if declared != head_features:
+            raise ValueError(
+                f"config declares num_classes={declared} but the weights hold a "
+                f"{head_features}-way head"
+            )
+    init = args.get("init_values")
+    if init is None and ("blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state):
+        init = 1e-5  # the stored gammas are loaded over it
+    pre_logits = state.get("pre_logits.fc.weight")
+    return {
+        "img_size": img,
+        "patch_size": patch,
+        "in_chans": in_chans,
+        "num_classes": head_features,
+        "embed_dim": dim,
+        "depth": depth,
+        "num_heads": int(heads),
+        "mlp_ratio": hidden / dim,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
+        "qk_norm": "blocks.0.attn.q_norm.weight" in state,
+        "init_values": init,
+        "class_token": class_token,
+        "dist_token": dist_token,
+        "head_dist": "head_dist.weight" in state,
+        "reg_tokens": reg_tokens,
+        "global_pool": pool,
+        "fc_norm": fc_norm,
+        "pre_norm": "norm_pre.weight" in state,
+        "patch_embed_bias": "patch_embed.proj.bias" in state,
+        "act_layer": TIMM_ACTIVATIONS[act],
+        "representation_size": int(pre_logits.shape[0]) if pre_logits is not None else 0,
+        "head_bias": "head.bias" in state or not head_features,
+        "pos_embed": "learned" if pos_len else "none",
+        "pos_embed_prefix": not no_embed_class,
+        "pos_embed_mode": "bicubic",
+        "pos_embed_antialias": True,  # timm's resample_abs_pos_embed
+        "size_policy": "crop",
+        "norm_eps": eps,
+        "mean": mean if len(mean) == in_chans else (mean[0],) * in_chans,
+        "std": std if len(std) == in_chans else (std[0],) * in_chans,
+    }
+
+
+# ----------------------------------------------------------------------------- geometry
+def adapt_state_dict(
+    state: dict[str, Tensor], source: ViTConfig, target: ViTConfig
+) -> dict[str, Tensor]:
+    """Resamples position table and patch kernel from ``source`` to ``target`` geometry (pure)."""
+    state = dict(state)
+    if target.patch_hw != source.patch_hw:
+        state["patch_embed.proj.weight"] = resample_patch_embed(
+            state["patch_embed.proj.weight"],
+            target.patch_hw,
+            target.kernel_resize_mode,
+            target.kernel_resize_antialias,
+        )
+    if "pos_embed" in state and target.grid != source.grid:
+        prefix = source.num_prefix_tokens if source.pos_embed_prefix else 0
+        state["pos_embed"] = resample_pos_embed(
+            state["pos_embed"],
+            target.grid,
+            source.grid,
+            prefix,
+            target.pos_embed_mode,
+            target.pos_embed_antialias,
+        )
+    return state
+
+
+# old names (vitres <= 0.1)
+def convert_hf_vit_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Maps a Hugging Face ``ViTForImageClassification`` / ``ViTModel`` state dict (old name)."""
+    return convert_hf_state_dict(state, "vit")
+
+
+convert_timm_vit_state_dict = convert_timm_state_dict
+
+__all__ = [
+    "HF_FAMILIES",
+    "adapt_state_dict",
+    "convert_hf_state_dict",
+    "convert_timm_state_dict",
+    "hf_config_fields",
+    "hf_family",
+    "supported_hf_model_types",
+    "timm_config_fields",
+]
