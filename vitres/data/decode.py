@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from vitres.data.folder import _to_tensor
 
-__all__ = ["ImageInputError", "ImageTooLargeError", "decode_image"]
+__all__ = ["ImageInputError", "ImageTooLargeError", "decode_image", "peek_pixels"]
 
 # file signatures, to tell "a damaged PNG" from "not an image at all"
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -109,3 +109,15 @@ def decode_image(
             f"the image is corrupt or truncated and could not be decoded ({type(error).__name__}: "
             f"{error})"
         ) from None
+
+
+def peek_pixels(data: bytes) -> int | None:
+    """Height x width from the file's header alone (nothing is decoded); ``None`` when
+    the header cannot be read."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            width, height = Image.open(io.BytesIO(data)).size
+    except Exception:  # noqa: BLE001 - any unreadable header: the decoder will explain
+        return None
+    return int(width) * int(height)
