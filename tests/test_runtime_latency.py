@@ -171,3 +171,13 @@ def test_outliers_are_clipped():
     # ratio 0.01 enters as sqrt(3) / 3: log factor ln3/2 + (-ln3/2 - ln3/2) / 2 = 0
     corrected.observe(16, 1, 2.6 / 100)
     assert corrected.factor == pytest.approx(1.0)
+
+
+def test_set_factor_seeds_the_correction():
+    corrected = OnlineCorrection(LatencyModel.from_records(quiet_records()), half_life=1.0)
+    corrected.set_factor(1.5)
+    assert corrected.predict(16).p95_ms == pytest.approx(1.5 * 1.2 * 2.6)
+    corrected.observe(16, 1, 4 * 2.6)  # ratio 4 = 1.5 * (8/3): the log moves half-way
+    assert corrected.factor == pytest.approx(1.5 * math.sqrt(8 / 3))
+    with pytest.raises(ValueError, match="positive"):
+        corrected.set_factor(0.0)
