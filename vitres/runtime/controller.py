@@ -303,24 +303,24 @@ class PredictiveController(Controller):
         best = self._select(deadline_ms, self.correction.factor, self.ladder)
         self._infeasible = best is None
         if best is None:
-            return self._decide(min(self.ladder, key=self._cost), "infeasible")
+            return self._decide(self.ladder[0], "infeasible")
         return self._decide(best, "start")
 
     def observe(self, resolution: int, latency_ms: float, deadline_ms: float) -> int:
         deadline_ms = check_deadline(deadline_ms)
         factor = self.correction.observe(resolution, self.batch, latency_ms)
         self._since_switch += 1
-        smallest = min(self.ladder, key=self._cost)
-        self._infeasible = self._cost(smallest) * factor > deadline_ms
+        smallest = self.ladder[0]
+        self._infeasible = self._best(deadline_ms, factor, 0.0) is None
         choice, reason = resolution, "hold"
         ratio = self.correction.last_ratio or factor
         if latency_ms > deadline_ms:
             # The missed frame's own slowdown (clipped like the correction's input) says
             # what fits now, when it is worse than the average.
             instant = min(max(ratio, factor), factor * self.correction.clip)
-            cheaper = [s for s in self.ladder if self._cost(s) < self._cost(resolution)]
-            target = self._select(deadline_ms, instant, cheaper)
-            choice = target if target is not None else min(smallest, resolution, key=self._cost)
+            smaller = [s for s in self.ladder if s < resolution]
+            target = self._select(deadline_ms, instant, smaller)
+            choice = target if target is not None else smallest
             reason = "measured-miss"
         elif self._cost(resolution) * factor > deadline_ms:
             target = self._select(deadline_ms, factor, self.ladder)

@@ -378,15 +378,30 @@ class AdaptiveRunner:
         return shared
 
     def warm_up(self) -> None:
-        """Prepares and runs every ladder size ``warmup_calls`` times (idempotent)."""
+        """Prepares every ladder size and runs it ``warmup_calls`` times (idempotent).
+
+        Each size's last warm-up call goes through the whole frame path (resize, run,
+        softmax) and is timed with the runner's clock; with records, the median of
+        those times over their predicted medians seeds the online correction, so the
+        first frames already see this process's speed (resize included) rather than
+        the sweep's.
+        """
         if self.warmed:
             return
         start = time.perf_counter()
+        ratios = []
         for size in self.ladder:
             backend = self.backend_for(size)
-            x = torch.zeros(1, self.in_chans, size, size)
-            for _ in range(self.warmup_calls):
-                backend.run(x)
+            for _ in range(self.warmup_calls - 1):
+                backend.run(torch.zeros(1, self.in_chans, size, size))
+            frame = torch.zeros(self.in_chans, size, size, dtype=torch.uint8)
+            t0 = self.clock()
+            self._classify(frame, size)
+            elapsed_ms = (self.clock() - t0) * 1000.0
+            if self.latency is not None and elapsed_ms > 0:
+                ratios.append(elapsed_ms / self.latency.predict(size).median_ms)
+        if ratios and self.correction is not None and self.correction.count == 0:
+            self.correction.set_factor(float(np.median(ratios)))
         self.warmup_s = time.perf_counter() - start
         self.warmed = True
 
