@@ -5,9 +5,11 @@ and its label when known) one at a time, and counts what it had to skip:
 
 * :class:`VideoSource` decodes a video file with PyAV (FFmpeg), packet by packet; a
   packet the decoder rejects is skipped and counted, a missing or unreadable file is a
-  clear error before the first frame. Labels, when given, are one per frame in order
-  (a skipped packet is counted as one frame, which holds for intra-only codecs such as
-  FFV1, MJPEG or PNG; with inter-frame codecs a lost packet can take more frames with it).
+  clear error before the first frame. Labels, when given, are one per frame in order; a
+  frame's position comes from its timestamp (at the stream's average frame rate), so a
+  skipped frame leaves a gap rather than shifting later labels. What FFmpeg decodes
+  without complaint is used: with inter-frame codecs, frames after a damaged one may
+  decode wrongly without an error, so only rejected packets are counted.
 * :class:`FolderSource` reads an image folder: ``root/<class>/<images>`` (labelled, via
   :class:`vitres.data.ImageFolderDataset`) or images directly in ``root`` (unlabelled,
   in file-name order). Files Pillow cannot decode are skipped and counted.
@@ -162,9 +164,11 @@ class VideoSource:
         import av
 
         pixel_format = "gray" if self.in_chans == 1 else "rgb24"
-        index = 0
+        index = -1  # of the last frame yielded
         with av.open(self.path) as container:
             stream = container.streams.video[0]
+            rate, time_base = stream.average_rate, stream.time_base
+            start = stream.start_time or 0
             packets = container.demux(stream)
             while True:
                 try:
@@ -172,17 +176,29 @@ class VideoSource:
                 except StopIteration:
                     break
                 except av.error.FFmpegError as error:  # a damaged container: stop here
-                    self.skipped.add(f"demuxing stopped at frame {index}: {error.strerror}")
+                    self.skipped.add(f"demuxing stopped after frame {index}: {error.strerror}")
                     break
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as error:
-                    self.skipped.add(f"frame {index}: {error.strerror or error}")
-                    index += 1
+                    self.skipped.add(
+                        f"frame at {_seconds(packet.pts, time_base)}: {error.strerror or error}"
+                    )
                     continue
                 for video_frame in decoded:
+                    # the frame's position from its timestamp, so a rejected packet leaves
+                    # a gap instead of shifting every later label
+                    position = index + 1
+                    if video_frame.pts is not None and rate and time_base:
+                        position = round(float((video_frame.pts - start) * time_base * rate))
+                    index = max(position, index + 1)
                     yield self._frame(video_frame.to_ndarray(format=pixel_format), index)
-                    index += 1
+
+
+def _seconds(pts: int | None, time_base: object) -> str:
+    if pts is None or not time_base:
+        return "unknown time"
+    return f"{float(pts * time_base):.3f} s"
 
 
 class FolderSource:
