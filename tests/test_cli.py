@@ -45,11 +45,27 @@ def test_errors_are_reported_not_raised(capsys, tmp_path):
 def test_demo_pipeline_on_tiny_model(tmp_path, capsys):
     torch.manual_seed(0)
     model = vitres.create_model(
-        "vit_tiny_patch4", img_size=28, in_chans=1, num_classes=10, embed_dim=16, depth=1, num_heads=2
+        "vit_tiny_patch4",
+        img_size=28,
+        in_chans=1,
+        num_classes=10,
+        embed_dim=16,
+        depth=1,
+        num_heads=2,
     )
     path = vitres.save_model(model, tmp_path / "tiny.safetensors")
     out_dir = tmp_path / "demo"
-    args = ["demo", "--model", str(path), "--res", "16,28", "--backend", "eager", "--out-dir", str(out_dir)]
+    args = [
+        "demo",
+        "--model",
+        str(path),
+        "--res",
+        "16,28",
+        "--backend",
+        "eager",
+        "--out-dir",
+        str(out_dir),
+    ]
     assert main([*args, "--eval-limit", "64", "--max-acc-drop", "100", "--min-speedup", "-1"]) == 0
     out = capsys.readouterr().out
     assert "report" in out

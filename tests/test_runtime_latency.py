@@ -6,41 +6,10 @@ from __future__ import annotations
 import math
 
 import pytest
+from runtime_fixtures import linear_ms, record
 
-from vitres.records import LatencyStats, Measurement, SweepConfig, append_result, read_results
+from vitres.records import Measurement, append_result, read_results
 from vitres.runtime.latency import LatencyModel, OnlineCorrection, as_size
-
-PATCH = 4
-
-
-def record(
-    side: int,
-    median: float,
-    *,
-    batch: int = 1,
-    tail: float = 1.2,
-    accuracy: float | None = None,
-    backend: str = "eager",
-    status: str = "ok",
-) -> Measurement:
-    """A record of model ``m`` (patch 4) at ``side`` px with the given median and
-    ``p95 = tail × median``."""
-    p95 = tail * median
-    grid = (side // PATCH, side // PATCH)
-    return Measurement(
-        SweepConfig("m", (side, side), batch_size=batch, backend=backend),
-        status=status,
-        accuracy=accuracy,
-        latency=LatencyStats(median, 0.0, p95, p95, p95, median, median, 30, False),
-        tokens=grid[0] * grid[1],
-        grid=grid,
-        native_patch_size=PATCH,
-        native_resolution=(28, 28),
-    )
-
-
-def linear_ms(tokens: int) -> float:
-    return 0.1 * tokens + 1.0
 
 
 def quiet_records() -> list[Measurement]:
@@ -171,3 +140,13 @@ def test_outliers_are_clipped():
     # ratio 0.01 enters as sqrt(3) / 3: log factor ln3/2 + (-ln3/2 - ln3/2) / 2 = 0
     corrected.observe(16, 1, 2.6 / 100)
     assert corrected.factor == pytest.approx(1.0)
+
+
+def test_set_factor_seeds_the_correction():
+    corrected = OnlineCorrection(LatencyModel.from_records(quiet_records()), half_life=1.0)
+    corrected.set_factor(1.5)
+    assert corrected.predict(16).p95_ms == pytest.approx(1.5 * 1.2 * 2.6)
+    corrected.observe(16, 1, 4 * 2.6)  # ratio 4 = 1.5 * (8/3): the log moves half-way
+    assert corrected.factor == pytest.approx(1.5 * math.sqrt(8 / 3))
+    with pytest.raises(ValueError, match="positive"):
+        corrected.set_factor(0.0)

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "recommend_cmd",
     "report_cmd",
     "export_cmd",
+    "run_cmd",
     "serve_cmd",
     "models_cmd",
 )

@@ -175,7 +175,9 @@ def build_grid(
         else:  # e.g. TensorRT without a GPU: skipped with the reason, not N error records
             warnings.warn(f"skipping backend {backend!r}: {why}", stacklevel=2)
     if backends and not usable:
-        raise ValueError(f"none of the backends {list(backends)} is available here; see the warnings")
+        raise ValueError(
+            f"none of the backends {list(backends)} is available here; see the warnings"
+        )
     configs = []
     for backend in usable:
         precision = backend_class(backend).precision

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model (default {DEFAULT_MODEL})")
     parser.add_argument("--data", default="fashion-mnist", help="dataset for accuracy")
     parser.add_argument("--res", default=DEFAULT_RESOLUTIONS, help="resolution ladder")
-    parser.add_argument("--backend", default=",".join(DEFAULT_BACKENDS), help="backends, comma-separated")
+    parser.add_argument(
+        "--backend", default=",".join(DEFAULT_BACKENDS), help="backends, comma-separated"
+    )
     parser.add_argument("--out-dir", default="runs/demo", help="output folder (default runs/demo)")
     parser.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")

@@ -395,6 +395,17 @@ class OnlineCorrection:
         self.count = 0
         self.last_ratio = None
 
+    def set_factor(self, factor: float) -> None:
+        """Sets the factor directly (e.g. from calls timed during warm-up), keeping the
+        observation count.
+
+        Raises:
+            ValueError: a factor that is not a positive finite number.
+        """
+        if not (isinstance(factor, (int, float)) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"the correction factor must be a positive number, got {factor!r}")
+        self._log_factor = math.log(factor)
+
     def observe(self, resolution: Resolution, batch: int, measured_ms: float) -> float:
         """Adds one measured call latency; returns the updated factor.
 
