@@ -11,6 +11,7 @@ channel conversion, the model's mean/std), so an answer of the server equals
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import torch
@@ -106,6 +107,14 @@ class ServingEngine:
             for batch in sizes:
                 x = torch.randn(batch, self.in_chans, height, width, generator=generator)
                 self.forward(x, (height, width))
+
+    def time_batch(self, resolution: Size, batch: int) -> float:
+        """Milliseconds of one batch the way the worker runs it: ``batch`` decoded images
+        (native-size zeros) preprocessed to ``resolution``, then the forward call."""
+        images = [torch.zeros(self.in_chans, 28, 28, dtype=torch.uint8)] * batch
+        start = time.perf_counter()
+        self.forward(self.preprocess(images, resolution), resolution)
+        return (time.perf_counter() - start) * 1000.0
 
     def preprocess(self, images: Sequence[Tensor], resolution: Size) -> Tensor:
         """Decoded uint8 images ``(C, H, W)`` of any sizes -> the model's float batch

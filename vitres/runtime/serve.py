@@ -27,6 +27,7 @@ import logging
 import math
 import re
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -43,12 +44,12 @@ from vitres.runtime.metrics import ServerMetrics
 from vitres.runtime.monitor import BandMonitor
 from vitres.runtime.serve_config import ServeConfig
 from vitres.runtime.server import create_app
+from vitres.runtime.session import CALIBRATION_TIMING, default_ladder
 from vitres.runtime.worker import BatchingWorker, CorrectedPredictor, ServingMode
 
 Size = tuple[int, int]
 
 __all__ = [
-    "CALIBRATION_TIMING",
     "ServeConfig",
     "build_worker",
     "calibration_ladder",
@@ -57,10 +58,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("vitres.serve")
-
-#: Timing of the startup calibration: short, it only has to rank configs and seed the
-#: latency model (the online correction refines it while serving).
-CALIBRATION_TIMING = TimingConfig(warmup_calls=3, warmup_s=0.05, min_calls=10, min_s=0.1)
 
 _FIXED = re.compile(r"^fixed:(native|\d+|\d+[x×]\d+)$")
 
@@ -90,17 +87,11 @@ def parse_controller(spec: str, native: Size) -> Size | None:
 
 
 def calibration_ladder(model: nn.Module) -> list[Size]:
-    """Resolutions a calibration sweep measures when none are given: the native size
-    times 0.5, 0.75, 1, 1.25, 1.5 and 2, each rounded to a multiple of the patch size
-    (for a 28 px, patch 4 model: 16, 20, 28, 36, 44, 56)."""
-    height, width = model.config.img_size
-    patch = int(getattr(model.config, "patch_size", 1) or 1)
-    sizes = []
-    for factor in (0.5, 0.75, 1.0, 1.25, 1.5, 2.0):
-        h = max(patch, patch * math.floor(height * factor / patch + 0.5))
-        w = max(patch, patch * math.floor(width * factor / patch + 0.5))
-        sizes.append((h, w))
-    return list(dict.fromkeys(sizes))
+    """Resolutions a calibration sweep measures when none are given: the stream runner's
+    default (:func:`vitres.runtime.session.default_ladder`, about 0.4x the native size up
+    to it). Without measured accuracy a larger size is taken to be more accurate, which
+    holds up to the size a model was trained at, not necessarily above it."""
+    return [(size, size) for size in default_ladder(model)]
 
 
 def calibration_batches(max_batch: int) -> list[int]:
@@ -154,7 +145,7 @@ def _calibrate(
         config.save_calibration,
         None,
         isolate=False,
-        timing=CALIBRATION_TIMING,
+        timing=TimingConfig(**CALIBRATION_TIMING),
         progress=config.progress,
     )
     failed = [m for m in records if not m.ok]
@@ -291,6 +282,7 @@ def build_worker(
         patch_size=latency.patch_size,
     )
     engine.warm()
+    _seed_correction(engine, predictor, serving_sizes, config.max_batch, log)
     mode = ServingMode(name, engine, policy, predictor)
 
     safe_mode = None
@@ -314,6 +306,7 @@ def build_worker(
             patch_size=latency.patch_size,
         )
         safe_engine.warm()
+        _seed_correction(safe_engine, safe_predictor, [safe_size], config.max_batch, None)
         safe_policy = SloBatchingPolicy(
             [safe_size],
             safe_predictor,
@@ -352,6 +345,29 @@ def build_worker(
             f"{config.max_error_rate:.0%})"
         )
     return worker
+
+
+def _seed_correction(
+    engine: ServingEngine,
+    predictor: CorrectedPredictor,
+    sizes: Sequence[Size],
+    max_batch: int,
+    log: Callable[[str], None] | None,
+) -> None:
+    """Times one batch per size at batch 1 and ``max_batch`` after the warm-up and seeds
+    the online correction with the median of measured / predicted (as the stream runner
+    does), so the first requests already see this process's speed."""
+    model = predictor.correction.model
+    ratios = []
+    for size in sizes:
+        for batch in sorted({1, max_batch}):
+            ratios.append(engine.time_batch(size, batch) / model.predict(size, batch).median_ms)
+    factor = statistics.median(ratios)
+    predictor.correction.set_factor(factor)
+    if log is not None:
+        log(
+            f"vitres serve: warm-up ran at {factor:.2f}x the records' latency; predictions start there"
+        )
 
 
 def _safe_size(config: ServeConfig, ladder: Sequence[Size]) -> Size:
