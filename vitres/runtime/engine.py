@@ -119,8 +119,12 @@ class ServingEngine:
     def preprocess(self, images: Sequence[Tensor], resolution: Size) -> Tensor:
         """Decoded uint8 images ``(C, H, W)`` of any sizes -> the model's float batch
         ``(B, in_chans, height, width)`` at ``resolution``."""
+        images = list(images)
+        if len({tuple(image.shape) for image in images}) == 1:
+            # one size (the usual case): one resize call for the batch, same numbers
+            images = torch.stack(images)
         return prepare_batch(
-            list(images),
+            images,
             resolution,
             train=False,
             mean=self.mean,
