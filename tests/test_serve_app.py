@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import vitres
 from vitres.data import FASHION_MNIST_CLASSES, load_fashion_mnist, prepare_batch
 from vitres.records import LatencyStats, Measurement, SweepConfig, append_result
+from vitres.runtime.batching import BatchDecision
 from vitres.runtime.serve import build_worker
 from vitres.runtime.serve_config import HttpLimits, ServeConfig
 from vitres.runtime.server import create_app
@@ -271,6 +272,31 @@ def test_worker_errors_answer_500_and_the_worker_keeps_serving(test_images, refe
         text = client.get("/metrics").text
     assert metric(text, "vitres_requests_total", outcome="error") == 1
     assert metric(text, "vitres_requests_total", outcome="ok") == 1
+
+
+def test_a_broken_policy_does_not_stop_the_worker(test_images, reference_model):
+    images, _ = test_images
+    app = make_app()
+    policy = app.state.worker.mode.policy
+    real_plan = policy.plan
+    script = iter(["raise", "nothing", "too_many"])
+
+    def broken(queued, now):
+        step = next(script, "real")
+        if step == "raise":
+            raise RuntimeError("simulated policy bug")
+        if step == "nothing":
+            return BatchDecision(0, 0, None, 0.0, True)
+        if step == "too_many":
+            return BatchDecision(0, 50, (28, 28), 1.0, True)
+        return real_plan(queued, now)
+
+    policy.plan = broken
+    with TestClient(app) as client:
+        for i in range(4):
+            response = client.post("/v1/classify", content=png(images[i]))
+            assert response.status_code == 200
+            check_answer(response.json(), reference_model, images[i])
 
 
 def test_a_request_without_an_answer_in_time_gets_504(test_images):

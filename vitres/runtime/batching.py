@@ -194,10 +194,12 @@ class SloBatchingPolicy:
     def _seconds(self, resolution: Size, batch: int) -> float:
         return self.predict_ms(resolution, batch) / 1000.0
 
-    def drain_finish(self, queued: Sequence[float], start: float) -> list[float]:
+    def drain_finish(
+        self, queued: Sequence[float], start: float, cheapest: Size | None = None
+    ) -> list[float]:
         """Predicted finish time of each queued request when the queue is served from
         ``start`` in arrival order, in batches of ``max_batch`` at the cheapest resolution."""
-        cheapest = self.cheapest
+        cheapest = cheapest or self.cheapest
         finish: list[float] = []
         t = start
         for first in range(0, len(queued), self.max_batch):
@@ -206,9 +208,10 @@ class SloBatchingPolicy:
             finish.extend([t] * size)
         return finish
 
-    def _drains_in_time(self, queued: Sequence[float], start: float) -> bool:
+    def _drains_in_time(self, queued: Sequence[float], start: float, cheapest: Size) -> bool:
         slo = self.slo_ms / 1000.0
-        return all(f <= a + slo for a, f in zip(queued, self.drain_finish(queued, start)))
+        finish = self.drain_finish(queued, start, cheapest)
+        return all(f <= a + slo for a, f in zip(queued, finish))
 
     def admit(self, queued: Sequence[float], arrival: float, busy_until: float) -> Admission:
         if len(queued) >= self.queue_limit:
@@ -236,7 +239,8 @@ class SloBatchingPolicy:
                 ms = self.predict_ms(size, batch)
                 if ms / 1000.0 > limit or now + ms / 1000.0 > oldest + slo:
                     continue
-                if not self._drains_in_time(rest[batch:], now + ms / 1000.0):
+                left = rest[batch:]
+                if left and not self._drains_in_time(left, now + ms / 1000.0, cheapest):
                     continue
                 return BatchDecision(expire, batch, size, ms, True)
         for batch in range(most, 0, -1):

@@ -296,6 +296,7 @@ class BatchingWorker:
                 except Exception:  # noqa: BLE001 - a broken policy must not kill the thread
                     logger.exception("the batching policy failed; running the oldest request")
                     decision = BatchDecision(0, 1, mode.policy.resolutions[0], 0.0, False)
+                decision = self._sane(decision, mode, len(self._queue))
                 expired = [self._queue.popleft() for _ in range(decision.expire)]
                 batch = [self._queue.popleft() for _ in range(decision.batch_size)]
                 if batch:
@@ -313,13 +314,30 @@ class BatchingWorker:
                     ),
                 )
             batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
-            if batch and decision.resolution is not None:
+            if batch:
                 try:
-                    self._run_batch(mode, decision.resolution, batch, now)
+                    self._run_batch(
+                        mode, decision.resolution or mode.policy.resolutions[0], batch, now
+                    )
                 except Exception as error:  # noqa: BLE001 - the worker outlives any batch
                     logger.exception("batch bookkeeping failed")
                     for pending in batch:
                         self._fail(pending, f"{type(error).__name__}: {error}")
+
+    @staticmethod
+    def _sane(decision: BatchDecision, mode: ServingMode, queued: int) -> BatchDecision:
+        """The decision clamped to the queue; one that makes no progress (or names no
+        resolution for its batch) becomes "run the oldest request"."""
+        expire = max(0, min(decision.expire, queued))
+        batch = max(0, min(decision.batch_size, queued - expire))
+        if expire + batch == 0 or (batch and decision.resolution is None):
+            size = decision.resolution or mode.policy.resolutions[0]
+            return BatchDecision(0, 1, size, decision.predicted_ms, False)
+        if (expire, batch) != (decision.expire, decision.batch_size):
+            return BatchDecision(
+                expire, batch, decision.resolution, decision.predicted_ms, decision.meets_slo
+            )
+        return decision
 
     # ------------------------------------------------------------------ one batch
 
