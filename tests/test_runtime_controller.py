@@ -30,6 +30,11 @@ def model() -> LatencyModel:
     )
 
 
+def predictive(**kwargs) -> PredictiveController:
+    """The predictive controller with the margin the hand computations below use."""
+    return PredictiveController(model(), **{"margin": 0.15, **kwargs})
+
+
 def median_ms(side: int) -> float:
     return linear_ms((side // 4) ** 2)
 
@@ -91,8 +96,8 @@ def test_step_controller_oscillates_at_a_steady_load():
     # too close with the 15 % margin) and never moves.
     step, _, _ = simulate(StepController(step=4), 7.2, 100, noise=0.0)
     assert step == [32, 28] * 50
-    predictive, latencies, _ = simulate(PredictiveController(model()), 7.2, 100)
-    assert predictive == [24] * 100 and max(latencies) <= 7.2
+    sizes, latencies, _ = simulate(predictive(), 7.2, 100)
+    assert sizes == [24] * 100 and max(latencies) <= 7.2
 
 
 def test_step_controller_clamps_and_snaps_to_the_ladder():
@@ -111,30 +116,30 @@ def test_step_controller_clamps_and_snaps_to_the_ladder():
 
 def test_predictive_start_picks_the_most_accurate_size_that_fits_with_margin():
     # p95 = 3.12, 4.2, 5.52, 7.08, 8.88 ms; × 1.15 = 3.59, 4.83, 6.35, 8.14, 10.21
-    assert PredictiveController(model()).start(LADDER, 8.2) == 28
-    assert PredictiveController(model()).start(LADDER, 8.1) == 24
-    assert PredictiveController(model()).start(LADDER, 11.0) == 32
+    assert predictive().start(LADDER, 8.2) == 28
+    assert predictive().start(LADDER, 8.1) == 24
+    assert predictive().start(LADDER, 11.0) == 32
     # no margin room but it fits: taken
-    assert PredictiveController(model()).start(LADDER, 7.1) == 28 - 4
+    assert predictive().start(LADDER, 7.1) == 28 - 4
 
 
 def test_predictive_prefers_accuracy_not_size():
     accuracy = {16: 0.80, 20: 0.91, 24: 0.87, 28: 0.89, 32: 0.90}  # 20 px is best
     records = [record(s, linear_ms((s // 4) ** 2), accuracy=accuracy[s]) for s in LADDER]
-    controller = PredictiveController(LatencyModel.from_records(records))
+    controller = PredictiveController(LatencyModel.from_records(records), margin=0.15)
     assert controller.start(LADDER, 100.0) == 20
     assert controller.preference == [16, 24, 28, 32, 20]
 
 
 def test_no_oscillation_at_a_steady_load():
-    sizes, latencies, reasons = simulate(PredictiveController(model()), 8.2, 400)
+    sizes, latencies, reasons = simulate(predictive(), 8.2, 400)
     assert sizes == [28] * 400
     assert all(latency <= 8.2 for latency in latencies)
     assert set(reasons) == {"hold"}
 
 
 def test_fast_downshift_on_a_load_step_and_recovery_after():
-    controller = PredictiveController(model())
+    controller = predictive()
 
     def load(i):
         return 2.0 if 100 <= i < 200 else 1.0
@@ -156,7 +161,7 @@ def test_fast_downshift_on_a_load_step_and_recovery_after():
 
 
 def test_single_outlier_costs_one_dip_not_a_lasting_change():
-    controller = PredictiveController(model())
+    controller = predictive()
 
     def load(i):
         return 10.0 if i == 50 else 1.0  # one 10x frame (a page fault, a GC pause)
@@ -171,7 +176,7 @@ def test_single_outlier_costs_one_dip_not_a_lasting_change():
 
 
 def test_deadline_change_downshifts_at_once_and_upshifts_after_dwell():
-    controller = PredictiveController(model())
+    controller = predictive()
 
     def deadlines(i):
         return 5.0 if 100 <= i < 200 else 8.2
@@ -187,7 +192,7 @@ def test_deadline_change_downshifts_at_once_and_upshifts_after_dwell():
 
 
 def test_a_target_nothing_meets_runs_at_the_smallest_size():
-    controller = PredictiveController(model())
+    controller = predictive()
     assert controller.start(LADDER, 1.0) == 16 and controller.infeasible
     assert controller.observe(16, 2.6, 1.0) == 16 and controller.last.reason == "infeasible"
     assert controller.start(LADDER, 8.2) == 28 and not controller.infeasible
@@ -208,4 +213,4 @@ def test_fixed_and_parse():
     with pytest.raises(ValueError, match="ladder is empty"):
         StepController().start([], 5.0)
     with pytest.raises(ValueError, match="deadline must be > 0"):
-        PredictiveController(model()).start(LADDER, 0)
+        predictive().start(LADDER, 0)

@@ -219,7 +219,7 @@ class PredictiveController(Controller):
         self,
         latency: LatencyModel | OnlineCorrection,
         *,
-        margin: float = 0.15,
+        margin: float = 0.10,
         dwell: int = 15,
         half_life: float = 8.0,
         clip: float = 3.0,
