@@ -413,6 +413,7 @@ def main() -> int:
     model = args.model
     slo = args.slo_ms
     started = time.time()
+    load_before = os.getloadavg()
 
     records = sweep_records(plan, model, progress=not args.no_progress)
     accuracy = {
@@ -540,6 +541,10 @@ def main() -> int:
             "python": platform.python_version(),
             "torch": torch.__version__,
             "server_threads": 1,
+            "load_average_1min_before_after": [
+                round(load_before[0], 2),
+                round(os.getloadavg()[0], 2),
+            ],
         },
         "wall_s": time.time() - started,
         "command": "python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
@@ -608,7 +613,8 @@ def markdown(result: dict) -> str:
         "",
         f"`{result['command']}` -- {head}. Model `{result['model']}`, SLO {slo:g} ms, "
         f"server 1 thread, CPU {env['cpu']} ({env['cores']} cores shared with the client), "
-        f"torch {env['torch']}.",
+        f"torch {env['torch']}, load average {env.get('load_average_1min_before_after')} "
+        "(1 min, before / after; other work on the machine shows here).",
         "",
         "```",
         verdict_text(result),
@@ -675,6 +681,13 @@ def plot(result: dict, path: Path) -> None:
         color="tab:blue",
         alpha=0.5,
         label="predictive p50",
+    )
+    ax1.plot(
+        rates,
+        [r["server_p99_ms"] for r in pred],
+        "o:",
+        color="tab:purple",
+        label="predictive p99, server side",
     )
     ax1.axhline(slo, color="black", lw=1, label=f"SLO {slo:g} ms")
     ax1.set_xscale("log")
