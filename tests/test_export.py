@@ -195,7 +195,7 @@ def test_cli_exports_a_static_mixer_and_rejects_a_dynamic_one(tmp_path, capsys):
 
 
 def test_export_keeps_a_bound_patch_size(tmp_path):
-    from vitres.tune.measurement import FixedPatchSize
+    from vitres.models.common import FixedPatchSize
 
     model = tiny_vit(pos_embed_antialias=False)
     result = export_onnx(FixedPatchSize(model, 7), Path(tmp_path) / "p7.onnx", (42, 35))

@@ -18,6 +18,8 @@ COMMAND_MODULES = (
     "check_cmd",
     "report_cmd",
     "export_cmd",
+    "run_cmd",
+    "serve_cmd",
     "models_cmd",
 )
 

@@ -98,7 +98,7 @@ class ExportParityError(RuntimeError):
 def unwrap_model(module: nn.Module) -> tuple[nn.Module, int | None]:
     """The vitres model inside ``module`` and the patch size bound to it, if any.
 
-    Accepts a model, or a wrapper that binds a patch size (``vitres.measure.FixedPatchSize``:
+    Accepts a model, or a wrapper that binds a patch size (``vitres.models.common.FixedPatchSize``:
     attributes ``model`` and ``patch_size``, no ``config``).
     """
     if getattr(module, "config", None) is None:

@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from vitres.layers.cache import is_tracing
 from vitres.layers.patch_embed import PatchEmbed, PatchSize, to_patch, token_grid
@@ -72,3 +72,15 @@ class AnyResolutionMixin:
 
 
 __all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT"]
+
+
+class FixedPatchSize(nn.Module):
+    """Binds ``patch_size`` so a backend sees a plain ``forward(x)``."""
+
+    def __init__(self, model: nn.Module, patch_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, patch_size=self.patch_size)

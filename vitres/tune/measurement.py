@@ -26,20 +26,8 @@ from vitres.measure import (
     time_calls,
 )
 from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
+from vitres.models.common import FixedPatchSize
 from vitres.tune.records import Measurement, SweepConfig
-
-
-class FixedPatchSize(nn.Module):
-    """Binds ``patch_size`` so a backend sees a plain ``forward(x)``."""
-
-    def __init__(self, model: nn.Module, patch_size: int) -> None:
-        super().__init__()
-        self.model = model
-        self.patch_size = patch_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, patch_size=self.patch_size)
-
 
 EvalData = Callable[[nn.Module, SweepConfig], Iterable[tuple[Tensor, Tensor]]]
 

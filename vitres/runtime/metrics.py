@@ -1,0 +1,159 @@
+"""The server's Prometheus metrics, in a registry of their own.
+
+Each server (each app) owns a :class:`prometheus_client.CollectorRegistry`, so several
+apps in one process -- tests, a benchmark -- never share or clash over counters. Names
+follow the Prometheus conventions (base units: seconds; ``_total`` on counters).
+
+====================================  =========  ========================================
+metric                                type       meaning
+====================================  =========  ========================================
+vitres_requests_total{outcome}        counter    answered requests: ok, bad_request (400),
+                                                 too_large (413), shed (503), unavailable
+                                                 (503, shutting down), error (500),
+                                                 timeout (504)
+vitres_shed_total{reason}             counter    503s: slo (no resolution could meet the
+                                                 SLO), queue_full, expired (waited past
+                                                 hope)
+vitres_request_latency_seconds        histogram  arrival to answer, answered requests
+vitres_queue_wait_seconds             histogram  arrival to the start of its batch
+vitres_batch_latency_seconds          histogram  model time per batch
+vitres_batch_size                     histogram  requests per batch
+vitres_resolution_pixels{side}        gauge      height / width of the last batch
+vitres_current_batch_size             gauge      size of the last batch
+vitres_queue_depth                    gauge      requests waiting now
+vitres_latency_correction             gauge      online factor measured / predicted
+vitres_latency_band_ratio             gauge      median served / sweep p95 (monitor window)
+vitres_error_rate                     gauge      failed / all requests (monitor window)
+vitres_rollbacks_total{reason}        counter    rollbacks to the safe configuration
+vitres_rolled_back                    gauge      1 once serving the safe configuration
+vitres_slo_seconds                    gauge      the latency objective
+====================================  =========  ========================================
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = ["CONTENT_TYPE_LATEST", "OUTCOMES", "SHED_REASONS", "ServerMetrics"]
+
+OUTCOMES = ("ok", "bad_request", "too_large", "shed", "unavailable", "error", "timeout")
+SHED_REASONS = ("slo", "queue_full", "expired")
+ROLLBACK_REASONS = ("latency", "errors")
+
+_LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class ServerMetrics:
+    """Every metric of one server; see the module docstring.
+
+    Args:
+        slo_ms: The latency objective, exported as ``vitres_slo_seconds``.
+        max_batch: Largest batch (sets the batch-size buckets).
+    """
+
+    def __init__(self, slo_ms: float, max_batch: int) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "vitres_requests", "Answered requests by outcome.", ["outcome"], registry=r
+        )
+        self.shed = Counter(
+            "vitres_shed",
+            "Requests answered 503 to hold the SLO, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "vitres_request_latency_seconds",
+            "Arrival to answer of requests answered with a prediction.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "vitres_queue_wait_seconds",
+            "Arrival to the start of the request's batch.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_latency = Histogram(
+            "vitres_batch_latency_seconds",
+            "Model time of one batch (preprocessing and forward).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        batch_buckets = sorted({1, 2, 4, 8, 16, 32, 64, 128, max_batch})
+        self.batch_size = Histogram(
+            "vitres_batch_size",
+            "Requests per batch.",
+            buckets=[b for b in batch_buckets if b <= max_batch],
+            registry=r,
+        )
+        self.resolution = Gauge(
+            "vitres_resolution_pixels", "Input size of the last batch.", ["side"], registry=r
+        )
+        self.current_batch = Gauge(
+            "vitres_current_batch_size", "Requests in the last batch.", registry=r
+        )
+        # the worker sets it to read its queue at each scrape
+        self.queue_depth = Gauge("vitres_queue_depth", "Requests waiting now.", registry=r)
+        self.correction = Gauge(
+            "vitres_latency_correction",
+            "Online correction: measured / predicted latency (EWMA).",
+            registry=r,
+        )
+        self.band_ratio = Gauge(
+            "vitres_latency_band_ratio",
+            "Median served latency / the sweep's p95 over the monitor window.",
+            registry=r,
+        )
+        self.error_rate = Gauge(
+            "vitres_error_rate", "Failed / all requests over the monitor window.", registry=r
+        )
+        self.rollbacks = Counter(
+            "vitres_rollbacks",
+            "Rollbacks to the safe configuration, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rolled_back = Gauge(
+            "vitres_rolled_back", "1 once the server runs its safe configuration.", registry=r
+        )
+        slo = Gauge("vitres_slo_seconds", "The per-request latency objective.", registry=r)
+        slo.set(slo_ms / 1000.0)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome=outcome)
+        for reason in SHED_REASONS:
+            self.shed.labels(reason=reason)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason=reason)
+        self.correction.set(1.0)
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)

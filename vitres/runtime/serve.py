@@ -1,0 +1,439 @@
+"""What ``vitres serve`` runs: the model, its latency model (from the sweep's records, or
+from a short calibration sweep at startup), the batching policy, a safe configuration to
+roll back to, and uvicorn on top.
+
+:func:`build_worker` assembles everything up to the worker (tests and benchmarks use
+it with FastAPI's test client); :func:`serve` adds the HTTP server and runs it until
+SIGTERM or Ctrl-C, which stop it gracefully: no new connections, every request already
+received is answered, then the process exits with status 0.
+
+Controllers:
+
+* ``predictive`` -- :class:`~vitres.runtime.batching.SloBatchingPolicy` over every
+  resolution of the ladder (the records' resolutions, or ``resolutions``).
+* ``fixed:R`` (``fixed:28``, ``fixed:28x40``, ``fixed:native``) --
+  :class:`~vitres.runtime.batching.FixedBatchingPolicy`: one resolution, batches of
+  what is queued up to ``max_batch``, no SLO shedding (the baseline).
+
+The safe configuration (``safe_resolution``, default the smallest of the ladder, on
+``safe_backend``, default ``eager`` = fp32 PyTorch) is built and warmed at startup, so a
+rollback is a pointer swap.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import re
+import signal
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from fastapi import FastAPI
+from torch import nn
+
+from vitres.measure import TimingConfig, set_threads
+from vitres.runtime.batching import FixedBatchingPolicy, SloBatchingPolicy
+from vitres.runtime.engine import ServingEngine
+from vitres.runtime.latency import LatencyModel, OnlineCorrection
+from vitres.runtime.metrics import ServerMetrics
+from vitres.runtime.monitor import BandMonitor
+from vitres.runtime.serve_config import ServeConfig
+from vitres.runtime.server import create_app
+from vitres.runtime.session import CALIBRATION_TIMING, default_ladder
+from vitres.runtime.worker import BatchingWorker, CorrectedPredictor, ServingMode
+from vitres.tune.records import Measurement, read_results
+
+Size = tuple[int, int]
+
+__all__ = [
+    "ServeConfig",
+    "build_worker",
+    "calibration_ladder",
+    "parse_controller",
+    "serve",
+]
+
+logger = logging.getLogger("vitres.serve")
+
+_FIXED = re.compile(r"^fixed:(native|\d+|\d+[x×]\d+)$")
+
+
+def parse_controller(spec: str, native: Size) -> Size | None:
+    """``"predictive"`` -> ``None``; ``"fixed:28"`` -> ``(28, 28)``; ``"fixed:28x40"`` ->
+    ``(28, 40)``; ``"fixed:native"`` -> ``native``.
+
+    Raises:
+        ValueError: anything else.
+    """
+    text = spec.strip().lower()
+    if text == "predictive":
+        return None
+    match = _FIXED.match(text)
+    if not match:
+        raise ValueError(
+            f"unknown controller {spec!r}; use predictive, fixed:native, fixed:R (e.g. fixed:28) "
+            "or fixed:HxW (e.g. fixed:28x40)"
+        )
+    value = match.group(1)
+    if value == "native":
+        return tuple(native)
+    from vitres.layers.sizes import parse_resolutions
+
+    return parse_resolutions(value)[0]
+
+
+def calibration_ladder(model: nn.Module) -> list[Size]:
+    """Resolutions a calibration sweep measures when none are given: the stream runner's
+    default (:func:`vitres.runtime.session.default_ladder`, about 0.4x the native size up
+    to it). Without measured accuracy a larger size is taken to be more accurate, which
+    holds up to the size a model was trained at, not necessarily above it."""
+    return [(size, size) for size in default_ladder(model)]
+
+
+def calibration_batches(max_batch: int) -> list[int]:
+    """Batch sizes a calibration sweep measures: powers of two up to ``max_batch``, and it."""
+    sizes = {1, max_batch}
+    size = 2
+    while size < max_batch:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
+def _calibrate(
+    config: ServeConfig,
+    ladder: Sequence[Size],
+    safe: Size,
+    log: Callable[[str], None],
+) -> list[Measurement]:
+    from vitres.tune.grid import build_grid
+    from vitres.tune.sweep import run_sweep
+
+    batches = calibration_batches(config.max_batch)
+    patch = [config.patch_size]
+    configs = build_grid(
+        config.model,
+        list(ladder),
+        patch,
+        batches,
+        [config.backend],
+        threads=config.threads,
+        device=config.device,
+    )
+    if config.safe_backend != config.backend:
+        configs += build_grid(
+            config.model,
+            [safe],
+            patch,
+            batches,
+            [config.safe_backend],
+            threads=config.threads,
+            device=config.device,
+        )
+    log(
+        f"vitres serve: no --records given: calibrating first, a short speed-only sweep of "
+        f"{len(configs)} configs ({len(ladder)} resolutions x batches {batches} on "
+        f"{config.backend}); pass --records FILE (a `vitres sweep` results file) to skip this"
+    )
+    start = time.perf_counter()
+    records = run_sweep(
+        config.model,
+        configs,
+        config.save_calibration,
+        None,
+        isolate=False,
+        timing=TimingConfig(**CALIBRATION_TIMING),
+        progress=config.progress,
+    )
+    failed = [m for m in records if not m.ok]
+    log(
+        f"vitres serve: calibration done in {time.perf_counter() - start:.1f} s "
+        f"({len(records) - len(failed)} ok, {len(failed)} failed)"
+        + (f"; records saved to {config.save_calibration}" if config.save_calibration else "")
+    )
+    return records
+
+
+def _latency_model(
+    records: Sequence[Measurement], config: ServeConfig, backend: str, log: Callable[[str], None]
+) -> LatencyModel:
+    models = sorted({m.config.model for m in records if m.ok})
+    name = config.model if config.model in models else None
+    if name is None and len(models) == 1 and backend == config.backend:
+        log(
+            f"vitres serve: the records measured {models[0]!r}, not {config.model!r}; using them "
+            "as this model's latencies (they must be the same weights)"
+        )
+    elif name is None and len(models) > 1:
+        raise ValueError(
+            f"the records hold several models {models} and none is {config.model!r}; pass "
+            "--model exactly as it was given to `vitres sweep`"
+        )
+    return LatencyModel.from_records(
+        records,
+        backend=backend,
+        model=name,
+        device=config.device,
+        threads=config.threads,
+        patch_size=config.patch_size,
+    )
+
+
+def _check_predictable(model: LatencyModel, sizes: Sequence[Size], max_batch: int) -> None:
+    for size in sizes:
+        for batch in (1, max_batch):
+            try:
+                model.p95_ms(size, batch)
+            except ValueError as error:
+                raise ValueError(
+                    f"the latency model cannot predict {size[0]}x{size[1]} at batch {batch}: "
+                    f"{error}. Sweep that resolution, or leave it out of --res"
+                ) from None
+
+
+def build_worker(
+    config: ServeConfig,
+    *,
+    model: nn.Module | None = None,
+    records: Sequence[Measurement] | None = None,
+    log: Callable[[str], None] = print,
+) -> BatchingWorker:
+    """The model, latency model, policy, engines and monitor, as a (not started) worker.
+
+    Args:
+        config: What to serve and how.
+        model: The model itself (default: resolved from ``config.model``).
+        records: Sweep records (default: read from ``config.records``, else calibrate).
+        log: Where progress lines go.
+
+    Raises:
+        ValueError: bad controller, resolution, backend or records.
+        FileNotFoundError: ``config.records`` does not exist.
+    """
+    from vitres.layers.sizes import parse_resolutions
+    from vitres.models.resolve import resolve_model
+
+    if not config.slo_ms > 0:
+        raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
+    if config.max_batch < 1:
+        raise ValueError(f"--max-batch must be at least 1, got {config.max_batch}")
+    if config.threads is not None:
+        set_threads(config.threads)
+    model = model if model is not None else resolve_model(config.model)
+    safe_model = copy.deepcopy(model)  # backends may cast their model in place
+    native = tuple(model.config.img_size)
+    fixed = parse_controller(config.controller, native)
+    ladder_given = None if config.resolutions is None else parse_resolutions(config.resolutions)
+
+    if records is None and config.records is not None:
+        import os
+
+        if not os.path.exists(config.records):
+            raise FileNotFoundError(
+                f"no results file {config.records}; run `vitres sweep --model {config.model} "
+                f"--backend {config.backend} --batch 1,8,32 ... --out {config.records}` first, "
+                "or leave out --records to calibrate at startup"
+            )
+        records = read_results(config.records)
+    if records is None:
+        ladder = ladder_given or calibration_ladder(model)
+        if fixed is not None and fixed not in ladder:
+            ladder = [*ladder, fixed]
+        safe_guess = _safe_size(config, ladder)
+        records = _calibrate(config, ladder, safe_guess, log)
+
+    latency = _latency_model(records, config, config.backend, log)
+    if config.threads is None and latency.threads is not None:
+        set_threads(latency.threads)  # serve as the records were measured
+    ladder = list(ladder_given or latency.resolutions)
+    safe_size = _safe_size(config, ladder)
+    serving_sizes = [fixed] if fixed is not None else ladder
+    _check_predictable(latency, serving_sizes, config.max_batch)
+    predictor = CorrectedPredictor(OnlineCorrection(latency))
+    if fixed is None:
+        accuracy = {size: latency.expected_accuracy(size) for size in ladder}
+        policy = SloBatchingPolicy(
+            ladder,
+            predictor,
+            config.slo_ms,
+            config.max_batch,
+            accuracy=accuracy,
+            queue_limit=config.queue_limit,
+            batch_time_fraction=config.batch_time_fraction,
+        )
+        name = "predictive"
+    else:
+        policy = FixedBatchingPolicy(
+            fixed,
+            config.slo_ms,
+            config.max_batch,
+            predict_ms=predictor,
+            queue_limit=config.queue_limit,
+        )
+        name = f"fixed:{fixed[0]}x{fixed[1]}"
+    engine = ServingEngine(
+        model,
+        config.backend,
+        serving_sizes,
+        config.max_batch,
+        device=config.device,
+        patch_size=latency.patch_size,
+    )
+    engine.warm()
+    _seed_correction(engine, predictor, serving_sizes, config.max_batch, log)
+    mode = ServingMode(name, engine, policy, predictor)
+
+    safe_mode = None
+    if config.rollback_window_s > 0:
+        try:
+            safe_latency = _latency_model(records, config, config.safe_backend, log)
+        except ValueError:
+            log(
+                f"vitres serve: the records have no {config.safe_backend} latencies; the safe "
+                f"configuration is predicted with {config.backend}'s"
+            )
+            safe_latency = latency
+        _check_predictable(safe_latency, [safe_size], config.max_batch)
+        safe_predictor = CorrectedPredictor(OnlineCorrection(safe_latency))
+        safe_engine = ServingEngine(
+            safe_model,
+            config.safe_backend,
+            [safe_size],
+            config.max_batch,
+            device=config.device,
+            patch_size=latency.patch_size,
+        )
+        safe_engine.warm()
+        _seed_correction(safe_engine, safe_predictor, [safe_size], config.max_batch, None)
+        safe_policy = SloBatchingPolicy(
+            [safe_size],
+            safe_predictor,
+            config.slo_ms,
+            config.max_batch,
+            queue_limit=config.queue_limit,
+            batch_time_fraction=config.batch_time_fraction,
+        )
+        safe_name = f"safe:{safe_size[0]}x{safe_size[1]}/{config.safe_backend}"
+        safe_mode = ServingMode(safe_name, safe_engine, safe_policy, safe_predictor)
+
+    metrics = ServerMetrics(config.slo_ms, config.max_batch)
+    monitor = None
+    if config.rollback_window_s > 0:
+        monitor = BandMonitor(
+            window_s=config.rollback_window_s,
+            latency_tolerance=config.latency_tolerance,
+            max_error_rate=config.max_error_rate,
+        )
+    worker = BatchingWorker(
+        mode, metrics, safe=safe_mode, monitor=monitor, retry_after_s=config.retry_after_s
+    )
+    log(f"vitres serve: {mode.describe()}; SLO {config.slo_ms:g} ms")
+    log(f"vitres serve: latency model {latency.describe()}")
+    for size in serving_sizes:
+        acc = latency.expected_accuracy(size)
+        log(
+            f"  {size[0]}x{size[1]}: p95 {predictor(size, 1):.2f} ms at batch 1, "
+            f"{predictor(size, config.max_batch):.2f} ms at batch {config.max_batch}"
+            + ("" if acc is None else f", accuracy {acc:.1%}")
+        )
+    if safe_mode is not None:
+        log(
+            f"vitres serve: rollback to {safe_mode.name} after {config.rollback_window_s:g} s out "
+            f"of band (latency > {config.latency_tolerance:g}x the sweep's p95 or error rate > "
+            f"{config.max_error_rate:.0%})"
+        )
+    return worker
+
+
+def _seed_correction(
+    engine: ServingEngine,
+    predictor: CorrectedPredictor,
+    sizes: Sequence[Size],
+    max_batch: int,
+    log: Callable[[str], None] | None,
+) -> None:
+    """Times one batch per size at batch 1 and ``max_batch`` after the warm-up and seeds
+    the online correction with the median of measured / predicted (as the stream runner
+    does), so the first requests already see this process's speed."""
+    model = predictor.correction.model
+    ratios = []
+    for size in sizes:
+        for batch in sorted({1, max_batch}):
+            ratios.append(engine.time_batch(size, batch) / model.predict(size, batch).median_ms)
+    factor = statistics.median(ratios)
+    predictor.correction.set_factor(factor)
+    if log is not None:
+        log(
+            f"vitres serve: warm-up ran at {factor:.2f}x the records' latency; predictions start there"
+        )
+
+
+def _safe_size(config: ServeConfig, ladder: Sequence[Size]) -> Size:
+    if config.safe_resolution is not None:
+        from vitres.layers.sizes import parse_resolutions
+
+        return parse_resolutions(config.safe_resolution)[0]
+    return min(ladder, key=lambda s: (s[0] * s[1], s))
+
+
+def build_app(config: ServeConfig, **kwargs: object) -> FastAPI:
+    """:func:`build_worker` wrapped in the HTTP app (``kwargs`` go to build_worker)."""
+    return create_app(build_worker(config, **kwargs), config.limits())  # type: ignore[arg-type]
+
+
+def _attach_log_handler() -> None:
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s vitres.serve %(levelname)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
+    """Builds the server and runs it on ``config.host:config.port`` until SIGTERM or
+    Ctrl-C; returns 0 after a graceful stop.
+
+    Raises:
+        ValueError: bad configuration, or the address could not be bound.
+    """
+    import uvicorn
+
+    _attach_log_handler()
+    worker = build_worker(config, log=log)
+    app = create_app(worker, config.limits())
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            access_log=False,
+            timeout_graceful_shutdown=int(math.ceil(config.request_timeout_s)) + 5,
+        )
+    )
+    stops: list[int] = []
+    # uvicorn handles SIGTERM itself and, once stopped, raises it again for the handler
+    # it found installed: this one, so that a graceful stop ends with status 0
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stops.append(signum))
+    try:
+        server.run()
+    except SystemExit as error:
+        raise ValueError(
+            f"could not serve on {config.host}:{config.port} (see the error above); is the port "
+            "in use? choose another with --port"
+        ) from error
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stats = worker.stats
+    log(
+        f"vitres serve: stopped{' on SIGTERM' if stops else ''}: {stats.answered} answered, "
+        f"{stats.shed} shed, {stats.failed} failed, in {stats.batches} batches"
+        + (f"; rolled back ({stats.rollbacks[0].reason})" if stats.rollbacks else "")
+    )
+    return 0

@@ -1,0 +1,102 @@
+"""The settings of ``vitres serve``: what to serve, how to batch, when to roll back, and
+what the HTTP layer accepts. Plain dataclasses without heavy imports, so the command line
+can build its help from them without loading the server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["HttpLimits", "ServeConfig"]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """What the HTTP layer accepts.
+
+    Attributes:
+        max_bytes: Largest image file, bytes (413 above).
+        max_pixels: Largest image, height x width (413 above; checked before decoding).
+        request_timeout_s: Longest a request waits for its answer (504 after).
+        default_top_k: Classes returned when the query names none.
+    """
+
+    max_bytes: int = 8 * 2**20
+    max_pixels: int = 4096 * 4096
+    request_timeout_s: float = 30.0
+    default_top_k: int = 5
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_pixels < 1:
+            raise ValueError("max_bytes and max_pixels must be positive")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+
+
+@dataclass
+class ServeConfig:
+    """Everything ``vitres serve`` takes.
+
+    Attributes:
+        model: Model reference (reference name, checkpoint path, registry name,
+            ``module:factory``).
+        slo_ms: Latency objective per request, arrival to answer, ms.
+        records: Sweep records (JSON lines) with latencies of this model and backend;
+            ``None`` runs a short calibration sweep at startup.
+        controller: ``predictive`` or ``fixed:R`` (see the module docstring).
+        max_batch: Largest batch.
+        backend: Backend to serve on (dynamic batch sizes needed).
+        resolutions: Ladder, e.g. ``"16,20,28,40,56"``; default: the records'
+            resolutions (calibration: :func:`calibration_ladder`).
+        patch_size: Patch size the records were measured at, when they hold several.
+        threads: CPU threads (default: those the records were measured with).
+        device: ``cpu`` or ``cuda``.
+        queue_limit: Most requests waiting (default ``4 * max_batch``).
+        batch_time_fraction: Most of the SLO one batch may take (predictive).
+        safe_resolution: Rollback resolution (default: the ladder's smallest).
+        safe_backend: Rollback backend (default ``eager``, fp32).
+        rollback_window_s: Out of band for this long rolls back; ``0`` disables it.
+        latency_tolerance: Allowed median of served / sweep p95 latency.
+        max_error_rate: Allowed fraction of failed requests.
+        max_bytes: Largest image file accepted, bytes.
+        max_pixels: Largest image accepted, pixels.
+        request_timeout_s: Longest a request waits for its answer.
+        retry_after_s: ``Retry-After`` of a shed request, seconds.
+        save_calibration: Where to write the calibration records (reuse with ``records``).
+        host: Address to listen on.
+        port: Port to listen on.
+        progress: Show the calibration progress bar.
+    """
+
+    model: str
+    slo_ms: float = 50.0
+    records: str | None = None
+    controller: str = "predictive"
+    max_batch: int = 32
+    backend: str = "eager"
+    resolutions: str | None = None
+    patch_size: int | None = None
+    threads: int | None = None
+    device: str = "cpu"
+    queue_limit: int | None = None
+    batch_time_fraction: float = 0.5
+    safe_resolution: str | None = None
+    safe_backend: str = "eager"
+    rollback_window_s: float = 10.0
+    latency_tolerance: float = 2.0
+    max_error_rate: float = 0.05
+    max_bytes: int = 8 * 2**20
+    max_pixels: int = 4096 * 4096
+    request_timeout_s: float = 30.0
+    retry_after_s: float = 1.0
+    save_calibration: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    progress: bool = True
+
+    def limits(self) -> HttpLimits:
+        """The HTTP layer's part of the settings."""
+        return HttpLimits(
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            request_timeout_s=self.request_timeout_s,
+        )

@@ -1,0 +1,284 @@
+"""One adaptive run from references: the library side of ``vitres run``.
+
+:func:`run_session` resolves the model, chooses the ladder, gets a latency model (from
+the given sweep records, or from a short calibration sweep it runs first and says so),
+builds an :class:`~vitres.runtime.runner.AdaptiveRunner`, streams the source through it
+(:func:`vitres.runtime.stream.run_stream`) and returns the report.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitres.runtime.latency import LatencyModel
+from vitres.runtime.runner import AdaptiveRunner, deadline_from
+from vitres.runtime.sources import open_source
+from vitres.runtime.stream import StreamReport, run_stream
+from vitres.tune.records import Measurement, read_results
+
+#: Timing of the calibration sweep run when no records are given: short, so the run
+#: starts within seconds; a real sweep (``vitres sweep``) measures for longer.
+CALIBRATION_TIMING = {"warmup_calls": 5, "warmup_s": 0.1, "min_calls": 20, "min_s": 0.3}
+
+
+def default_ladder(model: nn.Module, records: Sequence[Measurement] | None = None) -> list[int]:
+    """The sizes to choose from when none are given.
+
+    With records: every square resolution they measured. Without: five sizes that are
+    multiples of the patch size, from about 0.4 × the native size up to the native size
+    (28 px, patch 4: 12, 16, 20, 24, 28; 224 px, patch 16: 96, 128, 160, 192, 224).
+    """
+    if records:
+        sizes = sorted({m.config.resolution[0] for m in records if m.ok and _square(m)})
+        if sizes:
+            return sizes
+    native = int(model.config.img_size[0])
+    patch = int(model.config.patch_size)
+    low = max(patch, math.ceil(0.4 * native / patch) * patch)
+    gap = max(patch, math.ceil((native - low) / (4 * patch)) * patch)
+    sizes = list(range(native, low - 1, -gap))[::-1]
+    return sizes
+
+
+def _square(m: Measurement) -> bool:
+    return m.config.resolution[0] == m.config.resolution[1]
+
+
+def calibration_sweep(
+    model_ref: str,
+    ladder: Sequence[int],
+    backend: str,
+    out_path: str | os.PathLike[str],
+    *,
+    threads: int | None = None,
+    progress: bool = True,
+) -> list[Measurement]:
+    """A short in-process sweep of the ladder at batch 1 (speed only, no accuracy)."""
+    from vitres.measure import TimingConfig
+    from vitres.tune.sweep import run_sweep
+
+    return run_sweep(
+        model_ref,
+        out_path=out_path,
+        resolutions=list(ladder),
+        backends=(backend,),
+        threads=threads,
+        data=None,
+        isolate=False,
+        timing=TimingConfig(**CALIBRATION_TIMING),
+        progress=progress,
+    )
+
+
+def latency_model_for(
+    records: Sequence[Measurement],
+    backend: str,
+    model_ref: str,
+    patch_size: int | None,
+    threads: int | None = None,
+) -> LatencyModel:
+    """The records' latency model for this backend, narrowed to this model, its patch
+    size and the thread count when the records hold several."""
+    ok = [m for m in records if m.ok]
+    narrow: dict[str, Any] = {"backend": backend}
+    if len({m.config.threads for m in ok}) > 1 and threads is not None:
+        narrow["threads"] = threads
+    if len({m.config.model for m in ok}) > 1 and any(m.config.model == model_ref for m in ok):
+        narrow["model"] = model_ref
+    if len({m.patch_size for m in ok}) > 1 and patch_size is not None:
+        narrow["patch_size"] = patch_size
+    return LatencyModel.from_records(records, **narrow)
+
+
+@dataclass
+class SessionResult:
+    """A finished run: the stream report, and how the run was set up."""
+
+    report: StreamReport
+    deadline_ms: float
+    calibrated: bool
+    records_path: str | None
+    infeasible_at_start: bool
+
+
+def run_session(
+    model_ref: str,
+    source: str,
+    *,
+    target_fps: float | None = None,
+    max_latency_ms: float | None = None,
+    controller: str = "predictive",
+    records: str | os.PathLike[str] | None = None,
+    frames: int | None = None,
+    trace_path: str | os.PathLike[str] | None = None,
+    backend: str = "eager",
+    ladder: Sequence[int] | None = None,
+    escalate_below: float | None = None,
+    step: int | None = None,
+    labels: str | os.PathLike[str] | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    calibration_path: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> SessionResult:
+    """Runs ``model_ref`` over ``source`` under a frame-rate or latency target.
+
+    Args:
+        model_ref: Model reference (:func:`vitres.models.resolve.resolve_model`).
+        source: Video file, image folder, or dataset name (``fashion-mnist``).
+        target_fps: Frames per second to keep, or
+        max_latency_ms: the per-frame deadline.
+        controller: ``predictive``, ``step`` or ``fixed:R``.
+        records: Sweep results file; without it a short calibration sweep runs first.
+        frames: Stop after this many frames.
+        trace_path: Where to write the per-frame trace (JSON lines).
+        backend: Backend name.
+        ladder: Sizes to choose from (default :func:`default_ladder`).
+        escalate_below: Escalation threshold on the top softmax probability.
+        step: Pixels per change of the step controller.
+        labels: Labels file for a video (one class index per line).
+        data_dir: Folder of the dataset files.
+        split: Dataset split.
+        calibration_path: Where the calibration sweep's records go (default: beside the
+            trace, else a temporary file).
+        threads: CPU threads for the run (and the calibration); torch's default if ``None``.
+            Restored afterwards.
+        progress: Live progress line.
+        log: Where the run's messages go.
+
+    Raises:
+        ValueError, FileNotFoundError: bad model, source, target, records or options.
+    """
+    from vitres.backends import list_backends
+    from vitres.measure import set_threads
+
+    deadline_ms = deadline_from(target_fps, max_latency_ms)
+    if backend not in list_backends():
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be a positive number, got {threads}")
+    threads_before = torch.get_num_threads()
+    set_threads(threads)
+    try:
+        return _run_session(
+            model_ref,
+            source,
+            deadline_ms=deadline_ms,
+            controller=controller,
+            records=records,
+            frames=frames,
+            trace_path=trace_path,
+            backend=backend,
+            ladder=ladder,
+            escalate_below=escalate_below,
+            step=step,
+            labels=labels,
+            data_dir=data_dir,
+            split=split,
+            calibration_path=calibration_path,
+            threads=threads,
+            progress=progress,
+            log=log,
+        )
+    finally:
+        set_threads(threads_before)
+
+
+def _run_session(
+    model_ref: str,
+    source: str,
+    *,
+    deadline_ms: float,
+    controller: str,
+    records: str | os.PathLike[str] | None,
+    frames: int | None,
+    trace_path: str | os.PathLike[str] | None,
+    backend: str,
+    ladder: Sequence[int] | None,
+    escalate_below: float | None,
+    step: int | None,
+    labels: str | os.PathLike[str] | None,
+    data_dir: str | None,
+    split: str,
+    calibration_path: str | os.PathLike[str] | None,
+    threads: int | None,
+    progress: bool,
+    log: Callable[[str], None],
+) -> SessionResult:
+    from vitres.models.resolve import resolve_model
+
+    model = resolve_model(model_ref)
+    if not hasattr(model, "config"):
+        raise ValueError(f"{model_ref!r} resolved to a model without a vitres config")
+    stream = open_source(
+        source, in_chans=model.config.in_chans, labels=labels, split=split, data_dir=data_dir
+    )
+    measured: list[Measurement] | None = None
+    records_path: str | None = None
+    calibrated = False
+    if records is not None:
+        if not os.path.exists(records):
+            raise FileNotFoundError(
+                f"records file {os.fspath(records)} does not exist; make one with `vitres sweep "
+                "--out FILE`, or leave --records out to calibrate first"
+            )
+        measured = read_results(records)
+        records_path = os.fspath(records)
+    sizes = list(ladder) if ladder else default_ladder(model, measured)
+    if measured is None:
+        if calibration_path is None:
+            calibration_path = (
+                os.fspath(trace_path) + ".calibration.jsonl"
+                if trace_path is not None
+                else os.path.join(tempfile.mkdtemp(prefix="vitres-run-"), "calibration.jsonl")
+            )
+        if os.path.exists(calibration_path):
+            os.remove(calibration_path)
+        log(
+            f"no --records: calibrating {backend} at {', '.join(map(str, sizes))} px with a short "
+            f"sweep (about {CALIBRATION_TIMING['min_s']} s per size, speed only) -> "
+            f"{calibration_path}; for accurate predictions and accuracy per size, run "
+            "`vitres sweep --data ...` and pass --records"
+        )
+        measured = calibration_sweep(
+            model_ref, sizes, backend, calibration_path, threads=threads, progress=progress
+        )
+        records_path = os.fspath(calibration_path)
+        calibrated = True
+    latency = latency_model_for(measured, backend, model_ref, model.config.patch_size, threads)
+    runner = AdaptiveRunner(
+        model,
+        sizes,
+        max_latency_ms=deadline_ms,
+        controller=controller,
+        records=latency,
+        backend=backend,
+        escalate_below=escalate_below,
+        step=step,
+    )
+    smallest = min(latency.p95_ms(s) for s in runner.ladder)
+    infeasible = smallest > deadline_ms
+    if infeasible:
+        fixed = getattr(runner.controller, "resolution", None)
+        action = (
+            f"keeping the fixed {fixed} px asked for"
+            if fixed is not None
+            else f"running at the smallest size, {runner.ladder[0]} px"
+        )
+        log(
+            f"no ladder size meets {deadline_ms:.3g} ms per frame: the smallest "
+            f"({runner.ladder[0]} px) is predicted at p95 {smallest:.3g} ms; {action} "
+            "(every frame is still traced)"
+        )
+    report = run_stream(runner, stream, frames=frames, trace_path=trace_path, progress=progress)
+    return SessionResult(report, deadline_ms, calibrated, records_path, infeasible)
