@@ -91,7 +91,13 @@ def _argument_for(hint) -> dict:
 
 def _fields_in_order(cls: type) -> list[dataclasses.Field]:
     """The class's own fields first, then the inherited ones (``--help`` reads top-down)."""
-    own = set(cls.__dict__.get("__annotations__", {}))
+    inherited = {
+        f.name
+        for base in cls.__mro__[1:]
+        if dataclasses.is_dataclass(base)
+        for f in dataclasses.fields(base)
+    }
+    own = set(cls.__dict__.get("__annotations__", {})) - inherited
     fields = dataclasses.fields(cls)
     return [f for f in fields if f.name in own] + [f for f in fields if f.name not in own]
 

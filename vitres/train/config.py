@@ -180,9 +180,13 @@ class TrainResult:
             ``images_per_second``, ``eval_seconds``, ``train_seconds`` (cumulative),
             ``precision``, and whatever the recipe adds.
         out_dir: folder of the checkpoint, the log and ``model.safetensors``.
-        train_seconds: wall time spent training, summed over resumed segments.
+        train_seconds: wall time spent training (evaluation excluded, building the
+            recipe included: for flexify, the teacher's cached outputs), summed over
+            resumed segments.
         precision: the precision actually used (``bf16`` or ``fp32``).
         steps: optimisation steps done.
+        cpu_seconds: CPU time of the process over the same spans (with one thread, the
+            core-seconds used; less sensitive than ``train_seconds`` to other jobs).
     """
 
     model: nn.Module
@@ -191,6 +195,7 @@ class TrainResult:
     train_seconds: float
     precision: str
     steps: int
+    cpu_seconds: float = 0.0
 
     @property
     def final_accuracy(self) -> dict[str, float]:

@@ -273,14 +273,18 @@ def run_recipe(
     # the config as run: "auto" replaced by what it resolved to on the first start
     run_config = dataclasses.replace(config, precision=precision).to_dict()
 
+    setup_start, setup_cpu_start = time.perf_counter(), time.process_time()
     recipe = make_recipe(precision)
+    # building the recipe is part of the cost (for flexify: the teacher's outputs)
+    setup_seconds = time.perf_counter() - setup_start
+    setup_cpu_seconds = time.process_time() - setup_cpu_start
     model, train_set = recipe.model, recipe.train_set
     optimizer = build_optimizer(model, config)
     total_images = recipe.images_per_epoch * config.epochs
     order_limit = config.train_limit
 
     start_epoch, step_in_epoch, images_in_epoch = 0, 0, 0
-    global_step, images_done, train_seconds, log = 0, 0, 0.0, []
+    global_step, images_done, train_seconds, cpu_seconds, log = 0, 0, 0.0, 0.0, []
     sums = _zero_sums()
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model_state"])
@@ -291,6 +295,7 @@ def run_recipe(
         images_in_epoch = checkpoint["images_in_epoch"]
         global_step, images_done = checkpoint["global_step"], checkpoint["images_done"]
         train_seconds, log = checkpoint["train_seconds"], checkpoint["log"]
+        cpu_seconds = checkpoint.get("cpu_seconds", 0.0)
         sums = checkpoint.get("epoch_sums") or _zero_sums()
         saved_epochs = checkpoint["train_config"]["epochs"]
         if saved_epochs != config.epochs:
@@ -322,6 +327,7 @@ def run_recipe(
             "global_step": global_step,
             "images_done": images_done,
             "train_seconds": train_seconds,
+            "cpu_seconds": cpu_seconds,
             "epoch_sums": epoch_sums,
         }
 
@@ -330,6 +336,8 @@ def run_recipe(
         extra["recipe_state"] = recipe.state_dict()
         save_checkpoint(out_dir, model, optimizer, pos, run_config, log, extra)
 
+    train_seconds += setup_seconds
+    cpu_seconds += setup_cpu_seconds
     history = [r for r in log if r.get("kind") == "epoch"]
     bar = None
     if config.progress:
@@ -347,7 +355,7 @@ def run_recipe(
     try:
         for epoch in range(start_epoch, last_epoch):
             model.train()
-            segment_start = time.perf_counter()
+            segment_start, cpu_start = time.perf_counter(), time.process_time()
             order = epoch_order(
                 len(train_set), shuffle=True, seed=config.seed, epoch=epoch, limit=order_limit
             )
@@ -413,15 +421,17 @@ def run_recipe(
                     and global_step % config.checkpoint_every_steps == 0
                     and epoch_continues
                 ):
-                    now = time.perf_counter()
+                    now, cpu_now = time.perf_counter(), time.process_time()
                     train_seconds += now - segment_start
+                    cpu_seconds += cpu_now - cpu_start
                     sums["seconds"] += now - segment_start
-                    segment_start = now
+                    segment_start, cpu_start = now, cpu_now
                     checkpoint_now(position(epoch, step_in_epoch, images_in_epoch, sums))
                 if callback is not None:
                     callback(info)
             segment = time.perf_counter() - segment_start
             train_seconds += segment
+            cpu_seconds += time.process_time() - cpu_start
             epoch_seconds = sums["seconds"] + segment
             eval_start = time.perf_counter()
             evaluation = recipe.evaluate(precision)
@@ -441,6 +451,7 @@ def run_recipe(
                 "images_per_second": round(sums["seen"] / max(epoch_seconds, 1e-9), 1),
                 "eval_seconds": round(time.perf_counter() - eval_start, 2),
                 "train_seconds": round(train_seconds, 2),
+                "cpu_seconds": round(cpu_seconds, 2),
                 "precision": precision,
             }
             record(entry)
@@ -455,7 +466,9 @@ def run_recipe(
             bar.close()
 
     model.eval()
-    result = TrainResult(model, history, out_dir, train_seconds, precision, global_step)
+    result = TrainResult(
+        model, history, out_dir, train_seconds, precision, global_step, cpu_seconds
+    )
     if last_epoch < config.epochs:  # stopped early by until_epoch: no final model yet
         return result
     save_model(
@@ -466,6 +479,7 @@ def run_recipe(
             "recipe": recipe_name,
             "train_config": run_config,
             "train_seconds": round(train_seconds, 1),
+            "cpu_seconds": round(cpu_seconds, 1),
             "precision": precision,
             "steps": global_step,
             "history": history,
