@@ -277,6 +277,9 @@ def test_flexify_loads_a_vitres_checkpoint_a_registry_name_hf_and_timm(tmp_path)
     _starts_from(result, source)
     saved = vitres.load_model(tmp_path / "vitres" / "model.safetensors")
     assert saved.metadata["source"] == str(path) and saved.metadata["recipe"] == "flexify"
+    # the output folder of a run is a source too (model.safetensors + model.json)
+    result = flexify(tiny(tmp_path, tmp_path / "vitres", "from-run", **fixed))
+    _starts_from(result, saved)
     registry = dict(img_size=16, embed_dim=16, depth=1, num_heads=2, in_chans=1, num_classes=10)
     result = flexify(
         tiny(tmp_path, "vit_tiny_patch4", "registry", model_overrides=registry, **fixed)

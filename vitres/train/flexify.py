@@ -127,14 +127,25 @@ class FlexifyStep(StepShape):
 def load_source(reference: str, **overrides) -> nn.Module:
     """The model a reference names, in eval mode.
 
-    A path (a vitres checkpoint, a Hugging Face folder, a timm file or folder) goes to
-    :func:`vitres.from_pretrained`, a bundled name (``fmnist-vit-single``) to
+    A path (a vitres checkpoint, the output folder of ``vitres train`` / ``vitres
+    flexify``, a Hugging Face folder, a timm file or folder) goes to
+    :func:`vitres.from_pretrained` (:func:`vitres.load_model` for a run folder), a bundled name (``fmnist-vit-single``) to
     :func:`vitres.load_model`, a registry name (``vit_tiny_patch4``) to
     :func:`vitres.create_model` (random weights).
     """
-    from vitres.models.checkpoint import WEIGHTS_DIR, from_pretrained, load_model
+    from vitres.models.checkpoint import (
+        WEIGHTS_DIR,
+        from_pretrained,
+        load_model,
+        read_safetensors_metadata,
+    )
     from vitres.models.registry import create_model
 
+    if os.path.isdir(reference):
+        # a `vitres train` / `vitres flexify` output folder: model.safetensors + model.json
+        weights = os.path.join(reference, "model.safetensors")
+        if os.path.exists(weights) and "vitres" in read_safetensors_metadata(weights):
+            return load_model(weights, **overrides).eval()
     if os.path.exists(reference):
         return from_pretrained(reference, **overrides).eval()
     if (WEIGHTS_DIR / f"{reference}.safetensors").exists():
