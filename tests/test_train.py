@@ -244,3 +244,166 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path):
     assert cpu_supports_bf16(str(amd)) and cpu_supports_bf16(str(intel))
     assert not cpu_supports_bf16(str(amd), flags=("amx_bf16",))
     assert not cpu_supports_bf16(str(tmp_path / "missing"))
+
+
+# ----------------------------------------------------------------------------- run folder
+def test_fresh_run_refuses_a_folder_that_holds_a_run_unless_overwrite(tmp_path):
+    train(tiny(tmp_path, "done", epochs=1))
+    with pytest.raises(ValueError, match="finished run.*--resume.*--overwrite"):
+        train(tiny(tmp_path, "done", epochs=1))
+    train(tiny(tmp_path, "partial"), until_epoch=1)
+    with pytest.raises(ValueError, match=r"partial run \(1 of 2 epochs done\)"):
+        train(tiny(tmp_path, "partial"))
+    # --overwrite starts again from scratch: the same result as a fresh folder
+    again = train(tiny(tmp_path, "partial", overwrite=True))
+    fresh = train(tiny(tmp_path, "fresh"))
+    assert again.steps == 8
+    assert_same_state(tmp_path / "partial", tmp_path / "fresh")
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in fresh.history]
+    with pytest.raises(ValueError, match="resume and overwrite exclude each other"):
+        tiny(tmp_path, resume=True, overwrite=True)
+
+
+def test_cli_refuses_to_overwrite_without_the_flag(tmp_path, capsys):
+    args = [
+        "train", "--embed-dim", "8", "--depth", "1", "--num-heads", "2", "--img-size", "8",
+        "--train-limit", "32", "--batch-size", "32", "--epochs", "1", "--resolutions", "8",
+        "--eval-resolutions", "8", "--eval-limit", "16", "--no-progress", "--num-threads", "1",
+        "--out-dir", str(tmp_path / "cli"), "--json",
+    ]  # fmt: skip
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_resume_can_add_epochs_and_recomputes_the_schedule(tmp_path):
+    first = train(tiny(tmp_path, "grow"))  # 2 epochs x 4 steps, finished
+    assert first.steps == 8
+    grown = train(tiny(tmp_path, "grow", epochs=3, resume=True))
+    assert grown.steps == 12 and len(grown.history) == 3
+    assert grown.history[:2] == first.history
+    config = tiny(tmp_path, "grow", epochs=3)
+    log = [json.loads(line) for line in (tmp_path / "grow" / "log.jsonl").open()]
+    steps = {r["global_step"]: r["lr"] for r in log if r["kind"] == "step"}
+    # steps already done keep the old schedule (8 steps); later ones follow the new (12)
+    for step in range(1, 9):
+        assert steps[step] == pytest.approx(lr_at(step - 1, 8, config), rel=1e-12)
+    for step in range(9, 13):
+        assert steps[step] == pytest.approx(lr_at(step - 1, 12, config), rel=1e-12)
+    resume = [r for r in log if r["kind"] == "resume"]
+    assert resume == [
+        {
+            "kind": "resume",
+            "global_step": 8,
+            "epochs_before": 2,
+            "epochs": 3,
+            "lr_next": pytest.approx(lr_at(8, 12, config)),
+        }
+    ]
+    assert steps[9] > steps[8]  # a warm restart: the cosine resumes above min_lr
+    # the grown run is itself exactly resumable: crash in the added epoch, resume
+    train(tiny(tmp_path, "crash"))
+    with pytest.raises(Crash):
+        train(tiny(tmp_path, "crash", epochs=3, resume=True), callback=crash_at(10))
+    train(tiny(tmp_path, "crash", epochs=3, resume=True))
+    assert_same_state(tmp_path / "grow", tmp_path / "crash")
+    # fewer epochs than are done, or another recipe, are refused with the field named
+    with pytest.raises(ValueError, match="epochs=2.*give --epochs 3 or more"):
+        train(tiny(tmp_path, "grow", epochs=2, resume=True))
+    with pytest.raises(ValueError, match=r"\['train_limit'\].*train_limit: 128 -> 96"):
+        train(tiny(tmp_path, "grow", epochs=4, train_limit=96, resume=True))
+
+
+def test_mid_epoch_resume_logs_the_whole_epoch(tmp_path):
+    full = train(tiny(tmp_path, "full", checkpoint_every_steps=3))
+    with pytest.raises(Crash):
+        train(tiny(tmp_path, "crash", checkpoint_every_steps=3), callback=crash_at(7))
+    saved = load_checkpoint(tmp_path / "crash")
+    assert (saved["epoch"], saved["step_in_epoch"]) == (1, 2)
+    assert saved["epoch_sums"]["seen"] == 64  # two steps of 32 before the checkpoint
+    resumed = train(tiny(tmp_path, "crash", checkpoint_every_steps=3, resume=True))
+    assert_same_state(tmp_path / "full", tmp_path / "crash")
+    for a, b in zip(full.history, resumed.history):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+        assert a["train_accuracy"] == b["train_accuracy"]
+        assert a["images"] == b["images"] == 128
+    epoch = resumed.history[1]
+    assert epoch["epoch_seconds"] >= saved["epoch_sums"]["seconds"]
+    seconds = epoch["epoch_seconds"]  # rounded to 0.01 s
+    assert 128 / (seconds + 0.006) <= epoch["images_per_second"] <= 128 / max(seconds - 0.006, 1e-3)
+
+
+STALE = (
+    "checkpoint.json.tmp",
+    "log.jsonl.tmp",
+    "model.safetensors.tmp",
+    "ckpt-000000099.model.safetensors.tmp",
+    "ckpt-000000099.optim.safetensors.tmp",
+    "ckpt-000000003.model.safetensors",  # tensors whose JSON never got written
+)
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed_on_the_next_start(tmp_path):
+    run = tmp_path / "run"
+    train(tiny(tmp_path), until_epoch=1)
+    for name in STALE + ("notes.tmp", "mine.txt"):
+        (run / name).write_bytes(b"\0" * 1000)
+    train(tiny(tmp_path, resume=True))
+    left = sorted(p.name for p in run.iterdir())
+    assert not set(STALE) & set(left)
+    assert {"notes.tmp", "mine.txt"} <= set(left)  # not the run's files: left alone
+    assert not [name for name in left if name.endswith(".tmp") and name != "notes.tmp"]
+    # a folder with only the leftovers of a killed first save is not a run: it starts
+    other = tmp_path / "killed"
+    other.mkdir()
+    for name in STALE:
+        (other / name).write_bytes(b"\0" * 1000)
+    train(tiny(tmp_path, "killed", epochs=1))
+    assert not [p.name for p in other.iterdir() if p.name in STALE]
+
+
+def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
+    import vitres.train.checkpoint as checkpoint_module
+
+    def broken_save(tensors, path, metadata=None):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(tiny(tmp_path, epochs=1))
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_auto_precision_is_stored_resolved_and_kept_on_resume(tmp_path, monkeypatch):
+    import vitres.train.config as config_module
+
+    amd = tmp_path / "amd-cpuinfo"
+    amd.write_text("flags\t\t: fpu avx512f avx512_bf16\n")
+    amx = tmp_path / "amx-cpuinfo"
+    amx.write_text("flags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    detect = config_module.cpu_supports_bf16
+
+    def on(cpuinfo):
+        monkeypatch.setattr(
+            config_module, "cpu_supports_bf16", lambda _=None, flags=(): detect(str(cpuinfo), flags)
+        )
+
+    on(amd)
+    train(tiny(tmp_path, "auto", precision="auto"), until_epoch=1)
+    saved = load_checkpoint(tmp_path / "auto")
+    assert saved["precision"] == "fp32" and saved["train_config"]["precision"] == "fp32"
+    on(amx)  # the resume runs on a CPU where "auto" would pick bf16
+    assert resolve_precision("auto") == "bf16"
+    with pytest.raises(ValueError, match="precision='bf16'.*trains in 'fp32'"):
+        train(tiny(tmp_path, "auto", precision="bf16", resume=True))
+    resumed = train(tiny(tmp_path, "auto", precision="auto", resume=True))
+    assert resumed.precision == "fp32"
+    assert {h["precision"] for h in resumed.history} == {"fp32"}
+    train(tiny(tmp_path, "fp32", precision="fp32"))
+    assert_same_state(tmp_path / "auto", tmp_path / "fp32")
+    meta = json.loads((tmp_path / "auto" / "model.json").read_text())["metadata"]
+    assert meta["train_config"]["precision"] == "fp32"

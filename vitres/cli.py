@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = (
     "demo_cmd",
     "train_cmd",
+    "flexify_cmd",
     "eval_cmd",
     "explain_cmd",
     "ood_cmd",

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import types
-import typing
+
+from vitres.commands.config_flags import add_config_flags, config_from_args
 
 HELP = {
     "model": "registry name of the architecture, e.g. vit_tiny_patch4",
@@ -47,62 +46,9 @@ HELP = {
     "checkpoint_every_steps": "also checkpoint every N steps inside an epoch (0: per epoch)",
     "log_every_steps": "write a step record to log.jsonl every N steps",
     "progress": "tqdm progress bar",
-    "resume": "continue from the checkpoint in --out-dir",
+    "resume": "continue the run in --out-dir (--epochs may grow; other changes are refused)",
+    "overwrite": "delete the run already in --out-dir and start again",
 }
-
-
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _key_value(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    key, value = text.split("=", 1)
-    return key.strip(), _parse_value(value)
-
-
-def _optional(kind: type):
-    def parse(text: str):
-        return None if text.lower() in ("none", "") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def _sequence(kind: type):
-    def parse(text: str):
-        if text.lower() in ("none", ""):
-            return ()
-        try:
-            return tuple(kind(v) for v in text.split(",") if v.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected comma-separated {kind.__name__}s, got {text!r}"
-            ) from None
-
-    parse.__name__ = f"{kind.__name__} list"
-    return parse
-
-
-def _argument_for(field: dataclasses.Field, hint) -> dict:
-    """argparse keyword arguments for one TrainConfig field, from its type hint."""
-    args = typing.get_args(hint)
-    origin = typing.get_origin(hint)
-    optional = (origin in (typing.Union, types.UnionType)) and type(None) in args
-    if optional:
-        hint = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        return {"action": argparse.BooleanOptionalAction}
-    if origin is tuple:
-        return {"type": _sequence(args[0]), "metavar": "A,B,..."}
-    if hint is dict:
-        return {"type": _key_value, "action": "append", "metavar": "KEY=VALUE"}
-    return {"type": _optional(hint) if optional else hint}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -115,17 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with per-epoch checkpoints; --resume continues exactly where a run stopped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    hints = typing.get_type_hints(TrainConfig)
-    defaults = TrainConfig()
-    for field in dataclasses.fields(TrainConfig):
-        kwargs = _argument_for(field, hints[field.name])
-        flag = "--set" if field.name == "model_overrides" else "--" + field.name.replace("_", "-")
-        default = getattr(defaults, field.name)
-        if field.name == "model_overrides":
-            default = None
-        parser.add_argument(
-            flag, dest=field.name, default=default, help=HELP.get(field.name, ""), **kwargs
-        )
+    add_config_flags(parser, TrainConfig, HELP, flags={"model_overrides": ["--set"]})
     parser.add_argument("--json", action="store_true", help="print the final record as JSON")
     parser.set_defaults(func=run)
 
@@ -133,9 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitres.train import TrainConfig, train
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    values["model_overrides"] = dict(values["model_overrides"] or [])
-    config = TrainConfig(**values)
+    config = config_from_args(TrainConfig, args)
     result = train(config)
     summary = {
         "out_dir": str(result.out_dir),

@@ -27,6 +27,7 @@ from vitres.data.loader import (
     get_dataset,
     iterate_batches,
     prepare_batch,
+    take_batch,
 )
 from vitres.data.transforms import (
     LUMA_WEIGHTS,
@@ -62,6 +63,7 @@ __all__ = [
     "match_channels",
     "normalize",
     "prepare_batch",
+    "take_batch",
     "random_hflip",
     "random_resized_crop",
     "read_idx",

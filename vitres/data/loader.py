@@ -41,6 +41,7 @@ __all__ = [
     "get_dataset",
     "iterate_batches",
     "prepare_batch",
+    "take_batch",
 ]
 
 #: Per-channel mean / std of the Fashion-MNIST train set in [0, 1] (measured: 0.28604, 0.35302).
@@ -177,18 +178,35 @@ def iterate_batches(
         indices = order[start : start + batch_size]
         if drop_last and len(indices) < batch_size:
             return
-        if isinstance(dataset, ArrayDataset):
-            yield dataset.images[indices], dataset.labels[indices]
+        images, labels = take_batch(dataset, indices)
+        if len(labels):
+            yield images, labels
+
+
+def take_batch(
+    dataset: Dataset, indices: torch.Tensor
+) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+    """The examples at ``indices``, at native resolution.
+
+    Args:
+        dataset: An :class:`ArrayDataset` (the batch is sliced from the stored tensor) or
+            any dataset whose items are ``(image, label)`` or ``None`` (unreadable).
+        indices: int64 tensor of example indices.
+
+    Returns:
+        ``images``: uint8 tensor (B, C, H, W) for an :class:`ArrayDataset`, else a list of
+        uint8 tensors (C, H_i, W_i) without the unreadable files; ``labels``: int64 (B,).
+    """
+    if isinstance(dataset, ArrayDataset):
+        return dataset.images[indices], dataset.labels[indices]
+    images, labels = [], []
+    for index in indices.tolist():
+        item = dataset[index]
+        if item is None:
             continue
-        images, labels = [], []
-        for index in indices.tolist():
-            item = dataset[index]
-            if item is None:
-                continue
-            images.append(item[0])
-            labels.append(int(item[1]))
-        if images:
-            yield images, torch.tensor(labels, dtype=torch.int64)
+        images.append(item[0])
+        labels.append(int(item[1]))
+    return images, torch.tensor(labels, dtype=torch.int64)
 
 
 def _as_float(image: torch.Tensor) -> torch.Tensor:
