@@ -194,6 +194,12 @@ def test_onnxruntime_sessions_and_graphs_are_reused(trained, tmp_path_factory):
     assert options.graph_optimization_level.name == "ORT_ENABLE_ALL"
     fp32_graphs = [p for p in cache.glob("*.onnx") if "int8" not in p.name]
     assert fp32_graphs == [first.onnx_path]
+    # the backend's graph is what `vitres export` writes by default: same spec, recorded
+    from vitres.export import ExportSpec, read_export_spec
+
+    assert read_export_spec(first.onnx_path) == ExportSpec(
+        example_size=(42, 35), patch_size=7
+    )  # native 28 + two patches tall, + one patch wide
 
 
 def test_compile_counts_recompiles_on_shape_changes(trained):

@@ -11,6 +11,7 @@ import vitres
 from vitres.cli import main
 from vitres.data import eval_batches, load_fashion_mnist
 from vitres.export import (
+    DEFAULT_OPSET,
     ExportParityError,
     OnnxModel,
     calibration_batches,
@@ -44,8 +45,10 @@ def exported(tmp_path_factory):
 
 def test_dynamic_export_has_symbolic_batch_height_width(exported):
     _, result = exported
-    assert result.dynamic and result.opset >= 18 and result.patch_size == 4
+    assert result.dynamic and result.opset == DEFAULT_OPSET == 23 and result.patch_size == 4
     graph = onnx.load(str(result.path)).graph
+    # opset 23: the exporter emits ONNX's fused Attention, which ONNX Runtime runs fused
+    assert sum(n.op_type == "Attention" for n in graph.node) == 2  # one per block
     dims = graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param != "" for d in dims] == [True, False, True, True]
     assert dims[1].dim_value == 1
@@ -95,9 +98,72 @@ def test_onnx_model_validates_inputs(exported):
     runner = OnnxModel(result.path, patch_size=4, multiple_of_patch=True)
     with pytest.raises(ValueError, match="multiples of 4"):
         runner(torch.randn(1, 1, 30, 28))
-    with pytest.raises(ValueError, match="channels must be 1"):
+    with pytest.raises(ValueError, match="expected 1 channel"):
         runner(torch.randn(1, 3, 28, 28))
     assert runner(torch.randn(2, 1, 32, 28)).shape == (2, 10)
+
+
+def test_onnx_model_checks_inputs_as_eager_mode_does(exported):
+    """Every input eager mode rejects, the ONNX runner rejects with the same kind of
+    message (and eager's own message matches, so both speak the same language)."""
+    model, result = exported
+    runner = OnnxModel(result.path)  # patch size and policy from the file's metadata
+    assert runner.patch_size == 4 and not runner.multiple_of_patch
+    good = torch.randn(2, 1, 28, 28)
+    bad_inputs = {
+        "smaller than one 4x4 patch": torch.randn(1, 1, 3, 28),
+        "expected floating-point images, got dtype torch.int64": torch.randint(
+            0, 255, (1, 1, 28, 28)
+        ),
+        "NaN or Inf": good.clone().index_put_((torch.tensor([0]),), torch.tensor(float("nan"))),
+        "expected 1 channel": torch.randn(1, 3, 28, 28),
+        r"\(B, C, H, W\), got 3-D .*unsqueeze": torch.randn(1, 28, 28),
+        r"\(B, C, H, W\), got 5-D": torch.randn(1, 1, 1, 28, 28),
+    }
+    inf = good.clone()
+    inf[1, 0, 5, 5] = float("inf")
+    bad_inputs["contain NaN or Inf"] = inf
+    for message, x in bad_inputs.items():
+        with pytest.raises(ValueError, match=message):
+            runner(x)
+        with pytest.raises(ValueError, match=message):
+            model(x)
+    with pytest.raises(ValueError, match="got dtype int64"):
+        runner(np.zeros((1, 1, 28, 28), dtype=np.int64))
+    with pytest.raises(ValueError, match="got dtype torch.bool"):
+        runner(torch.zeros(1, 1, 28, 28, dtype=torch.bool))
+    with pytest.raises(ValueError, match="torch.Tensor or numpy array"):
+        runner([[[[0.0] * 28] * 28]])
+
+
+def test_onnx_model_casts_other_float_types_to_float32(exported):
+    _, result = exported
+    runner = OnnxModel(result.path)
+    x = torch.randn(2, 1, 24, 36)
+    expected = runner(x)
+    assert expected.dtype == torch.float32
+    for dtype, atol in ((torch.float64, 1e-6), (torch.float16, 0.05), (torch.bfloat16, 0.2)):
+        cast = x.to(dtype)
+        got = runner(cast)
+        assert got.dtype == torch.float32
+        # exactly the float32 result of the cast input (the rounding is the input's)
+        torch.testing.assert_close(got, runner(cast.float()), atol=0, rtol=0)
+        torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+    torch.testing.assert_close(runner(x.numpy().astype(np.float64)), expected, atol=1e-6, rtol=0)
+
+
+def test_patch_size_zero_or_negative_is_an_error(tmp_path, capsys):
+    model = tiny_vit()
+    for patch in (0, -4):
+        with pytest.raises(ValueError, match="patch_size must be a positive int"):
+            export_onnx(model, tmp_path / "p.onnx", patch_size=patch)
+    checkpoint = vitres.save_model(model, tmp_path / "tiny.safetensors")
+    for patch in ("0", "-1"):
+        out = tmp_path / "p0.onnx"
+        rc = main(["export", "--model", str(checkpoint), "--out", str(out), "--patch-size", patch])
+        assert rc == 2 and not out.exists()
+        assert "patch_size must be a positive int" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 def test_unsupported_exports_raise_clear_errors(tmp_path):
@@ -136,18 +202,18 @@ def test_int8_dynamic_and_static_agree_with_fp32_on_real_images(exported, tmp_pa
     }
     # dynamo graphs need the value_info repair before ORT's quantiser can read them
     assert all(f["preprocess"].startswith("strip_value_info") for f in facts.values())
-    # 2 blocks x (qkv, proj, fc1, fc2) + head (+ the patch conv for static); the four
-    # attention matmuls (Q.K^T, softmax.V per block) stay float
+    # 2 blocks x (qkv, proj, fc1, fc2) + head (+ the patch conv for static); attention is
+    # one fused float Attention operator at opset 23, so no attention matmul to exclude
     assert facts["dynamic"]["quantized_candidates"] == 9
     assert facts["static"]["quantized_candidates"] == 10
-    assert all(f["excluded_nodes"] == 4 for f in facts.values())
+    assert all(f["excluded_nodes"] == 0 for f in facts.values())
     test = load_fashion_mnist("test")
     cfg = model.config
     for mode in ("dynamic", "static"):
         runner = OnnxModel(tmp_path / ("dyn.onnx" if mode == "dynamic" else "static.onnx"))
         ops = {n.op_type for n in onnx.load(str(runner.path)).graph.node}
         assert ("QuantizeLinear" in ops) if mode == "static" else ("MatMulInteger" in ops)
-        assert {"LayerNormalization", "Softmax"} <= ops  # sensitive ops left in float
+        assert {"LayerNormalization", "Attention"} <= ops  # sensitive ops left in float
         for size in ((28, 28), (20, 36)):  # the same INT8 graph at two sizes
             x, _ = next(
                 eval_batches(test, size, 128, mean=cfg.mean, std=cfg.std, in_chans=1, limit=128)
@@ -159,6 +225,25 @@ def test_int8_dynamic_and_static_agree_with_fp32_on_real_images(exported, tmp_pa
             # fp32 ones closely (Pearson correlation over all logits of 128 images)
             corr = torch.corrcoef(torch.stack([got.flatten(), expected.flatten()]))[0, 1]
             assert corr > 0.995, (mode, size, float(corr))
+
+
+def test_int8_at_opset_18_keeps_the_attention_matmuls_float(tmp_path):
+    """At opset 18 attention is decomposed (MatMul, Softmax, MatMul): the two
+    activation-by-activation matmuls per block are excluded from quantisation."""
+    model = tiny_vit()
+    result = export_onnx(model, tmp_path / "vit18.onnx", (36, 32), opset=18)
+    assert result.opset == 18 and result.parity.ok
+    facts = quantize_onnx(result.path, tmp_path / "dyn18.onnx", "dynamic")
+    assert facts["quantized_candidates"] == 9 and facts["excluded_nodes"] == 4
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "dyn18.onnx")).graph.node}
+    assert "Attention" not in ops and {"Softmax", "MatMulInteger", "MatMul"} <= ops
+    x = torch.randn(4, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)
+    corr = torch.corrcoef(
+        torch.stack([OnnxModel(tmp_path / "dyn18.onnx")(x).flatten(), expected.flatten()])
+    )
+    assert corr[0, 1] > 0.995
 
 
 def test_quantize_rejects_bad_arguments(exported, tmp_path):

@@ -9,7 +9,9 @@
 Both quantise only the weight matmuls (static also the patch convolution); LayerNorm,
 Softmax, GELU, residual Adds and attention stay float (at the backends' opset 23,
 attention is one fused float ``Attention`` operator). Quantised graphs are cached beside
-the fp32 export. ``quantize_time_s`` is part of ``build_time_s``.
+the fp32 export. ``quantize_time_s`` is part of ``build_time_s``. Calibration method,
+image count, split and data default to the shared
+:class:`~vitres.export.spec.ExportSpec` (percentile, 256 train images).
 """
 
 from __future__ import annotations
@@ -21,12 +23,16 @@ from typing import Any
 from torch import nn
 
 from vitres.backends.base import register_backend
-from vitres.backends.onnx_backend import ORT_OPSET, OnnxRuntimeBackend, exported_graph
+from vitres.backends.onnx_backend import OnnxRuntimeBackend, exported_graph
+from vitres.export.spec import ExportSpec
 
 
 @register_backend
 class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
     """ONNX Runtime, dynamic INT8.
+
+    Every argument left ``None`` takes the :class:`~vitres.export.spec.ExportSpec` value
+    (``spec``, or the shared defaults), so ``vitres export`` makes the same graph.
 
     Args:
         device: Only ``"cpu"``.
@@ -42,6 +48,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         quantize_attention_matmuls: Also quantise Q·Kᵀ and softmax·V (opset-18 graphs;
             at opset 23 attention is one fused float operator).
         opset: See :class:`~vitres.backends.onnx_backend.OnnxRuntimeBackend`.
+        spec: The export spec the other arguments override.
     """
 
     name = "onnxruntime-int8"
@@ -53,41 +60,56 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         device: str = "cpu",
         threads: int | None = None,
         cache_dir: str | Path | None = None,
-        calib_method: str = "percentile",
-        calibration_data: str = "fashion-mnist",
-        calib_images: int = 256,
-        calib_split: str = "train",
+        calib_method: str | None = None,
+        calibration_data: str | None = None,
+        calib_images: int | None = None,
+        calib_split: str | None = None,
         calibration_data_dir: str | None = None,
         calib_resolutions: Sequence[tuple[int, int]] | None = None,
-        quantize_attention_matmuls: bool = False,
-        opset: int = ORT_OPSET,
+        quantize_attention_matmuls: bool | None = None,
+        opset: int | None = None,
+        spec: ExportSpec | None = None,
     ) -> None:
-        super().__init__(device, threads, cache_dir, opset=opset)
-        self.calib_method = calib_method
-        self.calibration_data = calibration_data
-        self.calib_images = calib_images
-        self.calib_split = calib_split
-        self.calibration_data_dir = calibration_data_dir
-        self.calib_resolutions = (
-            None if calib_resolutions is None else [tuple(r) for r in calib_resolutions]
+        spec = (spec or ExportSpec()).with_overrides(
+            int8=self.mode,
+            calib_method=calib_method,
+            calib_data=calibration_data,
+            calib_images=calib_images,
+            calib_split=calib_split,
+            calib_resolutions=None
+            if calib_resolutions is None
+            else tuple(tuple(r) for r in calib_resolutions),
+            quantize_attention_matmuls=quantize_attention_matmuls,
         )
-        self.quantize_attention_matmuls = quantize_attention_matmuls
+        super().__init__(device, threads, cache_dir, opset=opset, spec=spec)
+        self.calibration_data_dir = calibration_data_dir
         self.quantize_time_s: float | None = None
+
+    @property
+    def calib_method(self) -> str:
+        return self.spec.calib_method
+
+    @property
+    def calibration_data(self) -> str:
+        return self.spec.calib_data
 
     def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
         from vitres.export import calibration_batches, quantize_onnx
 
+        spec = self.spec
         fp32_path = super().graph_for(model, image_size)
         tag = f"int8-{self.mode}"
-        if self.quantize_attention_matmuls:
+        if spec.quantize_attention_matmuls:
             tag += "-attn"
-        resolutions = self.calib_resolutions or [tuple(image_size)]
+        resolutions = list(spec.calib_resolutions or [tuple(image_size)])
         if not self.build_info.get("dynamic", True):  # a static graph takes one size only
             resolutions = [tuple(image_size)]
         if self.mode == "static":
-            data = Path(self.calibration_data).name or "data"
+            data = Path(spec.calib_data).name or "data"
             sizes = "_".join(f"{h}x{w}" for h, w in resolutions)
-            tag += f"-{self.calib_method}-{data}-{self.calib_split}-{self.calib_images}-{sizes}"
+            tag += f"-{spec.calib_method}-{data}-{spec.calib_split}-{spec.calib_images}-{sizes}"
+            if spec.calib_method == "percentile" and spec.calib_percentile != 99.999:
+                tag += f"-p{spec.calib_percentile:g}"
         path = fp32_path.with_name(f"{fp32_path.stem}-{tag}.onnx")
         self.quantize_time_s = 0.0
         if not path.exists():
@@ -95,10 +117,10 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
             if self.mode == "static":
                 calibration = calibration_batches(
                     model,
-                    self.calibration_data,
+                    spec.calib_data,
                     resolutions,
-                    num_images=self.calib_images,
-                    split=self.calib_split,
+                    num_images=spec.calib_images,
+                    split=spec.calib_split,
                     data_dir=self.calibration_data_dir,
                 )
             partial = path.with_suffix(".partial.onnx")
@@ -107,8 +129,9 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
                 partial,
                 self.mode,
                 calibration=calibration,
-                calib_method=self.calib_method,
-                quantize_attention_matmuls=self.quantize_attention_matmuls,
+                calib_method=spec.calib_method,
+                percentile=spec.calib_percentile,
+                quantize_attention_matmuls=spec.quantize_attention_matmuls,
             )
             partial.replace(path)
             self.quantize_time_s = facts["seconds"]

@@ -7,6 +7,10 @@ opens a session with an explicit thread count and every graph optimisation. Expo
 files are cached on disk by a hash of the weights, config, patch size and exporter, so a
 sweep exports each model once; sessions are cached per file. ``export_time_s`` and
 ``session_time_s`` split ``build_time_s`` (which also includes hashing and the check).
+
+Opset, parity tolerance (and, for the INT8 backends, calibration) come from one
+:class:`~vitres.export.spec.ExportSpec`, whose defaults ``vitres export`` shares: a file
+exported from a sweep record is the graph the sweep measured.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ import torch
 from torch import Tensor, nn
 
 from vitres.backends.base import Backend, register_backend
+from vitres.export.spec import ExportSpec
 
 _REQUIRED = ("onnx", "onnxruntime", "onnxscript")
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "vitres-onnx-cache"
-ORT_OPSET = 23  # fused Attention (opset 23) and Gelu (opset 20) for ONNX Runtime
 
 
 def onnx_availability() -> tuple[bool, str]:
@@ -60,7 +64,7 @@ def exported_graph(
     model: nn.Module,
     image_size: tuple[int, int],
     cache_dir: str | Path | None = None,
-    opset: int | None = None,
+    spec: ExportSpec | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """The fp32 ONNX graph of ``model`` for inputs of ``image_size``, exported once.
 
@@ -72,12 +76,13 @@ def exported_graph(
         The file, and facts: whether it was exported now, the export seconds, dynamic or
         static, the parity report.
     """
-    from vitres.export import DEFAULT_OPSET, _check_exportable, export_onnx, unwrap_model
+    from vitres.export import check_exportable, export_onnx, unwrap_model
 
-    opset = opset or DEFAULT_OPSET
+    spec = spec or ExportSpec()
+    opset = spec.opset
     base, _ = unwrap_model(model)
     try:
-        _check_exportable(base, dynamic=True, opset=opset)
+        check_exportable(base, dynamic=True, opset=opset)
         dynamic = True
     except ValueError:
         dynamic = False
@@ -91,7 +96,12 @@ def exported_graph(
         directory.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.onnx")
         result = export_onnx(
-            model, partial, None if dynamic else tuple(image_size), dynamic=dynamic, opset=opset
+            model,
+            partial,
+            None if dynamic else tuple(image_size),
+            dynamic=dynamic,
+            opset=opset,
+            atol=spec.atol,
         )
         partial.replace(path)  # only checked graphs ever get the final name
         info.update(
@@ -112,10 +122,10 @@ class OnnxRuntimeBackend(Backend):
         threads: ``intra_op_num_threads``; torch's thread count at ``prepare`` when ``None``.
         cache_dir: Where exported graphs are kept (a temp folder by default).
         optimization: ORT graph optimisation level (``"all"``).
-        opset: Opset of the graph this backend exports for itself. 23 (default) lets the
-            exporter emit ONNX's fused ``Attention`` and ``Gelu`` operators, which ONNX
-            Runtime runs faster than the opset-18 decomposition (MatMul/Softmax/Erf);
-            ``vitres.export.export_onnx`` keeps 18 as the portable default for files.
+        opset: Opset of the graph this backend exports for itself; ``spec.opset`` (23 by
+            default: ONNX's fused ``Attention`` and ``Gelu``) when ``None``.
+        spec: The export spec (opset, tolerance; INT8 subclasses also read calibration);
+            the shared defaults when ``None``.
     """
 
     name = "onnxruntime"
@@ -128,7 +138,8 @@ class OnnxRuntimeBackend(Backend):
         threads: int | None = None,
         cache_dir: str | Path | None = None,
         optimization: str = "all",
-        opset: int = ORT_OPSET,
+        opset: int | None = None,
+        spec: ExportSpec | None = None,
     ) -> None:
         super().__init__(device)
         if self.device.type != "cpu":
@@ -139,7 +150,7 @@ class OnnxRuntimeBackend(Backend):
         self.threads = threads
         self.cache_dir = cache_dir
         self.optimization = optimization
-        self.opset = opset
+        self.spec = (spec or ExportSpec()).with_overrides(opset=opset)
         self.onnx_path: Path | None = None
         self.export_time_s: float | None = None
         self.session_time_s: float | None = None
@@ -147,7 +158,7 @@ class OnnxRuntimeBackend(Backend):
 
     def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
         """The graph this backend runs (subclasses quantise it)."""
-        path, info = exported_graph(model, image_size, self.cache_dir, self.opset)
+        path, info = exported_graph(model, image_size, self.cache_dir, self.spec)
         self.build_info.update(info)
         self.export_time_s = info["export_time_s"]
         return path
@@ -162,12 +173,17 @@ class OnnxRuntimeBackend(Backend):
         self.runner = OnnxModel(
             self.onnx_path,
             threads=self.threads or torch.get_num_threads(),
-            patch_size=bound_patch or base.config.patch_size,
+            patch_size=int(bound_patch or base.config.patch_size),
             multiple_of_patch=base.config.size_policy == "error",
             optimization=self.optimization,
         )
         self.session_time_s = time.perf_counter() - start
         self.build_info["session_time_s"] = self.session_time_s
+
+    @property
+    def opset(self) -> int:
+        """The opset of the graphs this backend exports."""
+        return self.spec.opset
 
     def run(self, batch: Tensor) -> Tensor:
         return self.runner(batch)

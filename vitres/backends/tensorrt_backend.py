@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from vitres.backends.base import Backend, register_backend
 from vitres.backends.onnx_backend import DEFAULT_CACHE_DIR, exported_graph
+from vitres.export.spec import ExportSpec
 
 
 def tensorrt_availability() -> tuple[bool, str]:
@@ -55,6 +56,9 @@ class TensorRTBackend(Backend):
         max_batch: Largest batch of the profile.
         workspace_gb: Builder workspace limit.
         cache_dir: Where ONNX graphs and engines are kept.
+        spec: The export spec of the ONNX graph (opset 23 by default: TensorRT >= 10.14
+            parses its fused ``Attention``; pass ``ExportSpec(opset=18)`` for older
+            TensorRT); the shared defaults when ``None``.
     """
 
     name = "tensorrt"
@@ -69,8 +73,10 @@ class TensorRTBackend(Backend):
         max_batch: int = 64,
         workspace_gb: float = 4.0,
         cache_dir: str | Path | None = None,
+        spec: ExportSpec | None = None,
     ) -> None:
         super().__init__("cuda" if torch.device(device).type == "cpu" else device)
+        self.spec = spec or ExportSpec()
         self.min_size = min_size
         self.max_size = max_size
         self.max_batch = max_batch
@@ -85,7 +91,7 @@ class TensorRTBackend(Backend):
 
     # ------------------------------------------------------------------ graph and profile
     def onnx_graph(self, model: nn.Module, image_size: tuple[int, int]) -> tuple[Path, bool]:
-        path, info = exported_graph(model, image_size, self.cache_dir)
+        path, info = exported_graph(model, image_size, self.cache_dir, self.spec)
         return path, bool(info["dynamic"])
 
     def optimisation_profile(
@@ -149,7 +155,13 @@ class TensorRTBackend(Backend):
         parser = trt.OnnxParser(network, logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
+            hint = ""
+            if self.spec.opset >= 23:
+                hint = (
+                    f"; the graph has opset {self.spec.opset} (fused Attention, parsed by "
+                    "TensorRT >= 10.14): upgrade TensorRT or pass spec=ExportSpec(opset=18)"
+                )
+            raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}{hint}")
         config = builder.create_builder_config()
         config.set_memory_pool_limit(
             trt.MemoryPoolType.WORKSPACE, int(self.workspace_gb * (1 << 30))
@@ -192,12 +204,15 @@ class TensorRTBackend(Backend):
 class TensorRTInt8Backend(TensorRTBackend):
     """TensorRT from the static QDQ INT8 graph (calibrated on real images), FP16 elsewhere.
 
+    Calibration arguments left ``None`` take the export spec's values (the shared
+    :class:`~vitres.export.spec.ExportSpec` defaults), as the ONNX Runtime INT8 backends do.
+
     Args:
         calib_method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
         calibration_data: Dataset name or image folder (its train split is used).
         calibration_data_dir: Folder of a named dataset's files.
         calib_images: Number of calibration images.
-        **kwargs: See :class:`TensorRTBackend`.
+        **kwargs: See :class:`TensorRTBackend` (``spec`` among them).
     """
 
     name = "tensorrt-int8"
@@ -207,33 +222,38 @@ class TensorRTInt8Backend(TensorRTBackend):
     def __init__(
         self,
         device: str = "cuda",
-        calib_method: str = "percentile",
-        calibration_data: str = "fashion-mnist",
-        calib_images: int = 256,
+        calib_method: str | None = None,
+        calibration_data: str | None = None,
+        calib_images: int | None = None,
         calibration_data_dir: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(device, **kwargs)
-        self.calib_method = calib_method
-        self.calibration_data = calibration_data
+        self.spec = self.spec.with_overrides(
+            int8="static",
+            calib_method=calib_method,
+            calib_data=calibration_data,
+            calib_images=calib_images,
+        )
         self.calibration_data_dir = calibration_data_dir
-        self.calib_images = calib_images
 
     def onnx_graph(self, model: nn.Module, image_size: tuple[int, int]) -> tuple[Path, bool]:
         from vitres.export import calibration_batches, quantize_onnx
 
+        spec = self.spec
         path, dynamic = super().onnx_graph(model, image_size)
-        data = Path(self.calibration_data).name or "data"  # graphs never mix datasets
+        data = Path(spec.calib_data).name or "data"  # graphs never mix datasets
         qdq = path.with_name(
-            f"{path.stem}-int8-static-{self.calib_method}-{data}-{self.calib_images}"
-            f"-{image_size[0]}x{image_size[1]}.onnx"
+            f"{path.stem}-int8-static-{spec.calib_method}-{data}-{spec.calib_split}-"
+            f"{spec.calib_images}-{image_size[0]}x{image_size[1]}-trt.onnx"
         )
         if not qdq.exists():
             batches = calibration_batches(
                 model,
-                self.calibration_data,
+                spec.calib_data,
                 [tuple(image_size)],
-                num_images=self.calib_images,
+                num_images=spec.calib_images,
+                split=spec.calib_split,
                 data_dir=self.calibration_data_dir,
             )
             quantize_onnx(
@@ -241,7 +261,8 @@ class TensorRTInt8Backend(TensorRTBackend):
                 qdq,
                 "static",
                 calibration=batches,
-                calib_method=self.calib_method,
+                calib_method=spec.calib_method,
+                percentile=spec.calib_percentile,
                 target="tensorrt",
             )
         return qdq, dynamic

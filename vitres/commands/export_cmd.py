@@ -1,8 +1,28 @@
-"""`vitres export`: a model to ONNX (one graph for every input size), optionally INT8."""
+"""`vitres export`: a model to ONNX (one graph for every input size), optionally INT8, or
+exactly the configuration a sweep measured (``--from results.jsonl --key K`` or
+``--recommended``)."""
 
 from __future__ import annotations
 
 import argparse
+
+from vitres.commands.args import add_budget_arguments, budget_from_args
+from vitres.export.spec import CALIBRATION_METHODS, INT8_MODES, ExportSpec
+
+_DEFAULTS = ExportSpec()
+# flags that set the spec; with --from the record sets it, so they are refused there
+_SPEC_FLAGS = (
+    "opset",
+    "size",
+    "static",
+    "patch_size",
+    "int8",
+    "calib_method",
+    "calib_data",
+    "calib_split",
+    "calib_images",
+    "calib_res",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -12,122 +32,202 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Exports a ViT to one ONNX graph that serves every batch size and input "
         "size (position-table resampling stays in the graph), checks it against eager PyTorch "
         "at several sizes, and optionally quantises it to INT8 with ONNX Runtime. An MLP-Mixer "
-        "needs --static (one graph per resolution).",
+        "needs --static (one graph per resolution). With --from RESULTS and --key or "
+        "--recommended it exports exactly the configuration a sweep measured. The export "
+        "spec, vitres version, model and record key are written into the file's metadata.",
     )
-    parser.add_argument(
-        "--model", required=True, help="bundled name, checkpoint path or registry name"
+    source = parser.add_argument_group("what to export")
+    source.add_argument(
+        "--model",
+        default=None,
+        help="bundled name, checkpoint path or registry name (with --from: the record's "
+        "model unless given)",
+    )
+    source.add_argument(
+        "--from",
+        dest="from_results",
+        metavar="RESULTS",
+        default=None,
+        help="results file of `vitres sweep`: export the configuration of one record",
+    )
+    pick = source.add_mutually_exclusive_group()
+    pick.add_argument("--key", default=None, help="with --from: the record's config key")
+    pick.add_argument(
+        "--recommended",
+        action="store_true",
+        help="with --from: the config `vitres recommend` picks under the budget flags",
     )
     parser.add_argument(
         "--out", required=True, help="output .onnx file (the INT8 graph with --int8)"
     )
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18; default 18)")
-    parser.add_argument(
+    spec = parser.add_argument_group("export spec (not with --from: the record sets it)")
+    spec.add_argument(
+        "--opset", type=int, default=None, help=f"ONNX opset (>= 18; default {_DEFAULTS.opset})"
+    )
+    spec.add_argument(
         "--size",
         default=None,
         help="example size HxW to trace at: non-native and non-square for dynamic export "
         "(default: native + 2 patches tall, + 1 patch wide); the only size with --static",
     )
-    parser.add_argument(
+    spec.add_argument(
         "--static", action="store_true", help="fixed height and width (batch stays dynamic)"
     )
-    parser.add_argument(
-        "--patch-size", type=int, default=None, help="patch size baked into the graph"
+    spec.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="patch size baked into the graph (a positive int; default: the model's own)",
     )
-    parser.add_argument("--atol", type=float, default=1e-4, help="parity tolerance vs eager (fp32)")
-    parser.add_argument(
-        "--int8", choices=("dynamic", "static"), default=None, help="quantise to INT8"
+    spec.add_argument(
+        "--int8",
+        choices=[m for m in INT8_MODES if m != "none"],
+        default=None,
+        help="quantise to INT8 (default: float32)",
     )
-    parser.add_argument(
+    spec.add_argument(
         "--calib-method",
-        choices=("minmax", "entropy", "percentile"),
-        default="percentile",
-        help="how static INT8 sets activation ranges (default percentile, 99.999)",
+        choices=CALIBRATION_METHODS,
+        default=None,
+        help=f"how static INT8 sets activation ranges (default {_DEFAULTS.calib_method}, "
+        f"{_DEFAULTS.calib_percentile:g})",
     )
-    parser.add_argument(
-        "--calib-data", default="fashion-mnist", help="dataset name or image folder"
+    spec.add_argument(
+        "--calib-data",
+        default=None,
+        help=f"dataset name or image folder (default {_DEFAULTS.calib_data})",
     )
-    parser.add_argument(
-        "--calib-split", default="train", help="split the calibration images come from"
+    spec.add_argument(
+        "--calib-split",
+        default=None,
+        help=f"split the calibration images come from (default {_DEFAULTS.calib_split})",
     )
-    parser.add_argument(
-        "--calib-images", type=int, default=256, help="number of calibration images"
+    spec.add_argument(
+        "--calib-images",
+        type=int,
+        default=None,
+        help=f"number of calibration images (default {_DEFAULTS.calib_images})",
     )
-    parser.add_argument(
+    spec.add_argument(
         "--calib-res",
         default=None,
-        help="comma-separated calibration resolutions (default: the native one)",
+        help="calibration resolutions, e.g. 16,28,28x40 (default: the native one)",
+    )
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help=f"parity tolerance vs eager, fp32 (default {_DEFAULTS.atol:g})",
     )
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
 
-def _size(text: str) -> tuple[int, int]:
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) <= 0:
-        raise ValueError(f"sizes must look like 28 or 36x32 (height x width), got {text!r}")
-    return values[0], values[1]
+def spec_from_args(args: argparse.Namespace) -> ExportSpec:
+    """The :class:`ExportSpec` the spec flags ask for (shared defaults elsewhere)."""
+    from vitres.layers.sizes import parse_resolutions
+
+    example = None
+    if args.size:
+        sizes = parse_resolutions(args.size)
+        if len(sizes) != 1:
+            raise ValueError(f"--size takes one size like 36x32, got {args.size!r}")
+        example = sizes[0]
+    return _DEFAULTS.with_overrides(
+        opset=args.opset,
+        dynamic=False if args.static else None,
+        example_size=example,
+        patch_size=args.patch_size,
+        int8=args.int8,
+        calib_method=args.calib_method,
+        calib_data=args.calib_data,
+        calib_split=args.calib_split,
+        calib_images=args.calib_images,
+        calib_resolutions=parse_resolutions(args.calib_res) if args.calib_res else None,
+        atol=args.atol,
+    )
+
+
+def _record(args: argparse.Namespace):  # noqa: ANN202 - a Measurement, imported lazily
+    import os
+
+    from vitres.export.from_record import find_record
+    from vitres.tune.recommend import recommend
+    from vitres.tune.records import read_results
+
+    if not os.path.exists(args.from_results):
+        raise FileNotFoundError(
+            f"no results file at {args.from_results}; run `vitres sweep --out "
+            f"{args.from_results}` first"
+        )
+    records = read_results(args.from_results)
+    if args.key:
+        return find_record(records, args.key)
+    rec = recommend(records, budget_from_args(args), args.baseline, args.host)
+    if rec.choice is None:
+        raise ValueError(f"nothing to export from {args.from_results}: {rec.sentence()}")
+    return rec.choice
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vitres.export import (
-        DEFAULT_OPSET,
-        calibration_batches,
-        export_onnx,
-        quantize_onnx,
-        unwrap_model,
-    )
+    from vitres.export import export_from_spec
+    from vitres.export.from_record import export_from_plan, plan_from_record
+    from vitres.models.checkpoint import checkpoint_digest
     from vitres.models.resolve import resolve_model
 
-    model = resolve_model(args.model).eval()
-    out = Path(args.out)
-    fp32_path = out if args.int8 is None else out.with_name(out.stem + ".fp32.onnx")
-    result = export_onnx(
-        model,
-        fp32_path,
-        _size(args.size) if args.size else None,
-        dynamic=not args.static,
-        patch_size=args.patch_size,
-        opset=args.opset or DEFAULT_OPSET,
-        atol=args.atol,
-    )
+    if args.from_results is None:
+        if args.key or args.recommended:
+            raise ValueError("--key and --recommended pick a record of --from RESULTS; give --from")
+        if args.model is None:
+            raise ValueError(
+                "give --model (what to export) or --from RESULTS with --key/--recommended"
+            )
+        spec = spec_from_args(args)
+        model = resolve_model(args.model).eval()
+        artifact = export_from_spec(
+            model,
+            args.out,
+            spec,
+            provenance={"model": args.model, "model_digest": checkpoint_digest(args.model)},
+            calib_data_dir=args.data_dir,
+        )
+    else:
+        if not (args.key or args.recommended):
+            raise ValueError("--from needs --key CONFIGKEY or --recommended")
+        given = [
+            f"--{f.replace('_', '-')}" for f in _SPEC_FLAGS if getattr(args, f) not in (None, False)
+        ]
+        if given:
+            raise ValueError(
+                f"--from exports what the record measured, so {', '.join(given)} cannot change "
+                "it; drop them (or export with --model and your own flags)"
+            )
+        record = _record(args)
+        plan = plan_from_record(record)
+        model = resolve_model(args.model or plan.model).eval()
+        print(f"record {plan.record_key}")
+        artifact = export_from_plan(
+            model,
+            args.out,
+            plan,
+            model_ref=args.model,
+            calib_data_dir=args.data_dir,
+            atol=args.atol,
+        )
+    result = artifact.fp32
     print(f"wrote {result.path} in {result.export_time_s:.1f} s (opset {result.opset})")
     print(f"  inputs: {result.size_rule}; any batch size")
     print(f"  parity: {result.parity}")
-    if args.int8 is None:
-        return 0
-    calibration = None
-    if args.int8 == "static":
-        base, _ = unwrap_model(model)
-        resolutions = (
-            [_size(r) for r in args.calib_res.split(",") if r.strip()]
-            if args.calib_res
-            else [tuple(base.config.img_size)]
+    if artifact.quantization is not None:
+        facts = artifact.quantization
+        method = f", {facts['calib_method']} calibration" if facts["calib_method"] else ""
+        print(
+            f"wrote {artifact.path} ({artifact.spec.int8} INT8{method}; "
+            f"{facts['quantized_candidates']} weight matmuls/convs quantised, "
+            f"{facts['excluded_nodes']} attention matmuls kept float) in {facts['seconds']:.1f} s"
         )
-        if not result.dynamic:
-            resolutions = [result.example_size]
-        calibration = calibration_batches(
-            model,
-            args.calib_data,
-            resolutions,
-            num_images=args.calib_images,
-            split=args.calib_split,
-            data_dir=args.data_dir,
-        )
-    facts = quantize_onnx(
-        fp32_path, out, args.int8, calibration=calibration, calib_method=args.calib_method
-    )
-    method = f", {facts['calib_method']} calibration" if facts["calib_method"] else ""
-    print(
-        f"wrote {out} ({args.int8} INT8{method}; {facts['quantized_candidates']} weight "
-        f"matmuls/convs quantised, {facts['excluded_nodes']} attention matmuls kept float) in "
-        f"{facts['seconds']:.1f} s"
-    )
+    if artifact.metadata.get("notes"):
+        print(f"  note: {artifact.metadata['notes']}")
+    print(f"  spec (in the file's metadata): {artifact.spec.to_json()}")
     return 0

@@ -1,0 +1,62 @@
+"""Exporting vitres models: ONNX graphs for every input size, checked, quantised, described.
+
+One concept per module:
+
+* :mod:`~vitres.export.spec` -- :class:`ExportSpec`, every choice an export makes, with
+  the defaults the ONNX backends and ``vitres export`` share;
+* :mod:`~vitres.export.exportable` -- which models export, and with which sizes;
+* :mod:`~vitres.export.onnx` -- :func:`export_onnx`, one graph for every ``H x W``;
+* :mod:`~vitres.export.parity` -- :func:`check_parity`, ONNX Runtime against eager;
+* :mod:`~vitres.export.runtime` -- cached sessions and :class:`OnnxModel`;
+* :mod:`~vitres.export.quantize` -- INT8 with ONNX Runtime and its calibration images;
+* :mod:`~vitres.export.metadata` -- the spec and provenance in the file's metadata;
+* :mod:`~vitres.export.from_spec` -- :func:`export_from_spec`, spec -> finished file;
+* :mod:`~vitres.export.from_record` -- :func:`plan_from_record`, a sweep record -> spec.
+"""
+
+from vitres.export.exportable import check_exportable, is_mixer, unwrap_model
+from vitres.export.from_record import ExportPlan, plan_from_record
+from vitres.export.from_spec import ExportArtifact, export_from_spec
+from vitres.export.metadata import read_export_metadata, read_export_spec, write_export_metadata
+from vitres.export.onnx import ExportResult, export_onnx
+from vitres.export.parity import ExportParityError, ParityReport, check_parity, default_check_sizes
+from vitres.export.quantize import QUANT_MODES, calibration_batches, quantize_onnx
+from vitres.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_session
+from vitres.export.spec import (
+    CALIBRATION_METHODS,
+    DEFAULT_OPSET,
+    INT8_MODES,
+    MIN_OPSET,
+    ExportSpec,
+)
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "DEFAULT_OPSET",
+    "INPUT_NAME",
+    "INT8_MODES",
+    "MIN_OPSET",
+    "OUTPUT_NAME",
+    "QUANT_MODES",
+    "ExportArtifact",
+    "ExportParityError",
+    "ExportPlan",
+    "ExportResult",
+    "ExportSpec",
+    "OnnxModel",
+    "ParityReport",
+    "calibration_batches",
+    "check_exportable",
+    "check_parity",
+    "default_check_sizes",
+    "export_from_spec",
+    "export_onnx",
+    "is_mixer",
+    "onnx_session",
+    "plan_from_record",
+    "quantize_onnx",
+    "read_export_metadata",
+    "read_export_spec",
+    "unwrap_model",
+    "write_export_metadata",
+]

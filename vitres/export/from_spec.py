@@ -1,0 +1,141 @@
+"""From an :class:`~vitres.export.spec.ExportSpec` to the file to deploy.
+
+:func:`export_from_spec` runs every step a spec asks for -- the float32 export and its
+parity check, then, for INT8, calibration on real images and quantisation -- and writes
+the resolved spec and the provenance (model, checkpoint digest, sweep record) into the
+final file's metadata. ``vitres export`` is this function behind flags.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from vitres.export.exportable import unwrap_model
+from vitres.export.metadata import read_export_metadata, write_export_metadata
+from vitres.export.onnx import ExportResult, export_onnx
+from vitres.export.quantize import calibration_batches, quantize_onnx
+from vitres.export.spec import ExportSpec
+
+__all__ = ["ExportArtifact", "export_from_spec"]
+
+
+@dataclass
+class ExportArtifact:
+    """What :func:`export_from_spec` wrote.
+
+    Attributes:
+        path: The file to deploy (the INT8 graph when the spec asks for INT8).
+        spec: The spec as carried out: patch size, example size and calibration
+            resolutions resolved (what the metadata holds).
+        fp32: The float32 export and its parity report (its file is ``path`` for
+            float32 specs, ``<stem>.fp32.onnx`` beside it for INT8 ones).
+        quantization: Facts of the INT8 step (:func:`quantize_onnx`), ``None`` for fp32.
+        metadata: The vitres metadata of ``path``, as read back from the file.
+    """
+
+    path: Path
+    spec: ExportSpec
+    fp32: ExportResult
+    quantization: dict[str, Any] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def export_from_spec(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    spec: ExportSpec | None = None,
+    *,
+    provenance: Mapping[str, object] | None = None,
+    extra_check_sizes: Sequence[tuple[int, int]] = (),
+    calib_data_dir: str | None = None,
+) -> ExportArtifact:
+    """Exports ``model`` as ``spec`` says and describes the result in its metadata.
+
+    Args:
+        model: A ViT or MLP-Mixer (or a wrapper binding a patch size).
+        path: The file to write (the INT8 graph for INT8 specs; its float32 source goes
+            beside it as ``<stem>.fp32.onnx``).
+        spec: What to export; the shared defaults (:class:`ExportSpec`) when ``None``.
+        provenance: Metadata entries naming where the model came from: ``model``,
+            ``model_digest``, ``record_key``, ``notes`` (``None`` values are skipped).
+        extra_check_sizes: Sizes the parity check covers besides the default ones.
+        calib_data_dir: Folder of a named calibration dataset's files.
+
+    Returns:
+        An :class:`ExportArtifact`.
+
+    Raises:
+        ValueError: the spec cannot be carried out for this model (see
+            :func:`export_onnx`), or a static graph with calibration resolutions other
+            than its one size.
+        ExportParityError: the float32 graph disagrees with eager PyTorch.
+    """
+    spec = spec or ExportSpec()
+    path = Path(path)
+    fp32_path = path if spec.int8 == "none" else path.with_name(path.stem + ".fp32.onnx")
+    provenance = dict(provenance or {})
+    result = export_onnx(
+        model,
+        fp32_path,
+        spec.example_size,
+        dynamic=spec.dynamic,
+        patch_size=spec.patch_size,
+        opset=spec.opset,
+        atol=spec.atol,
+        extra_check_sizes=extra_check_sizes,
+        metadata=provenance,
+    )
+    resolved = replace(spec, patch_size=result.patch_size, example_size=result.example_size)
+    facts = None
+    if spec.int8 != "none":
+        calibration = None
+        if spec.int8 == "static":
+            base, _ = unwrap_model(model)
+            resolutions = spec.calib_resolutions or (tuple(int(v) for v in base.config.img_size),)
+            if not result.dynamic:
+                if spec.calib_resolutions is not None and set(spec.calib_resolutions) != {
+                    result.example_size
+                }:
+                    raise ValueError(
+                        f"a static graph takes {result.example_size[0]}x"
+                        f"{result.example_size[1]} only; calibrating it at "
+                        f"{list(spec.calib_resolutions)} makes no sense. Drop the calibration "
+                        "resolutions or export a dynamic graph"
+                    )
+                resolutions = (result.example_size,)
+            resolved = replace(resolved, calib_resolutions=tuple(resolutions))
+            calibration = calibration_batches(
+                model,
+                spec.calib_data,
+                list(resolutions),
+                num_images=spec.calib_images,
+                split=spec.calib_split,
+                data_dir=calib_data_dir,
+            )
+        facts = quantize_onnx(
+            fp32_path,
+            path,
+            spec.int8,
+            calibration=calibration,
+            calib_method=spec.calib_method,
+            percentile=spec.calib_percentile,
+            quantize_attention_matmuls=spec.quantize_attention_matmuls,
+        )
+        fp32_meta = read_export_metadata(fp32_path)
+        write_export_metadata(
+            path,
+            {**fp32_meta, "export_spec": resolved.to_json(), "fp32_graph": fp32_path.name},
+        )
+    return ExportArtifact(
+        path=path,
+        spec=resolved,
+        fp32=result,
+        quantization=facts,
+        metadata=read_export_metadata(path),
+    )
