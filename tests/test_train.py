@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import vitres
 from vitres.cli import main
 from vitres.train import (
     TrainConfig,
@@ -407,3 +408,25 @@ def test_auto_precision_is_stored_resolved_and_kept_on_resume(tmp_path, monkeypa
     assert_same_state(tmp_path / "auto", tmp_path / "fp32")
     meta = json.loads((tmp_path / "auto" / "model.json").read_text())["metadata"]
     assert meta["train_config"]["precision"] == "fp32"
+
+
+def test_default_threads_are_chosen_by_measurement_and_logged(tmp_path):
+    """num_threads=None times a training step at 1 thread and at all cores, uses the
+    faster, logs the evidence, and leaves the run's results as with that count set."""
+    import json
+
+    before = torch.get_num_threads()
+    try:
+        result = train(tiny(tmp_path, "auto", num_threads=None))
+        log = [json.loads(line) for line in open(result.out_dir / "log.jsonl")]
+        (choice,) = [r for r in log if r.get("kind") == "threads"]
+        medians = {int(k): v for k, v in choice["median_ms"].items()}
+        assert choice["threads"] in medians and 1 in medians
+        assert medians[choice["threads"]] <= min(medians.values()) * 1.05
+        # the same run with that count set explicitly gives the same weights
+        fixed = train(tiny(tmp_path, "fixed", num_threads=choice["threads"]))
+        a = vitres.load_model(str(result.out_dir / "model.safetensors")).state_dict()
+        b = vitres.load_model(str(fixed.out_dir / "model.safetensors")).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    finally:
+        torch.set_num_threads(before)

@@ -38,7 +38,7 @@ HELP = {
     "grad_clip": "max gradient norm (0 disables)",
     "precision": "auto | bf16 | fp32 (auto: bf16 only on CPUs with AMX)",
     "seed": "seed of initialisation, data order and augmentation",
-    "num_threads": "torch CPU threads",
+    "num_threads": "torch CPU threads (none: 1 or all cores, whichever a training step runs faster now)",
     "eval_resolutions": "resolutions evaluated after each epoch",
     "eval_limit": "evaluate on the first N test examples ('none' for all)",
     "eval_batch_size": "evaluation batch size",

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -279,6 +279,7 @@ def run_recipe(
     setup_seconds = time.perf_counter() - setup_start
     setup_cpu_seconds = time.process_time() - setup_cpu_start
     model, train_set = recipe.model, recipe.train_set
+    thread_choice = None if config.num_threads else _choose_training_threads(model, config)
     optimizer = build_optimizer(model, config)
     total_images = recipe.images_per_epoch * config.epochs
     order_limit = config.train_limit
@@ -310,6 +311,8 @@ def run_recipe(
                     ),
                 }
             )
+    if thread_choice is not None:
+        log.append({"kind": "threads", "global_step": global_step, **thread_choice.to_dict()})
     # log.jsonl mirrors the checkpoint's log: records of lost steps are dropped.
     atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in log))
     log_handle = open(out_dir / LOG_FILE, "a")
@@ -486,3 +489,33 @@ def run_recipe(
         },
     )
     return result
+
+
+def _choose_training_threads(model: torch.nn.Module, config: Any) -> Any:
+    """Sets torch's threads to the faster of 1 and all cores for a training step of this
+    model, timed now under the load present (:func:`vitres.measure.threads.choose_threads`).
+
+    The probe runs forward and backward in eval mode on its own random generator and
+    clears the gradients after, so it leaves the run's random state and results alone.
+    """
+    from vitres.layers.pos_embed import to_grid
+    from vitres.measure.threads import choose_threads
+
+    cfg = model.config
+    size = to_grid(cfg.img_size)
+    batch = max(1, min(int(config.batch_size), 64))
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, cfg.in_chans, *size, generator=generator)
+    was_training = model.training
+    model.eval()
+
+    def step() -> None:
+        model(x).float().sum().backward()
+
+    try:
+        choice = choose_threads(step, rounds=2, calls=2)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    torch.set_num_threads(choice.threads)
+    return choice
