@@ -59,7 +59,7 @@ def test_evaluate_schema_and_values():
     result = evaluate(model, data, [12, 16, 22], batch_size=50, limit=100)
     check_schema(result, [12, 16, 22], 100)
     assert result["model"] == "<in-memory>" and result["data"] == "fashion-mnist/test"
-    assert result["pos_embed_mode"] == "bicubic" and result["size_policy"] == "pad"
+    assert result["pos_embed_mode"] == "bicubic" and result["size_policy"] == "resize"
     assert result["patch_size"] == 4
 
 

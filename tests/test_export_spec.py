@@ -176,7 +176,7 @@ def test_export_writes_its_spec_and_provenance_into_the_file(exported):
     assert spec == ExportSpec(example_size=(36, 32), patch_size=4) == result.spec
     meta = read_export_metadata(result.path)
     assert meta["version"] == vitres.__version__
-    assert meta["patch_size"] == "4" and meta["size_policy"] == "pad" and meta["in_chans"] == "1"
+    assert meta["patch_size"] == "4" and meta["size_policy"] == "resize" and meta["in_chans"] == "1"
     assert meta["model"] == "tiny" and meta["record_key"] == "k|1"
     assert meta["size_rule"] == result.size_rule
     # ONNX Runtime sees the same entries (that is where OnnxModel reads the patch size)
