@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--patch", default=None, help="patch sizes, e.g. 4,7 (default: the model's own)"
     )
     parser.add_argument(
-        "--backend", default="eager", help="backends, e.g. eager,eager-bf16 (default eager)"
+        "--backend",
+        default="eager",
+        help="backends, e.g. eager,eager-bf16; 'auto' = every backend usable here (default eager)",
     )
     parser.add_argument("--batch", default="1", help="batch sizes, e.g. 1,8 (default 1)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
@@ -69,14 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.backends import list_backends
+    from vitres.backends import expand_backend_names, list_backends
     from vitres.measure import TimingConfig
     from vitres.sweep import build_grid, parse_int_list, run_sweep
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in list_backends()]
+    unknown = [b for b in backends if b not in list_backends() and b != "auto"]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; available: {', '.join(list_backends())}")
+    backends = expand_backend_names(backends, args.device)
     configs = build_grid(
         args.model,
         args.res,

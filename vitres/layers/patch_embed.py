@@ -121,7 +121,10 @@ def fit_to_patch(
     if policy not in SIZE_POLICIES:
         raise ValueError(f"unknown size policy {policy!r}; expected one of {SIZE_POLICIES}")
     height, width = x.shape[-2:]
-    rem_h, rem_w = height % patch_size, width % patch_size
+    # floor-division arithmetic rather than `%`: the same values, and graph readers without
+    # a rule for a symbolic modulo (OpenVINO's torch.export frontend) can follow it
+    rem_h = height - (height // patch_size) * patch_size
+    rem_w = width - (width // patch_size) * patch_size
     if symbolic and policy == "error":
         return x, (height, width)
     if not symbolic and not rem_h and not rem_w:
@@ -132,7 +135,10 @@ def fit_to_patch(
             f"resize to a multiple of {patch_size} or choose size_policy 'pad', 'crop' or 'resize'"
         )
     if policy == "pad":
-        x = F.pad(x, (0, (patch_size - rem_w) % patch_size, 0, (patch_size - rem_h) % patch_size))
+        # up to the next multiple; non-negative operands only (ONNX integer Div truncates)
+        pad_h = (height + patch_size - 1) // patch_size * patch_size - height
+        pad_w = (width + patch_size - 1) // patch_size * patch_size - width
+        x = F.pad(x, (0, pad_w, 0, pad_h))
         return x, (height, width)
     if policy == "crop":
         new_h, new_w = height - rem_h, width - rem_w
