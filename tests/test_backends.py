@@ -18,6 +18,11 @@ NEW_BACKENDS = (
     "onnxruntime",
     "onnxruntime-int8",
     "onnxruntime-int8-static",
+    "onnxruntime-fused",
+    "onnxruntime-fused-int8-static",
+    "openvino",
+    "openvino-bf16",
+    "openvino-int8",
     "tensorrt",
     "tensorrt-int8",
 )
@@ -85,6 +90,51 @@ def test_backends_are_registered_with_their_precision():
     assert precisions["onnxruntime"] == "fp32" and precisions["compile-bf16"] == "bf16"
     assert precisions["onnxruntime-int8"] == precisions["onnxruntime-int8-static"] == "int8"
     assert precisions["tensorrt"] == "fp16" and precisions["tensorrt-int8"] == "int8"
+    assert precisions["onnxruntime-fused"] == "fp32"
+    assert precisions["onnxruntime-fused-int8-static"] == precisions["openvino-int8"] == "int8"
+    assert precisions["openvino"] == "fp32" and precisions["openvino-bf16"] == "bf16"
+
+
+def test_auto_backends_lists_what_runs_here_in_order(monkeypatch):
+    from vitres.backends import AUTO_ORDER, auto_backends, expand_backend_names
+    from vitres.backends.openvino_backend import OpenVinoBackend
+
+    available = list_backends(available_only=True)
+    cpu = auto_backends("cpu")
+    assert cpu[:2] == ["eager", "eager-bf16"] and sorted(cpu) == sorted(
+        n
+        for n in available
+        if "tensorrt" not in n  # TensorRT is GPU-only
+    )
+    assert cpu == sorted(cpu, key=AUTO_ORDER.index)  # plain before reduced precision
+    assert cpu.index("onnxruntime") < cpu.index("onnxruntime-int8") < cpu.index("openvino")
+    # CPU-only runtimes are not offered for a GPU sweep
+    assert not any(n.startswith(("onnxruntime", "openvino")) for n in auto_backends("cuda:0"))
+    # a backend that cannot run here is left out
+    monkeypatch.setattr(OpenVinoBackend, "availability", classmethod(lambda cls: (False, "no")))
+    assert "openvino" not in auto_backends() and "openvino" in list_backends()
+    assert expand_backend_names(["eager", "auto", "eager"]) == auto_backends()
+    with pytest.raises(ValueError, match="unknown backend 'onnx-fp8'"):
+        expand_backend_names(["auto", "onnx-fp8"])
+
+
+def test_sweep_command_expands_auto(monkeypatch, capsys):
+    import vitres.tune.sweep
+    from vitres.backends import auto_backends
+    from vitres.cli import main
+
+    seen = []
+
+    def fake_run_sweep(model, configs, *args, **kwargs):
+        seen.extend(configs)
+        return []
+
+    monkeypatch.setattr(vitres.tune.sweep, "run_sweep", fake_run_sweep)
+    assert main(["sweep", "--model", "vit_tiny_patch16", "--res", "32", "--backend", "auto"]) == 0
+    assert [c.backend for c in seen] == auto_backends()
+    assert {c.precision for c in seen} >= {"fp32", "bf16", "int8"}
+    assert main(["sweep", "--model", "m", "--res", "32", "--backend", "auto,nope"]) == 2
+    assert "unknown backend(s) ['nope']" in capsys.readouterr().err
 
 
 def test_unknown_backend_name_lists_the_known_ones():
@@ -145,6 +195,8 @@ def test_tensorrt_in_a_sweep_is_a_recorded_error_not_a_crash():
         ("eager-bf16", 0.97, 0.02),
         ("onnxruntime-int8", 0.95, 0.02),
         ("onnxruntime-int8-static", 0.95, 0.02),
+        ("onnxruntime-fused", 1.0, 0.0),
+        ("onnxruntime-fused-int8-static", 0.95, 0.02),
     ],
 )
 def test_reduced_precision_accuracy_on_real_images(
@@ -164,14 +216,14 @@ def test_reduced_precision_accuracy_on_real_images(
     drop = accuracy - (logits.argmax(1) == y_test).float().mean().item()
     assert agreement >= min_agreement, (name, agreement)
     assert drop <= max_drop + 1e-9, (name, drop)
-    if name == "onnxruntime":
+    if name in ("onnxruntime", "onnxruntime-fused"):
         torch.testing.assert_close(logits, reference, atol=1e-4, rtol=0)
     if name.startswith("onnxruntime"):
         # the same graph and session serve another (non-square) size and batch size
         with torch.no_grad():
             expected = model(x_other)
         got = backend.run(x_other)
-        if name == "onnxruntime":
+        if name in ("onnxruntime", "onnxruntime-fused"):
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
         else:
             agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
@@ -192,7 +244,9 @@ def test_onnxruntime_sessions_and_graphs_are_reused(trained, tmp_path_factory):
     options = first.runner.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.graph_optimization_level.name == "ORT_ENABLE_ALL"
-    fp32_graphs = [p for p in cache.glob("*.onnx") if "int8" not in p.name]
+    fp32_graphs = [
+        p for p in cache.glob("*.onnx") if "int8" not in p.name and "fused" not in p.name
+    ]
     assert fp32_graphs == [first.onnx_path]
     # the backend's graph is what `vitres export` writes by default: same spec, recorded
     from vitres.export import ExportSpec, read_export_spec

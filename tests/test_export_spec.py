@@ -244,6 +244,7 @@ def test_plan_maps_each_backend_to_the_graph_it_measured():
         ("eager-bf16", "bf16", "bf16"),
         ("compile", "fp32", "torch.compile"),
         ("tensorrt", "fp16", "TensorRT"),
+        ("openvino-int8", "int8", "OpenVINO"),
         ("my-runtime", "fp32", "not an ONNX backend"),
     ):
         plan = plan_from_record(record(backend, precision))

@@ -47,6 +47,7 @@ class Backend(ABC):
         calibrated: True if building the backend needs real calibration images; its
             constructor then takes ``calibration_data`` (dataset name or image folder)
             and ``calibration_data_dir`` (where a named dataset's files are).
+        devices: Device types the backend runs on (``"cpu"``, ``"cuda"``).
 
     Attributes:
         device: Where the model runs (``"cpu"``, ``"cuda"``...).
@@ -57,6 +58,7 @@ class Backend(ABC):
     precision: ClassVar[str] = "fp32"
     dynamic_batch: ClassVar[bool] = False
     calibrated: ClassVar[bool] = False
+    devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)

@@ -97,7 +97,7 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         from vitres.export import calibration_batches, quantize_onnx
 
         spec = self.spec
-        fp32_path = super().graph_for(model, image_size)
+        fp32_path = self.float_graph(model, image_size)
         tag = f"int8-{self.mode}"
         if spec.quantize_attention_matmuls:
             tag += "-attn"

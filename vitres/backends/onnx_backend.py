@@ -131,6 +131,7 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     precision = "fp32"
     dynamic_batch = True
+    devices = ("cpu",)
 
     def __init__(
         self,
@@ -156,12 +157,16 @@ class OnnxRuntimeBackend(Backend):
         self.session_time_s: float | None = None
         self.build_info: dict[str, Any] = {}
 
-    def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
-        """The graph this backend runs (subclasses quantise it)."""
+    def float_graph(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
+        """The float32 graph (subclasses fuse it)."""
         path, info = exported_graph(model, image_size, self.cache_dir, self.spec)
         self.build_info.update(info)
         self.export_time_s = info["export_time_s"]
         return path
+
+    def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
+        """The graph this backend runs (subclasses quantise the float graph)."""
+        return self.float_graph(model, image_size)
 
     def build(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         from vitres.export import OnnxModel, unwrap_model

@@ -64,6 +64,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     precision = "fp16"
     dynamic_batch = True
+    devices = ("cuda",)
 
     def __init__(
         self,

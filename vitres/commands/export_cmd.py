@@ -16,6 +16,7 @@ _SPEC_FLAGS = (
     "size",
     "static",
     "patch_size",
+    "fused",
     "int8",
     "calib_method",
     "calib_data",
@@ -80,6 +81,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="patch size baked into the graph (a positive int; default: the model's own)",
     )
     spec.add_argument(
+        "--fused",
+        action="store_true",
+        help="apply ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu; "
+        "attention is fused at opset 23); the file then needs ONNX Runtime",
+    )
+    spec.add_argument(
         "--int8",
         choices=[m for m in INT8_MODES if m != "none"],
         default=None,
@@ -139,6 +146,7 @@ def spec_from_args(args: argparse.Namespace) -> ExportSpec:
         dynamic=False if args.static else None,
         example_size=example,
         patch_size=args.patch_size,
+        fused=True if args.fused else None,
         int8=args.int8,
         calib_method=args.calib_method,
         calib_data=args.calib_data,
@@ -219,6 +227,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} in {result.export_time_s:.1f} s (opset {result.opset})")
     print(f"  inputs: {result.size_rule}; any batch size")
     print(f"  parity: {result.parity}")
+    if artifact.fusion is not None:
+        counts = ", ".join(
+            f"{n} {k.split(':')[1]}" for k, n in artifact.fusion["fused_ops"].items()
+        )
+        print(f"  fused graph: {counts}; parity: {artifact.fusion['parity']}")
     if artifact.quantization is not None:
         facts = artifact.quantization
         method = f", {facts['calib_method']} calibration" if facts["calib_method"] else ""

@@ -36,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--backend",
         default="eager",
-        help="backends, comma-separated, e.g. eager,eager-bf16,onnxruntime",
+        help="backends, comma-separated, e.g. eager,eager-bf16,onnxruntime; 'auto' = every "
+        "backend usable here",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--out", default="results.jsonl", help="results file")
@@ -98,14 +99,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.backends import list_backends
+    from vitres.backends import expand_backend_names, list_backends
     from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig
     from vitres.tune.grid import build_grid
     from vitres.tune.sweep import run_sweep
 
     backends = [b.strip() for b in args.backend.split(",") if b.strip()]
-    unknown = [b for b in backends if b not in list_backends()]
+    unknown = [b for b in backends if b not in list_backends() and b != "auto"]
     if unknown:
         raise ValueError(f"unknown backend(s) {unknown}; available: {', '.join(list_backends())}")
     executor = None
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         )
     elif args.ray_cpus is not None or args.ray_resources is not None:
         raise ValueError("--ray-cpus and --ray-resources need --ray")
+    backends = expand_backend_names(backends, args.device)
     configs = build_grid(
         args.model,
         args.res,

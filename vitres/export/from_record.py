@@ -9,6 +9,7 @@ patch size, and its backend, which fixes the graph --
 ``onnxruntime-int8``         dynamic INT8 of that graph
 ``onnxruntime-int8-static``  static INT8, calibrated as the sweep calibrated: on the record's
                              data (train split), at the record's resolution
+``onnxruntime-fused*``       the same, on the graph with ONNX Runtime's transformer fusions
 ``eager``, ``compile``       the float32 graph, with a note (PyTorch ran the same function)
 ``eager-bf16``,              the float32 graph, with a note (the record's accuracy and
 ``compile-bf16``             latency are bf16's)
@@ -44,6 +45,8 @@ _INT8_OF_BACKEND = {
     "onnxruntime": "none",
     "onnxruntime-int8": "dynamic",
     "onnxruntime-int8-static": "static",
+    "onnxruntime-fused": "none",
+    "onnxruntime-fused-int8-static": "static",
 }
 _FLOAT_NOTES = {
     "eager": "measured with eager PyTorch (fp32); the ONNX graph computes the same function, "
@@ -118,7 +121,12 @@ def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) ->
             )
         else:
             notes.append(f"backend {backend!r} is not an ONNX backend; exporting the fp32 graph")
-    spec = replace(defaults, patch_size=config.patch_size, int8=int8)
+    spec = replace(
+        defaults,
+        patch_size=config.patch_size,
+        int8=int8,
+        fused=backend.startswith("onnxruntime-fused"),
+    )
     if int8 == "static":
         spec = replace(
             spec,

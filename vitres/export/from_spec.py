@@ -1,7 +1,7 @@
 """From an :class:`~vitres.export.spec.ExportSpec` to the file to deploy.
 
 :func:`export_from_spec` runs every step a spec asks for -- the float32 export and its
-parity check, then, for INT8, calibration on real images and quantisation -- and writes
+parity check, ONNX Runtime's transformer fusions (checked again), then, for INT8, calibration on real images and quantisation -- and writes
 the resolved spec and the provenance (model, checkpoint digest, sweep record) into the
 final file's metadata. ``vitres export`` is this function behind flags.
 """
@@ -17,8 +17,10 @@ from typing import Any
 from torch import nn
 
 from vitres.export.exportable import unwrap_model
+from vitres.export.fuse import fuse_onnx
 from vitres.export.metadata import read_export_metadata, write_export_metadata
 from vitres.export.onnx import ExportResult, export_onnx
+from vitres.export.parity import check_parity, default_check_sizes
 from vitres.export.quantize import calibration_batches, quantize_onnx
 from vitres.export.spec import ExportSpec
 
@@ -33,9 +35,11 @@ class ExportArtifact:
         path: The file to deploy (the INT8 graph when the spec asks for INT8).
         spec: The spec as carried out: patch size, example size and calibration
             resolutions resolved (what the metadata holds).
-        fp32: The float32 export and its parity report (its file is ``path`` for
-            float32 specs, ``<stem>.fp32.onnx`` beside it for INT8 ones).
+        fp32: The float32 export and its parity report (its file is ``path`` for plain
+            float32 specs, ``<stem>.fp32.onnx`` beside it otherwise).
         quantization: Facts of the INT8 step (:func:`quantize_onnx`), ``None`` for fp32.
+        fusion: Facts of the fusion step (:func:`~vitres.export.fuse.fuse_onnx`, with the
+            fused graph's parity report), ``None`` without it.
         metadata: The vitres metadata of ``path``, as read back from the file.
     """
 
@@ -43,6 +47,7 @@ class ExportArtifact:
     spec: ExportSpec
     fp32: ExportResult
     quantization: dict[str, Any] | None = None
+    fusion: dict[str, Any] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -59,8 +64,9 @@ def export_from_spec(
 
     Args:
         model: A ViT or MLP-Mixer (or a wrapper binding a patch size).
-        path: The file to write (the INT8 graph for INT8 specs; its float32 source goes
-            beside it as ``<stem>.fp32.onnx``).
+        path: The file to write (the INT8 or fused graph when the spec asks for one; the
+            plain float32 export goes beside it as ``<stem>.fp32.onnx``, a fused graph that
+            INT8 starts from as ``<stem>.fused.onnx``).
         spec: What to export; the shared defaults (:class:`ExportSpec`) when ``None``.
         provenance: Metadata entries naming where the model came from: ``model``,
             ``model_digest``, ``record_key``, ``notes`` (``None`` values are skipped).
@@ -78,7 +84,8 @@ def export_from_spec(
     """
     spec = spec or ExportSpec()
     path = Path(path)
-    fp32_path = path if spec.int8 == "none" else path.with_name(path.stem + ".fp32.onnx")
+    plain = spec.int8 == "none" and not spec.fused
+    fp32_path = path if plain else path.with_name(path.stem + ".fp32.onnx")
     provenance = dict(provenance or {})
     result = export_onnx(
         model,
@@ -92,6 +99,30 @@ def export_from_spec(
         metadata=provenance,
     )
     resolved = replace(spec, patch_size=result.patch_size, example_size=result.example_size)
+    float_path = fp32_path  # the float graph INT8 starts from
+    fusion = None
+    if spec.fused:
+        base, _ = unwrap_model(model)
+        float_path = path if spec.int8 == "none" else path.with_name(path.stem + ".fused.onnx")
+        fusion = fuse_onnx(
+            fp32_path,
+            float_path,
+            num_heads=base.config.num_heads,
+            hidden_size=base.config.embed_dim,
+        )
+        sizes = default_check_sizes(base, result.example_size, result.patch_size, result.dynamic)
+        sizes = list(dict.fromkeys([*sizes, *(tuple(s) for s in extra_check_sizes)]))
+        fusion["parity"] = check_parity(
+            model, float_path, sizes, patch_size=result.patch_size, atol=spec.atol
+        )
+        write_export_metadata(
+            float_path,
+            {
+                **read_export_metadata(fp32_path),
+                "export_spec": replace(resolved, int8="none").to_json(),
+                "fp32_graph": fp32_path.name,
+            },
+        )
     facts = None
     if spec.int8 != "none":
         calibration = None
@@ -119,7 +150,7 @@ def export_from_spec(
                 data_dir=calib_data_dir,
             )
         facts = quantize_onnx(
-            fp32_path,
+            float_path,
             path,
             spec.int8,
             calibration=calibration,
@@ -127,15 +158,19 @@ def export_from_spec(
             percentile=spec.calib_percentile,
             quantize_attention_matmuls=spec.quantize_attention_matmuls,
         )
-        fp32_meta = read_export_metadata(fp32_path)
         write_export_metadata(
             path,
-            {**fp32_meta, "export_spec": resolved.to_json(), "fp32_graph": fp32_path.name},
+            {
+                **read_export_metadata(float_path),
+                "export_spec": resolved.to_json(),
+                "fp32_graph": float_path.name,
+            },
         )
     return ExportArtifact(
         path=path,
         spec=resolved,
         fp32=result,
         quantization=facts,
+        fusion=fusion,
         metadata=read_export_metadata(path),
     )

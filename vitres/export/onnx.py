@@ -50,13 +50,13 @@ from vitres.export.runtime import INPUT_NAME, OUTPUT_NAME
 from vitres.export.spec import ExportSpec
 from vitres.layers.patch_embed import fit_to_patch
 
-__all__ = ["ExportResult", "export_onnx"]
+__all__ = ["ExportResult", "ExportableModel", "export_onnx", "exportable_wrapper", "size_dims"]
 
 _DEFAULTS = ExportSpec()
 _MAX_SIDE = 16384
 
 
-class _ExportableModel(nn.Module):
+class ExportableModel(nn.Module):
     """``images -> logits`` with the patch size bound and the size policy in the graph.
 
     The model's own policy step skips divisible inputs (a branch on ``H % patch``); here
@@ -210,30 +210,11 @@ def export_onnx(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if patch != cfg.patch_size:
-        # The PI-resize of the kernel solves a pseudo-inverse, which has no ONNX form; its
-        # matrix is memoised per (old, new) size, so computing the kernel once here makes
-        # it a constant of the traced graph.
-        with torch.no_grad():
-            base.patch_kernel(patch)
-    wrapper = _ExportableModel(base, patch, policy).eval()
+    wrapper = exportable_wrapper(base, patch)
     was_training = base.training
     base.eval()
     example = torch.randn(example_batch, cfg.in_chans, *example_size)
-    batch_dim = torch.export.Dim("batch", min=1, max=65536)
-    dims: dict[int, Any] = {0: batch_dim}
-    if dynamic:
-        if policy == "error":
-            rows = torch.export.Dim("rows", min=1, max=_MAX_SIDE // patch)
-            cols = torch.export.Dim("cols", min=1, max=_MAX_SIDE // patch)
-            dims.update({2: patch * rows, 3: patch * cols})
-        else:
-            dims.update(
-                {
-                    2: torch.export.Dim("height", min=patch, max=_MAX_SIDE),
-                    3: torch.export.Dim("width", min=patch, max=_MAX_SIDE),
-                }
-            )
+    dims = size_dims(patch, policy, dynamic)
     param_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     start = time.perf_counter()
     try:
@@ -314,6 +295,46 @@ def export_onnx(
         sizes = list(dict.fromkeys([*sizes, *(tuple(s) for s in extra_check_sizes)]))
         result.parity = check_parity(base, path, sizes, patch_size=patch, atol=atol)
     return result
+
+
+def exportable_wrapper(
+    model: nn.Module, patch_size: int, policy: str | None = None
+) -> ExportableModel:
+    """``model`` wrapped for tracing at ``patch_size`` (eval mode, the size policy in the
+    graph), with a non-native patch's PI-resized kernel computed up front.
+
+    The PI-resize solves a pseudo-inverse, which has no graph form; its matrix is memoised
+    per (old, new) size, so computing the kernel once here makes it a traced constant.
+    """
+    if patch_size != model.config.patch_size:
+        with torch.no_grad():
+            model.patch_kernel(patch_size)
+    return ExportableModel(model, patch_size, policy or model.config.size_policy).eval()
+
+
+def size_dims(patch: int, policy: str, dynamic: bool, *, min_grid: int = 1) -> dict[int, Any]:
+    """``torch.export`` dynamic dims of an ``images`` input: batch always; height and width
+    when ``dynamic`` (multiples of the patch for ``size_policy='error'``), each side at
+    least ``min_grid`` patches (``min_grid=2`` keeps torch from specialising a one-token
+    side, which some converters need)."""
+    dims: dict[int, Any] = {0: torch.export.Dim("batch", min=1, max=65536)}
+    if not dynamic:
+        return dims
+    if policy == "error":
+        rows = torch.export.Dim("rows", min=min_grid, max=_MAX_SIDE // patch)
+        cols = torch.export.Dim("cols", min=min_grid, max=_MAX_SIDE // patch)
+        dims.update({2: patch * rows, 3: patch * cols})
+    else:
+        # the smallest side with min_grid tokens under the policy
+        low = (min_grid - 1) * patch + 1 if policy == "pad" else min_grid * patch
+        low = max(low, patch)
+        dims.update(
+            {
+                2: torch.export.Dim("height", min=low, max=_MAX_SIDE),
+                3: torch.export.Dim("width", min=low, max=_MAX_SIDE),
+            }
+        )
+    return dims
 
 
 def _default_example_size(native: tuple[int, int], patch: int) -> tuple[int, int]:

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAME", "OnnxModel", "onnx_session"]
+__all__ = [
+    "INPUT_NAME",
+    "OUTPUT_NAME",
+    "OnnxModel",
+    "check_image_shape",
+    "float32_images",
+    "onnx_session",
+]
 
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
@@ -75,9 +82,15 @@ def onnx_session(
     return session
 
 
-def _float32_array(images: Tensor | np.ndarray) -> np.ndarray:
-    """``images`` as a contiguous float32 array; other float types are cast, the rest
-    (integers, booleans, complex) rejected with the fix."""
+def float32_images(images: Tensor | np.ndarray) -> np.ndarray:
+    """``images`` as a contiguous, finite float32 array, for a runtime that takes numpy.
+
+    float64, float16 and bfloat16 are cast; integers, booleans and complex numbers are
+    rejected with the fix, and so are NaN and Inf (as eager mode does).
+
+    Raises:
+        ValueError: not a tensor or array, not floating point, or not finite.
+    """
     if isinstance(images, Tensor):
         if images.dtype in _CAST_TO_FLOAT32:
             images = images.float()
@@ -86,17 +99,80 @@ def _float32_array(images: Tensor | np.ndarray) -> np.ndarray:
                 f"expected floating-point images, got dtype {images.dtype}; convert with "
                 "x.float() / 255 and normalise as the model expects"
             )
-        return np.ascontiguousarray(images.detach().cpu().numpy())
-    if isinstance(images, np.ndarray):
+        array = np.ascontiguousarray(images.detach().cpu().numpy())
+    elif isinstance(images, np.ndarray):
         if images.dtype.kind != "f":
             raise ValueError(
                 f"expected floating-point images, got dtype {images.dtype}; convert with "
                 "x.astype(np.float32) / 255 and normalise as the model expects"
             )
-        return np.ascontiguousarray(images, dtype=np.float32)
-    raise ValueError(
-        f"expected a torch.Tensor or numpy array of images, got {type(images).__name__}"
-    )
+        array = np.ascontiguousarray(images, dtype=np.float32)
+    else:
+        raise ValueError(
+            f"expected a torch.Tensor or numpy array of images, got {type(images).__name__}"
+        )
+    if array.size and not np.isfinite(array).all():
+        raise ValueError("images contain NaN or Inf values")
+    return array
+
+
+def check_image_shape(
+    shape: Sequence[int],
+    *,
+    channels: int | str | None,
+    height: int | str | None = None,
+    width: int | str | None = None,
+    patch_size: int | None = None,
+    multiple_of_patch: bool = False,
+    min_side: int | None = None,
+    name: str = "the graph",
+) -> None:
+    """Raises ``ValueError`` (with eager mode's wording) unless a batch of ``shape`` fits a
+    graph whose input is ``(B, channels, height, width)``.
+
+    Args:
+        shape: The batch's shape.
+        channels: The graph's channel count (a string or ``None`` for a dynamic one).
+        height: Fixed height of a static graph (a string or ``None``: dynamic).
+        width: Fixed width of a static graph.
+        patch_size: The graph's patch; sides must be at least one patch.
+        multiple_of_patch: Sides must be multiples of ``patch_size`` (``size_policy='error'``).
+        min_side: A smaller side the graph does not serve (its converter's limit).
+        name: The graph's name for the messages.
+    """
+    if len(shape) != 4:
+        hint = " (add a batch dimension with x.unsqueeze(0))" if len(shape) == 3 else ""
+        raise ValueError(
+            f"expected images of shape (B, C, H, W), got {len(shape)}-D shape {tuple(shape)}{hint}"
+        )
+    if isinstance(channels, int) and shape[1] != channels:
+        raise ValueError(
+            f"expected {channels} channel(s), got {shape[1]} in shape {tuple(shape)}; "
+            f"convert the images (channels must be {channels} for {name})"
+        )
+    p = patch_size
+    if p and (shape[2] < p or shape[3] < p):
+        raise ValueError(
+            f"image of {shape[2]}x{shape[3]} is smaller than one {p}x{p} patch; use an "
+            f"input of at least {p}x{p} ({name} was exported with patch {p})"
+        )
+    for axis, what, expected in ((2, "height", height), (3, "width", width)):
+        if isinstance(expected, int) and shape[axis] != expected:
+            raise ValueError(
+                f"{name} is a static graph: {what} must be {expected}, got "
+                f"{shape[axis]} (input shape {tuple(shape)}); export another graph for "
+                "this size"
+            )
+    if multiple_of_patch and p and (shape[2] % p or shape[3] % p):
+        raise ValueError(
+            f"{name} accepts H and W that are multiples of {p} "
+            f"(size_policy='error'); got {shape[2]}x{shape[3]}. Resize or pad the "
+            f"images to a multiple of {p}"
+        )
+    if min_side and (shape[2] < min_side or shape[3] < min_side):
+        raise ValueError(
+            f"{name} serves sides of at least {min_side} px; got {shape[2]}x{shape[3]}"
+        )
 
 
 class OnnxModel:
@@ -146,38 +222,15 @@ class OnnxModel:
 
     def check_input(self, shape: Sequence[int]) -> None:
         """Raises ``ValueError`` unless a batch of ``shape`` fits the graph."""
-        if len(shape) != 4:
-            hint = " (add a batch dimension with x.unsqueeze(0))" if len(shape) == 3 else ""
-            raise ValueError(
-                f"expected images of shape (B, C, H, W), got {len(shape)}-D shape "
-                f"{tuple(shape)}{hint}"
-            )
-        expected_chans = self.input_shape[1]
-        if isinstance(expected_chans, int) and shape[1] != expected_chans:
-            raise ValueError(
-                f"expected {expected_chans} channel(s), got {shape[1]} in shape {tuple(shape)}; "
-                f"convert the images (channels must be {expected_chans} for {self.path.name})"
-            )
-        p = self.patch_size
-        if p and (shape[2] < p or shape[3] < p):
-            raise ValueError(
-                f"image of {shape[2]}x{shape[3]} is smaller than one {p}x{p} patch; use an "
-                f"input of at least {p}x{p} ({self.path.name} was exported with patch {p})"
-            )
-        for axis, name in ((2, "height"), (3, "width")):
-            expected = self.input_shape[axis]
-            if isinstance(expected, int) and shape[axis] != expected:
-                raise ValueError(
-                    f"{self.path.name} is a static graph: {name} must be {expected}, got "
-                    f"{shape[axis]} (input shape {tuple(shape)}); export another graph for "
-                    "this size"
-                )
-        if self.multiple_of_patch and p and (shape[2] % p or shape[3] % p):
-            raise ValueError(
-                f"{self.path.name} accepts H and W that are multiples of {p} "
-                f"(size_policy='error'); got {shape[2]}x{shape[3]}. Resize or pad the "
-                f"images to a multiple of {p}"
-            )
+        check_image_shape(
+            shape,
+            channels=self.input_shape[1],
+            height=self.input_shape[2],
+            width=self.input_shape[3],
+            patch_size=self.patch_size,
+            multiple_of_patch=self.multiple_of_patch,
+            name=self.path.name,
+        )
 
     def __call__(self, images: Tensor | np.ndarray) -> Tensor:
         """Float32 logits ``(B, num_classes)`` of a batch of images.
@@ -185,10 +238,7 @@ class OnnxModel:
         Raises:
             ValueError: the batch does not fit the graph (see the class docstring).
         """
-        shape = tuple(images.shape) if hasattr(images, "shape") else ()
         if isinstance(images, (Tensor, np.ndarray)):
-            self.check_input(shape)
-        array = _float32_array(images)
-        if array.size and not np.isfinite(array).all():
-            raise ValueError("images contain NaN or Inf values")
+            self.check_input(tuple(images.shape))
+        array = float32_images(images)
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])

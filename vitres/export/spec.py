@@ -1,7 +1,7 @@
 """The export spec: every choice that decides what an exported ONNX file computes.
 
 One :class:`ExportSpec` holds the opset, dynamic or static sizes, the example size, the
-patch size, the INT8 mode and its calibration (method, images, resolutions, data), and
+patch size, whether ONNX Runtime's transformer fusions run, the INT8 mode and its calibration (method, images, resolutions, data), and
 the parity tolerance. Its defaults are *the* defaults: the ``onnxruntime*`` and
 ``tensorrt*`` backends export and quantise with them, and so does ``vitres export``, so a
 file exported from a sweep record is the graph that was measured. The spec is written
@@ -62,6 +62,9 @@ class ExportSpec:
             plus two patches tall and one wide for dynamic graphs, native for static).
             For a static graph it is *the* input size.
         patch_size: Patch size baked into the graph; ``None`` = the model's own.
+        fused: Apply ONNX Runtime's transformer fusions (SkipLayerNormalization, BiasGelu;
+            attention is fused at opset 23) after export, see :mod:`vitres.export.fuse`.
+            The file then needs ONNX Runtime (``com.microsoft`` operators).
         int8: ``"none"`` (float32), ``"dynamic"`` (int8 weights, activations quantised
             per call) or ``"static"`` (QDQ, activation ranges fixed by calibration).
         calib_method: Static INT8: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
@@ -83,6 +86,7 @@ class ExportSpec:
     dynamic: bool = True
     example_size: tuple[int, int] | None = None
     patch_size: int | None = None
+    fused: bool = False
     int8: str = "none"
     calib_method: str = "percentile"
     calib_percentile: float = 99.999
@@ -115,6 +119,8 @@ class ExportSpec:
                     f"patch_size must be a positive int, got {self.patch_size}; leave it "
                     "unset (None) for the model's own patch size"
                 )
+        if not isinstance(self.fused, bool):
+            raise ValueError(f"fused must be True or False, got {self.fused!r}")
         if self.int8 not in INT8_MODES:
             raise ValueError(f"int8 must be one of {INT8_MODES}, got {self.int8!r}")
         if self.calib_method not in CALIBRATION_METHODS:

@@ -155,7 +155,10 @@ def fit_to_patch(
         raise ValueError(f"unknown size policy {policy!r}; expected one of {SIZE_POLICIES}")
     ph, pw = to_patch(patch_size)
     height, width = x.shape[-2:]
-    rem_h, rem_w = height % ph, width % pw
+    # floor-division arithmetic rather than `%`: the same values, and graph readers without
+    # a rule for a symbolic modulo (OpenVINO's torch.export frontend) can follow it
+    rem_h = height - (height // ph) * ph
+    rem_w = width - (width // pw) * pw
     if symbolic and policy == "error":
         return x, (height, width)
     if not symbolic and not rem_h and not rem_w:
@@ -166,7 +169,10 @@ def fit_to_patch(
             f"resize to a multiple of it or choose size_policy 'pad', 'crop' or 'resize'"
         )
     if policy == "pad":
-        x = F.pad(x, (0, (pw - rem_w) % pw, 0, (ph - rem_h) % ph))
+        # up to the next multiple; non-negative operands only (ONNX integer Div truncates)
+        pad_h = (height + ph - 1) // ph * ph - height
+        pad_w = (width + pw - 1) // pw * pw - width
+        x = F.pad(x, (0, pad_w, 0, pad_h))
         return x, (height, width)
     if policy == "crop":
         new_h, new_w = height - rem_h, width - rem_w
