@@ -111,7 +111,7 @@ def test_demo_recommend_and_report_give_one_answer(tmp_path, capsys):
         assert main(["report", results, "--out", str(tmp_path / "r.html"), *flags]) == 0
         answer_report = capsys.readouterr().out.splitlines()[0]
         assert answer_demo == answer_rec == answer_report
-        assert code_demo == code_rec
+        assert code_demo == 0  # the demo's job ran; recommend's exit code says if one passed
         assert main(["recommend", results, "--json", *flags]) == code_rec
         data = json.loads(capsys.readouterr().out)
         assert data["answer"] == answer_rec

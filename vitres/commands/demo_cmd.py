@@ -69,4 +69,4 @@ def run(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
     )
     print(result.summary())
-    return 0 if result.recommendation.choice is not None else 1
+    return 0  # the job ran and wrote its report; "nothing passes" is an answer too
