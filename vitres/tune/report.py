@@ -528,7 +528,8 @@ _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:2px 6px}
 th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap}
 .plots img{max-width:48%;margin:0.5%}
-.answer{font-size:1.35em;font-weight:600;background:#eef6ee;border-left:6px solid #3a3;padding:.6em 1em}"""
+.answer{font-size:1.35em;font-weight:600;background:#eef6ee;border-left:6px solid #3a3;padding:.6em 1em}
+.answer.none{background:#fff4e0;border-left-color:#d80}"""
 
 FIT_HEADER = ("quantity", "model", "backend", "precision", "batch", "fit", "LOO error by form")
 CEILING_HEADER = (
@@ -616,7 +617,8 @@ def write_report(
         f'<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="answer">{html.escape(rec.sentence())}</p>',
+        f'<p class="answer{"" if rec.choice is not None else " none"}">'
+        f"{html.escape(rec.sentence())}</p>",
         f"<p>{html.escape(budget_text)}</p>",
         f"<p>{html.escape(counts)}</p>",
         "<h2>Recommendation</h2>",
