@@ -314,3 +314,21 @@ def test_a_config_far_slower_than_its_neighbours_cost_model_is_measured_again(tm
     assert script.calls == [16, 20, 24, 28, 32, 28]
     assert results[3].latency_ms == pytest.approx(0.99)
     assert results[3].interference["attempts"] == 2
+
+
+def test_busy_time_counts_only_the_cores_we_may_run_on(tmp_path):
+    from vitres.measure.interference import read_proc_stat
+
+    stat = tmp_path / "stat"
+    hz = __import__("os").sysconf("SC_CLK_TCK")
+    # cpu0: 100+0+50 busy, cpu1: 900+0+100 busy (someone pinned there)
+    stat.write_text(
+        "cpu  1000 0 150 5000 0 0 0 0 0 0\n"
+        "cpu0 100 0 50 2500 0 0 0 0 0 0\n"
+        "cpu1 900 0 100 2500 0 0 0 0 0 0\n"
+        "intr 1 2 3\n"
+    )
+    assert read_proc_stat(str(stat), {0}) == pytest.approx(150 / hz)
+    assert read_proc_stat(str(stat), {0, 1}) == pytest.approx(1150 / hz)
+    stat.write_text("cpu  10 0 5 100 0 1 1 1 0 0\n")  # no per-CPU lines: the aggregate
+    assert read_proc_stat(str(stat), {0}) == pytest.approx(18 / hz)

@@ -4,8 +4,8 @@ A latency measured while other processes compete for the cores can be many times
 real figure (two-thread PyTorch slows down 3× or more on a 2-core machine with one
 other busy process). Each timing window therefore collects evidence:
 
-- **other processes' CPU time**: the machine's busy time from ``/proc/stat`` over the
-  window, minus this process's own CPU time, in cores (1.0 = one core kept busy by
+- **other processes' CPU time**: the busy time of the cores this process may run on,
+  from ``/proc/stat`` over the window, minus this process's own CPU time, in cores (1.0 = one core kept busy by
   someone else), and the 1-minute load average from ``/proc/loadavg``;
 - **a reference kernel** (a fixed float32 matrix product at the measurement's thread
   count, median of 9) timed before and after the window: its slowdown against the
@@ -52,19 +52,33 @@ class CpuSample:
     loadavg_1m: float | None
 
 
-def read_proc_stat(path: str = "/proc/stat") -> float | None:
-    """Busy CPU seconds of all cores since boot (user, nice, system, irq, softirq, steal)."""
+def read_proc_stat(path: str = "/proc/stat", cpus: set[int] | None = None) -> float | None:
+    """Busy CPU seconds since boot (user, nice, system, irq, softirq, steal) of the CPUs
+    this process may run on (``cpus``; default its affinity set), so work pinned to other
+    cores does not count as interference."""
+    if cpus is None:
+        cpus = _affinity()
     try:
         with open(path, encoding="ascii") as f:
-            first = f.readline().split()
+            lines = [line.split() for line in f if line.startswith("cpu")]
     except OSError:
         return None
-    if not first or first[0] != "cpu":
+    per_cpu = {int(p[0][3:]): p[1:] for p in lines if p and p[0][3:].isdigit()}
+    chosen = [per_cpu[c] for c in sorted(cpus) if c in per_cpu] if cpus else []
+    if not chosen:  # no per-CPU lines: the aggregate
+        chosen = [p[1:] for p in lines if p and p[0] == "cpu"]
+    if not chosen:
         return None
-    values = [int(v) for v in first[1:]]
     # user nice system idle iowait irq softirq steal [guest guest_nice: inside user]
-    busy = sum(values[i] for i in (0, 1, 2, 5, 6, 7) if i < len(values))
+    busy = sum(int(v[i]) for v in chosen for i in (0, 1, 2, 5, 6, 7) if i < len(v))
     return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:
+        return None
 
 
 def read_loadavg(path: str = "/proc/loadavg") -> float | None:
