@@ -166,6 +166,21 @@ def add_common_arguments(
     )
 
 
+def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--keep-unstable`` and ``--max-attempts``: how a sweep treats disturbed timings."""
+    parser.add_argument(
+        "--keep-unstable",
+        action="store_true",
+        help="on resume, keep records flagged unstable or disturbed (default: measure again)",
+    )
+    parser.add_argument(
+        "--max-attempts",
+        type=int,
+        default=3,
+        help="measurements of a config whose timing window shows interference, at most",
+    )
+
+
 # --------------------------------------------------------------------------- budget
 
 

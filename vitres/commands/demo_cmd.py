@@ -7,6 +7,7 @@ import argparse
 from vitres.commands.args import (
     DefaultsFormatter,
     add_budget_arguments,
+    add_measurement_arguments,
     add_res_argument,
     budget_from_args,
 )
@@ -37,17 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="evaluate on the first N test images only (default: all)",
     )
     parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
-    parser.add_argument(
-        "--keep-unstable",
-        action="store_true",
-        help="on resume, keep records flagged unstable or disturbed (default: measure again)",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=3,
-        help="measurements of a config whose timing window shows interference, at most",
-    )
+    add_measurement_arguments(parser)
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 

@@ -4,10 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from vitres.commands.config_flags import add_config_flags, config_from_args
 from vitres.commands.train_cmd import HELP as TRAIN_HELP
+from vitres.commands.train_cmd import print_run_summary
 
 HELP = {
     **TRAIN_HELP,
@@ -67,18 +67,4 @@ def run(args: argparse.Namespace) -> int:
     from vitres.train.flexify import FlexifyConfig, flexify
 
     config = config_from_args(FlexifyConfig, args)
-    result = flexify(config)
-    summary = {
-        "out_dir": str(result.out_dir),
-        "model": str(result.out_dir / "model.safetensors"),
-        "steps": result.steps,
-        "train_seconds": round(result.train_seconds, 1),
-        "precision": result.precision,
-        "accuracy": result.final_accuracy,
-    }
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key:>14}: {value}")
-    return 0
+    return print_run_summary(flexify(config), as_json=args.json)

@@ -8,6 +8,7 @@ from vitres.commands.args import (
     DefaultsFormatter,
     add_budget_arguments,
     add_common_arguments,
+    add_measurement_arguments,
     add_model_argument,
     add_res_argument,
     budget_from_args,
@@ -63,17 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure anchor resolutions, then only those the cost model leaves uncertain",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument(
-        "--keep-unstable",
-        action="store_true",
-        help="on resume, keep records flagged unstable or disturbed (default: measure again)",
-    )
-    parser.add_argument(
-        "--max-attempts",
-        type=int,
-        default=3,
-        help="measurements of a config whose timing window shows interference, at most",
-    )
+    add_measurement_arguments(parser)
     ray = parser.add_argument_group("Ray (needs the ray extra: pip install 'vitres[ray]')")
     ray.add_argument(
         "--ray",

@@ -70,7 +70,11 @@ def run(args: argparse.Namespace) -> int:
     from vitres.train import TrainConfig, train
 
     config = config_from_args(TrainConfig, args)
-    result = train(config)
+    return print_run_summary(train(config), as_json=args.json)
+
+
+def print_run_summary(result, as_json: bool) -> int:  # noqa: ANN001 - a TrainResult
+    """The final record of a training or flexify run, as a table or one JSON line."""
     summary = {
         "out_dir": str(result.out_dir),
         "model": str(result.out_dir / "model.safetensors"),
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         "precision": result.precision,
         "accuracy": result.final_accuracy,
     }
-    if args.json:
+    if as_json:
         print(json.dumps(summary))
     else:
         for key, value in summary.items():
