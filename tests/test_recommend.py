@@ -271,3 +271,49 @@ def test_records_of_two_machine_kinds_are_never_mixed(tmp_path, capsys):
     assert f"== {kind_a}" in out and f"== {kind_b}" in out and "Box A" in out
     assert main(["recommend", str(path), "--host", kind_b]) == 0
     assert capsys.readouterr().out.startswith("Deploy 24 px")
+
+
+def test_min_ood_auroc_is_a_constraint():
+    base, a, b = mk(28, 0.93, 4.0), mk(24, 0.928, 2.5), mk(20, 0.925, 2.0)
+    base.ood_auroc, a.ood_auroc, b.ood_auroc = 0.95, 0.93, 0.85
+    assert recommend([base, a, b]).choice.key == a.key  # most accurate that passes
+    assert recommend([base, a, b], Budget(min_ood_auroc=0.9)).choice.key == a.key
+    assert Budget(min_ood_auroc=0.94).violations(a) == ["ood"]
+    rec = recommend([base, a, b], Budget(min_ood_auroc=0.97))
+    assert rec.choice is None and rec.message == (
+        "no config reaches OOD AUROC 0.97; the best is 28 px at 0.950"
+    )
+    with pytest.raises(ValueError, match="AUROC in"):
+        Budget(min_ood_auroc=1.5)
+
+
+def test_sweep_records_ood_auroc_per_config(tmp_path):
+    from vitres.explain.analysis import ood_auroc_for_config
+    from vitres.tune.sweep import run_sweep
+
+    out = tmp_path / "r.jsonl"
+    (record,) = run_sweep(
+        "fmnist-vit-single",
+        out_path=out,
+        resolutions="20",
+        data="fashion-mnist",
+        eval_limit=200,
+        ood="digits",
+        isolate=False,
+        progress=False,
+        max_attempts=1,
+        timing=__import__("vitres.measure", fromlist=["TimingConfig"]).TimingConfig(
+            warmup_calls=1, warmup_s=0, min_calls=2, min_s=0
+        ),
+    )
+    expected = ood_auroc_for_config(
+        "fmnist-vit-single",
+        20,
+        "fashion-mnist",
+        "digits",
+        train_limit=2000,
+        limit=200,
+        ood_limit=200,
+    )
+    assert record.ood_auroc == pytest.approx(expected)
+    assert read_results(out)[0].ood_auroc == pytest.approx(expected)

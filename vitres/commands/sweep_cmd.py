@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--data", help="dataset for accuracy: fashion-mnist or an image folder (omit: speed only)"
     )
     parser.add_argument("--data-dir", help="folder holding the dataset files")
+    parser.add_argument(
+        "--ood",
+        help="out-of-distribution data (digits or an image folder): records carry the best "
+        "OOD AUROC per config, for --min-ood-auroc",
+    )
     parser.add_argument("--split", default="test", help="dataset split")
     parser.add_argument(
         "--backend",
@@ -139,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         keep_unstable=args.keep_unstable,
         max_attempts=args.max_attempts,
         executor=executor,
+        ood=args.ood,
     )
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)

@@ -61,6 +61,7 @@ class Budget:
         max_side_px: The input's equal-area side must be at most this (pixels).
         min_side_scale: The side must be at least this multiple of the native side.
         max_side_scale: The side must be at most this multiple of the native side.
+        min_ood_auroc: The record's best OOD AUROC (a sweep with ``--ood``) must reach this.
         max_acc_drop: Accuracy may drop by less than this: percent of the baseline's
             accuracy (``acc_form="relative"``, the seed's rule) or points
             (``acc_form="points"``). A gain never fails.
@@ -82,6 +83,7 @@ class Budget:
     max_side_px: float | None = None
     min_side_scale: float | None = None
     max_side_scale: float | None = None
+    min_ood_auroc: float | None = None
     max_acc_drop: float = 1.5
     min_speedup: float = 0.25
     acc_form: str = "relative"
@@ -99,8 +101,11 @@ class Budget:
             "max_side_px",
             "min_side_scale",
             "max_side_scale",
+            "min_ood_auroc",
         ):
             _check_positive(name, getattr(self, name))
+        if self.min_ood_auroc is not None and self.min_ood_auroc > 1:
+            raise ValueError(f"min_ood_auroc is an AUROC in (0, 1], got {self.min_ood_auroc!r}")
         if self.acc_form not in ACC_FORMS:
             raise ValueError(f"acc_form must be one of {ACC_FORMS}, got {self.acc_form!r}")
         if self.speed_form not in SPEED_FORMS:
@@ -169,6 +174,8 @@ class Budget:
             out.append(f"side ≥ {self.min_side_scale:.3g}× native")
         if self.max_side_scale is not None:
             out.append(f"side ≤ {self.max_side_scale:.3g}× native")
+        if self.min_ood_auroc is not None:
+            out.append(f"OOD AUROC ≥ {self.min_ood_auroc:g}")
         return out
 
     def side_limits(self, m: Measurement) -> tuple[float, float]:
@@ -186,8 +193,8 @@ class Budget:
         return low, high
 
     def violations(self, m: Measurement) -> list[str]:
-        """Names of the limits ``m`` breaks (``latency``, ``fps``, ``memory``, ``size``); a
-        value the record lacks counts as breaking its limit."""
+        """Names of the limits ``m`` breaks (``latency``, ``fps``, ``memory``, ``size``,
+        ``ood``); a value the record lacks counts as breaking its limit."""
         out = []
         if self.max_latency_ms is not None and not (
             m.latency_ms is not None and m.latency_ms <= self.max_latency_ms
@@ -206,6 +213,10 @@ class Budget:
         scaled = self.min_side_scale is not None or self.max_side_scale is not None
         if (scaled and m.native_resolution is None) or not low - 1e-9 <= side <= high + 1e-9:
             out.append("size")
+        if self.min_ood_auroc is not None and not (
+            m.ood_auroc is not None and m.ood_auroc >= self.min_ood_auroc
+        ):
+            out.append("ood")
         return out
 
     def feasible(self, m: Measurement) -> bool:

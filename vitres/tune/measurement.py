@@ -153,6 +153,7 @@ def measure_config(
         pad_to = None if backend.dynamic_batch else config.batch_size
         accuracy, n_eval = evaluate_accuracy(backend.run, eval_data(model, config), pad_to=pad_to)
     warnings = list(eval_data.problems(model)) if hasattr(eval_data, "problems") else []
+    ood_auroc = eval_data.ood_auroc(model, config) if hasattr(eval_data, "ood_auroc") else None
 
     grid = tokens = flops = flops_analytic = None
     if hasattr(model, "grid_size"):
@@ -194,4 +195,5 @@ def measure_config(
         env=env_fingerprint(threads, config.device),
         interference=evidence.to_dict(),
         data_warnings=warnings,
+        ood_auroc=ood_auroc,
     )

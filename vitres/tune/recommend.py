@@ -333,6 +333,19 @@ def _infeasible_message(ok: list[Measurement], budget: Budget) -> tuple[str, Mea
                     smallest,
                 )
             )
+    if budget.min_ood_auroc is not None:
+        scored = [m for m in ok if m.ood_auroc is not None]
+        best = max(scored, key=lambda m: m.ood_auroc) if scored else None
+        if best is None:
+            singles.append(("no config has an OOD AUROC (sweep with --ood DATA)", None))
+        elif best.ood_auroc < budget.min_ood_auroc:
+            singles.append(
+                (
+                    f"no config reaches OOD AUROC {budget.min_ood_auroc:g}; the best is "
+                    f"{resolution_label(best)} at {best.ood_auroc:.3f}",
+                    best,
+                )
+            )
     if singles:
         return "; ".join(text for text, _ in singles), singles[0][1]
 

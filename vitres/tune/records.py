@@ -80,6 +80,9 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         config (the cleanest attempt is kept). ``null`` for records made before it existed.
     data_warnings: problems with the evaluation data (unreadable files, a class count
         that differs from the model's), as sentences.
+    ood_auroc: the best out-of-distribution AUROC (MSP, MaxLogit, energy, Mahalanobis,
+        ViM) of the model at this resolution against the sweep's ``ood`` data, ``null``
+        without it (:func:`vitres.explain.analysis.ood_auroc_for_config`).
     timestamp: ISO-8601 UTC time the record was made.
 """
 
@@ -175,6 +178,7 @@ class Measurement:
     model_digest: str | None = None
     interference: dict[str, Any] | None = None
     data_warnings: list[str] = field(default_factory=list)
+    ood_auroc: float | None = None
     timestamp: str = field(default_factory=utc_timestamp)
     source: str = "measured"
     key: str = ""

@@ -79,9 +79,32 @@ class DatasetEval:
         data_dir: str | None = None,
         limit: int | None = None,
         batch_size: int = 64,
+        ood: str | None = None,
+        ood_train_limit: int = 2000,
     ) -> None:
         self.data, self.split, self.data_dir = data, split, data_dir
         self.limit, self.batch_size = limit, batch_size
+        self.ood, self.ood_train_limit = ood, ood_train_limit
+
+    def ood_auroc(self, model: nn.Module, config: SweepConfig) -> float | None:
+        """The best OOD AUROC of ``model`` at the config's resolution and patch size against
+        ``ood`` (:func:`vitres.explain.analysis.ood_auroc_for_config`); ``None`` without it.
+        Scored on the eager model: a property of the weights and the input size."""
+        if self.ood is None:
+            return None
+        from vitres.explain.analysis import ood_auroc_for_config
+
+        return ood_auroc_for_config(
+            model,
+            config.resolution,
+            self.data,
+            self.ood,
+            train_limit=self.ood_train_limit,
+            limit=self.limit,
+            ood_limit=self.limit,
+            patch_size=config.patch_size,
+            data_dir=self.data_dir,
+        )
 
     def problems(self, model: nn.Module) -> list[str]:
         """Unreadable files and class-count mismatches seen so far (see ``data_problems``)."""
@@ -192,6 +215,7 @@ def run_sweep(
     progress: bool = True,
     measure: Callable[..., Measurement] | None = None,
     executor: Callable[..., Iterable[tuple[SweepConfig, Measurement]]] | None = None,
+    ood: str | None = None,
     keep_unstable: bool = False,
     max_attempts: int = 3,
     outlier_ratio: float = 1.5,
@@ -239,6 +263,9 @@ def run_sweep(
             it yields ``(config, Measurement)`` as each finishes, and this process alone
             appends them to ``out_path``. Not with ``adaptive``; "auto" threads run at the
             task's CPUs (Ray sets one thread per requested CPU).
+        ood: Out-of-distribution data (``digits`` or an image folder): each record also
+            carries the best OOD AUROC at its resolution (``ood_auroc``), which
+            ``Budget.min_ood_auroc`` can constrain.
         keep_unstable: On resume, keep records flagged ``unstable`` or with interference
             (by default they are measured again).
         max_attempts: Measurements of one config at most: a config whose timing window
@@ -282,9 +309,16 @@ def run_sweep(
         None
         if data is None
         else DatasetEval(
-            data, split=split, data_dir=data_dir, limit=eval_limit, batch_size=eval_batch_size
+            data,
+            split=split,
+            data_dir=data_dir,
+            limit=eval_limit,
+            batch_size=eval_batch_size,
+            ood=ood,
         )
     )
+    if ood is not None and data is None:
+        raise ValueError("ood needs data: OOD scores compare the data's test split with it")
     existing: list[Measurement] = []
     if out_path is not None:
         repair_results(out_path)
