@@ -148,3 +148,19 @@ def test_report_renders_in_a_real_browser(tmp_path):
         if abs(rgb[0] - 31) + abs(rgb[1] - 119) + abs(rgb[2] - 180) < 30
     )
     assert banner > 5000 and border > 100 and plot_blue > 200
+
+
+def test_report_draws_ood_when_records_have_it(tmp_path):
+    records = []
+    for res, ms, acc, auroc in [
+        (16, 1.0, 0.80, 0.81),
+        (28, 2.6, 0.90, 0.95),
+        (40, 5.5, 0.89, 0.93),
+    ]:
+        m = mk(res, "eager", acc, ms, 20.0)
+        m.ood_auroc = auroc
+        records.append(m)
+    html_path, md_path = write_report(records, tmp_path / "r.html", Budget(min_ood_auroc=0.9))
+    markdown = open(md_path).read()
+    assert "ood_vs_resolution.png" in markdown and "OOD AUROC" in markdown and "0.95" in markdown
+    assert (tmp_path / "r_files" / "ood_vs_resolution.png").read_bytes().startswith(PNG_MAGIC)

@@ -143,6 +143,28 @@ def plot_accuracy(ok: Sequence[Measurement]) -> Plot:
     return Plot("accuracy_vs_resolution", "Accuracy vs resolution", _png(figure))
 
 
+def plot_ood(ok: Sequence[Measurement], budget: Budget) -> Plot:
+    """Best OOD AUROC vs resolution (records of a sweep run with ``--ood``)."""
+    figure, ax = _figure()
+    series = {k: [m for m in v if m.ood_auroc is not None] for k, v in _by_series(ok).items()}
+    series = {k: v for k, v in series.items() if v}
+    for key, points in series.items():
+        ax.plot(
+            [_side(m) for m in points],
+            [m.ood_auroc for m in points],
+            marker="o",
+            label=_series_label(key),
+        )
+    if budget.min_ood_auroc is not None:
+        ax.axhline(budget.min_ood_auroc, color="red", linestyle=":", label="budget")
+    ax.set_xlabel("resolution (px, √(H·W))")
+    ax.set_ylabel("best OOD AUROC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Out-of-distribution detection vs resolution")
+    return Plot("ood_vs_resolution", "Best OOD AUROC vs resolution", _png(figure))
+
+
 def _model_line(
     fit: CostFit, points: Sequence[Measurement]
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -379,6 +401,7 @@ RESULT_COLUMNS = (
     "img/s",
     "peak MiB",
     "tokens",
+    "OOD AUROC",
     "GFLOPs",
     "GFLOPs (analytic)",
     "error",
@@ -406,6 +429,7 @@ def result_rows(records: Sequence[Measurement]) -> list[list[str]]:
                 _fmt(m.throughput_ips, 4),
                 _fmt(m.peak_mem_mb),
                 _fmt(m.tokens),
+                _fmt(m.ood_auroc),
                 _fmt(None if m.flops is None else m.flops / 1e9, 4),
                 _fmt(None if m.flops_analytic is None else m.flops_analytic / 1e9, 4),
                 m.error or "",
@@ -594,6 +618,8 @@ def write_report(
         plot_pareto(ok, rec),
         plot_memory(ok, predicted, mem_fits, budget),
     ]
+    if any(m.ood_auroc is not None for m in ok):
+        plots.append(plot_ood(ok, budget))
     summary = format_recommendation(rec)
     limits = budget.limits()
     budget_text = (
