@@ -13,7 +13,7 @@ from vitres.tune.records import read_results
 from vitres.tune.report import write_report
 from vitres.tune.sweep import run_sweep
 
-DEFAULT_MODEL = "fmnist-vit-flex"  # the most accurate bundled model at every size
+DEFAULT_MODEL = "fmnist-vit-multires"
 DEFAULT_RESOLUTIONS = "12,16,20,24,28,40,56"
 DEFAULT_BACKENDS = ("eager", "eager-bf16")
 
