@@ -211,6 +211,7 @@ def test_teacher_runs_at_its_native_size_in_inference_mode(tmp_path):
     tiny_source(tmp_path / "src.safetensors", drop_path_rate=0.5)  # train mode would differ
     config = tiny(tmp_path, tmp_path / "src.safetensors", train_limit=40)
     recipe = FlexifyRecipe(config, "fp32")
+    recipe.cache = recipe._teacher_cache()  # built at the first step
     teacher = vitres.load_model(tmp_path / "src.safetensors")
     assert not recipe.teacher.training
     assert not any(p.requires_grad for p in recipe.teacher.parameters())

@@ -235,10 +235,11 @@ class FlexifyRecipe:
         # forward work done, for a cost measure independent of other jobs on the machine:
         # sums of examples x tokens and examples x tokens^2 (the attention's term)
         self.work = {"student": [0, 0], "teacher": [0, 0]}
+        # the teacher's outputs are cached at the first step (a finished run never needs them)
         self.cache: tuple[Tensor, Tensor] | None = None
-        if self.teacher is not None and config.teacher_cache and not config.random_crop:
-            self.cache = self._teacher_cache()
-        self._start_work = {k: list(v) for k, v in self.work.items()}
+        self.use_cache = (
+            self.teacher is not None and config.teacher_cache and not config.random_crop
+        )
 
     # ------------------------------------------------------------------ views
     def _teacher_size(self) -> tuple[int, int]:
@@ -353,6 +354,8 @@ class FlexifyRecipe:
         sizes: list = [shape.resolution]
         if shape.partner is not None:
             sizes.append(shape.partner)
+        if self.use_cache and self.cache is None:
+            self.cache = self._teacher_cache()
         need_teacher_view = self.teacher is not None and self.cache is None
         if need_teacher_view:
             sizes.append(self._teacher_size())
@@ -437,10 +440,8 @@ class FlexifyRecipe:
             )
         self.sampler.load_state_dict(state.get("sampler", {}))
         saved_work = state.get("work")
-        if saved_work is not None:  # what was done before, plus this start's teacher cache
-            self.work = {
-                k: [a + b for a, b in zip(saved_work[k], self._start_work[k])] for k in self.work
-            }
+        if saved_work is not None:
+            self.work = {k: list(saved_work[k]) for k in self.work}
 
     def model_metadata(self) -> dict:
         from vitres.models.checkpoint import checkpoint_digest

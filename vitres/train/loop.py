@@ -275,7 +275,7 @@ def run_recipe(
 
     setup_start, setup_cpu_start = time.perf_counter(), time.process_time()
     recipe = make_recipe(precision)
-    # building the recipe is part of the cost (for flexify: the teacher's outputs)
+    # building the recipe (loading the data and models) is part of the cost
     setup_seconds = time.perf_counter() - setup_start
     setup_cpu_seconds = time.process_time() - setup_cpu_start
     model, train_set = recipe.model, recipe.train_set
