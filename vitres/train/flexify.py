@@ -40,9 +40,8 @@ from torch import Tensor, nn
 
 from vitres.data import get_dataset, take_batch
 from vitres.data.transforms import match_channels, normalize, resize, sample_crop_box, to_float
-from vitres.evaluate import accuracy_at
 from vitres.train.config import RunConfig, TrainResult
-from vitres.train.loop import StepOutput, StepShape, autocast, run_recipe
+from vitres.train.loop import StepOutput, StepShape, autocast, eval_accuracies, run_recipe
 from vitres.train.losses import distillation_loss, scale_consistency_loss
 from vitres.train.sampling import GapSampler, token_batch_size, token_count
 
@@ -400,18 +399,7 @@ class FlexifyRecipe:
             self.sampler.update(arm, gap)
 
     def evaluate(self, precision: str) -> dict:
-        config = self.config
-        accuracy = {}
-        for res in config.eval_resolutions:
-            acc, _ = accuracy_at(
-                self.model,
-                self.test_set,
-                res,
-                config.eval_batch_size,
-                config.eval_limit,
-                precision=precision,
-            )
-            accuracy[str(res)] = round(acc, 5)
+        accuracy = eval_accuracies(self.model, self.test_set, self.config, precision)
         probabilities = self.sampler.probabilities()
         return {
             "accuracy": accuracy,

@@ -519,3 +519,17 @@ def _choose_training_threads(model: torch.nn.Module, config: Any) -> Any:
         model.train(was_training)
     torch.set_num_threads(choice.threads)
     return choice
+
+
+def eval_accuracies(model: torch.nn.Module, test_set: Any, config: Any, precision: str) -> dict:
+    """Top-1 accuracy at each of ``config.eval_resolutions`` (the per-epoch evaluation of
+    every recipe), as ``{"28": 0.91234, ...}``."""
+    from vitres.evaluate import accuracy_at
+
+    accuracy = {}
+    for res in config.eval_resolutions:
+        acc, _ = accuracy_at(
+            model, test_set, res, config.eval_batch_size, config.eval_limit, precision=precision
+        )
+        accuracy[str(res)] = round(acc, 5)
+    return accuracy

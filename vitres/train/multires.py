@@ -18,9 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitres.data import FASHION_MNIST_ALIASES, FMNIST_MEAN, FMNIST_STD, get_dataset, prepare_batch
-from vitres.evaluate import accuracy_at
 from vitres.train.config import TrainConfig, TrainResult
-from vitres.train.loop import StepOutput, StepShape, run_recipe
+from vitres.train.loop import StepOutput, StepShape, eval_accuracies, run_recipe
 from vitres.train.sampling import sample_step_shape
 
 __all__ = ["build_model", "train"]
@@ -129,19 +128,7 @@ class MultiResRecipe:
         pass
 
     def evaluate(self, precision: str) -> dict:
-        config = self.config
-        accuracy = {}
-        for res in config.eval_resolutions:
-            acc, _ = accuracy_at(
-                self.model,
-                self.test_set,
-                res,
-                config.eval_batch_size,
-                config.eval_limit,
-                precision=precision,
-            )
-            accuracy[str(res)] = round(acc, 5)
-        return {"accuracy": accuracy}
+        return {"accuracy": eval_accuracies(self.model, self.test_set, self.config, precision)}
 
     def state_dict(self) -> dict:
         return {}
