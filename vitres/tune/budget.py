@@ -32,6 +32,17 @@ TASKS: dict[str, dict[str, Any]] = {
     "realtime": {"min_fps": 30.0, "max_side_scale": 224.0 / REFERENCE_SIDE},
     "high-precision": {"min_side_scale": 384.0 / REFERENCE_SIDE},
 }
+# every limit of a Budget (a positive number, or None for no limit) and how it reads
+LIMIT_TEXT = (
+    ("max_latency_ms", "latency ≤ {:g} ms"),
+    ("min_fps", "throughput ≥ {:g} img/s"),
+    ("max_memory_mb", "memory ≤ {:g} MiB"),
+    ("min_side_px", "side ≥ {:g} px"),
+    ("max_side_px", "side ≤ {:g} px"),
+    ("min_side_scale", "side ≥ {:.3g}× native"),
+    ("max_side_scale", "side ≤ {:.3g}× native"),
+    ("min_ood_auroc", "OOD AUROC ≥ {:g}"),
+)
 TASK_TEXT = {
     "realtime": "≤ 224 px on the model's scale, ≥ 30 FPS",
     "high-precision": "≥ 384 px on the model's scale",
@@ -93,16 +104,7 @@ class Budget:
     source: str = ""
 
     def __post_init__(self) -> None:
-        for name in (
-            "max_latency_ms",
-            "min_fps",
-            "max_memory_mb",
-            "min_side_px",
-            "max_side_px",
-            "min_side_scale",
-            "max_side_scale",
-            "min_ood_auroc",
-        ):
+        for name, _ in LIMIT_TEXT:
             _check_positive(name, getattr(self, name))
         if self.min_ood_auroc is not None and self.min_ood_auroc > 1:
             raise ValueError(f"min_ood_auroc is an AUROC in (0, 1], got {self.min_ood_auroc!r}")
@@ -159,24 +161,11 @@ class Budget:
 
     def limits(self) -> list[str]:
         """The limits as text, e.g. ``["latency ≤ 5 ms"]``."""
-        out = []
-        if self.max_latency_ms is not None:
-            out.append(f"latency ≤ {self.max_latency_ms:g} ms")
-        if self.min_fps is not None:
-            out.append(f"throughput ≥ {self.min_fps:g} img/s")
-        if self.max_memory_mb is not None:
-            out.append(f"memory ≤ {self.max_memory_mb:g} MiB")
-        if self.min_side_px is not None:
-            out.append(f"side ≥ {self.min_side_px:g} px")
-        if self.max_side_px is not None:
-            out.append(f"side ≤ {self.max_side_px:g} px")
-        if self.min_side_scale is not None:
-            out.append(f"side ≥ {self.min_side_scale:.3g}× native")
-        if self.max_side_scale is not None:
-            out.append(f"side ≤ {self.max_side_scale:.3g}× native")
-        if self.min_ood_auroc is not None:
-            out.append(f"OOD AUROC ≥ {self.min_ood_auroc:g}")
-        return out
+        return [
+            text.format(getattr(self, name))
+            for name, text in LIMIT_TEXT
+            if getattr(self, name) is not None
+        ]
 
     def side_limits(self, m: Measurement) -> tuple[float, float]:
         """The ``(min, max)`` equal-area side in pixels allowed for ``m``'s model."""
