@@ -113,6 +113,32 @@ def test_fp32_openvino_matches_eager_at_several_sizes_with_one_compiled_model(bu
     assert again.model_path == backend.model_path
 
 
+def test_static_copies_compute_what_the_dynamic_model_does_and_stay_bounded(bundled):
+    model, data, cache = bundled
+    backend = get_backend("openvino", cache_dir=cache, threads=1, max_static_shapes=2)
+    backend.prepare(copy.deepcopy(model), (4, 1, 28, 28))
+    # the build shape got its static copy at build time
+    assert backend.build_info["static_shapes"] == [[4, 1, 28, 28]]
+    dynamic = get_backend("openvino", cache_dir=cache, threads=1, specialise=False)
+    dynamic.prepare(copy.deepcopy(model), (4, 1, 28, 28))
+    assert dynamic.build_info["static_shapes"] == []
+    x_native = data[(28, 28)][0][:4]
+    x_other = data[(20, 36)][0][:3]
+    x_third = torch.randn(2, 1, 40, 24)
+    for x in (x_native, x_other, x_third, x_other):
+        with torch.no_grad():
+            expected = model(x)
+        got = backend.run(x)
+        torch.testing.assert_close(got, dynamic.run(x), atol=1e-5, rtol=0)
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # two copies at most: the third shape runs on the dynamic model, the second is reused
+    assert backend.build_info["static_shapes"] == [[4, 1, 28, 28], [3, 1, 20, 36]]
+    assert backend.request_for((2, 1, 40, 24)) is backend.request
+    assert backend.request_for((3, 1, 20, 36)) is not backend.request
+    with pytest.raises(ValueError, match="max_static_shapes"):
+        get_backend("openvino", max_static_shapes=-1)
+
+
 def test_openvino_rejects_bad_input_with_eager_messages(bundled):
     model, _, cache = bundled
     backend = get_backend("openvino", cache_dir=cache, threads=1)
