@@ -18,14 +18,18 @@ the start and at the end of the run, per thread count). Rows whose p90 is over 1
 median are marked noisy: on a shared machine, multi-thread PyTorch timings collapse when
 another job runs, and the table says so rather than hide it.
 
-Peak memory for the claims table is the peak RSS of a fresh child process that builds
-the backend and runs one batch (:func:`vitres.measure.peak_memory_mb`).
+Peak memory for the claims table is the peak RSS (over the child's baseline) of a fresh
+child process that builds the backend and runs one batch
+(:func:`vitres.measure.peak_memory_mb`), and, for paths that deploy a file (ONNX,
+OpenVINO IR), of a fresh child that loads that file with its runtime alone and runs one
+batch: what a deployment without PyTorch holds. ``--memory-only`` remeasures these.
 
 Usage::
 
     .venv/bin/python benchmarks/backends.py                 # full run, quiet machine only
     .venv/bin/python benchmarks/backends.py --threads 1     # per-core only
     .venv/bin/python benchmarks/backends.py --quick --out /tmp/smoke   # smoke: 1 tiny case
+    .venv/bin/python benchmarks/backends.py --memory-only benchmarks/results/backends.json
 
 Writes ``benchmarks/results/backends.json`` and ``backends.md`` and refreshes the table
 in ``docs/deployment.md`` (between the ``backends-table`` markers; full runs only).
@@ -244,6 +248,69 @@ def peak_memory(
     from vitres.measure import peak_memory_mb
 
     return round(peak_memory_mb(_peak_child, case, name, shape, threads, str(cache_dir)), 1)
+
+
+def _artifact_child(
+    case: str, name: str, shape: tuple[int, ...], threads: int, cache_dir: str
+) -> str | None:
+    """Builds ``name`` (filling the on-disk cache) and returns the file it runs, if any."""
+    torch.set_num_threads(threads)
+    model, _, _ = case_model(case)
+    resolutions, _ = case_plan(case)
+    backend = get_backend(
+        name, **backend_kwargs(name, Path(cache_dir), threads, [(r, r) for r in resolutions], 16)
+    )
+    backend.prepare(model, shape)
+    path = getattr(backend, "model_path", None) or getattr(backend, "onnx_path", None)
+    return None if path is None else str(path)
+
+
+def _deployed_child(path: str, shape: tuple[int, ...], threads: int) -> None:
+    """Loads the deployed file with its runtime alone (no PyTorch model) and runs one batch."""
+    import numpy as np
+
+    batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
+    if path.endswith(".xml"):
+        from vitres.export.openvino import compile_openvino
+
+        precision = "bf16" if "bf16" in path else "f32"
+        compiled = compile_openvino(path, threads=threads, precision=precision)
+        compiled.create_infer_request().infer({0: batch})
+    else:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session.run(None, {session.get_inputs()[0].name: batch})
+
+
+def deployed_memory(
+    case: str, name: str, shape: tuple[int, ...], threads: int, cache_dir: Path
+) -> float | None:
+    """Peak RSS (MiB) of a fresh process that runs ``name``'s deployed file with its
+    runtime only -- what a deployment without PyTorch holds; ``None`` for PyTorch paths."""
+    from vitres.measure import peak_memory_mb, run_isolated
+
+    path = run_isolated(_artifact_child, case, name, shape, threads, str(cache_dir))
+    if path is None or not path.endswith((".xml", ".onnx")):
+        return None
+    return round(peak_memory_mb(_deployed_child, path, shape, threads), 1)
+
+
+def measure_memory(
+    case: str, best: str, batch: int, resolution: int, threads: int, cache_dir: Path
+) -> dict[str, Any]:
+    """The claims table's memory facts for one case (see the module docstring)."""
+    shape = (batch, 3, resolution, resolution)
+    print(f"{case}: peak memory of eager and {best}", flush=True)
+    return {
+        "batch": batch,
+        "best": best,
+        "eager_mb": peak_memory(case, "eager", shape, threads, cache_dir),
+        "best_mb": peak_memory(case, best, shape, threads, cache_dir),
+        "deployed_mb": deployed_memory(case, best, shape, threads, cache_dir),
+    }
 
 
 # ----------------------------------------------------------------------------- timing
@@ -826,15 +893,27 @@ def claims_and_targets(
         claims.append({"claim": SEED_CLAIMS[0][1], "case": label, "measured": speed or "–"})
         mem = memory.get(case)
         if mem:
-            saved = 1 - mem["best_mb"] / mem["eager_mb"] if mem["eager_mb"] else float("nan")
-            change = f"{100 * saved:.0f} % less" if saved >= 0 else f"{-100 * saved:.0f} % more"
+
+            def change(mb: float, mem: dict = mem) -> str:
+                saved = 1 - mb / mem["eager_mb"] if mem["eager_mb"] else float("nan")
+                return f"{100 * saved:.0f} % less" if saved >= 0 else f"{-100 * saved:.0f} % more"
+
+            deployed = mem.get("deployed_mb")
+            text = (
+                f"peak RSS over a fresh process: eager fp32 (PyTorch, model and one batch) "
+                f"{mem['eager_mb']:.0f} MiB; fastest path {mem['best']}: building and running "
+                f"in one process {mem['best_mb']:.0f} MiB ({change(mem['best_mb'])})"
+            )
+            if deployed is not None:
+                text += (
+                    f", its deployed file run by its runtime alone {deployed:.0f} MiB "
+                    f"({change(deployed)})"
+                )
             claims.append(
                 {
                     "claim": SEED_CLAIMS[1][1],
                     "case": f"{label}, batch {mem['batch']}",
-                    "measured": f"peak RSS of building and running: eager fp32 "
-                    f"{mem['eager_mb']:.0f} MiB, fastest path {mem['best']} "
-                    f"{mem['best_mb']:.0f} MiB ({change})",
+                    "measured": text,
                 }
             )
         eager_b1 = next(
@@ -891,6 +970,29 @@ def claims_and_targets(
     return claims, {"cases": cases, "lines": lines}
 
 
+def remeasure_memory(path: Path) -> int:
+    """``--memory-only``: the memory facts of ``path`` measured again, claims rewritten."""
+    result = json.loads(path.read_text())
+    top = max(result["threads"])
+    with tempfile.TemporaryDirectory(prefix="vitres-bench-") as cache:
+        for case, old in result["memory"].items():
+            resolution = max(case_plan(case)[0])
+            result["memory"][case] = measure_memory(
+                case, old["best"], old["batch"], resolution, top, Path(cache)
+            )
+    amx = bool(result["env"]["cpu_flags"].get("amx_bf16"))
+    result["claims"], result["targets"] = claims_and_targets(
+        result["latency"], result["accuracy"], result["memory"], amx
+    )
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    table = markdown(result)
+    path.with_suffix(".md").write_text(table)
+    if path.with_suffix("").resolve() == DEFAULT_OUT.resolve():
+        update_doc(table)
+    print(table)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -933,7 +1035,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render", default=None, help="only re-render the .md / docs table from this JSON file"
     )
+    parser.add_argument(
+        "--memory-only",
+        default=None,
+        help="only remeasure the peak-memory claims of this results JSON (same cases, same "
+        "fastest paths) and rewrite it; memory is not a timing, so this needs no quiet machine",
+    )
     args = parser.parse_args(argv)
+    if args.memory_only:
+        return remeasure_memory(Path(args.memory_only))
     if args.render:
         table = markdown(json.loads(Path(args.render).read_text()))
         Path(args.render).with_suffix(".md").write_text(table)
@@ -987,14 +1097,9 @@ def main(argv: list[str] | None = None) -> int:
             rows = [r for r in out["latency"] if r["resolution"] == resolution]
             best = best_vitres_row(rows, batch, top)
             if best is not None:
-                shape = (batch, 3, resolution, resolution)
-                print(f"{case}: peak memory of eager and {best['backend']}", flush=True)
-                memory[case] = {
-                    "batch": batch,
-                    "best": best["backend"],
-                    "eager_mb": peak_memory(case, "eager", shape, top, cache_dir),
-                    "best_mb": peak_memory(case, best["backend"], shape, top, cache_dir),
-                }
+                memory[case] = measure_memory(
+                    case, best["backend"], batch, resolution, top, cache_dir
+                )
     bf16 = None
     if not args.quick and "vit_small_patch16" in cases:
         print("bf16 investigation (ViT-S/16, 224, batch 8)", flush=True)
