@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitres.tokens.merge import merge_label
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit
 from vitres.tune.recommend import (
@@ -35,7 +36,6 @@ from vitres.tune.recommend import (
     format_recommendation,
     recommend,
 )
-from vitres.tokens.merge import merge_label
 from vitres.tune.records import Measurement, group_key, read_results
 
 
