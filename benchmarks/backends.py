@@ -66,7 +66,7 @@ from benchmarks.peers import (  # noqa: E402
 from vitres.backends import get_backend  # noqa: E402
 from vitres.data import eval_batches, load_fashion_mnist  # noqa: E402
 from vitres.export import check_parity  # noqa: E402
-from vitres.measure import analytic_flops, env_fingerprint  # noqa: E402
+from vitres.measure import analytic_flops, env_fingerprint, interleaved_latency  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "deployment.md"
@@ -314,26 +314,7 @@ def measure_memory(
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-def interleaved_latency(
-    runs: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, rounds: int, calls: int
-) -> dict[str, list[float]]:
-    """Per-call seconds of every ``run(x)``, timed round-robin (the first one rotates)."""
-    names = list(runs)
-    for name in names:  # warm-up (and any recompile for this shape) before timing
-        for _ in range(2):
-            runs[name](x)
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            run = runs[name]
-            for _ in range(calls):
-                start = time.perf_counter()
-                run(x)
-                samples[name].append(time.perf_counter() - start)
-    return samples
+# (interleaved rounds: vitres.measure.interleaved_latency)
 
 
 def summarise(

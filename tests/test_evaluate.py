@@ -22,6 +22,9 @@ SCHEMA = {
     "pos_embed_mode": (str, type(None)),
     "size_policy": str,
     "precision": str,
+    "merge": (int, float, type(None)),
+    "pack": (str, type(None)),
+    "pack_used": dict,
     "warnings": list,
 }
 

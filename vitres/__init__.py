@@ -6,6 +6,7 @@ from vitres.layers.pos_embed import resample_pos_embed
 from vitres.models.checkpoint import load_model, save_model
 from vitres.models.registry import create_model, list_models, model_config
 from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
+from vitres.tokens.pack import pack
 from vitres.tune.budget import Budget
 from vitres.tune.recommend import Recommendation, recommend
 from vitres.tune.records import read_results
@@ -24,6 +25,7 @@ __all__ = [
     "list_models",
     "load_model",
     "model_config",
+    "pack",
     "read_results",
     "recommend",
     "resample_patch_embed",

@@ -48,6 +48,8 @@ class Backend(ABC):
             constructor then takes ``calibration_data`` (dataset name or image folder)
             and ``calibration_data_dir`` (where a named dataset's files are).
         devices: Device types the backend runs on (``"cpu"``, ``"cuda"``).
+        token_merging: True if ``run`` calls the model's own forward, so token merging
+            (``merge``, :mod:`vitres.tokens.merge`) runs; exporting backends refuse it.
 
     Attributes:
         device: Where the model runs (``"cpu"``, ``"cuda"``...).
@@ -59,6 +61,7 @@ class Backend(ABC):
     dynamic_batch: ClassVar[bool] = False
     calibrated: ClassVar[bool] = False
     devices: ClassVar[tuple[str, ...]] = ("cpu", "cuda")
+    token_merging: ClassVar[bool] = False
 
     def __init__(self, device: str = "cpu") -> None:
         self.device = torch.device(device)

@@ -43,6 +43,7 @@ class CompileBackend(Backend):
     name = "compile"
     precision = "fp32"
     dynamic_batch = True
+    token_merging = True
     dtype = torch.float32
 
     def __init__(

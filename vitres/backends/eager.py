@@ -17,6 +17,7 @@ class EagerBackend(Backend):
     name = "eager"
     precision = "fp32"
     dynamic_batch = True
+    token_merging = True
     dtype = torch.float32
 
     def build(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:

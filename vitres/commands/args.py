@@ -2,7 +2,7 @@
 
 - ``--model``: the one model-reference grammar (:func:`vitres.models.resolve.resolve_model`);
 - ``--res``: the one size grammar (:mod:`vitres.layers.sizes`);
-- ``--patch-size``, ``--batch-size``, ``--limit``, ``--threads``;
+- ``--patch-size``, ``--batch-size``, ``--limit``, ``--threads``, ``--merge``;
 - the budget flags, generated from :class:`vitres.tune.budget.Budget` with its docstring
   as help and its defaults shown, plus ``--task`` presets.
 
@@ -164,6 +164,31 @@ def add_common_arguments(
     parser.add_argument(
         "--threads", type=int, default=None, help="torch CPU threads (torch's choice when omitted)"
     )
+
+
+def add_merge_argument(parser: argparse.ArgumentParser, *, many: bool = False) -> None:
+    """``--merge``: token merging inside the blocks (:mod:`vitres.tokens.merge`)."""
+    what = (
+        "token-merging settings to sweep, e.g. 0,8,0.5 (0 = none)"
+        if many
+        else "token merging (ToMe) inside the blocks"
+    )
+    parser.add_argument(
+        "--merge",
+        default=None,
+        type=None if many else _merge_value,
+        help=f"{what}: an int r merges r patch tokens per block (8), a decimal keeps that "
+        "fraction of the patch tokens by the last block (0.5; 1.0 = keep all); ViT only",
+    )
+
+
+def _merge_value(text: str) -> Any:
+    from vitres.tokens.merge import parse_merge
+
+    try:
+        return parse_merge(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:

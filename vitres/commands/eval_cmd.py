@@ -7,14 +7,19 @@ import json
 import sys
 
 from vitres.commands.args import (
+    RES_HELP,
     DefaultsFormatter,
     add_common_arguments,
+    add_merge_argument,
     add_model_argument,
-    add_res_argument,
 )
+
+DEFAULT_RES = "16,20,28,40,56"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vitres.tokens.pack import PACK_STRATEGIES
+
     parser = subparsers.add_parser(
         "eval",
         help="accuracy of a model at several resolutions",
@@ -25,7 +30,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     parser.add_argument("--data", default="fashion-mnist", help="dataset name or image folder")
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
-    add_res_argument(parser, default="16,20,28,40,56")
+    parser.add_argument(
+        "--res",
+        default=None,
+        help=f"{RES_HELP} (default: {DEFAULT_RES}; not with --pack)",
+    )
+    parser.add_argument(
+        "--pack",
+        metavar="STRATEGY",
+        choices=PACK_STRATEGIES,
+        default=None,
+        help="score every image at its own size (a folder of mixed sizes), images of "
+        "different sizes run together: loop | pad | bucket | pack | auto (fastest here, "
+        "measured); ViT only for all but loop",
+    )
+    add_merge_argument(parser)
     parser.add_argument(
         "--mode",
         default=None,
@@ -41,10 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vitres.evaluate import evaluate
 
+    if args.pack is not None and args.res is not None:
+        raise ValueError("--pack scores every image at its own size; drop --res (or --pack)")
     result = evaluate(
         args.model,
         args.data,
-        args.res,
+        None if args.pack else (args.res or DEFAULT_RES),
         batch_size=args.batch_size,
         limit=args.limit,
         patch_size=args.patch_size,
@@ -54,17 +75,24 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=args.threads,
         progress=not args.json,
+        merge=args.merge,
+        pack=args.pack,
     )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(result))
         return 0
+    extra = "" if result["merge"] is None else f", merge={result['merge']}"
+    if result["pack"] is not None:
+        used = ", ".join(f"{k} x{v}" for k, v in result["pack_used"].items())
+        extra += f", pack={result['pack']} ({used} batches)"
     print(
         f"{result['model']} on {result['data']} (n={result['n']}, patch {result['patch_size']}, "
-        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']})"
+        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']}{extra})"
     )
     print(f"{'resolution':>10}  {'accuracy':>8}")
     for res, acc in result["accuracy"].items():
-        print(f"{res + ' px':>10}  {acc * 100:7.2f}%")
+        label = "own size" if res == "native" else res + " px"
+        print(f"{label:>10}  {acc * 100:7.2f}%")
     return 0

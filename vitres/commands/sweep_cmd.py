@@ -9,6 +9,7 @@ from vitres.commands.args import (
     add_budget_arguments,
     add_common_arguments,
     add_measurement_arguments,
+    add_merge_argument,
     add_model_argument,
     add_res_argument,
     budget_from_args,
@@ -20,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "sweep",
-        help="measure every resolution / patch / batch / backend config into a results file",
+        help="measure every resolution / patch / batch / backend / merge config into a results file",
         description="Measures each config (by default in its own child process) and appends one "
         "JSON line per config to --out as soon as it finishes. Re-running skips configs already "
         "recorded as ok.",
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "backend usable here",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    add_merge_argument(parser, many=True)
     parser.add_argument("--out", default="results.jsonl", help="results file")
     timing = parser.add_argument_group("timing")
     defaults = TimingConfig()
@@ -98,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
     from vitres.backends import expand_backend_names, list_backends
     from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig
+    from vitres.tokens.merge import parse_merge_list
     from vitres.tune.grid import build_grid
     from vitres.tune.sweep import run_sweep
 
@@ -125,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
         backends,
         threads=args.threads,
         device=args.device,
+        merges=parse_merge_list(args.merge),
     )
     timing = TimingConfig(min_calls=args.min_calls, min_s=args.min_time)
     results = run_sweep(

@@ -26,6 +26,7 @@ from vitres.data.loader import (
     eval_batches,
     get_dataset,
     iterate_batches,
+    native_batches,
     prepare_batch,
     take_batch,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "get_dataset",
     "iterate_batches",
     "load_fashion_mnist",
+    "native_batches",
     "match_channels",
     "normalize",
     "prepare_batch",

@@ -40,6 +40,7 @@ __all__ = [
     "eval_batches",
     "get_dataset",
     "iterate_batches",
+    "native_batches",
     "prepare_batch",
     "take_batch",
 ]
@@ -309,3 +310,29 @@ def eval_batches(
     for images, labels in iterate_batches(dataset, batch_size, limit=limit):
         x = prepare_batch(images, resolution, train=False, mean=mean, std=std, in_chans=in_chans)
         yield x, labels
+
+
+def native_batches(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    in_chans: int,
+    limit: int | None = None,
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """Yields model-ready images at their own sizes, ``(images, y)``, in dataset order.
+
+    What :func:`eval_batches` does without the resize: each image is converted to float,
+    to ``in_chans`` channels and normalised, and keeps its height and width (for models
+    that run mixed sizes in one pass, :func:`vitres.pack`).
+
+    Yields:
+        ``images``: a list of float32 ``(in_chans, H_i, W_i)``; ``y``: int64 (B,).
+    """
+    for images, labels in iterate_batches(dataset, batch_size, limit=limit):
+        converted = [
+            normalize(match_channels(_as_float(image)[None], in_chans), mean, std)[0]
+            for image in images
+        ]
+        yield converted, labels

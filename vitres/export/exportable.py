@@ -26,6 +26,12 @@ def unwrap_model(module: nn.Module) -> tuple[nn.Module, int | None]:
     Accepts a model, or a wrapper that binds a patch size (``vitres.measure.FixedPatchSize``:
     attributes ``model`` and ``patch_size``, no ``config``).
     """
+    if getattr(module, "merge", None) is not None:
+        raise ValueError(
+            f"token merging (merge={module.merge!r}) does not export: its matching sorts and "
+            "scatters tokens by their values, which no exported graph here holds. Run merged "
+            "models with the eager, eager-bf16 or compile backends"
+        )
     if getattr(module, "config", None) is None:
         inner = getattr(module, "model", None)
         if isinstance(inner, nn.Module) and getattr(inner, "config", None) is not None:

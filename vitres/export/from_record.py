@@ -102,6 +102,12 @@ def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) ->
         )
     if record.status != "ok":
         raise ValueError(f"record {record.key} failed ({record.error}); it cannot be exported")
+    if config.merge is not None:
+        raise ValueError(
+            f"record {record.key} was measured with token merging (merge={config.merge!r}), "
+            "which does not export; export the unmerged record of the same resolution, or "
+            "deploy the merged model with the eager or compile backend"
+        )
     backend = config.backend
     notes: list[str] = []
     int8 = _INT8_OF_BACKEND.get(backend)

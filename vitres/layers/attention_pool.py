@@ -42,8 +42,18 @@ class AttentionPoolLatent(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer)
         nn.init.trunc_normal_(self.latent, std=dim**-0.5)
 
-    def forward(self, x: Tensor, key_mask: Tensor | None = None) -> Tensor:
-        """Pools ``x`` (B, N, D); ``key_mask`` (N,) bool marks the tokens to attend to."""
+    def forward(
+        self, x: Tensor, key_mask: Tensor | None = None, key_sizes: Tensor | None = None
+    ) -> Tensor:
+        """Pools ``x`` (B, N, D).
+
+        Args:
+            x: the tokens.
+            key_mask: ``(N,)`` or ``(B, N)`` bool, the tokens to attend to.
+            key_sizes: ``(B, N)`` patches each token stands for after token merging: a
+                token of size ``s`` is attended to as ``s`` copies of it (proportional
+                attention, ToMe), a ``log s`` bias on its logit.
+        """
         batch, tokens, dim = x.shape
         q = self.q(self.latent.expand(batch, -1, -1).to(x.dtype))
         q = q.reshape(batch, 1, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, 1, hd)
@@ -52,7 +62,12 @@ class AttentionPoolLatent(nn.Module):
         mask = None
         if key_mask is not None:
             mask = torch.zeros(key_mask.shape, dtype=x.dtype, device=x.device)
-            mask = mask.masked_fill(~key_mask.to(x.device), float("-inf"))[None, None, None, :]
+            mask = mask.masked_fill(~key_mask.to(x.device), float("-inf"))
+        if key_sizes is not None:
+            bias = key_sizes.to(device=x.device, dtype=torch.float32).log().to(x.dtype)
+            mask = bias if mask is None else mask + bias
+        if mask is not None:
+            mask = mask.reshape(-1, 1, 1, tokens)  # (B or 1, heads, queries, N)
         pooled = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         pooled = self.proj(pooled.transpose(1, 2).reshape(batch, 1, dim))
         pooled = pooled + self.mlp(self.norm(pooled))

@@ -242,15 +242,33 @@ def rope_2d(
     centres scaled to the base grid, so relative angles between neighbouring patches are
     those of training when the image is resized.
     """
-    if head_dim % 4:
-        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     grid = to_grid(grid)
     base = to_grid(base_grid) if base_grid is not None else grid
     ys, xs = grid_coordinates(grid, base, dtype=torch.float64)
+    return rope_at(ys, xs, head_dim, theta)
+
+
+def rope_at(ys: Tensor, xs: Tensor, head_dim: int, theta: float = 100.0) -> tuple[Tensor, Tensor]:
+    """The axial rotary ``(cos, sin)`` of :func:`rope_2d` at any coordinates.
+
+    Args:
+        ys: row coordinates ``(..., N)``, as :func:`grid_coordinates` scales them (for a
+            merged token: the size-weighted mean of its patches' coordinates, whose angle
+            is the mean angle since angles are linear in the coordinates).
+        xs: column coordinates, the same shape.
+        head_dim: channels per head (divisible by 4).
+        theta: the frequency base.
+
+    Returns:
+        float32 ``(cos, sin)``, each ``(..., N, head_dim)``.
+    """
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
     quarter = head_dim // 4
-    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-    angles = torch.cat([ys[:, None] * freqs, xs[:, None] * freqs], dim=1)  # (N, head_dim/2)
-    angles = angles.repeat_interleave(2, dim=1)  # pairs (2i, 2i+1) share an angle
+    freqs = theta ** (-torch.arange(quarter, dtype=torch.float64, device=ys.device) / quarter)
+    ys, xs = ys.to(torch.float64), xs.to(torch.float64)
+    angles = torch.cat([ys[..., None] * freqs, xs[..., None] * freqs], dim=-1)  # (..., N, hd/2)
+    angles = angles.repeat_interleave(2, dim=-1)  # pairs (2i, 2i+1) share an angle
     return angles.cos().float(), angles.sin().float()
 
 
@@ -303,16 +321,58 @@ class ContinuousPositionBias(nn.Module):
             nn.Linear(hidden_dim, num_heads, bias=False),
         )
 
+    def _bias_values(self, table: Tensor) -> Tensor:
+        """``16 sigmoid(mlp(offsets))``: the bias ``(T, heads)`` of each log-spaced offset."""
+        weight = self.mlp[0].weight
+        return 16 * torch.sigmoid(self.mlp(table.to(device=weight.device, dtype=weight.dtype)))
+
+    def offset_table(self, grid: Grid) -> Tensor:
+        """The bias of every offset between two tokens of ``grid``: ``(heads, 2 rows - 1,
+        2 cols - 1)``, entry ``[h, dy + rows - 1, dx + cols - 1]`` for a query ``dy`` rows
+        below and ``dx`` columns right of its key (see :func:`offset_bias_at`)."""
+        rows, cols = to_grid(grid)
+        table, _ = log_spaced_relative_coords((rows, cols), self.base_grid)
+        return self._bias_values(table).T.reshape(self.num_heads, 2 * rows - 1, 2 * cols - 1)
+
     def forward(self, grid: Grid, num_prefix_tokens: int = 0) -> Tensor:
         table, index = log_spaced_relative_coords(to_grid(grid), self.base_grid)
         weight = self.mlp[0].weight
-        values = self.mlp(table.to(device=weight.device, dtype=weight.dtype))  # (T, heads)
-        values = 16 * torch.sigmoid(values)
+        values = self._bias_values(table)  # (T, heads)
         n = index.shape[0]
         bias = values[index.to(weight.device).reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
         if num_prefix_tokens:
             bias = F.pad(bias, (num_prefix_tokens, 0, num_prefix_tokens, 0))
         return bias  # (heads, P + N, P + N)
+
+
+def offset_bias_at(table: Tensor, positions: Tensor) -> Tensor:
+    """Reads an offset table (:meth:`ContinuousPositionBias.offset_table`) at real offsets.
+
+    Tokens that stand for several patches (merged tokens, :mod:`vitres.tokens.merge`) sit
+    between grid cells; their bias is the table interpolated bilinearly at the offset of
+    their centres, which is the table itself at whole-cell offsets.
+
+    Args:
+        table: ``(heads, 2 rows - 1, 2 cols - 1)`` bias per offset.
+        positions: ``(B, N, 2)`` token centres ``(row, col)`` in grid cells.
+
+    Returns:
+        ``(B, heads, N, N)``: the bias from each query to each key.
+    """
+    heads, height, width = table.shape
+    rows, cols = (height + 1) // 2, (width + 1) // 2
+    offsets = positions[:, :, None, :] - positions[:, None, :, :]  # (B, N, N, 2) = (dy, dx)
+    # grid_sample reads (x, y) in [-1, 1]; align_corners maps -1 / 1 to the first / last cell
+    scale = offsets.new_tensor([1.0 / max(cols - 1, 1), 1.0 / max(rows - 1, 1)])
+    sample_at = (offsets.flip(-1) * scale).to(table.dtype)
+    batch = positions.shape[0]
+    return F.grid_sample(
+        table[None].expand(batch, -1, -1, -1),
+        sample_at,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
 
 
 class CoordinateMLPPosEmbed(nn.Module):

@@ -1,7 +1,8 @@
 """Measurement of what a model costs: timing, peak memory, FLOPs, the environment, and
 process isolation. One module per concept:
 
-- :mod:`vitres.measure.timing`: warm-up, call-by-call timing, robust latency statistics;
+- :mod:`vitres.measure.timing`: warm-up, call-by-call and interleaved timing, robust
+  latency statistics;
 - :mod:`vitres.measure.memory`: peak memory over a baseline;
 - :mod:`vitres.measure.flops`: counted and closed-form FLOPs;
 - :mod:`vitres.measure.env`: the environment fingerprint and thread settings;
@@ -18,6 +19,7 @@ from vitres.measure.timing import (
     UNSTABLE_IQR_RATIO,
     LatencyStats,
     TimingConfig,
+    interleaved_latency,
     latency_stats,
     percentile,
     time_calls,
@@ -36,6 +38,7 @@ __all__ = [
     "cpu_info",
     "current_rss_mb",
     "env_fingerprint",
+    "interleaved_latency",
     "latency_stats",
     "peak_memory_mb",
     "percentile",

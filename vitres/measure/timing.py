@@ -201,3 +201,48 @@ def latency_stats(samples_s: Sequence[float], rounds: int = 5) -> LatencyStats:
         ci_high_ms=ms[hi],
         rounds=n_rounds,
     )
+
+
+def interleaved_latency(
+    runs: dict[str, Callable[[Any], Any]],
+    x: Any,
+    rounds: int,
+    calls: int,
+    *,
+    warmup_calls: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, list[float]]:
+    """Per-call seconds of every ``run(x)``, timed round-robin so that a change of load
+    hits every candidate alike.
+
+    Each run is warmed up ``warmup_calls`` times (and recompiles for this shape, if it
+    does) before any timing; then every round times ``calls`` calls of each run in turn,
+    the first run rotating from round to round.
+
+    Args:
+        runs: name -> the call to time, given ``x``.
+        x: the argument of every call (``None`` for calls that carry their own input).
+        rounds: rounds of timing.
+        calls: timed calls per run per round.
+        warmup_calls: untimed calls per run before the first round.
+        clock: seconds as a float; injectable so tests can use a fake clock.
+
+    Returns:
+        name -> the duration of each timed call, in seconds, in call order.
+    """
+    if rounds < 1 or calls < 1:
+        raise ValueError(f"rounds and calls must be at least 1, got {rounds} and {calls}")
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup_calls):
+            runs[name](x)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            run = runs[name]
+            for _ in range(calls):
+                start = clock()
+                run(x)
+                samples[name].append(clock() - start)
+    return samples

@@ -75,12 +75,18 @@ __all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT"]
 
 
 class FixedPatchSize(nn.Module):
-    """Binds ``patch_size`` so a backend sees a plain ``forward(x)``."""
+    """Binds ``patch_size`` (and a token-merging setting, ``merge``) so a backend sees a
+    plain ``forward(x)``. Exporters refuse a bound ``merge`` (no graph holds it)."""
 
-    def __init__(self, model: nn.Module, patch_size: int) -> None:
+    def __init__(
+        self, model: nn.Module, patch_size: int | None, merge: int | float | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.patch_size = patch_size
+        self.merge = merge
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, patch_size=self.patch_size)
+        if self.merge is None:
+            return self.model(x, patch_size=self.patch_size)
+        return self.model(x, patch_size=self.patch_size, merge=self.merge)

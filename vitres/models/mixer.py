@@ -28,6 +28,7 @@ from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch
 from vitres.layers.pos_embed import resample_grid
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import MixerConfig
+from vitres.tokens.merge import merge_is_identity
 
 __all__ = ["MixerConfig", "MlpMixer", "resample_token_mixing"]
 
@@ -141,6 +142,18 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         pooled = tokens.mean(dim=1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
-        """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring)."""
+    def forward(
+        self, x: Tensor, patch_size: PatchSize | None = None, merge: object = None
+    ) -> Tensor:
+        """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring).
+
+        ``merge`` exists to refuse token merging clearly: a Mixer has no attention to
+        merge tokens in (``None``, ``0`` and ``1.0``, which merge nothing, are accepted).
+        """
+        if merge is not None and not merge_is_identity(merge):
+            raise ValueError(
+                f"merge={merge!r}: an MLP-Mixer has no attention, so token merging (ToMe) "
+                "does not apply (its token-mixing weights are tied to the token grid); use a "
+                "ViT, or drop merge"
+            )
         return self.forward_head(self.forward_features(x, patch_size))

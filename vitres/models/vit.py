@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,8 @@ from vitres.layers.pos_embed import (
 )
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
+from vitres.tokens.merge import MergeSpec, merge_is_identity, merge_schedule, merged_forward
+from vitres.tokens.pack import PackPlan, pack, run_plan
 
 __all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
 
@@ -72,19 +75,35 @@ class Attention(nn.Module):
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
+    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``q, k, v``, each ``(B, heads, T, head_dim)``, q/k normalised, before any rotation."""
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
+        return self.q_norm(q), self.k_norm(k), v
+
+    @staticmethod
+    def _rotate(
+        q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor] | None, num_prefix_tokens: int
+    ) -> tuple[Tensor, Tensor]:
+        """``q, k`` with the rotary embedding applied to the tokens after the prefix.
+
+        ``rope`` is ``(cos, sin)``, each ``(T - prefix, head_dim)`` shared by the batch or
+        ``(B, 1, T - prefix, head_dim)`` per sample (merged or packed tokens)."""
+        if rope is None:
+            return q, k
+        cos, sin = rope
+        p = num_prefix_tokens
+        q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], cos, sin)], dim=2)
+        k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], cos, sin)], dim=2)
+        return q, k
+
     def _heads(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, num_prefix_tokens: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``q, k, v``, each ``(B, heads, T, head_dim)``, rotary embedding applied."""
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            cos, sin = rope
-            p = num_prefix_tokens
-            q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], cos, sin)], dim=2)
-            k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], cos, sin)], dim=2)
+        q, k, v = self._qkv(x)
+        q, k = self._rotate(q, k, rope, num_prefix_tokens)
         return q, k, v
 
     def forward(
@@ -99,6 +118,23 @@ class Attention(nn.Module):
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         x = x.transpose(1, 2).reshape(batch, tokens, dim)
         return self.proj(x)
+
+    def forward_with_metric(
+        self,
+        x: Tensor,
+        rope: tuple[Tensor, Tensor] | None = None,
+        num_prefix_tokens: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The output of :meth:`forward` and the keys averaged over heads, ``(B, T, head_dim)``
+        before any rotation: the similarity metric of token merging
+        (:mod:`vitres.tokens.merge`)."""
+        batch, tokens, dim = x.shape
+        q, k, v = self._qkv(x)
+        metric = sum(k.unbind(dim=1)) / self.num_heads  # k.mean(dim=1), 3x faster on CPU
+        q, k = self._rotate(q, k, rope, num_prefix_tokens)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)), metric
 
     def forward_with_weights(
         self,
@@ -161,6 +197,16 @@ class Block(nn.Module):
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
         rate, training = self.drop_path_rate, self.training
         x = x + drop_path(self.ls1(self.attn(self.norm1(x), **attn_kwargs)), rate, training)
+        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
+
+    def forward_merging(
+        self, x: Tensor, merge: Callable[[Tensor, Tensor], Tensor], **attn_kwargs
+    ) -> Tensor:
+        """:meth:`forward` with token merging between the attention and the MLP (ToMe):
+        ``merge(x, metric)`` returns the merged tokens (:mod:`vitres.tokens.merge`)."""
+        rate, training = self.drop_path_rate, self.training
+        out, metric = self.attn.forward_with_metric(self.norm1(x), **attn_kwargs)
+        x = merge(x + drop_path(self.ls1(out), rate, training), metric)
         return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
 
 
@@ -302,9 +348,11 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return x
 
     # ---------------------------------------------------------------- forward
-    def _features(
+    def _embed(
         self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, tuple[int, int], Tensor | None]:
+        """The checked input as tokens ``(B, prefix + N, D)`` (position and pre-norm
+        applied), its grid, and the content mask ``(prefix + N,)`` (``None``: all content)."""
         cfg = self.config
         x, p, valid_size = self._checked_input(x, patch_size, valid_size)
         x, content_hw = fit_to_patch(x, p, cfg.size_policy)
@@ -314,37 +362,63 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             x, p, cfg.kernel_resize_mode, cfg.kernel_resize_antialias
         )  # (B, N, D)
         tokens = self.norm_pre(self._add_prefix_and_pos(tokens, grid))
-        num_prefix = self.num_prefix_tokens
         keep = None if is_tracing() else padded_token_mask(grid, content_hw, p)
+        if keep is not None:
+            keep = torch.cat([keep.new_ones(self.num_prefix_tokens), keep]).to(tokens.device)
+        return tokens, grid, keep
+
+    def _rope(self, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor] | None:
+        """The (cached) rotary ``(cos, sin)`` tables of a grid, ``None`` without RoPE."""
+        cfg = self.config
+        if cfg.pos_embed != "rope":
+            return None
+        head_dim = cfg.embed_dim // cfg.num_heads
+        return self._fixed(
+            ("rope", grid, str(device)),
+            lambda: tuple(t.to(device) for t in rope_2d(grid, head_dim, cfg.grid, cfg.rope_theta)),
+        )
+
+    def _cpb_bias(self, index: int, grid: tuple[int, int]) -> Tensor:
+        """The (cached) continuous position bias ``(heads, prefix + N, prefix + N)`` of
+        block ``index`` on a grid."""
+        return self._cache.get(
+            ("cpb", index, grid),
+            list(self.cpb[index].parameters()),
+            lambda: self.cpb[index](grid, self.num_prefix_tokens),
+            enabled=not self.training,
+        )
+
+    def _cpb_offsets(self, index: int, grid: tuple[int, int]) -> Tensor:
+        """The (cached) bias per token offset ``(heads, 2 rows - 1, 2 cols - 1)`` of block
+        ``index``'s continuous position bias (for merged tokens between grid cells)."""
+        return self._cache.get(
+            ("cpb-offsets", index, grid),
+            list(self.cpb[index].parameters()),
+            lambda: self.cpb[index].offset_table(grid),
+            enabled=not self.training,
+        )
+
+    def _token_norm(self, tokens: Tensor) -> Tensor:
+        """The final norm when it acts on the tokens (else it acts on the pool)."""
+        return tokens if self.config.use_fc_norm else self.norm(tokens)
+
+    def _features(
+        self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
+    ) -> tuple[Tensor, Tensor | None]:
+        tokens, grid, keep = self._embed(x, patch_size, valid_size)
+        num_prefix = self.num_prefix_tokens
         attn_mask = None
         if keep is not None:
-            keep = torch.cat([keep.new_ones(num_prefix), keep]).to(tokens.device)
             attn_mask = torch.zeros(keep.shape, dtype=tokens.dtype, device=tokens.device)
             attn_mask = attn_mask.masked_fill(~keep, float("-inf"))[None, None, None, :]
-        rope = None
-        if cfg.pos_embed == "rope":
-            head_dim = cfg.embed_dim // cfg.num_heads
-            cos, sin = self._fixed(
-                ("rope", grid, str(tokens.device)),
-                lambda: tuple(
-                    t.to(tokens.device) for t in rope_2d(grid, head_dim, cfg.grid, cfg.rope_theta)
-                ),
-            )
-            rope = (cos, sin)
+        rope = self._rope(grid, tokens.device)
         for index, block in enumerate(self.blocks):
             mask = attn_mask
             if self.cpb is not None:
-                bias = self._cache.get(
-                    ("cpb", index, grid),
-                    list(self.cpb[index].parameters()),
-                    lambda b=index: self.cpb[b](grid, num_prefix),
-                    enabled=not self.training,
-                ).to(tokens.dtype)[None]
+                bias = self._cpb_bias(index, grid).to(tokens.dtype)[None]
                 mask = bias if mask is None else bias + mask
             tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=mask)
-        if not cfg.use_fc_norm:
-            tokens = self.norm(tokens)
-        return tokens, keep
+        return self._token_norm(tokens), keep
 
     def forward_features(
         self,
@@ -356,27 +430,39 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         distillation, registers); after the final norm unless that norm acts on the pool."""
         return self._features(x, patch_size, valid_size)[0]
 
-    def pool(self, tokens: Tensor, token_mask: Tensor | None = None) -> Tensor:
+    def pool(
+        self,
+        tokens: Tensor,
+        token_mask: Tensor | None = None,
+        token_sizes: Tensor | None = None,
+    ) -> Tensor:
         """The pooled vector ``(B, D)`` (``(B, 2D)`` for ``token_avg``) before any final norm.
 
-        ``token_mask`` (prefix + patches,) marks the tokens with content; padding-only
-        tokens are left out of the mean, the max and the attention pool.
+        ``token_mask`` (prefix + patches,), or ``(B, prefix + patches)`` per sample, marks
+        the tokens with content; padding-only tokens are left out of the mean, the max
+        and the attention pool. ``token_sizes`` ``(B, patches)`` counts the patches each
+        token stands for after token merging: the mean and the attention pool weigh each
+        token by it, so merging keeps the mean over the original patches.
         """
         cfg = self.config
         if cfg.global_pool == "token":
             return tokens[:, 0]
         prefix = self.num_prefix_tokens
         patch = tokens[:, prefix:]
-        keep = None if token_mask is None else token_mask[prefix:].to(tokens.device)
+        keep = None if token_mask is None else token_mask[..., prefix:].to(tokens.device)
         if cfg.global_pool == "map":
-            return self.attn_pool(patch, keep)
-        if keep is None:
+            return self.attn_pool(patch, keep, token_sizes)
+        if keep is None and token_sizes is None:
             mean = patch.mean(dim=1)
             amax = patch.amax(dim=1) if cfg.global_pool in ("max", "avgmax") else None
         else:
-            weights = keep.to(patch.dtype)[None, :, None]
+            weights = patch.new_ones(1, patch.shape[1]) if keep is None else keep.to(patch.dtype)
+            if token_sizes is not None:
+                weights = weights * token_sizes.to(patch.dtype)
+            weights = weights.reshape(-1, patch.shape[1], 1)  # (B or 1, N, 1)
             mean = (patch * weights).sum(dim=1) / weights.sum(dim=1)
-            amax = patch.masked_fill(~keep[None, :, None], float("-inf")).amax(dim=1)
+            amax = patch if keep is None else patch.masked_fill(~keep[..., None], float("-inf"))
+            amax = amax.amax(dim=1)
         if cfg.global_pool == "avg":
             return mean
         if cfg.global_pool == "max":
@@ -386,12 +472,17 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return torch.cat([tokens[:, 0], mean], dim=-1)  # token_avg
 
     def forward_head(
-        self, tokens: Tensor, token_mask: Tensor | None = None, pre_logits: bool = False
+        self,
+        tokens: Tensor,
+        token_mask: Tensor | None = None,
+        pre_logits: bool = False,
+        token_sizes: Tensor | None = None,
     ) -> Tensor:
         """Pools the tokens, applies the final norm when it acts on the pool, the
         representation layer if any, and classifies (the mean of the class and
-        distillation heads for a DeiT with a distillation head)."""
-        pooled = self.pool(tokens, token_mask)
+        distillation heads for a DeiT with a distillation head). ``token_mask`` and
+        ``token_sizes`` are :meth:`pool`'s."""
+        pooled = self.pool(tokens, token_mask, token_sizes)
         if self.config.use_fc_norm:
             pooled = self.norm(pooled)
         if self.pre_logits is not None:
@@ -408,6 +499,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         x: Tensor,
         patch_size: PatchSize | None = None,
         valid_size: tuple[int, int] | None = None,
+        merge: MergeSpec | None = None,
     ) -> Tensor:
         """Classifies (or embeds) images of any size.
 
@@ -417,11 +509,52 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 size when omitted.
             valid_size: ``(h, w)`` of real content in the top-left corner when the rest is
                 padding; tokens with no content are masked out of attention and pooling.
+            merge: token merging (ToMe, :mod:`vitres.tokens.merge`) inside the blocks: an
+                int ``r`` merges ``r`` patch tokens in every block, a float in ``(0, 1]``
+                keeps about that fraction of the patch tokens by the last block.
+                ``None``, ``0`` and ``1.0`` run the plain forward.
 
         Returns:
             Logits ``(B, num_classes)``; for a model without a classifier
             (``num_classes == 0``) the pooled embedding, as the source model returns it
             (e.g. DINOv2's normed class token, SigLIP's attention pool, a ViT's pooler).
         """
+        if merge is not None and not merge_is_identity(merge):
+            return merged_forward(self, x, merge, patch_size, valid_size)
         tokens, keep = self._features(x, patch_size, valid_size)
         return self.forward_head(tokens, keep)
+
+    # ---------------------------------------------------------------- token adaptivity
+    def merge_schedule(
+        self,
+        image_size: tuple[int, int] | Sequence[int],
+        merge: MergeSpec,
+        patch_size: PatchSize | None = None,
+    ) -> tuple[int, ...]:
+        """Patch tokens merged in each block for an ``(H, W)`` input (see :meth:`forward`)."""
+        rows, cols = self.grid_size(tuple(int(v) for v in image_size), patch_size)
+        return merge_schedule(merge, rows * cols, self.config.depth)
+
+    def forward_packed(
+        self,
+        images: Sequence[Tensor] | PackPlan,
+        strategy: str = "auto",
+        **pack_options,
+    ) -> Tensor:
+        """One prediction per image for images of different sizes, equal to running each
+        image alone at its own size (NaViT-style packing, :mod:`vitres.tokens.pack`).
+
+        Args:
+            images: ``(in_chans, H_i, W_i)`` float images, or a plan from :func:`vitres.pack`.
+            strategy: ``loop``, ``bucket``, ``pad``, ``pack`` or ``auto`` (by measurement);
+                ignored for a plan.
+            **pack_options: :func:`vitres.pack`'s options (``max_tokens``,
+                ``batch_tokens``, ``patch_size``...).
+
+        Returns:
+            ``(len(images), num_classes)`` logits in the order of ``images``.
+        """
+        plan = (
+            images if isinstance(images, PackPlan) else pack(images, self, strategy, **pack_options)
+        )
+        return run_plan(self, plan)

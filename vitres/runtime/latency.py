@@ -176,7 +176,10 @@ class LatencyModel:
         usable = [
             m
             for m in latest_by_key(records)
-            if m.ok and m.latency is not None and m.latency.median_ms > 0
+            if m.ok
+            and m.latency is not None
+            and m.latency.median_ms > 0
+            and m.config.merge is None  # the run-time paths do not merge tokens
         ]
         if not usable:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends.
+"""The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends ×
+token-merging settings.
 
 The resolution grammar is :mod:`vitres.layers.sizes`' (re-exported here).
 """
@@ -15,6 +16,7 @@ from vitres.backends import backend_class
 from vitres.layers.patch_embed import token_grid
 from vitres.layers.sizes import parse_int_list, parse_resolutions
 from vitres.models.resolve import ModelRef
+from vitres.tokens.merge import MergeSpec
 
 __all__ = [
     "anchor_resolutions",
@@ -45,6 +47,7 @@ def build_grid(
     *,
     threads: int | None = None,
     device: str = "cpu",
+    merges: Sequence[MergeSpec | None] = (None,),
 ) -> list[SweepConfig]:
     """Every combination as a :class:`SweepConfig`, resolution varying fastest.
 
@@ -58,8 +61,13 @@ def build_grid(
         threads: CPU threads; ``None`` = auto: the sweep chooses the count by measurement
             (key ``tauto``).
         device: ``cpu`` or ``cuda``.
+        merges: Token-merging settings (:func:`vitres.tokens.merge.parse_merge_list`);
+            ``None`` = no merging. Merged configs are made only for backends that run the
+            model's own forward (``Backend.token_merging``); the others are skipped for
+            them with a warning.
     """
     sizes = parse_resolutions(resolutions)
+    merges = list(dict.fromkeys(merges)) or [None]
     name = model_ref_name(model)
     usable = []
     for backend in backends:
@@ -72,17 +80,35 @@ def build_grid(
         raise ValueError(
             f"none of the backends {list(backends)} is available here; see the warnings"
         )
+    unmergeable = [b for b in usable if not backend_class(b).token_merging]
+    if unmergeable and any(m is not None for m in merges):
+        warnings.warn(
+            f"token merging does not run on {unmergeable} (they export the model, and no "
+            "exported graph holds the merging); measuring them without merging only",
+            stacklevel=2,
+        )
     configs = []
     for backend in usable:
         precision = backend_class(backend).precision
-        for batch in batch_sizes:
-            for patch in patch_sizes:
-                for size in sizes:
-                    configs.append(
-                        SweepConfig(
-                            name, size, patch, int(batch), precision, backend, threads, device
+        for merge in merges:
+            if merge is not None and backend in unmergeable:
+                continue
+            for batch in batch_sizes:
+                for patch in patch_sizes:
+                    for size in sizes:
+                        configs.append(
+                            SweepConfig(
+                                name,
+                                size,
+                                patch,
+                                int(batch),
+                                precision,
+                                backend,
+                                threads,
+                                device,
+                                merge,
+                            )
                         )
-                    )
     return list(dict.fromkeys(configs))
 
 

@@ -126,7 +126,9 @@ def measure_config(
     height, width = config.resolution
 
     runnable: nn.Module = (
-        model if config.patch_size is None else FixedPatchSize(model, config.patch_size)
+        model
+        if config.patch_size is None and config.merge is None
+        else FixedPatchSize(model, config.patch_size, config.merge)
     )
     backend = get_backend(config.backend, **backend_options(config, calibration))
     shape = (config.batch_size, in_chans, height, width)
@@ -163,7 +165,7 @@ def measure_config(
         first = next(model.parameters(), None)
         dtype = first.dtype if first is not None else torch.float32
         flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
-        if model_config is not None:
+        if model_config is not None and config.merge is None:  # the closed form has no merging
             try:
                 flops_analytic = analytic_flops(
                     model_config, (height, width), config.patch_size, grid=grid

@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitres.tokens.merge import merge_label
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit, fit_latency, fit_memory, memory_ceiling, naive_max_side
 from vitres.tune.hostkind import describe_host, records_for_host, split_by_host
@@ -55,7 +56,8 @@ def describe_config(m: Measurement) -> str:
     """Short human label, e.g. ``28 px bf16 (eager-bf16, batch 1, patch 4)``."""
     c = m.config
     patch = "" if c.patch_size is None else f", patch {c.patch_size}"
-    return f"{resolution_label(m)} {c.precision} ({c.backend}, batch {c.batch_size}{patch})"
+    merge = "" if c.merge is None else f", merge {merge_label(c.merge)}"
+    return f"{resolution_label(m)} {c.precision} ({c.backend}, batch {c.batch_size}{patch}{merge})"
 
 
 def _dominates(p: Measurement, q: Measurement) -> bool:
@@ -85,7 +87,7 @@ def select_baseline(
     Args:
         measurements: Candidate records.
         baseline: A config key or a record; ``None`` = the model's native resolution
-            (and native patch), fp32 ``eager``, batch 1. Without batch 1 the smallest
+            (and native patch, no token merging), fp32 ``eager``, batch 1. Without batch 1 the smallest
             batch measured is used.
 
     Raises:
@@ -107,6 +109,7 @@ def select_baseline(
             m.native_resolution is not None
             and tuple(m.config.resolution) == tuple(m.native_resolution)
             and patch_native
+            and m.config.merge is None
         )
 
     candidates = [
@@ -240,6 +243,7 @@ class Recommendation:
                 "batch_size": m.config.batch_size,
                 "backend": m.config.backend,
                 "precision": m.config.precision,
+                "merge": m.config.merge,
                 "accuracy": m.accuracy,
                 "latency_ms": m.latency_ms,
                 "throughput_ips": m.throughput_ips,
@@ -272,10 +276,11 @@ class Recommendation:
 
 
 def short_label(m: Measurement) -> str:
-    """``24 px fp32 eager`` (batch and patch added when not 1 / native)."""
+    """``24 px fp32 eager`` (batch, patch and merging added when not 1 / native / none)."""
     c = m.config
     extra = "" if c.batch_size == 1 else f" b{c.batch_size}"
     extra += "" if c.patch_size is None else f" p{c.patch_size}"
+    extra += "" if c.merge is None else f" merge {merge_label(c.merge)}"
     return f"{resolution_label(m)} {c.precision} {c.backend}{extra}"
 
 

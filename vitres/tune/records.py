@@ -22,6 +22,11 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         the count the sweep chose by measurement (:mod:`vitres.measure.threads`), recorded
         in ``env.torch_threads`` and ``env.thread_choice``.
     device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
+    merge: token merging inside the blocks (:mod:`vitres.tokens.merge`): an int ``r``
+        (patch tokens merged per block) or a float keep ratio in ``(0, 1]``; ``null`` (or
+        absent, in records made before it existed) = no merging. The key gains
+        ``|merge-r8`` / ``|merge-keep0.5`` only when it is set, so unmerged keys are
+        unchanged.
 
 ``LatencyStats`` -- statistics of per-call latency (the object under ``"latency"``):
     median_ms, iqr_ms (75th minus 25th percentile), p90_ms, p95_ms, p99_ms, min_ms,
@@ -98,6 +103,7 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
 from vitres.measure.timing import LatencyStats
+from vitres.tokens.merge import check_merge, merge_is_identity, merge_label
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "error", "predicted")
@@ -115,6 +121,7 @@ class SweepConfig:
     backend: str = "eager"
     threads: int | None = None
     device: str = "cpu"
+    merge: int | float | None = None
 
     def __post_init__(self) -> None:
         height, width = (int(v) for v in self.resolution)
@@ -123,15 +130,20 @@ class SweepConfig:
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
         object.__setattr__(self, "resolution", (height, width))
+        if self.merge is not None:  # settings that merge nothing are the unmerged config
+            object.__setattr__(
+                self, "merge", None if merge_is_identity(self.merge) else check_merge(self.merge)
+            )
 
     def key(self) -> str:
         """A stable, human-readable id of this config, e.g. ``vit|28x28|p4|b1|eager|fp32|t2|cpu``."""
         height, width = self.resolution
         patch = "native" if self.patch_size is None else str(self.patch_size)
         threads = "auto" if self.threads is None else str(self.threads)
+        merge = "" if self.merge is None else f"|merge-{merge_label(self.merge)}"
         return (
             f"{self.model}|{height}x{width}|p{patch}|b{self.batch_size}|{self.backend}"
-            f"|{self.precision}|t{threads}|{self.device}"
+            f"|{self.precision}|t{threads}|{self.device}{merge}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -378,7 +390,8 @@ def latest_by_key(measurements: list[Measurement]) -> list[Measurement]:
 
 
 class GroupKey(NamedTuple):
-    """The records that share one cost curve: every field of a config but its resolution.
+    """The records that share one cost curve: every field of a config but its resolution
+    (token merging included: merged configs cost less per input token).
 
     The cost model fits one curve per group, the adaptive sweep refines per group, and
     the report draws one series per group; this is the one definition all of them use.
@@ -391,16 +404,19 @@ class GroupKey(NamedTuple):
     precision: str
     threads: int | None
     device: str
+    merge: int | float | None = None
 
     def label(self) -> str:
-        """Short text for legends, e.g. ``eager fp32 b1`` (``p7`` when a patch is set)."""
+        """Short text for legends, e.g. ``eager fp32 b1`` (``p7`` when a patch is set,
+        ``merge r8`` when tokens are merged)."""
         patch = "" if self.patch_size is None else f" p{self.patch_size}"
-        return f"{self.backend} {self.precision} b{self.batch_size}{patch}"
+        merge = "" if self.merge is None else f" merge {merge_label(self.merge)}"
+        return f"{self.backend} {self.precision} b{self.batch_size}{patch}{merge}"
 
 
 def group_key(item: Measurement | SweepConfig) -> GroupKey:
     """The :class:`GroupKey` of a record or config."""
     c = item.config if isinstance(item, Measurement) else item
     return GroupKey(
-        c.model, c.patch_size, c.batch_size, c.backend, c.precision, c.threads, c.device
+        c.model, c.patch_size, c.batch_size, c.backend, c.precision, c.threads, c.device, c.merge
     )

@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vitres.tokens.merge import merge_label
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit
 from vitres.tune.recommend import (
@@ -47,13 +48,14 @@ class Plot:
 
 def _series_key(m: Measurement) -> tuple:
     c = m.config
-    return (c.backend, c.precision, c.batch_size, c.patch_size)
+    return (c.backend, c.precision, c.batch_size, c.patch_size, c.merge)
 
 
 def _series_label(key: tuple) -> str:
-    backend, precision, batch, patch = key
+    backend, precision, batch, patch, merge = key
     patch_text = "" if patch is None else f", p{patch}"
-    return f"{backend} ({precision}, b{batch}{patch_text})"
+    merge_text = "" if merge is None else f", merge {merge_label(merge)}"
+    return f"{backend} ({precision}, b{batch}{patch_text}{merge_text})"
 
 
 def _side(m: Measurement) -> float:
