@@ -3,6 +3,7 @@
 - ``--model``: the one model-reference grammar (:func:`vitres.models.resolve.resolve_model`);
 - ``--res``: the one size grammar (:mod:`vitres.layers.sizes`);
 - ``--patch-size``, ``--batch-size``, ``--limit``, ``--threads``, ``--merge``;
+- the analysis flags of ``ood`` and ``report`` (data, OOD limits, overlap neighbours);
 - the budget flags, generated from :class:`vitres.tune.budget.Budget` with its docstring
   as help and its defaults shown, plus ``--task`` presets.
 
@@ -204,6 +205,40 @@ def add_measurement_arguments(parser: argparse.ArgumentParser) -> None:
         default=3,
         help="measurements of a config whose timing window shows interference, at most",
     )
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def add_analysis_arguments(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+) -> None:
+    """The flags of :func:`vitres.explain.analyse_resolutions` shared by ``ood`` and
+    ``report``: data, OOD methods and limits, batch and patch size, overlap neighbours,
+    t-SNE points, threads and progress."""
+    parser.add_argument("--data", default="fashion-mnist", help="in-distribution dataset or folder")
+    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="subset of msp,maxlogit,energy,mahalanobis,vim (default all)",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument(
+        "--train-limit",
+        type=int,
+        default=10_000,
+        help="training images for the Mahalanobis/ViM fit (default: 10000)",
+    )
+    parser.add_argument("--ood-limit", type=int, default=None, help="first N OOD images only")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--k", type=int, default=10, help="neighbours of the overlap measure")
+    parser.add_argument(
+        "--tsne-points", type=int, default=2000, help="points per t-SNE (default: 2000)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 # --------------------------------------------------------------------------- budget

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitres.commands.args import add_model_argument
+from vitres.commands.args import add_analysis_arguments, add_model_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "neighbours in standardised feature space are mostly of another class) and silhouette.",
     )
     add_model_argument(parser)
-    parser.add_argument("--data", default="fashion-mnist", help="in-distribution dataset or folder")
-    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    add_analysis_arguments(parser)
     parser.add_argument(
         "--ood",
         default="digits",
@@ -29,41 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--res", default="16,28,56", help="resolutions, comma-separated (28 or 40x24)"
     )
     parser.add_argument(
-        "--methods",
-        default=None,
-        help="subset of msp,maxlogit,energy,mahalanobis,vim (default all)",
-    )
-    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
-    parser.add_argument(
-        "--train-limit",
-        type=int,
-        default=10_000,
-        help="training images for the Mahalanobis/ViM fit (default 10000)",
-    )
-    parser.add_argument("--ood-limit", type=int, default=None, help="first N OOD images only")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
-    parser.add_argument("--k", type=int, default=10, help="neighbours of the overlap measure")
-    parser.add_argument(
         "--no-separability", action="store_true", help="skip class overlap and silhouette"
     )
     parser.add_argument("--plot", default=None, help="write AUROC/FPR vs resolution to this PNG")
     parser.add_argument(
         "--tsne", default=None, help="write a t-SNE scatter per resolution to this PNG"
     )
-    parser.add_argument(
-        "--tsne-points", type=int, default=2000, help="points per t-SNE (default 2000)"
-    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from vitres.explain import analyse_resolutions, analysis_table, tsne_embedding
+    from vitres.explain import analyse_resolutions, analysis_table
     from vitres.explain.plots import ood_figure, tsne_figure
     from vitres.layers.sizes import parse_resolutions
 
@@ -90,10 +68,7 @@ def run(args: argparse.Namespace) -> int:
         ood_figure({args.model: analysis}).savefig(args.plot, dpi=120, bbox_inches="tight")
         written.append(args.plot)
     if args.tsne:
-        embeddings = {
-            label: tsne_embedding(features.features, features.labels, args.tsne_points)
-            for label, features in analysis.test_features.items()
-        }
+        embeddings = analysis.tsne_embeddings(args.tsne_points, progress=not args.no_progress)
         overlaps = {r.label: r.overlap for r in analysis.results if r.overlap is not None}
         figure = tsne_figure(embeddings, class_names=analysis.classes, overlaps=overlaps)
         figure.savefig(args.tsne, dpi=120, bbox_inches="tight")
@@ -113,9 +88,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"OOD images: {analysis.ood_conversion}")
     print("cells: AUROC (FPR at 95 % TPR), best method in bold")
     print(analysis_table({args.model: analysis}))
-    advice = analysis.advice()
-    if advice:
-        print(advice)
+    check = analysis.rule_check()
+    if check is not None:
+        print(check.text())
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -5,19 +5,23 @@
   only inside :func:`capture_attention`.
 * :func:`analyse_resolutions`: accuracy, OOD detection (MSP, MaxLogit, energy,
   Mahalanobis, ViM; AUROC and FPR at 95 % TPR) and class overlap / silhouette per
-  resolution; :func:`ood_auroc_for_config` for one sweep config.
+  resolution; :func:`ood_auroc_for_config` for one sweep config;
+  :meth:`ResolutionAnalysis.rule_check` sets the seed's overlap rule beside the accuracy.
 * :func:`class_overlap`, :func:`silhouette`, :func:`tsne_embedding`,
   :func:`resolution_advice`: the feature-space check of the seed.
 * :mod:`vitres.explain.plots`: the figures.
 """
 
 from vitres.explain.analysis import (
+    LOWERING_HELPS_MARGIN,
+    OverlapRuleCheck,
     ResolutionAnalysis,
     ResolutionResult,
     analyse_resolutions,
     analysis_table,
     ood_auroc_for_config,
     resolution_label,
+    result_cells,
 )
 from vitres.explain.attention import (
     ATTENTION_METHODS,
@@ -54,6 +58,7 @@ from vitres.explain.separability import (
 __all__ = [
     "ATTENTION_METHODS",
     "HEAD_FUSIONS",
+    "LOWERING_HELPS_MARGIN",
     "OOD_METHODS",
     "OVERLAP_RULE_THRESHOLD",
     "AttentionMaps",
@@ -64,6 +69,7 @@ __all__ = [
     "MahalanobisDetector",
     "OODData",
     "OODDetectors",
+    "OverlapRuleCheck",
     "ResolutionAnalysis",
     "ResolutionResult",
     "ViMDetector",
@@ -90,6 +96,7 @@ __all__ = [
     "parse_layers",
     "resolution_advice",
     "resolution_label",
+    "result_cells",
     "silhouette",
     "tsne_embedding",
 ]

@@ -11,6 +11,8 @@ features and logits (:mod:`vitres.explain.features`):
 
 AUROC and FPR at 95 % TPR (:mod:`vitres.explain.metrics`) compare the two score sets.
 :func:`ood_auroc_for_config` is the one-number form for a sweep record.
+:meth:`ResolutionAnalysis.rule_check` applies the seed's overlap rule (seed
+"ViT模型分辨率调优实战", step 1) and sets it beside the measured accuracy.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -33,16 +36,23 @@ from vitres.explain.separability import (
     class_overlap,
     resolution_advice,
     silhouette,
+    tsne_embedding,
 )
 
 __all__ = [
+    "LOWERING_HELPS_MARGIN",
+    "OverlapRuleCheck",
     "ResolutionAnalysis",
     "ResolutionResult",
     "analyse_resolutions",
     "analysis_table",
     "ood_auroc_for_config",
     "resolution_label",
+    "result_cells",
 ]
+
+#: A lower resolution at least this much more accurate (1 point) means lowering helps.
+LOWERING_HELPS_MARGIN = 0.01
 
 
 def resolution_label(resolution: int | Sequence[int]) -> str:
@@ -96,6 +106,100 @@ class ResolutionResult:
         }
 
 
+def _percent(value: float) -> str:
+    return f"{value * 100:.0f} %"
+
+
+@dataclass(frozen=True)
+class OverlapRuleCheck:
+    """The seed's overlap rule at the highest resolution measured, beside the accuracy.
+
+    The rule (seed "ViT模型分辨率调优实战", step 1): *if class clusters overlap by more
+    than 30 % at high resolution, lower the resolution*. "High" is the resolution with
+    the most pixels. Lowering helps when a lower resolution is at least
+    ``LOWERING_HELPS_MARGIN`` (1 point) more accurate; the rule is right when it fires
+    exactly when lowering helps.
+
+    Attributes:
+        threshold: the rule's threshold (the seed's 0.30).
+        resolution: label of the highest resolution.
+        overlap: its class overlap.
+        accuracy: its accuracy.
+        fires: ``overlap > threshold``.
+        advice: :func:`~vitres.explain.separability.resolution_advice`'s sentence.
+        best_lower: label of the most accurate lower resolution (``None`` if none).
+        best_lower_accuracy: its accuracy.
+    """
+
+    threshold: float
+    resolution: str
+    overlap: float
+    accuracy: float
+    fires: bool
+    advice: str
+    best_lower: str | None = None
+    best_lower_accuracy: float | None = None
+
+    @property
+    def lowering_helps(self) -> bool | None:
+        """A lower resolution is at least 1 point more accurate (``None`` without one)."""
+        if self.best_lower_accuracy is None:
+            return None
+        return self.best_lower_accuracy >= self.accuracy + LOWERING_HELPS_MARGIN
+
+    @property
+    def right(self) -> bool | None:
+        """The rule fired exactly when lowering helps (``None`` without a lower one)."""
+        helps = self.lowering_helps
+        return None if helps is None else self.fires == helps
+
+    def rule_text(self) -> str:
+        """The rule with its threshold, whether it fires, and the advice."""
+        rule = (
+            f"Seed's rule (class overlap > {_percent(self.threshold)} at the highest "
+            "resolution → lower the resolution)"
+        )
+        verdict = "fires" if self.fires else "does not fire"
+        return f"{rule} {verdict}: {self.advice}."
+
+    def accuracy_text(self) -> str:
+        """The rule against the measured accuracy, in one sentence (empty without a lower
+        resolution)."""
+        if self.best_lower is None or self.best_lower_accuracy is None:
+            return ""
+        gap = (self.best_lower_accuracy - self.accuracy) * 100
+        measured = (
+            f"Measured accuracy: {self.resolution} px {self.accuracy * 100:.1f} %, best lower "
+            f"{self.best_lower} px {self.best_lower_accuracy * 100:.1f} % ({gap:+.1f} points)"
+        )
+        if self.lowering_helps and self.fires:
+            return f"{measured}: lowering helps, as the rule says."
+        if self.lowering_helps:
+            return f"{measured}: lowering would help, and the rule misses it."
+        if self.fires:
+            return f"{measured}: lowering does not help, though the rule says to."
+        return f"{measured}: lowering does not help; the rule is right to stay silent."
+
+    def text(self) -> str:
+        """:meth:`rule_text` and :meth:`accuracy_text` together."""
+        return " ".join(part for part in (self.rule_text(), self.accuracy_text()) if part)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "resolution": self.resolution,
+            "overlap": self.overlap,
+            "accuracy": self.accuracy,
+            "fires": self.fires,
+            "advice": self.advice,
+            "best_lower": self.best_lower,
+            "best_lower_accuracy": self.best_lower_accuracy,
+            "lowering_helps": self.lowering_helps,
+            "right": self.right,
+            "text": self.text(),
+        }
+
+
 @dataclass(frozen=True)
 class ResolutionAnalysis:
     """The measurements of :func:`analyse_resolutions`, and the features they came from.
@@ -134,6 +238,50 @@ class ResolutionAnalysis:
         overlaps = {r.label: r.overlap for r in self.results if r.overlap is not None}
         return resolution_advice(overlaps, threshold) if overlaps else None
 
+    def tsne_embeddings(
+        self, max_points: int = 2000, progress: bool = False
+    ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """A t-SNE embedding of the test features at each resolution.
+
+        Args:
+            max_points: points per embedding (a seeded random subset of the test features).
+            progress: show a progress bar over the resolutions.
+
+        Returns:
+            resolution label -> ``(points (n, 2), labels (n,))`` (see
+            :func:`~vitres.explain.separability.tsne_embedding`).
+        """
+        if not self.test_features:
+            raise ValueError("no test features kept: the analysis was rebuilt from numbers")
+        return {
+            label: tsne_embedding(features.features, features.labels, max_points)
+            for label, features in tqdm(
+                self.test_features.items(), desc="t-SNE", unit="res", disable=not progress
+            )
+        }
+
+    def rule_check(self, threshold: float = OVERLAP_RULE_THRESHOLD) -> OverlapRuleCheck | None:
+        """The seed's overlap rule beside the measured accuracy (``None`` when overlap was
+        not measured)."""
+        measured = [r for r in self.results if r.overlap is not None]
+        if not measured:
+            return None
+        top = max(measured, key=lambda r: r.resolution[0] * r.resolution[1])
+        pixels = top.resolution[0] * top.resolution[1]
+        lower = [r for r in self.results if r.resolution[0] * r.resolution[1] < pixels]
+        best_lower = max(lower, key=lambda r: r.accuracy) if lower else None
+        assert top.overlap is not None
+        return OverlapRuleCheck(
+            threshold=threshold,
+            resolution=top.label,
+            overlap=top.overlap,
+            accuracy=top.accuracy,
+            fires=top.overlap > threshold,
+            advice=resolution_advice({r.label: r.overlap for r in measured}, threshold),
+            best_lower=best_lower.label if best_lower else None,
+            best_lower_accuracy=best_lower.accuracy if best_lower else None,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model,
@@ -148,6 +296,7 @@ class ResolutionAnalysis:
             "classes": list(self.classes),
             "results": [r.to_dict() for r in self.results],
             "advice": self.advice(),
+            "rule_check": None if (check := self.rule_check()) is None else check.to_dict(),
         }
 
 
@@ -323,6 +472,29 @@ def ood_auroc_for_config(
     return best[1].auroc
 
 
+def result_cells(result: ResolutionResult, methods: Sequence[str]) -> list[str]:
+    """One resolution's cells, as :func:`analysis_table` and the report show them.
+
+    ``[resolution, accuracy, AUROC (FPR95) per method, overlap, disagreement, silhouette]``;
+    ``–`` where a value was not measured.
+    """
+
+    def number(value: float | None, form: str, unit: str = "") -> str:
+        return "–" if value is None else format(value, form) + unit
+
+    cells = [f"{result.label} px", f"{result.accuracy * 100:.1f} %"]
+    for method in methods:
+        metrics = result.ood.get(method)
+        cells.append(
+            "–" if metrics is None else f"{metrics.auroc:.3f} ({metrics.fpr95 * 100:.0f} %)"
+        )
+    return cells + [
+        number(None if result.overlap is None else result.overlap * 100, ".1f", " %"),
+        number(result.disagreement, ".3f"),
+        number(result.silhouette, ".3f"),
+    ]
+
+
 def analysis_table(analyses: dict[str, ResolutionAnalysis]) -> str:
     """A Markdown table: one row per model and resolution, AUROC (FPR95) per method.
 
@@ -334,26 +506,12 @@ def analysis_table(analyses: dict[str, ResolutionAnalysis]) -> str:
     methods = next(iter(analyses.values())).methods
     header = ["model", "res", "accuracy", *methods, "overlap", "disagreement", "silhouette"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * 2 + " ---: |" * (len(header) - 2)]
-
-    def number(value: float | None, form: str) -> str:
-        return "–" if value is None else format(value, form)
-
     for name, analysis in analyses.items():
         for result in analysis.results:
+            cells = result_cells(result, methods)
             best = result.best_method()
-            cells = [name, f"{result.label} px", f"{result.accuracy * 100:.1f} %"]
-            for method in methods:
-                metrics = result.ood.get(method)
-                if metrics is None:
-                    cells.append("–")
-                    continue
-                text = f"{metrics.auroc:.3f} ({metrics.fpr95 * 100:.0f} %)"
-                cells.append(f"**{text}**" if best and best[0] == method else text)
-            cells += [
-                number(None if result.overlap is None else result.overlap * 100, ".1f")
-                + (" %" if result.overlap is not None else ""),
-                number(result.disagreement, ".3f"),
-                number(result.silhouette, ".3f"),
-            ]
-            lines.append("| " + " | ".join(cells) + " |")
+            if best is not None and best[0] in methods:
+                index = 2 + list(methods).index(best[0])
+                cells[index] = f"**{cells[index]}**"
+            lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)

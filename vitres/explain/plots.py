@@ -1,4 +1,5 @@
-"""Figures of :mod:`vitres.explain`: attention overlays, OOD AUROC by resolution, t-SNE.
+"""Figures of :mod:`vitres.explain`: attention overlays, OOD AUROC and class separability
+by resolution, t-SNE.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot state, no display needed);
 :func:`figure_png` turns one into PNG bytes for an HTML report.
@@ -14,8 +15,9 @@ from matplotlib.figure import Figure
 
 from vitres.explain.analysis import ResolutionAnalysis
 from vitres.explain.image import AttentionPanel
+from vitres.explain.separability import OVERLAP_RULE_THRESHOLD
 
-__all__ = ["attention_figure", "figure_png", "ood_figure", "tsne_figure"]
+__all__ = ["attention_figure", "figure_png", "ood_figure", "separability_figure", "tsne_figure"]
 
 
 def figure_png(figure: Figure, dpi: int = 120) -> bytes:
@@ -126,6 +128,48 @@ def ood_figure(analyses: Mapping[str, ResolutionAnalysis]) -> Figure:
     first = next(iter(analyses.values()))
     figure.suptitle(f"OOD detection: {first.id_data} vs {first.ood_data}", fontsize=10)
     fpr_axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    figure.tight_layout()
+    return figure
+
+
+def separability_figure(
+    analyses: Mapping[str, ResolutionAnalysis], threshold: float = OVERLAP_RULE_THRESHOLD
+) -> Figure:
+    """Accuracy, class overlap (with the seed's threshold) and silhouette against resolution.
+
+    Args:
+        analyses: a name for each model -> its analysis (with overlap measured).
+        threshold: the overlap rule's threshold, drawn as a line.
+    """
+    measured = {
+        name: [r for r in analysis.results if r.overlap is not None]
+        for name, analysis in analyses.items()
+    }
+    measured = {name: results for name, results in measured.items() if results}
+    if not measured:
+        raise ValueError("separability_figure needs an analysis with class overlap measured")
+    figure = Figure(figsize=(12, 3.6))
+    accuracy_axis, overlap_axis, silhouette_axis = figure.subplots(1, 3)
+    for index, (name, results) in enumerate(measured.items()):
+        sides = np.sqrt([r.resolution[0] * r.resolution[1] for r in results])
+        style = {"color": f"C{index}", "marker": "o", "label": name}
+        accuracy_axis.plot(sides, [r.accuracy * 100 for r in results], **style)
+        overlap_axis.plot(sides, [r.overlap * 100 for r in results], **style)
+        silhouette_axis.plot(sides, [r.silhouette for r in results], **style)
+        for axis in (accuracy_axis, overlap_axis, silhouette_axis):
+            axis.set_xticks(sides, [r.label for r in results])
+    overlap_axis.axhline(
+        threshold * 100, color="red", linestyle=":", label=f"seed's rule: {threshold:.0%}"
+    )
+    overlap_axis.set_ylim(bottom=0, top=max(overlap_axis.get_ylim()[1], threshold * 100 + 5))
+    accuracy_axis.set_ylabel("top-1 accuracy (%)")
+    overlap_axis.set_ylabel("class overlap (%, lower is better)")
+    silhouette_axis.set_ylabel("silhouette (higher is better)")
+    for axis in (accuracy_axis, overlap_axis, silhouette_axis):
+        axis.set_xlabel("resolution (px)")
+        axis.grid(alpha=0.3)
+    overlap_axis.legend(fontsize=7)
+    figure.suptitle("Class separability of the classifier's features", fontsize=10)
     figure.tight_layout()
     return figure
 

@@ -11,6 +11,8 @@ One concept per module, in the order data flows through them:
 - :mod:`~vitres.tune.budget`, :mod:`~vitres.tune.rule`: the budget and the acceptance rule;
 - :mod:`~vitres.tune.recommend`: the one decision;
 - :mod:`~vitres.tune.report`: the HTML/Markdown report of a decision;
+  :mod:`~vitres.tune.report_analysis`, its optional OOD / class-overlap / t-SNE section
+  (computed only when asked);
 - :mod:`~vitres.tune.run`: the main job end to end (``vitres demo``).
 """
 

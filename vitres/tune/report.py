@@ -7,8 +7,12 @@ memory vs resolution with the budget line. Tables list the recommendation, every
 record, the cost-model fits, and the memory ceiling next to the seed's naive formula.
 
 The report draws what the other stages computed (:mod:`vitres.tune.costmodel`,
-:mod:`vitres.tune.recommend`); it computes no results itself. Plots use matplotlib's Agg
-canvas directly (no pyplot, no global backend switch).
+:mod:`vitres.tune.recommend`); it computes no results itself. Given ``analysis=`` (a
+:class:`~vitres.tune.report_analysis.ReportAnalysis`, measured beforehand by
+:func:`~vitres.tune.report_analysis.analyse_for_report`), it adds the "what changes with
+resolution" section: OOD AUROC per method, class overlap and silhouette beside accuracy,
+t-SNE, and the seed's overlap rule as advice. Plots use matplotlib's Agg canvas directly
+(no pyplot, no global backend switch).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -37,6 +41,9 @@ from vitres.tune.recommend import (
     recommend,
 )
 from vitres.tune.records import Measurement, group_key, read_results
+
+if TYPE_CHECKING:
+    from vitres.tune.report_analysis import AnalysisSection, ReportAnalysis
 
 
 @dataclass
@@ -555,7 +562,9 @@ table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px soli
 th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap}
 .plots img{max-width:48%;margin:0.5%}
 .answer{font-size:1.35em;font-weight:600;background:#eef6ee;border-left:6px solid #3a3;padding:.6em 1em}
-.answer.none{background:#fff4e0;border-left-color:#d80}"""
+.answer.none{background:#fff4e0;border-left-color:#d80}
+.advice{background:#eef2fa;border-left:6px solid #46c;padding:.5em 1em}
+.plots img.wide{max-width:97%}"""
 
 FIT_HEADER = ("quantity", "model", "backend", "precision", "batch", "fit", "LOO error by form")
 CEILING_HEADER = (
@@ -569,6 +578,63 @@ CEILING_HEADER = (
 )
 
 
+ANALYSIS_TITLE = "What changes with resolution: OOD detection, class overlap, t-SNE"
+
+
+def _analysis_section(
+    analysis: ReportAnalysis | None, records: Sequence[Measurement]
+) -> AnalysisSection | None:
+    if analysis is None:
+        return None
+    from vitres.tune.report_analysis import ReportAnalysis, analysis_section
+
+    if not isinstance(analysis, ReportAnalysis):
+        raise ValueError(
+            "write_report: analysis must be a ReportAnalysis from "
+            f"vitres.tune.report_analysis.analyse_for_report; got {type(analysis).__name__}"
+        )
+    return analysis_section(analysis, records)
+
+
+def _rule_paragraphs(section: AnalysisSection) -> list[str]:
+    if section.rule is None:
+        return ["Class overlap was not measured, so the seed's overlap rule is not applied."]
+    lines = [section.rule.rule_text()]
+    if section.rule.accuracy_text():
+        lines.append(section.rule.accuracy_text())
+    return lines
+
+
+def _analysis_html(section: AnalysisSection) -> list[str]:
+    parts = [f'<section id="analysis"><h2>{html.escape(ANALYSIS_TITLE)}</h2>']
+    parts += [f'<p class="advice">{html.escape(line)}</p>' for line in _rule_paragraphs(section)]
+    parts.append(_html_table(section.header, section.rows))
+    parts += [f"<p>{html.escape(note)}</p>" for note in section.notes]
+    parts.append('<div class="plots">')
+    for name, title, png in section.figures:
+        encoded = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<img class="wide" id="{name}" alt="{html.escape(title, quote=True)}" '
+            f'title="{html.escape(title, quote=True)}" src="data:image/png;base64,{encoded}">'
+        )
+    parts.append("</div></section>")
+    return parts
+
+
+def _analysis_markdown(section: AnalysisSection, files_dir: str) -> list[str]:
+    md = [f"## {ANALYSIS_TITLE}", ""]
+    for line in _rule_paragraphs(section):
+        md += [f"> {line}", ""]
+    md += [_md_table(section.header, section.rows), ""]
+    for note in section.notes:
+        md += [note, ""]
+    for name, title, png in section.figures:
+        with open(os.path.join(files_dir, name + ".png"), "wb") as f:
+            f.write(png)
+        md += [f"![{title}]({os.path.basename(files_dir)}/{name}.png)", ""]
+    return md
+
+
 def write_report(
     recommendation: Recommendation | str | os.PathLike[str] | Sequence[Measurement],
     out_html: str | os.PathLike[str],
@@ -577,6 +643,7 @@ def write_report(
     baseline: str | None = None,
     title: str = "vitres resolution report",
     markdown: bool = True,
+    analysis: ReportAnalysis | None = None,
 ) -> tuple[str, str | None]:
     """Writes the HTML report (and ``<name>.md`` with ``<name>_files/*.png`` beside it).
 
@@ -592,6 +659,9 @@ def write_report(
         baseline: Baseline config key, only when ``recommendation`` is records.
         title: Page title.
         markdown: Also write the Markdown file.
+        analysis: What :func:`vitres.tune.report_analysis.analyse_for_report` measured:
+            adds the OOD / class overlap / t-SNE section and the seed's overlap rule as
+            advice. ``None`` (the default): the report without it, nothing computed.
 
     Returns:
         The HTML path and the Markdown path (``None`` without Markdown).
@@ -623,6 +693,9 @@ def write_report(
     if any(m.ood_auroc is not None for m in ok):
         plots.append(plot_ood(ok, budget))
     summary = format_recommendation(rec)
+    section = _analysis_section(analysis, records)
+    if section is not None and section.rule is not None:
+        summary += f"\nAdvice (feature space): {section.rule.rule_text()}"
     limits = budget.limits()
     budget_text = (
         f"Budget: {', '.join(limits) if limits else 'no limits'} — {budget.source}. "
@@ -660,6 +733,8 @@ def write_report(
             f'src="data:image/png;base64,{encoded}">'
         )
     parts.append("</div>")
+    if section is not None:
+        parts += _analysis_html(section)
     parts += [
         "<h2>Cost model</h2>",
         _html_table(FIT_HEADER, fits) if fits else "<p>Too few points to fit.</p>",
@@ -716,6 +791,8 @@ def write_report(
         with open(path, "wb") as f:
             f.write(plot.png)
         md += [f"![{plot.title}]({os.path.basename(files_dir)}/{plot.name}.png)", ""]
+    if section is not None:
+        md += _analysis_markdown(section, files_dir)
     md += [
         "## Cost model",
         "",
