@@ -1,6 +1,8 @@
 """`vitres serve`: an HTTP classification server that holds a latency SLO by choosing
 batch size and input resolution per batch, sheds load it cannot serve in time, and rolls
-back to a safe configuration when serving leaves the band the sweep measured."""
+back to a safe configuration when serving leaves the band the sweep measured. With
+``--ray [ADDRESS] --replicas N`` the same server runs as N replicas of a Ray Serve
+deployment (:mod:`vitres.runtime.ray_serve`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or a multipart file), GET /healthz, GET /metrics (Prometheus). A worker forms each batch "
         "and picks its batch size and resolution from the sweep's latency model so that every "
         "queued request meets --slo-ms; requests that cannot are answered 503 with Retry-After. "
-        "SIGTERM or Ctrl-C stops it gracefully.",
+        "SIGTERM or Ctrl-C stops it gracefully. With --ray the same server runs as --replicas "
+        "replicas of a Ray Serve deployment.",
     )
     parser.add_argument(
         "--model",

@@ -147,6 +147,8 @@ class ServeReplica:
     Serve wraps it with ``@serve.ingress`` (see :func:`deploy`): Serve calls the
     constructor, then :meth:`__serve_build_asgi_app__`, then the app's lifespan (which
     starts the worker); at shutdown the lifespan's end lets the worker finish its queue.
+    Only Serve constructs it: the constructor is a coroutine (Serve awaits it), so that
+    the model is built and warmed in a thread while the replica still answers Serve.
 
     Args:
         config: The server's settings (``threads`` set: the replica's CPUs).
@@ -185,7 +187,6 @@ class ServeReplica:
         self.limits = config.limits()
         self.hub = hub
         self.metrics_interval_s = float(metrics_interval_s)
-        # the model is built and warmed off the event loop, so Serve can talk to the replica
         self.worker = await asyncio.to_thread(build_worker, config, records=records, log=self._log)
         self._snapshot_lock = threading.Lock()
         self._sequence = 0
