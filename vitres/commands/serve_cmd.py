@@ -1,6 +1,8 @@
 """`vitres serve`: an HTTP classification server that holds a latency SLO by choosing
 batch size and input resolution per batch, sheds load it cannot serve in time, and rolls
-back to a safe configuration when serving leaves the band the sweep measured."""
+back to a safe configuration when serving leaves the band the sweep measured. With
+``--ray [ADDRESS] --replicas N`` the same server runs as N replicas of a Ray Serve
+deployment (:mod:`vitres.runtime.ray_serve`)."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "or a multipart file), GET /healthz, GET /metrics (Prometheus). A worker forms each batch "
         "and picks its batch size and resolution from the sweep's latency model so that every "
         "queued request meets --slo-ms; requests that cannot are answered 503 with Retry-After. "
-        "SIGTERM or Ctrl-C stops it gracefully.",
+        "SIGTERM or Ctrl-C stops it gracefully. With --ray the same server runs as --replicas "
+        "replicas of a Ray Serve deployment.",
     )
     parser.add_argument(
         "--model",
@@ -120,6 +123,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-calibration", help="write the startup calibration's records here (reuse: --records)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no calibration progress bar")
+    ray = parser.add_argument_group(
+        "Ray Serve (needs the ray extra: pip install 'vitres[ray]')",
+        "the same server as a Ray Serve deployment: every replica runs the batching policy, "
+        "monitor and rollback above on its own queue; --host/--port are where Serve's proxies "
+        "listen",
+    )
+    ray.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="deploy on Ray Serve: --ray alone starts a local Ray instance, --ray auto joins "
+        "this machine's cluster, --ray HOST:PORT a given head",
+    )
+    ray.add_argument(
+        "--replicas",
+        type=int,
+        help="replicas of the deployment, each asking Ray for --threads CPUs (default 1)",
+    )
+    ray.add_argument(
+        "--ray-cpus",
+        type=int,
+        help="CPUs of the local Ray instance (default: this machine's physical cores)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -133,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
     ]
     if missing:
         raise ValueError(f"vitres serve needs {', '.join(missing)}: pip install 'vitres[serve]'")
-    from vitres.runtime.serve import serve
-
+    if args.ray is None and (args.replicas is not None or args.ray_cpus is not None):
+        raise ValueError("--replicas and --ray-cpus need --ray (a Ray Serve deployment)")
     config = ServeConfig(
         model=args.model,
         slo_ms=args.slo_ms,
@@ -160,4 +187,17 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         progress=not args.no_progress,
     )
+    if args.ray is not None:
+        from vitres.runtime.ray_serve import require_serve, serve_on_ray
+        from vitres.runtime.serve_config import RayServeConfig
+
+        require_serve()
+        ray_config = RayServeConfig(
+            address=None if args.ray == "local" else args.ray,
+            replicas=1 if args.replicas is None else args.replicas,
+            num_cpus=args.ray_cpus,
+        )
+        return serve_on_ray(config, ray_config)
+    from vitres.runtime.serve import serve
+
     return serve(config)

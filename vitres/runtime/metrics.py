@@ -28,9 +28,16 @@ vitres_rollbacks_total{reason}        counter    rollbacks to the safe configura
 vitres_rolled_back                    gauge      1 once serving the safe configuration
 vitres_slo_seconds                    gauge      the latency objective
 ====================================  =========  ========================================
+
+Several replicas (``vitres serve --ray``) each count in their own registry;
+:func:`render_replicas` exposes them together, every sample labelled with the replica
+that counted it (``replica="..."``), so that a Prometheus query sums over that label to
+aggregate (``sum without (replica) (...)``) or keeps it to compare replicas.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -40,8 +47,20 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.metrics_core import Metric
 
-__all__ = ["CONTENT_TYPE_LATEST", "OUTCOMES", "SHED_REASONS", "ServerMetrics"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "OUTCOMES",
+    "REPLICA_LABEL",
+    "SHED_REASONS",
+    "ServerMetrics",
+    "render_replicas",
+    "sum_samples",
+]
+
+#: The label :func:`render_replicas` adds to every sample: the replica that counted it.
+REPLICA_LABEL = "replica"
 
 OUTCOMES = ("ok", "bad_request", "too_large", "shed", "unavailable", "error", "timeout")
 SHED_REASONS = ("slo", "queue_full", "expired")
@@ -157,3 +176,62 @@ class ServerMetrics:
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+    def snapshot(self) -> list[Metric]:
+        """Every metric family with its current samples (plain, picklable objects), for
+        :func:`render_replicas`."""
+        return list(self.registry.collect())
+
+
+class _Families:
+    """A collector that yields fixed metric families (what :func:`render_replicas` renders)."""
+
+    def __init__(self, families: Sequence[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> list[Metric]:
+        return self.families
+
+
+def render_replicas(snapshots: Mapping[str, Sequence[Metric]]) -> bytes:
+    """The Prometheus text exposition of several replicas' metrics.
+
+    Each family appears once (the same names, help and types as one server's
+    :meth:`ServerMetrics.render`); each sample carries :data:`REPLICA_LABEL` = the replica
+    that counted it, its other labels unchanged.
+
+    Args:
+        snapshots: ``{replica id: ServerMetrics.snapshot()}``.
+
+    Raises:
+        ValueError: a sample already has a ``replica`` label.
+    """
+    families: dict[str, Metric] = {}
+    for replica, metrics in sorted(snapshots.items()):
+        for family in metrics:
+            merged = families.get(family.name)
+            if merged is None:
+                merged = Metric(family.name, family.documentation, family.type, family.unit)
+                families[family.name] = merged
+            for sample in family.samples:
+                if REPLICA_LABEL in sample.labels:
+                    raise ValueError(
+                        f"{sample.name} already has a {REPLICA_LABEL!r} label; cannot merge"
+                    )
+                labels = {**sample.labels, REPLICA_LABEL: str(replica)}
+                merged.samples.append(sample._replace(labels=labels))
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+def sum_samples(snapshots: Mapping[str, Sequence[Metric]], name: str, **labels: str) -> float:
+    """The sum over replicas (and over any labels not given) of the samples called
+    ``name`` (e.g. ``vitres_requests_total``) whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for metrics in snapshots.values()
+        for family in metrics
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )

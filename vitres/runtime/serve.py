@@ -195,6 +195,55 @@ def _check_predictable(model: LatencyModel, sizes: Sequence[Size], max_batch: in
                 ) from None
 
 
+def load_records(
+    config: ServeConfig, model: nn.Module | None = None, log: Callable[[str], None] = print
+) -> list[Measurement]:
+    """The latency records to serve with: ``config.records`` read, or (without it) a short
+    calibration sweep of ``model`` (default: resolved from ``config.model``) on this machine.
+
+    Raises:
+        FileNotFoundError: ``config.records`` does not exist.
+        ValueError: bad controller or resolutions.
+    """
+    from vitres.layers.sizes import parse_resolutions
+
+    if config.records is not None:
+        import os
+
+        if not os.path.exists(config.records):
+            raise FileNotFoundError(
+                f"no results file {config.records}; run `vitres sweep --model {config.model} "
+                f"--backend {config.backend} --batch 1,8,32 ... --out {config.records}` first, "
+                "or leave out --records to calibrate at startup"
+            )
+        return read_results(config.records)
+    if model is None:
+        from vitres.models.resolve import resolve_model
+
+        model = resolve_model(config.model)
+    fixed = parse_controller(config.controller, tuple(model.config.img_size))
+    ladder = (
+        calibration_ladder(model)
+        if config.resolutions is None
+        else parse_resolutions(config.resolutions)
+    )
+    if fixed is not None and fixed not in ladder:
+        ladder = [*ladder, fixed]
+    return _calibrate(config, ladder, _safe_size(config, ladder), log)
+
+
+def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int | None:
+    """The CPU threads a server computes with: ``config.threads``, else those the records'
+    latencies were measured with (``None`` when they do not say).
+
+    Raises:
+        ValueError: the records have no usable latencies of this model and backend.
+    """
+    if config.threads is not None:
+        return config.threads
+    return _latency_model(records, config, config.backend, lambda line: None).threads
+
+
 def build_worker(
     config: ServeConfig,
     *,
@@ -229,22 +278,8 @@ def build_worker(
     fixed = parse_controller(config.controller, native)
     ladder_given = None if config.resolutions is None else parse_resolutions(config.resolutions)
 
-    if records is None and config.records is not None:
-        import os
-
-        if not os.path.exists(config.records):
-            raise FileNotFoundError(
-                f"no results file {config.records}; run `vitres sweep --model {config.model} "
-                f"--backend {config.backend} --batch 1,8,32 ... --out {config.records}` first, "
-                "or leave out --records to calibrate at startup"
-            )
-        records = read_results(config.records)
     if records is None:
-        ladder = ladder_given or calibration_ladder(model)
-        if fixed is not None and fixed not in ladder:
-            ladder = [*ladder, fixed]
-        safe_guess = _safe_size(config, ladder)
-        records = _calibrate(config, ladder, safe_guess, log)
+        records = load_records(config, model, log)
 
     latency = _latency_model(records, config, config.backend, log)
     if config.threads is None and latency.threads is not None:
@@ -385,7 +420,8 @@ def build_app(config: ServeConfig, **kwargs: object) -> FastAPI:
     return create_app(build_worker(config, **kwargs), config.limits())  # type: ignore[arg-type]
 
 
-def _attach_log_handler() -> None:
+def attach_log_handler() -> None:
+    """Sends the ``vitres.serve`` log (the app's and the worker's lines) to stderr, once."""
     if logger.handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
@@ -404,7 +440,7 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
     """
     import uvicorn
 
-    _attach_log_handler()
+    attach_log_handler()
     worker = build_worker(config, log=log)
     app = create_app(worker, config.limits())
     server = uvicorn.Server(

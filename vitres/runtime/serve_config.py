@@ -4,9 +4,10 @@ can build its help from them without loading the server."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["HttpLimits", "ServeConfig"]
+__all__ = ["HttpLimits", "RayServeConfig", "ServeConfig"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +101,36 @@ class ServeConfig:
             max_pixels=self.max_pixels,
             request_timeout_s=self.request_timeout_s,
         )
+
+
+@dataclass
+class RayServeConfig:
+    """How ``vitres serve --ray`` deploys the server on Ray Serve.
+
+    Attributes:
+        address: ``None`` starts a local Ray instance (stopped again at the end);
+            ``"auto"`` joins the cluster this machine belongs to; ``"host:port"`` (or
+            ``"ray://host:10001"``) a given head.
+        replicas: Replicas of the deployment; each one is a whole server (model, policy,
+            worker, monitor) and asks Ray for ``num_cpus`` = its threads.
+        num_cpus: CPUs of a local Ray instance (default: this machine's physical cores).
+        app_name: Name of the Serve application (one per cluster with that name).
+        metrics_interval_s: How often each replica publishes its metrics to the others.
+        init_options: Further ``ray.init`` keywords (e.g. ``_temp_dir``) when this
+            command connects to or starts Ray.
+    """
+
+    address: str | None = None
+    replicas: int = 1
+    num_cpus: int | None = None
+    app_name: str = "vitres"
+    metrics_interval_s: float = 1.0
+    init_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"--replicas must be at least 1, got {self.replicas}")
+        if self.num_cpus is not None and self.num_cpus < 1:
+            raise ValueError(f"--ray-cpus must be at least 1, got {self.num_cpus}")
+        if not self.metrics_interval_s > 0:
+            raise ValueError(f"metrics_interval_s must be > 0, got {self.metrics_interval_s}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -103,12 +103,18 @@ async def _multipart_file(request: Request, body: bytes) -> bytes:
         await form.close()
 
 
-def create_app(worker: BatchingWorker, limits: HttpLimits | None = None) -> FastAPI:
+def create_app(
+    worker: BatchingWorker,
+    limits: HttpLimits | None = None,
+    metrics_text: Callable[[], Awaitable[bytes]] | None = None,
+) -> FastAPI:
     """The FastAPI app serving ``worker``; its lifespan starts and stops the worker.
 
     Args:
         worker: The batching worker (not started; the app starts it).
         limits: Input limits and the request timeout.
+        metrics_text: What ``GET /metrics`` answers (Prometheus text); default: this
+            worker's metrics. A Ray Serve replica passes the merge of every replica's.
     """
     limits = limits or HttpLimits()
     metrics = worker.metrics
@@ -253,6 +259,7 @@ def create_app(worker: BatchingWorker, limits: HttpLimits | None = None) -> Fast
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        text = metrics.render() if metrics_text is None else await metrics_text()
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -207,6 +207,11 @@ class BatchingWorker:
         return self._closing
 
     @property
+    def running(self) -> bool:
+        """True while the worker thread is alive (started, not yet stopped)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
     def rolled_back(self) -> bool:
         return self.mode is not self.primary
 

@@ -134,6 +134,51 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def connect_ray(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    init_options: dict[str, Any] | None = None,
+) -> bool:
+    """Connects this process to Ray, or starts a local instance; returns True when this
+    call connected (the caller then owns the connection and ends it with ``ray.shutdown``),
+    False when this process was already connected.
+
+    Args:
+        address: ``None`` starts a local instance; ``"auto"`` joins the cluster this
+            machine belongs to; ``"host:port"`` or ``"ray://host:10001"`` a given head.
+        num_cpus: CPUs of a local instance (default: this machine's physical cores).
+        init_options: Further ``ray.init`` keywords (e.g. ``_temp_dir``).
+
+    Raises:
+        ValueError: Ray is not installed, ``num_cpus`` is given with an address, or no
+            cluster answers at ``address``.
+    """
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    if address is not None and num_cpus is not None:
+        raise ValueError(
+            "--ray-cpus sets the CPUs of a local Ray instance; a cluster's nodes declare "
+            "their own (`ray start --num-cpus N`): drop --ray-cpus or the address"
+        )
+    options: dict[str, Any] = {"include_dashboard": False, **(init_options or {})}
+    if address is None:
+        options["num_cpus"] = num_cpus or physical_cores()
+    else:
+        options["address"] = address
+        options.pop("include_dashboard")
+        check_reachable(address)
+    try:
+        ray.init(**options)
+    except ConnectionError as error:
+        raise ValueError(
+            f"cannot reach a Ray cluster at {address!r} ({error}); start one with "
+            "`ray start --head`, pass its address (host:6379), or omit the address to "
+            "start a local instance"
+        ) from None
+    return True
+
+
 def task_resources(config: SweepConfig, custom: dict[str, float]) -> dict[str, float]:
     """What one config's task asks Ray for: its threads as CPUs, a GPU on CUDA, and ``custom``."""
     needed = {"CPU": float(config.threads or 1), **custom}
@@ -242,31 +287,7 @@ class RayExecutor:
 
     def connect(self) -> bool:
         """Connects to (or starts) Ray; returns True when this call started the connection."""
-        ray = require_ray()
-        if ray.is_initialized():
-            return False
-        if self.address is not None and self.num_cpus is not None:
-            raise ValueError(
-                "--ray-cpus sets the CPUs of a local Ray instance; a cluster's nodes declare "
-                "their own (`ray start --num-cpus N`): drop --ray-cpus or the address"
-            )
-        options: dict[str, Any] = {"include_dashboard": False, **self.init_options}
-        if self.address is None:
-            options["num_cpus"] = self.num_cpus or physical_cores()
-        else:
-            options["address"] = self.address
-            options.pop("include_dashboard")
-        if self.address is not None:
-            check_reachable(self.address)
-        try:
-            ray.init(**options)
-        except ConnectionError as error:
-            raise ValueError(
-                f"cannot reach a Ray cluster at {self.address!r} ({error}); start one with "
-                "`ray start --head`, pass its address (host:6379), or omit the address to "
-                "start a local instance"
-            ) from None
-        return True
+        return connect_ray(self.address, self.num_cpus, self.init_options)
 
     def check_feasible(self, configs: Sequence[SweepConfig]) -> None:
         """Refuses configs no alive node can ever run (Ray would wait for them forever).
