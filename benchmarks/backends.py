@@ -555,6 +555,60 @@ def claims_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def summary_table(result: dict[str, Any]) -> list[str]:
+    """One row per (case, resolution, batch, threads): eager fp32, the fastest vitres
+    backend and the fastest peer, side by side (the README's table)."""
+    lines = [
+        "| model | res | batch | threads | eager fp32 ms | fastest vitres | ms | speed-up "
+        "| fastest peer | ms | vitres / peer | % bf16 ceiling |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|",
+    ]
+    rows = result["latency"]
+    keys = dict.fromkeys((r["case"], r["resolution"], r["batch"], r["threads"]) for r in rows)
+    for case, res, batch, threads in keys:
+        at = [
+            r
+            for r in rows
+            if (r["case"], r["resolution"], r["batch"], r["threads"]) == (case, res, batch, threads)
+        ]
+        eager = next((r for r in at if r["backend"] == "eager"), None)
+        best = best_vitres_row(at, batch, threads)
+        peer = min(
+            (r for r in at if r.get("kind") == "peer"), key=lambda r: r["median_ms"], default=None
+        )
+        if eager is None or best is None:
+            continue
+        noisy = " (noisy)" if best.get("noisy") else ""
+        peer_cells = (
+            ["–", "–", "–"]
+            if peer is None
+            else [
+                peer["backend"].removeprefix("peer:"),
+                f"{peer['median_ms']:.2f}",
+                f"{peer['median_ms'] / best['median_ms']:.2f}×",
+            ]
+        )
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    case,
+                    str(res),
+                    str(batch),
+                    str(threads),
+                    f"{eager['median_ms']:.2f}",
+                    best["backend"],
+                    f"{best['median_ms']:.2f}{noisy}",
+                    f"{eager['median_ms'] / best['median_ms']:.2f}×",
+                    *peer_cells,
+                    f"{100 * best['frac_bf16_ceiling']:.0f}%",
+                ]
+            )
+            + " |"
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, ceil = result["env"], result["ceilings_gflops"]
     per_threads = result.get("ceilings_by_threads") or {}
@@ -576,6 +630,12 @@ def markdown(result: dict[str, Any]) -> str:
         "in one run; *italic* rows are peers; 'vs best peer' is the best peer's median over "
         "this row's (above 1 = faster than every peer); (noisy) marks rows whose p90 is over "
         f"{NOISY_P90_RATIO}× their median (another job was running).",
+        "",
+        "Summary (the fastest vitres backend against the fastest peer in each case):",
+        "",
+        *summary_table(result),
+        "",
+        "Every backend and peer:",
         "",
         *latency_table(result),
     ]
