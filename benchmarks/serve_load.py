@@ -603,6 +603,10 @@ def main() -> int:
         "environment": {
             "cpu": cpu_info().get("cpu"),
             "cores": os.cpu_count(),
+            # the cores this run may use (e.g. under taskset), shared by client and server
+            "cores_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "server_threads": 1,
@@ -662,9 +666,13 @@ def verdict_text(result: dict) -> str:
         f"[{mark(t['zero_without_response'])}] requests without a response: "
         f"{result['requests_without_response']} (every rate, every controller; of them "
         f"{result['client_timeouts']} client timeouts after {result['client_timeout_s']:g} s)",
-        f"requests not sent: {result['requests_not_sent']} (the client's limit of "
-        f"{result['client_max_in_flight']} outstanding reached: the server held that many "
-        "unanswered)",
+        f"requests not sent: {result['requests_not_sent']}"
+        + (
+            f" (the client's limit of {result['client_max_in_flight']} outstanding was "
+            "reached: the server held that many unanswered)"
+            if result["requests_not_sent"]
+            else ""
+        ),
         f"[{mark(t['clean_exits'])}] every server exited 0 on SIGTERM: {result['exit_codes']}",
         "predictive starts shedding (> 1 %) at "
         + (
@@ -688,7 +696,8 @@ def markdown(result: dict) -> str:
         "# Serving under load: predictive batch x resolution vs fixed:native",
         "",
         f"`{result['command']}` -- {head}. Model `{result['model']}`, SLO {slo:g} ms, "
-        f"server 1 thread, CPU {env['cpu']} ({env['cores']} cores shared with the client), "
+        f"server 1 thread, CPU {env['cpu']} ({env.get('cores_usable', env['cores'])} of its "
+        f"{env['cores']} cores, shared by server and client), "
         f"torch {env['torch']}, load average {env.get('load_average_1min_before_after')} "
         "(1 min, before / after; other work on the machine shows here).",
         "",
