@@ -11,18 +11,26 @@ so that a rollback does not change the controller under test, request timeout 5 
   effect, as Triton's and Ray Serve's defaults are); the best of them at each rate (the
   highest SLO attainment) is "fixed".
 
-The client is open-loop and bounded: Poisson arrivals at a set rate for a fixed time
-(the first ``warmup`` seconds are not counted), each request a real Fashion-MNIST test
-image (PNG) posted as soon as it is due whatever the server is doing, at most
+The client (:mod:`vitres.measure.http_load`) is open-loop and bounded: Poisson arrivals
+at a set rate for a fixed time (the first ``warmup`` seconds are not counted), each
+request a real Fashion-MNIST test image (PNG) posted as soon as it is due whatever the
+server is doing, over raw HTTP/1.1 keep-alive connections (about a tenth of a
+millisecond of CPU per request; httpx took about 2 ms, more than the server), at most
 ``max_in_flight`` outstanding (more are counted ``not_sent``), and it stops by itself.
 Latency is taken from the moment a request was due, so client-side queueing counts.
+Every request ends in exactly one outcome: an HTTP status, a client timeout (10 s: twice
+the server's own 5 s request timeout, so a client timeout means the request waited
+longer than that before the server's handler saw it), a connection closed or refused
+before an answer, or not sent.
 
 The rate sweep climbs geometrically until the best fixed batch's p99 exceeds the SLO
 (its breaking rate R), then adds 1.5 R and 2 R; predictive runs at every rate. Recorded
 per run: p50/p95/p99 of answered requests, throughput, SLO attainment (answered within
-the SLO / sent), shed fraction (503), requests without any response (transport errors,
-client timeouts), accuracy of the answers against the true labels, mean resolution and
-batch size. Targets (printed met / missed):
+the SLO / offered), shed fraction (503) and how fast a shed request heard so, requests
+without any response (transport errors and client timeouts, apart), requests not sent,
+accuracy of the answers against the true labels, mean resolution and batch size, and
+the CPU time per request of the server process and of the client. Targets (printed met
+/ missed):
 
 1. at 2 R, predictive keeps p99 <= SLO for answered requests, answers >= 95 %, and its
    accuracy is within 1 point of fixed's at light load;
@@ -30,7 +38,7 @@ batch size. Targets (printed met / missed):
 3. report the rate where predictive starts shedding (> 1 % of requests).
 
 Client and server share this machine's CPUs: on a small machine the client's own CPU
-use is part of what is measured (its send lag is reported). Writes
+use is part of what is measured (its send lag and CPU per request are reported). Writes
 ``benchmarks/results/serve_load.{json,md,png}`` (``--quick``: ``serve_load_quick.*``).
 
 Usage::
@@ -42,7 +50,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
@@ -66,6 +73,7 @@ from PIL import Image  # noqa: E402
 
 from vitres.data import load_fashion_mnist  # noqa: E402
 from vitres.measure import TimingConfig, cpu_info  # noqa: E402
+from vitres.measure.http_load import poisson_schedule, run_load  # noqa: E402
 from vitres.tune.records import read_results  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -185,7 +193,7 @@ class ServerProcess:
             "--rollback-window",
             "0",
             "--timeout",
-            "5",
+            f"{SERVER_TIMEOUT_S:g}",
             "--no-progress",
             "--port",
             str(self.port),
@@ -242,135 +250,182 @@ class ServerProcess:
 
 # --------------------------------------------------------------------------- client
 
+# the client gives up on a request after this long; the server answers every request it
+# has read within its own --timeout (5 s, then 504), so a client timeout means the
+# request waited more than 5 s before the server's handler ever saw it
+CLIENT_TIMEOUT_S = 10.0
+SERVER_TIMEOUT_S = 5.0
+# the most requests the client keeps outstanding; a server that holds more unanswered
+# (fixed's 4096-deep queue under overload) has the rest counted "not sent"
+CLIENT_MAX_IN_FLIGHT = 1024
+
+
+def process_cpu_s(pid: int, thread: int | None = None) -> float | None:
+    """CPU seconds (user + system) of a process, or of one of its threads; ``None`` where
+    ``/proc`` cannot tell."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def shed_counts(base: str) -> dict[str, float]:
+    """The server's ``vitres_shed_total`` by reason (from ``/metrics``)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return {
+        sample.labels["reason"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "vitres_shed_total"
+    }
+
 
 @dataclass
 class Run:
-    """One controller at one rate."""
+    """One controller at one rate (the counted part, after the warm-up)."""
 
     controller: str
     rate: float
-    sent: int = 0
+    offered: int = 0
     answered: int = 0
     shed: int = 0
     other_status: dict = field(default_factory=dict)
+    client_timeout: int = 0
     no_response: int = 0
     not_sent: int = 0
+    errors: dict = field(default_factory=dict)
     latencies_ms: list = field(default_factory=list)
+    shed_latencies_ms: list = field(default_factory=list)
     server_ms: list = field(default_factory=list)
     correct: int = 0
     resolutions: list = field(default_factory=list)
     batch_sizes: list = field(default_factory=list)
     lag_ms: list = field(default_factory=list)
     duration_s: float = 0.0
+    server_cpu_ms_per_request: float | None = None
+    server_loop_cpu_ms_per_request: float | None = None
+    client_cpu_ms_per_request: float | None = None
+    shed_reasons: dict = field(default_factory=dict)
 
     def summary(self, slo_ms: float) -> dict:
         lat = np.asarray(self.latencies_ms, dtype=float)
 
-        def pct(q: float) -> float | None:
-            return float(np.percentile(lat, q)) if len(lat) else None
+        def pct(values: np.ndarray | list, q: float) -> float | None:
+            return float(np.percentile(values, q)) if len(values) else None
 
         within = int(np.sum(lat <= slo_ms)) if len(lat) else 0
         sides = np.asarray(self.resolutions, dtype=float)
+        offered = self.offered
         return {
             "controller": self.controller,
             "rate": self.rate,
-            "sent": self.sent,
+            "offered": offered,
+            "sent": offered - self.not_sent,
             "answered": self.answered,
-            "answered_fraction": self.answered / self.sent if self.sent else None,
+            "answered_fraction": self.answered / offered if offered else None,
             "shed": self.shed,
-            "shed_fraction": self.shed / self.sent if self.sent else None,
+            "shed_fraction": self.shed / offered if offered else None,
+            "shed_reasons": self.shed_reasons,
             "other_status": self.other_status,
+            "client_timeout": self.client_timeout,
             "no_response": self.no_response,
             "not_sent": self.not_sent,
-            "p50_ms": pct(50),
-            "p95_ms": pct(95),
-            "p99_ms": pct(99),
-            "server_p99_ms": float(np.percentile(self.server_ms, 99)) if self.server_ms else None,
+            "transport_errors": self.errors,
+            "p50_ms": pct(lat, 50),
+            "p95_ms": pct(lat, 95),
+            "p99_ms": pct(lat, 99),
+            "shed_p99_ms": pct(self.shed_latencies_ms, 99),
+            "server_p99_ms": pct(self.server_ms, 99),
             "throughput_rps": self.answered / self.duration_s if self.duration_s else None,
-            "slo_attainment": within / self.sent if self.sent else None,
+            "slo_attainment": within / offered if offered else None,
             "accuracy": self.correct / self.answered if self.answered else None,
             "mean_resolution": float(sides.mean()) if len(sides) else None,
             "resolution_counts": {
                 str(int(s)): int(c) for s, c in zip(*np.unique(sides, return_counts=True))
             },
             "mean_batch": float(np.mean(self.batch_sizes)) if self.batch_sizes else None,
-            "client_lag_p99_ms": float(np.percentile(self.lag_ms, 99)) if self.lag_ms else None,
+            "client_lag_p99_ms": pct(self.lag_ms, 99),
+            "server_cpu_ms_per_request": self.server_cpu_ms_per_request,
+            "server_loop_cpu_ms_per_request": self.server_loop_cpu_ms_per_request,
+            "client_cpu_ms_per_request": self.client_cpu_ms_per_request,
         }
 
 
-async def drive(
-    base: str,
+def drive(
+    server: ServerProcess,
     controller: str,
     rate: float,
     plan: Plan,
     bodies: list[bytes],
     labels: list[int],
     seed: int,
-    max_in_flight: int = 1024,
+    max_in_flight: int = CLIENT_MAX_IN_FLIGHT,
 ) -> Run:
-    """Poisson arrivals at ``rate`` for ``warmup + duration`` s; counts the last part."""
-    rng = np.random.default_rng(seed)
-    horizon = plan.warmup_s + plan.duration_s
-    gaps = rng.exponential(1.0 / rate, size=int(rate * horizon * 1.3) + 20)
-    due = np.cumsum(gaps)
-    due = due[due < horizon]
-    picks = rng.integers(0, len(bodies), size=len(due))
+    """Poisson arrivals at ``rate`` for ``warmup + duration`` s (open loop, raw HTTP/1.1
+    keep-alive: :mod:`vitres.measure.http_load`); counts the part after the warm-up."""
+    schedule = poisson_schedule(rate, plan.warmup_s + plan.duration_s, len(bodies), seed)
+    pid = server.process.pid if server.process is not None else None
+    cpu_before = None if pid is None else (process_cpu_s(pid), process_cpu_s(pid, pid))
+    shed_before = shed_counts(server.base)
+    load = run_load(
+        "127.0.0.1",
+        server.port,
+        "/v1/classify",
+        schedule,
+        bodies,
+        content_type="image/png",
+        timeout_s=CLIENT_TIMEOUT_S,
+        max_in_flight=max_in_flight,
+    )
+    cpu_after = None if pid is None else (process_cpu_s(pid), process_cpu_s(pid, pid))
+    shed_after = shed_counts(server.base)
     run = Run(controller, rate, duration_s=plan.duration_s)
-    loop = asyncio.get_running_loop()
-    in_flight = 0
-    limits = httpx.Limits(max_connections=max_in_flight, max_keepalive_connections=max_in_flight)
-
-    async def one(client: httpx.AsyncClient, t_due: float, pick: int, counted: bool) -> None:
-        nonlocal in_flight
-        in_flight += 1
-        try:
-            if counted:
-                run.lag_ms.append((loop.time() - t_due) * 1000.0)
-            response = await client.post(
-                f"{base}/v1/classify",
-                content=bodies[pick],
-                headers={"content-type": "image/png"},
-            )
-            elapsed_ms = (loop.time() - t_due) * 1000.0
-        except httpx.HTTPError:
-            if counted:
-                run.no_response += 1
-            return
-        finally:
-            in_flight -= 1
-        if not counted:
-            return
-        if response.status_code == 200:
-            answer = response.json()
+    sent_all = len(schedule) - load.counts["not_sent"]
+    if cpu_before and cpu_after and None not in (*cpu_before, *cpu_after) and sent_all:
+        run.server_cpu_ms_per_request = 1000.0 * (cpu_after[0] - cpu_before[0]) / sent_all
+        run.server_loop_cpu_ms_per_request = 1000.0 * (cpu_after[1] - cpu_before[1]) / sent_all
+    run.client_cpu_ms_per_request = load.client_cpu_ms_per_request
+    run.shed_reasons = {
+        k: int(shed_after.get(k, 0) - shed_before.get(k, 0))
+        for k in shed_after
+        if shed_after.get(k, 0) - shed_before.get(k, 0)
+    }
+    for item, result in zip(schedule, load.results):
+        if result.due_s < plan.warmup_s:
+            continue
+        run.offered += 1
+        if result.outcome == "not_sent":
+            run.not_sent += 1
+            continue
+        run.lag_ms.append(1000.0 * (result.send_lag_s or 0.0))
+        if result.outcome == "timeout":
+            run.client_timeout += 1
+            continue
+        if result.outcome != "response":
+            run.no_response += 1
+            kind = result.outcome + ": " + result.error.split(":")[0]
+            run.errors[kind] = run.errors.get(kind, 0) + 1
+            continue
+        latency_ms = 1000.0 * result.latency_s
+        if result.status == 200:
+            answer = json.loads(result.body)
             run.answered += 1
-            run.latencies_ms.append(elapsed_ms)
+            run.latencies_ms.append(latency_ms)
             run.server_ms.append(answer["latency_ms"])
-            run.correct += int(answer["index"] == labels[pick])
+            run.correct += int(answer["index"] == labels[item.body])
             run.resolutions.append(answer["resolution"][0])
             run.batch_sizes.append(answer["batch_size"])
-        elif response.status_code == 503:
+        elif result.status == 503:
             run.shed += 1
+            run.shed_latencies_ms.append(latency_ms)
         else:
-            key = str(response.status_code)
+            key = str(result.status)
             run.other_status[key] = run.other_status.get(key, 0) + 1
-
-    async with httpx.AsyncClient(limits=limits, timeout=20.0) as client:
-        start = loop.time() + 0.1
-        tasks = []
-        for t, pick in zip(due, picks):
-            delay = start + t - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            counted = t >= plan.warmup_s
-            if counted:
-                run.sent += 1
-            if in_flight >= max_in_flight:
-                if counted:
-                    run.not_sent += 1
-                    run.sent -= 1
-                continue
-            tasks.append(asyncio.create_task(one(client, start + t, int(pick), counted)))
-        await asyncio.gather(*tasks)
     return run
 
 
@@ -439,16 +494,19 @@ def main() -> int:
 
     def run_at(server: ServerProcess, label: str, rate: float) -> dict:
         seed = args.seed * 1000 + int(rate * 10)
-        run = asyncio.run(drive(server.base, label, rate, plan, bodies, labels, seed))
+        run = drive(server, label, rate, plan, bodies, labels, seed)
         server.drain()
         row = run.summary(slo)
         rows.append(row)
         print(
             f"  {label:>16} @ {rate:7.1f}/s: answered {row['answered_fraction']:.1%}, "
             f"shed {row['shed_fraction']:.1%}, no response {row['no_response']}, "
+            f"client timeouts {row['client_timeout']}, not sent {row['not_sent']}, "
             f"p99 {row['p99_ms'] or float('nan'):8.1f} ms, acc "
             f"{(row['accuracy'] or 0):.3f}, res {row['mean_resolution'] or 0:.1f}, "
-            f"batch {row['mean_batch'] or 0:.1f}",
+            f"batch {row['mean_batch'] or 0:.1f}, server CPU "
+            f"{_fmt(row['server_cpu_ms_per_request'], '.2f')} ms/req, client "
+            f"{_fmt(row['client_cpu_ms_per_request'], '.2f')} ms/req",
             flush=True,
         )
         return row
@@ -507,7 +565,8 @@ def main() -> int:
     acc_gap = None
     if at_top["accuracy"] is not None and fixed_light and fixed_light["accuracy"] is not None:
         acc_gap = 100.0 * (fixed_light["accuracy"] - at_top["accuracy"])
-    no_response = sum(r["no_response"] for r in rows)
+    no_response = sum(r["no_response"] + r["client_timeout"] for r in rows)
+    not_sent = sum(r["not_sent"] for r in rows)
     shedding = [r["rate"] for r in pred.values() if (r["shed_fraction"] or 0) > 0.01]
     targets = {
         "p99_within_slo_at_2x": bool(at_top["p99_ms"] is not None and at_top["p99_ms"] <= slo),
@@ -534,11 +593,20 @@ def main() -> int:
         "predictive_sheds_from": shedding[0] if shedding else None,
         "accuracy_gap_points": acc_gap,
         "requests_without_response": no_response,
+        "client_timeouts": sum(r["client_timeout"] for r in rows),
+        "requests_not_sent": not_sent,
+        "client_timeout_s": CLIENT_TIMEOUT_S,
+        "client_max_in_flight": CLIENT_MAX_IN_FLIGHT,
+        "server_timeout_s": SERVER_TIMEOUT_S,
         "exit_codes": exits,
         "targets": targets,
         "environment": {
             "cpu": cpu_info().get("cpu"),
             "cores": os.cpu_count(),
+            # the cores this run may use (e.g. under taskset), shared by client and server
+            "cores_usable": len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else os.cpu_count(),
             "python": platform.python_version(),
             "torch": torch.__version__,
             "server_threads": 1,
@@ -566,6 +634,13 @@ def _fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def no_answer(row: dict) -> str:
+    """Requests without a response, with client timeouts (t) and not sent (n) apart."""
+    text = str(row["no_response"] + row["client_timeout"])
+    extra = [f"{row[k]} {m}" for k, m in (("client_timeout", "t"), ("not_sent", "n")) if row[k]]
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
 def verdict_text(result: dict) -> str:
     slo, t = result["slo_ms"], result["targets"]
     top = result["rates"][-1]
@@ -589,7 +664,15 @@ def verdict_text(result: dict) -> str:
         f"[{mark(t['accuracy_within_1pt_of_fixed_light'])}] predictive accuracy at {top:g} req/s "
         f"is {_fmt(gap, '.2f')} points below fixed at light load (target <= 1)",
         f"[{mark(t['zero_without_response'])}] requests without a response: "
-        f"{result['requests_without_response']} (every rate, every controller)",
+        f"{result['requests_without_response']} (every rate, every controller; of them "
+        f"{result['client_timeouts']} client timeouts after {result['client_timeout_s']:g} s)",
+        f"requests not sent: {result['requests_not_sent']}"
+        + (
+            f" (the client's limit of {result['client_max_in_flight']} outstanding was "
+            "reached: the server held that many unanswered)"
+            if result["requests_not_sent"]
+            else ""
+        ),
         f"[{mark(t['clean_exits'])}] every server exited 0 on SIGTERM: {result['exit_codes']}",
         "predictive starts shedding (> 1 %) at "
         + (
@@ -613,7 +696,8 @@ def markdown(result: dict) -> str:
         "# Serving under load: predictive batch x resolution vs fixed:native",
         "",
         f"`{result['command']}` -- {head}. Model `{result['model']}`, SLO {slo:g} ms, "
-        f"server 1 thread, CPU {env['cpu']} ({env['cores']} cores shared with the client), "
+        f"server 1 thread, CPU {env['cpu']} ({env.get('cores_usable', env['cores'])} of its "
+        f"{env['cores']} cores, shared by server and client), "
         f"torch {env['torch']}, load average {env.get('load_average_1min_before_after')} "
         "(1 min, before / after; other work on the machine shows here).",
         "",
@@ -626,8 +710,9 @@ def markdown(result: dict) -> str:
         + ", ".join(f"{k} px {v:.1%}" for k, v in sorted(result["sweep_accuracy"].items())),
         "",
         "| rate (req/s) | controller | answered | shed | no resp. | p50 ms | p95 ms | p99 ms "
-        "| server p99 ms | SLO att. | thr. (req/s) | accuracy | mean res | mean batch |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| server p99 ms | 503 p99 ms | SLO att. | thr. (req/s) | accuracy | mean res "
+        "| mean batch | server CPU ms/req | client CPU ms/req |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for rate in result["rates"]:
         best = best_fixed(result["rows"], rate)
@@ -637,22 +722,32 @@ def markdown(result: dict) -> str:
             name = row["controller"] + (" (best fixed)" if row is best else "")
             lines.append(
                 f"| {rate:g} | {name} | {_fmt(row['answered_fraction'], '.1%')} | "
-                f"{_fmt(row['shed_fraction'], '.1%')} | {row['no_response']} | "
+                f"{_fmt(row['shed_fraction'], '.1%')} | {no_answer(row)} | "
                 f"{_fmt(row['p50_ms'], '.1f')} | {_fmt(row['p95_ms'], '.1f')} | "
                 f"{_fmt(row['p99_ms'], '.1f')} | {_fmt(row['server_p99_ms'], '.1f')} | "
-                f"{_fmt(row['slo_attainment'], '.1%')} | "
+                f"{_fmt(row['shed_p99_ms'], '.1f')} | {_fmt(row['slo_attainment'], '.1%')} | "
                 f"{_fmt(row['throughput_rps'], '.0f')} | {_fmt(row['accuracy'], '.3f')} | "
-                f"{_fmt(row['mean_resolution'], '.1f')} | {_fmt(row['mean_batch'], '.1f')} |"
+                f"{_fmt(row['mean_resolution'], '.1f')} | {_fmt(row['mean_batch'], '.1f')} | "
+                f"{_fmt(row['server_cpu_ms_per_request'], '.2f')} | "
+                f"{_fmt(row['client_cpu_ms_per_request'], '.2f')} |"
             )
     lines += [
         "",
-        "Answered = 200 with a prediction; shed = 503 (Retry-After); no response = transport "
-        "error or client timeout. Latency from the moment a request was due (open loop). "
-        "SLO attainment = answered within the SLO / sent. Server p99 = the server's own "
-        "arrival-to-answer time (from the handler's start), so p99 minus server p99 is time "
-        "spent before the server read the request (connection, event loop, client). Fixed runs "
-        "with a 4096-deep queue; "
-        "other statuses (504 after 5 s) are in the JSON.",
+        "Answered = 200 with a prediction, and shed = 503 (Retry-After), as fractions of the "
+        "requests offered (scheduled after the warm-up). No resp. = requests the server did "
+        'not answer: the connection closed or reset first, refused, or garbled ("t": of '
+        f"them, client timeouts after {result['client_timeout_s']:g} s, i.e. more than the "
+        f"server's own {result['server_timeout_s']:g} s spent before its handler saw the "
+        'request; "n": not sent, and not in the count: the client already had '
+        f"{result['client_max_in_flight']} requests outstanding, which the server held "
+        "unanswered). Latency from the moment a request was due (open loop). SLO attainment "
+        "= answered within the SLO / offered. "
+        "Server p99 = the server's own arrival-to-answer time (from the handler's start), so "
+        "p99 minus server p99 is time spent outside the handler (connection, event loop, "
+        "client). 503 p99 = how fast shed requests heard so. Server CPU = the server "
+        "process's CPU time (all threads) per request sent, client CPU the load client's "
+        "(raw HTTP/1.1 keep-alive, `vitres.measure.http_load`). Fixed runs with a 4096-deep "
+        "queue; other statuses (504 after 5 s) and the shed reasons are in the JSON.",
         "",
     ]
     return "\n".join(lines)

@@ -4,6 +4,7 @@ SIGTERM. Latency records are scripted (so choices do not depend on this machine'
 speed); every prediction is checked against a direct call of the model on the same
 preprocessed image."""
 
+import asyncio
 import io
 import os
 import signal
@@ -341,6 +342,118 @@ def test_load_that_no_resolution_can_serve_is_shed_with_retry_after(test_images)
     assert metric(text, "vitres_shed_total", reason="slo") == 3
     assert metric(text, "vitres_requests_total", outcome="shed") == 3
     assert metric(text, "vitres_requests_total", outcome="ok") == 0
+
+
+def test_requests_that_waited_behind_a_stalled_event_loop_are_shed_at_once(test_images):
+    """A request the server reads only after its event loop was stuck for 400 ms has
+    used up its 100 ms SLO before the handler ran: it is answered 503 at once, before
+    its body is even decoded (the body here is not an image, and still the answer is a
+    503, not a 400), instead of being queued and answered late."""
+    images, _ = test_images
+    app = make_app(slo_ms=100.0)
+    worker = app.state.worker
+    with TestClient(app) as client:
+        assert client.post("/v1/classify", content=png(images[0])).status_code == 200
+        stalled = threading.Event()
+
+        def stall() -> None:  # runs on the server's event loop and blocks it
+            stalled.set()
+            time.sleep(0.4)
+
+        blocker = threading.Thread(target=client.portal.call, args=(stall,))
+        blocker.start()
+        assert stalled.wait(10)
+        response = client.post("/v1/classify", content=b"not an image")  # waits behind it
+        blocker.join(10)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"] == "shed"
+        assert int(response.headers["retry-after"]) >= 1
+        # once the loop has caught up, requests are admitted and served again
+        deadline = time.monotonic() + 10
+        while worker.loop_delay.waited_s() > 0.02 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.post("/v1/classify", content=png(images[1])).status_code == 200
+        text = client.get("/metrics").text
+    assert metric(text, "vitres_shed_total", reason="slo") == 1
+    assert metric(text, "vitres_requests_total", outcome="shed") == 1
+    assert metric(text, "vitres_requests_total", outcome="bad_request") == 0
+    assert metric(text, "vitres_requests_total", outcome="ok") == 2
+
+
+def test_requests_beyond_the_in_flight_limit_are_shed_before_their_body_is_read(test_images):
+    images, _ = test_images
+    app = make_app(limits=HttpLimits(max_in_flight=2))
+    worker = app.state.worker
+    engine = worker.mode.engine
+    real_forward = engine.forward
+    release = threading.Event()
+
+    def held(batch, resolution):
+        release.wait(30)
+        return real_forward(batch, resolution)
+
+    engine.forward = held
+    results: dict[int, httpx.Response] = {}
+    with TestClient(app) as client:
+
+        def send(index: int) -> None:
+            results[index] = client.post("/v1/classify", content=png(images[index]))
+
+        senders = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for sender in senders:
+            sender.start()
+        deadline = time.monotonic() + 30
+        while client.get("/healthz").json()["in_flight"] < 2:
+            assert time.monotonic() < deadline, "the two requests never reached the server"
+            time.sleep(0.02)
+        text = client.get("/metrics").text
+        assert metric(text, "vitres_http_in_flight") == 2
+        third = client.post("/v1/classify", content=png(images[2]))
+        assert third.status_code == 503 and third.json()["error"] == "shed"
+        assert "2 requests are already inside the server" in third.json()["message"]
+        assert int(third.headers["retry-after"]) >= 1
+        release.set()
+        for sender in senders:
+            sender.join(30)
+        text = client.get("/metrics").text
+    assert [results[i].status_code for i in range(2)] == [200, 200]
+    assert metric(text, "vitres_shed_total", reason="in_flight") == 1
+    assert metric(text, "vitres_requests_total", outcome="shed") == 1
+    assert metric(text, "vitres_requests_total", outcome="ok") == 2
+    assert metric(text, "vitres_http_in_flight") == 0
+
+
+def test_the_fast_path_and_the_fastapi_route_give_the_same_answer(test_images, reference_model):
+    images, _ = test_images
+    app = make_app()
+    with TestClient(app) as fast:
+        via_fast_path = fast.post("/v1/classify?top_k=3", content=png(images[5])).json()
+        # the FastAPI app on its own (no ServerApp in front) while the worker runs
+        routed = TestClient(app.api)
+        via_route = routed.post("/v1/classify?top_k=3", content=png(images[5])).json()
+        assert "/v1/classify" in routed.get("/openapi.json").json()["paths"]
+    for answer in (via_fast_path, via_route):
+        check_answer(answer, reference_model, images[5], top_k=3)
+    keys = ("label", "index", "probability", "top_k", "resolution", "controller")
+    assert {k: via_fast_path[k] for k in keys} == {k: via_route[k] for k in keys}
+
+
+def test_a_client_that_leaves_before_its_body_arrives_is_counted_not_answered(test_images):
+    app = make_app()
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/classify", "headers": []}
+    scope["query_string"] = b""
+    asyncio.run(app(scope, receive, send))
+    assert sent == []  # there is no one to answer
+    text = app.state.worker.metrics.render().decode()
+    assert metric(text, "vitres_requests_total", outcome="disconnected") == 1
 
 
 def test_fixed_controller_serves_its_one_resolution(test_images, reference_model):

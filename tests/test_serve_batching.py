@@ -102,6 +102,34 @@ def test_admission_sheds_when_even_the_fastest_drain_misses_the_new_deadline():
     assert p.admit([], arrival=1.0, busy_until=0.0) == Admission(True, "", pytest.approx(1.0015))
 
 
+def test_time_an_answer_needs_to_leave_the_server_shrinks_every_deadline():
+    """``overhead_s`` (the event loop's delay) is taken off the SLO: the batch, the
+    batch-time limit, expiry and admission all see ``S - overhead``."""
+    p = policy()  # SLO 40 ms, batch at most half the budget
+    assert p.budget_s(0.030) == pytest.approx(0.010)
+    # one request that just arrived: 40 px alone (6 ms) fits 40 ms, and 14 ms (limit 7)
+    assert p.plan([0.0], now=0.0, overhead_s=0.026) == BatchDecision(0, 1, R40, 6.0, True)
+    # 10 ms left: 40 px (6 ms) is over the 5 ms batch limit, 28 px (3 ms) is not
+    assert p.plan([0.0], now=0.0, overhead_s=0.030) == BatchDecision(0, 1, R28, 3.0, True)
+    # 4 ms left: only 16 px (1.5 ms <= 2 ms)
+    assert p.plan([0.0], now=0.0, overhead_s=0.036) == BatchDecision(0, 1, R16, 1.5, True)
+    # 1 ms left: not even 16 px alone (1.5 ms) makes it; the request has expired
+    assert p.plan([0.0], now=0.0, overhead_s=0.039) == BatchDecision(1, 0, None, 0.0, True)
+    # admission: 16 queued at 0, worker busy until 10 ms; the newcomer (at 1 ms) would
+    # finish at 21.5 ms (see the test above): in time for 41 - 19 = 22 ms, not for 21 ms
+    queued = [0.0] * 16
+    ok = p.admit(queued, arrival=0.001, busy_until=0.010, overhead_s=0.019)
+    assert ok == Admission(True, "", pytest.approx(0.0215))
+    late = p.admit(queued, arrival=0.001, busy_until=0.010, overhead_s=0.020)
+    assert late == Admission(False, "slo", pytest.approx(0.0215))
+    # a delay longer than the SLO sheds everything, even an idle worker's first request
+    assert p.admit([], arrival=1.0, busy_until=0.0, overhead_s=0.05).reason == "slo"
+    # the fixed baseline never looks at deadlines, so not at the delay either
+    fixed = FixedBatchingPolicy(R28, slo_ms=40.0, max_batch=4, predict_ms=scripted)
+    assert fixed.plan([0.0], now=0.0, overhead_s=1.0) == BatchDecision(0, 1, R28, 3.0, False)
+    assert fixed.admit([], arrival=0.0, busy_until=0.0, overhead_s=1.0) == Admission(True)
+
+
 def test_a_full_queue_sheds_without_looking_at_the_clock():
     p = policy(queue_limit=3)
     assert p.admit([0.0] * 3, arrival=0.0, busy_until=0.0) == Admission(False, "queue_full")

@@ -120,6 +120,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"seconds a request may wait for its answer (504 after; default {_DEFAULTS.request_timeout_s:g})",
     )
     parser.add_argument(
+        "--max-in-flight",
+        type=int,
+        help="most classify requests inside the server at once; more are answered 503 before "
+        "their body is read (default: twice the queue limit plus 64)",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=_DEFAULTS.backlog,
+        help=f"connections the kernel queues before the server accepts them (default {_DEFAULTS.backlog})",
+    )
+    parser.add_argument(
         "--save-calibration", help="write the startup calibration's records here (reuse: --records)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no calibration progress bar")
@@ -182,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         max_pixels=args.max_pixels,
         request_timeout_s=args.timeout,
+        max_in_flight=args.max_in_flight,
+        backlog=args.backlog,
         save_calibration=args.save_calibration,
         host=args.host,
         port=args.port,

@@ -67,10 +67,18 @@ def _to_tensor(image: Image.Image, in_chans: int) -> torch.Tensor:
         # 16-bit greyscale: Pillow's convert("L") clips at 255; rescale to 8 bits instead.
         wide = np.asarray(image, dtype=np.uint16)
         image = Image.fromarray((wide >> 8).astype(np.uint8))  # 2-D uint8 -> "L"
-    array = np.asarray(image.convert(_PIL_MODES[in_chans]), dtype=np.uint8)
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()  # (C, H, W)
+    mode = _PIL_MODES[in_chans]
+    if image.mode != mode:
+        image = image.convert(mode)
+    width, height = image.size
+    if width * height == 0:
+        return torch.zeros(in_chans, height, width, dtype=torch.uint8)
+    # one copy of the decoded pixels, into memory the tensor owns (Pillow's own buffer
+    # is read-only); interleaved (H, W, C) -> (C, H, W)
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    if in_chans == 1:
+        return pixels.view(1, height, width)
+    return pixels.view(height, width, in_chans).permute(2, 0, 1).contiguous()
 
 
 def _describe_error(path: str, error: Exception) -> str:

@@ -6,7 +6,9 @@ process isolation. One module per concept:
 - :mod:`vitres.measure.memory`: peak memory over a baseline;
 - :mod:`vitres.measure.flops`: counted and closed-form FLOPs;
 - :mod:`vitres.measure.env`: the environment fingerprint and thread settings;
-- :mod:`vitres.measure.isolate`: running a function in a fresh child process.
+- :mod:`vitres.measure.isolate`: running a function in a fresh child process;
+- :mod:`vitres.measure.http_load`: an open-loop HTTP load generator (the server's load
+  test), imported on its own.
 
 This package measures what it is given; which configs to run is :mod:`vitres.tune`'s job.
 """

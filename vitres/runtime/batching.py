@@ -38,6 +38,16 @@ its deadline at ``a_i + S``; ``pred(r, b)`` is the predicted p95 latency of a ba
   fraction is one half. When no ``(r, b)`` meets all three, the largest batch at
   ``r_min`` that still meets the oldest request's deadline is run.
 
+**Time outside the worker.** A request also waits before the worker ever sees it (for
+the server's event loop to read it and run its handler) and after its batch (for the
+loop to write the answer). The server measures how late its event loop runs a callback
+(:mod:`vitres.runtime.loop_delay`) and accounts for both: a request's arrival is taken
+to be that much before its handler started, and every call here takes the delay an
+answer will take to leave the server as ``overhead_s``; each deadline becomes
+``a_i + S - overhead_s`` (and the batch limit ``batch_time_fraction * (S -
+overhead_s)``). An event loop that falls behind therefore makes admission shed at once,
+cheaply, instead of accepting requests that its own backlog will make late.
+
 Accuracy per resolution comes from the sweep (``accuracy``); where it is unknown
 (speed-only records) a larger input is taken to be at least as accurate.
 
@@ -111,12 +121,19 @@ class BatchingPolicy(Protocol):
     queue_limit: int
     resolutions: tuple[Size, ...]
 
-    def admit(self, queued: Sequence[float], arrival: float, busy_until: float) -> Admission:
+    def admit(
+        self,
+        queued: Sequence[float],
+        arrival: float,
+        busy_until: float,
+        overhead_s: float = 0.0,
+    ) -> Admission:
         """Decides on a request arriving at ``arrival``, with ``queued`` arrival times
-        already waiting (oldest first) and the worker busy until ``busy_until``."""
+        already waiting (oldest first) and the worker busy until ``busy_until`` (not
+        before now); an answer takes ``overhead_s`` to leave the server."""
         ...
 
-    def plan(self, queued: Sequence[float], now: float) -> BatchDecision:
+    def plan(self, queued: Sequence[float], now: float, overhead_s: float = 0.0) -> BatchDecision:
         """The next batch when the worker is free at ``now``."""
         ...
 
@@ -208,44 +225,56 @@ class SloBatchingPolicy:
             finish.extend([t] * size)
         return finish
 
-    def _drains_in_time(self, queued: Sequence[float], start: float, cheapest: Size) -> bool:
-        slo = self.slo_ms / 1000.0
+    def _drains_in_time(
+        self, queued: Sequence[float], start: float, cheapest: Size, budget: float
+    ) -> bool:
         finish = self.drain_finish(queued, start, cheapest)
-        return all(f <= a + slo for a, f in zip(queued, finish))
+        return all(f <= a + budget for a, f in zip(queued, finish))
 
-    def admit(self, queued: Sequence[float], arrival: float, busy_until: float) -> Admission:
+    def budget_s(self, overhead_s: float = 0.0) -> float:
+        """Seconds from arrival to the end of a request's batch: the SLO less the time
+        its answer takes to leave the server."""
+        return self.slo_ms / 1000.0 - max(0.0, overhead_s)
+
+    def admit(
+        self,
+        queued: Sequence[float],
+        arrival: float,
+        busy_until: float,
+        overhead_s: float = 0.0,
+    ) -> Admission:
         if len(queued) >= self.queue_limit:
             return Admission(False, "queue_full")
         finish = self.drain_finish([*queued, arrival], max(arrival, busy_until))[-1]
-        if finish > arrival + self.slo_ms / 1000.0:
+        if finish > arrival + self.budget_s(overhead_s):
             return Admission(False, "slo", finish)
         return Admission(True, "", finish)
 
-    def plan(self, queued: Sequence[float], now: float) -> BatchDecision:
-        slo = self.slo_ms / 1000.0
+    def plan(self, queued: Sequence[float], now: float, overhead_s: float = 0.0) -> BatchDecision:
+        budget = self.budget_s(overhead_s)
         cheapest = self.cheapest
         alone = self._seconds(cheapest, 1)
         expire = 0
-        while expire < len(queued) and now + alone > queued[expire] + slo:
+        while expire < len(queued) and now + alone > queued[expire] + budget:
             expire += 1
         rest = queued[expire:]
         if not rest:
             return BatchDecision(expire, 0, None, 0.0, True)
         oldest = rest[0]
-        limit = self.batch_time_fraction * slo
+        limit = self.batch_time_fraction * budget
         most = min(len(rest), self.max_batch)
         for batch in range(most, 0, -1):
             for size in self.by_accuracy:
                 ms = self.predict_ms(size, batch)
-                if ms / 1000.0 > limit or now + ms / 1000.0 > oldest + slo:
+                if ms / 1000.0 > limit or now + ms / 1000.0 > oldest + budget:
                     continue
                 left = rest[batch:]
-                if left and not self._drains_in_time(left, now + ms / 1000.0, cheapest):
+                if left and not self._drains_in_time(left, now + ms / 1000.0, cheapest, budget):
                     continue
                 return BatchDecision(expire, batch, size, ms, True)
         for batch in range(most, 0, -1):
             ms = self.predict_ms(cheapest, batch)
-            if now + ms / 1000.0 <= oldest + slo or batch == 1:
+            if now + ms / 1000.0 <= oldest + budget or batch == 1:
                 return BatchDecision(expire, batch, cheapest, ms, False)
         raise AssertionError("unreachable: a batch of one always qualifies")
 
@@ -280,12 +309,18 @@ class FixedBatchingPolicy:
         self.queue_limit = queue_limit
         self.predict_ms = predict_ms
 
-    def admit(self, queued: Sequence[float], arrival: float, busy_until: float) -> Admission:
+    def admit(
+        self,
+        queued: Sequence[float],
+        arrival: float,
+        busy_until: float,
+        overhead_s: float = 0.0,
+    ) -> Admission:
         if len(queued) >= self.queue_limit:
             return Admission(False, "queue_full")
         return Admission(True)
 
-    def plan(self, queued: Sequence[float], now: float) -> BatchDecision:
+    def plan(self, queued: Sequence[float], now: float, overhead_s: float = 0.0) -> BatchDecision:
         batch = min(len(queued), self.max_batch)
         if batch == 0:
             return BatchDecision(0, 0, None, 0.0, True)

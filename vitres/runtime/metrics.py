@@ -7,13 +7,15 @@ follow the Prometheus conventions (base units: seconds; ``_total`` on counters).
 ====================================  =========  ========================================
 metric                                type       meaning
 ====================================  =========  ========================================
-vitres_requests_total{outcome}        counter    answered requests: ok, bad_request (400),
-                                                 too_large (413), shed (503), unavailable
-                                                 (503, shutting down), error (500),
-                                                 timeout (504)
+vitres_requests_total{outcome}        counter    requests by outcome: ok, bad_request
+                                                 (400), too_large (413), shed (503),
+                                                 unavailable (503, shutting down), error
+                                                 (500), timeout (504), disconnected (the
+                                                 client left before its body arrived)
 vitres_shed_total{reason}             counter    503s: slo (no resolution could meet the
                                                  SLO), queue_full, expired (waited past
-                                                 hope)
+                                                 hope), in_flight (too many requests
+                                                 inside the HTTP layer)
 vitres_request_latency_seconds        histogram  arrival to answer, answered requests
 vitres_queue_wait_seconds             histogram  arrival to the start of its batch
 vitres_batch_latency_seconds          histogram  model time per batch
@@ -21,6 +23,9 @@ vitres_batch_size                     histogram  requests per batch
 vitres_resolution_pixels{side}        gauge      height / width of the last batch
 vitres_current_batch_size             gauge      size of the last batch
 vitres_queue_depth                    gauge      requests waiting now
+vitres_http_in_flight                 gauge      classify requests inside the server now
+vitres_event_loop_delay_seconds       gauge      how late the event loop runs ready work
+                                                 (:mod:`vitres.runtime.loop_delay`)
 vitres_latency_correction             gauge      online factor measured / predicted
 vitres_latency_band_ratio             gauge      median served / sweep p95 (monitor window)
 vitres_error_rate                     gauge      failed / all requests (monitor window)
@@ -62,8 +67,17 @@ __all__ = [
 #: The label :func:`render_replicas` adds to every sample: the replica that counted it.
 REPLICA_LABEL = "replica"
 
-OUTCOMES = ("ok", "bad_request", "too_large", "shed", "unavailable", "error", "timeout")
-SHED_REASONS = ("slo", "queue_full", "expired")
+OUTCOMES = (
+    "ok",
+    "bad_request",
+    "too_large",
+    "shed",
+    "unavailable",
+    "error",
+    "timeout",
+    "disconnected",
+)
+SHED_REASONS = ("slo", "queue_full", "expired", "in_flight")
 ROLLBACK_REASONS = ("latency", "errors")
 
 _LATENCY_BUCKETS = (
@@ -141,6 +155,15 @@ class ServerMetrics:
         )
         # the worker sets it to read its queue at each scrape
         self.queue_depth = Gauge("vitres_queue_depth", "Requests waiting now.", registry=r)
+        # the app sets these two to read its own state at each scrape
+        self.in_flight = Gauge(
+            "vitres_http_in_flight", "Classify requests inside the server now.", registry=r
+        )
+        self.loop_delay = Gauge(
+            "vitres_event_loop_delay_seconds",
+            "How late the event loop runs ready work (largest of the last window).",
+            registry=r,
+        )
         self.correction = Gauge(
             "vitres_latency_correction",
             "Online correction: measured / predicted latency (EWMA).",

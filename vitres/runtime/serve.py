@@ -32,7 +32,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from fastapi import FastAPI
 from torch import nn
 
 from vitres.measure import TimingConfig, set_threads
@@ -42,7 +41,7 @@ from vitres.runtime.latency import LatencyModel, OnlineCorrection
 from vitres.runtime.metrics import ServerMetrics
 from vitres.runtime.monitor import BandMonitor
 from vitres.runtime.serve_config import ServeConfig
-from vitres.runtime.server import create_app
+from vitres.runtime.server import ServerApp, create_app
 from vitres.runtime.session import CALIBRATION_TIMING, default_ladder
 from vitres.runtime.worker import BatchingWorker, CorrectedPredictor, ServingMode
 from vitres.tune.records import Measurement, read_results
@@ -415,9 +414,20 @@ def _safe_size(config: ServeConfig, ladder: Sequence[Size]) -> Size:
     return min(ladder, key=lambda s: (s[0] * s[1], s))
 
 
-def build_app(config: ServeConfig, **kwargs: object) -> FastAPI:
+def build_app(config: ServeConfig, **kwargs: object) -> ServerApp:
     """:func:`build_worker` wrapped in the HTTP app (``kwargs`` go to build_worker)."""
     return create_app(build_worker(config, **kwargs), config.limits())  # type: ignore[arg-type]
+
+
+def _fastest_http_stack() -> tuple[str, str]:
+    """uvicorn's fastest HTTP parser and event loop that are installed: httptools and
+    uvloop (both C) when present, else h11 and asyncio (pure Python, several times the
+    CPU per request)."""
+    import importlib.util
+
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return http, loop
 
 
 def attach_log_handler() -> None:
@@ -440,18 +450,29 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
     """
     import uvicorn
 
+    if config.backlog < 1:
+        raise ValueError(f"--backlog must be at least 1, got {config.backlog}")
     attach_log_handler()
     worker = build_worker(config, log=log)
     app = create_app(worker, config.limits())
+    http, loop = _fastest_http_stack()
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=config.host,
             port=config.port,
+            http=http,
+            loop=loop,
+            backlog=config.backlog,
+            proxy_headers=False,  # client addresses are not used: skip the per-request rewrite
             log_level="info",
             access_log=False,
             timeout_graceful_shutdown=int(math.ceil(config.request_timeout_s)) + 5,
         )
+    )
+    log(
+        f"vitres serve: HTTP parser {http}, event loop {loop}, accept backlog {config.backlog}, "
+        f"at most {app.state.max_in_flight} requests in flight"
     )
     stops: list[int] = []
     # uvicorn handles SIGTERM itself and, once stopped, raises it again for the handler

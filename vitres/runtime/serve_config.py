@@ -19,18 +19,30 @@ class HttpLimits:
         max_pixels: Largest image, height x width (413 above; checked before decoding).
         request_timeout_s: Longest a request waits for its answer (504 after).
         default_top_k: Classes returned when the query names none.
+        max_in_flight: Most classify requests inside the server at once (being read,
+            decoded, queued, run or answered); more are shed (503) before their body is
+            read. ``None``: twice the queue limit plus 64 (:meth:`in_flight_limit`).
     """
 
     max_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
     request_timeout_s: float = 30.0
     default_top_k: int = 5
+    max_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_bytes < 1 or self.max_pixels < 1:
             raise ValueError("max_bytes and max_pixels must be positive")
         if not self.request_timeout_s > 0:
             raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {self.max_in_flight}")
+
+    def in_flight_limit(self, queue_limit: int) -> int:
+        """The in-flight bound for a worker queue of ``queue_limit``: ``max_in_flight``
+        when set, else ``2 * queue_limit + 64`` (room for the queue, the batch running,
+        and requests being decoded or answered)."""
+        return self.max_in_flight if self.max_in_flight is not None else 2 * queue_limit + 64
 
 
 @dataclass
@@ -61,6 +73,9 @@ class ServeConfig:
         max_bytes: Largest image file accepted, bytes.
         max_pixels: Largest image accepted, pixels.
         request_timeout_s: Longest a request waits for its answer.
+        max_in_flight: Most classify requests inside the server at once (default: twice
+            the queue limit plus 64); more are shed before their body is read.
+        backlog: Connections the kernel holds for the server before it accepts them.
         retry_after_s: ``Retry-After`` of a shed request, seconds.
         save_calibration: Where to write the calibration records (reuse with ``records``).
         host: Address to listen on.
@@ -88,6 +103,8 @@ class ServeConfig:
     max_bytes: int = 8 * 2**20
     max_pixels: int = 4096 * 4096
     request_timeout_s: float = 30.0
+    max_in_flight: int | None = None
+    backlog: int = 2048
     retry_after_s: float = 1.0
     save_calibration: str | None = None
     host: str = "127.0.0.1"
@@ -100,6 +117,7 @@ class ServeConfig:
             max_bytes=self.max_bytes,
             max_pixels=self.max_pixels,
             request_timeout_s=self.request_timeout_s,
+            max_in_flight=self.max_in_flight,
         )
 
 

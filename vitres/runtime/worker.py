@@ -2,7 +2,12 @@
 and the switch to the safe configuration when the monitor asks for a rollback.
 
 Requests enter through :meth:`BatchingWorker.submit` (from the HTTP handlers, any
-thread); the policy (:mod:`vitres.runtime.batching`) admits or sheds each one at once.
+thread); the policy (:mod:`vitres.runtime.batching`) admits or sheds each one at once
+(:meth:`BatchingWorker.check_admission` asks the same question before a request's body
+is even read, so that an overloaded server sheds cheaply). Both count the delay of the
+server's event loop (:class:`vitres.runtime.loop_delay.LoopDelay`) against the SLO: a
+request is taken to have arrived that much before its handler started, and its answer
+to need that much to leave the server.
 The worker thread takes the queue's arrival times and the time now to the policy, sheds
 the requests it says have expired, runs the batch it chose, and answers each request
 through its own :class:`concurrent.futures.Future` -- exactly once: with a result, or
@@ -28,9 +33,10 @@ from typing import Any
 
 import torch
 
-from vitres.runtime.batching import BatchDecision, BatchingPolicy
+from vitres.runtime.batching import Admission, BatchDecision, BatchingPolicy
 from vitres.runtime.engine import ServingEngine
 from vitres.runtime.latency import OnlineCorrection
+from vitres.runtime.loop_delay import LoopDelay
 from vitres.runtime.metrics import ServerMetrics
 from vitres.runtime.monitor import BandMonitor, RollbackEvent
 
@@ -147,7 +153,8 @@ class ServingMode:
 @dataclass
 class _Pending:
     image: torch.Tensor
-    arrival: float
+    arrival: float  # what the policy sees: the handler's start less the loop's delay
+    started: float  # the handler's start (answers report their times from it)
     top_k: int
     future: Future = field(default_factory=Future)
 
@@ -173,6 +180,8 @@ class BatchingWorker:
         monitor: Watches served latency and errors; ``None`` disables monitoring.
         clock: Monotonic seconds; requests' arrival times must come from the same clock.
         retry_after_s: What a shed request is told to wait.
+        loop_delay: The serving event loop's delay (the app runs its heartbeat); ``None``
+            counts none.
     """
 
     def __init__(
@@ -184,6 +193,7 @@ class BatchingWorker:
         monitor: BandMonitor | None = None,
         clock: Callable[[], float] = time.perf_counter,
         retry_after_s: float = 1.0,
+        loop_delay: LoopDelay | None = None,
     ) -> None:
         self.mode = mode
         self.primary = mode
@@ -192,10 +202,12 @@ class BatchingWorker:
         self.monitor = monitor
         self.clock = clock
         self.retry_after_s = float(retry_after_s)
+        self.loop_delay = loop_delay or LoopDelay(clock=clock)
         self.stats = WorkerStats()
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._busy_until = 0.0
+        self._in_flight_limit = 0
         self._closing = False
         self._thread: threading.Thread | None = None
         metrics.queue_depth.set_function(lambda: float(len(self._queue)))
@@ -229,13 +241,80 @@ class BatchingWorker:
 
     # ------------------------------------------------------------------ requests
 
-    def submit(self, image: torch.Tensor, arrival: float, top_k: int = 5) -> Future:
+    def _admission(self, arrival: float, now: float) -> Admission:
+        """The policy's verdict on a request arriving at ``arrival`` (under the lock)."""
+        return self.mode.policy.admit(
+            [p.arrival for p in self._queue],
+            arrival,
+            max(self._busy_until, now),
+            self.loop_delay.delay_s(now),
+        )
+
+    def _shed(self, reason: str) -> Shed:
+        """Counts one request shed at admission and says why."""
+        policy = self.mode.policy
+        self.stats.shed += 1
+        self.metrics.shed.labels(reason=reason).inc()
+        if reason == "queue_full":
+            message = f"the queue is full ({policy.queue_limit} requests waiting); retry later"
+        elif reason == "in_flight":
+            message = (
+                f"overloaded: {self._in_flight_limit} requests are already inside the server; "
+                "retry later"
+            )
+        else:
+            message = (
+                f"overloaded: even the smallest resolution cannot answer within the "
+                f"{policy.slo_ms:g} ms SLO now; retry later"
+            )
+        return Shed(reason, message, self.retry_after_s)
+
+    def shed_in_flight(self, limit: int) -> Shed:
+        """Counts a request the HTTP layer sheds because ``limit`` requests are already
+        inside it (reason ``"in_flight"``), and says why."""
+        with self._cond:
+            self._in_flight_limit = limit
+            return self._shed("in_flight")
+
+    def check_admission(self, started: float) -> float:
+        """Decides, without queueing anything, whether a request whose handler started at
+        ``started`` would be admitted now; the HTTP layer asks before it reads and
+        decodes the body, so that shedding under overload costs little.
+
+        Returns:
+            The delay the event loop has now, seconds (pass it on to :meth:`submit`).
+
+        Raises:
+            ShuttingDown: the worker is stopping.
+            Shed: the policy would refuse it (counted as shed, like :meth:`submit`).
+        """
+        with self._cond:
+            if self._closing:
+                raise ShuttingDown("the server is shutting down and takes no new requests")
+            now = self.clock()
+            waited = self.loop_delay.waited_s(now)
+            admission = self._admission(started - waited, now)
+            if not admission.admitted:
+                raise self._shed(admission.reason)
+        return waited
+
+    def submit(
+        self,
+        image: torch.Tensor,
+        arrival: float,
+        top_k: int = 5,
+        *,
+        waited_s: float = 0.0,
+    ) -> Future:
         """Queues a decoded image; its future answers it (a result dict, or an exception).
 
         Args:
             image: uint8 ``(C, H, W)``, as :func:`vitres.data.decode.decode_image` gives.
-            arrival: When the request arrived (``self.clock`` time).
+            arrival: When the request's handler started (``self.clock`` time).
             top_k: Classes to return.
+            waited_s: How long the request is taken to have waited before its handler
+                started (the event loop's delay then); its deadline counts from
+                ``arrival - waited_s``.
 
         Raises:
             ShuttingDown: the worker is stopping.
@@ -244,22 +323,11 @@ class BatchingWorker:
         with self._cond:
             if self._closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
-            policy = self.mode.policy
-            admission = policy.admit([p.arrival for p in self._queue], arrival, self._busy_until)
+            effective = arrival - max(0.0, waited_s)
+            admission = self._admission(effective, self.clock())
             if not admission.admitted:
-                self.stats.shed += 1
-                self.metrics.shed.labels(reason=admission.reason).inc()
-                if admission.reason == "queue_full":
-                    message = (
-                        f"the queue is full ({policy.queue_limit} requests waiting); retry later"
-                    )
-                else:
-                    message = (
-                        f"overloaded: even the smallest resolution cannot answer within the "
-                        f"{policy.slo_ms:g} ms SLO now; retry later"
-                    )
-                raise Shed(admission.reason, message, self.retry_after_s)
-            pending = _Pending(image, arrival, int(top_k))
+                raise self._shed(admission.reason)
+            pending = _Pending(image, effective, arrival, int(top_k))
             self._queue.append(pending)
             self._cond.notify()
         return pending.future
@@ -297,7 +365,9 @@ class BatchingWorker:
                 mode = self.mode
                 now = self.clock()
                 try:
-                    decision = mode.policy.plan([p.arrival for p in self._queue], now)
+                    decision = mode.policy.plan(
+                        [p.arrival for p in self._queue], now, self.loop_delay.delay_s(now)
+                    )
                 except Exception:  # noqa: BLE001 - a broken policy must not kill the thread
                     logger.exception("the batching policy failed; running the oldest request")
                     decision = BatchDecision(0, 1, mode.policy.resolutions[0], 0.0, False)
@@ -368,17 +438,16 @@ class BatchingWorker:
             return
         service_ms = (end - start) * 1000.0
         forward_ms = (end - forward_start) * 1000.0
+        # one top-k for the whole batch, as Python numbers at once (not per element)
+        k_most = min(max(p.top_k for p in batch), engine.num_classes)
+        top = torch.topk(probabilities, k_most, dim=-1)
+        names = engine.class_names
         results: list[dict[str, Any]] = []
-        for row, pending in zip(probabilities, batch):
+        for values, indices, pending in zip(top.values.tolist(), top.indices.tolist(), batch):
             k = min(pending.top_k, engine.num_classes)
-            top = torch.topk(row, k)
             ranked = [
-                {
-                    "label": engine.class_names[int(i)],
-                    "index": int(i),
-                    "probability": float(p),
-                }
-                for p, i in zip(top.values, top.indices)
+                {"label": names[i], "index": i, "probability": p}
+                for p, i in zip(values[:k], indices[:k])
             ]
             results.append(
                 {
@@ -386,8 +455,8 @@ class BatchingWorker:
                     "top_k": ranked,
                     "resolution": list(size),
                     "batch_size": count,
-                    "queue_ms": (now - pending.arrival) * 1000.0,
-                    "latency_ms": (end - pending.arrival) * 1000.0,
+                    "queue_ms": (now - pending.started) * 1000.0,
+                    "latency_ms": (end - pending.started) * 1000.0,
                     "controller": mode.name,
                 }
             )
@@ -401,7 +470,7 @@ class BatchingWorker:
         m.resolution.labels(side="height").set(size[0])
         m.resolution.labels(side="width").set(size[1])
         for pending in batch:
-            m.queue_wait.observe(max(0.0, now - pending.arrival))
+            m.queue_wait.observe(max(0.0, now - pending.started))
         for pending, result in zip(batch, results):
             pending.future.set_result(result)
         if mode.predictor is not None:
