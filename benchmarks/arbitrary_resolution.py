@@ -133,7 +133,7 @@ FULL = Budget(
     warmup_steps=10,
     flexify_warmup_steps=3,
     eval_limit=None,
-    epoch_eval_limit=500,
+    epoch_eval_limit=300,
 )
 QUICK = Budget(
     train_limit=512,
