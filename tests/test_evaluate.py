@@ -22,6 +22,7 @@ SCHEMA = {
     "pos_embed_mode": (str, type(None)),
     "size_policy": str,
     "precision": str,
+    "token_budget": (int, type(None)),
     "warnings": list,
 }
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset
 from vitres.layers.patch_embed import canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
+from vitres.tokens.quadtree import check_token_budget
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
 
@@ -43,6 +44,7 @@ def accuracy_at(
     patch_size: int | None = None,
     precision: str = "fp32",
     progress: Any = None,
+    token_budget: int | None = None,
 ) -> tuple[float, int]:
     """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` (one int: square).
 
@@ -50,6 +52,8 @@ def accuracy_at(
 
     Args:
         progress: A tqdm bar advanced by the examples of each batch (optional).
+        token_budget: Mixed-resolution tokens: at most this many patch tokens per image
+            (``model(x, token_budget=K)``, :mod:`vitres.tokens.quadtree`).
 
     Returns:
         ``(accuracy in [0, 1], number of examples scored)``.
@@ -58,7 +62,9 @@ def accuracy_at(
     was_training = model.training
     model.eval()
     correct = total = 0
-    kwargs = {} if patch_size is None else {"patch_size": patch_size}
+    kwargs: dict[str, Any] = {} if patch_size is None else {"patch_size": patch_size}
+    if token_budget is not None:
+        kwargs["token_budget"] = token_budget
     try:
         for x, y in eval_batches(
             dataset,
@@ -95,6 +101,7 @@ def evaluate(
     precision: str = "fp32",
     threads: int | None = None,
     progress: bool = False,
+    token_budget: int | None = None,
 ) -> dict:
     """Scores a model at several input resolutions.
 
@@ -117,6 +124,9 @@ def evaluate(
         precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
         threads: torch CPU threads for the call (``None``: leave as set).
         progress: Show a progress bar over every resolution's examples.
+        token_budget: Mixed-resolution tokens at every resolution: at most this many
+            patch tokens per image, in a quadtree of fine and coarse patches
+            (:mod:`vitres.tokens.quadtree`); ``None``: one patch size.
 
     Returns:
         A JSON-ready dict::
@@ -130,6 +140,7 @@ def evaluate(
               "pos_embed_mode": str | None,  # None for models without a learned table
               "size_policy": str,
               "precision": str,
+              "token_budget": int | None,  # mixed-resolution tokens per image, at most
               "warnings": [str],        # unreadable files, class-count mismatch
             }
     """
@@ -165,6 +176,13 @@ def evaluate(
     else:
         data = dataset
     sizes = parse_resolutions(resolutions)
+    if token_budget is not None:
+        check_token_budget(token_budget)
+        if not hasattr(net, "quadtree_plan"):
+            raise ValueError(
+                f"--token-budget needs a ViT (mixed-resolution tokens); {type(net).__name__} "
+                "mixes one grid of equal patches"
+            )
     threads_before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -181,7 +199,15 @@ def evaluate(
             for res in sizes:
                 bar.set_postfix_str(f"{size_label(res)} px")
                 acc, n = accuracy_at(
-                    net, data, res, batch_size, limit, patch_size, precision, progress=bar
+                    net,
+                    data,
+                    res,
+                    batch_size,
+                    limit,
+                    patch_size,
+                    precision,
+                    progress=bar,
+                    token_budget=token_budget,
                 )
                 accuracy[size_label(res)] = acc
     finally:
@@ -198,5 +224,6 @@ def evaluate(
         "pos_embed_mode": used.pos_embed_mode if learned else None,
         "size_policy": used.size_policy,
         "precision": precision,
+        "token_budget": token_budget,
         "warnings": data_problems(data, getattr(used, "num_classes", None)),
     }

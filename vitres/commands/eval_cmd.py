@@ -32,6 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="position-table resampling: nearest|bilinear|bicubic|area|fourier",
     )
     parser.add_argument("--size-policy", default=None, help="pad | crop | resize | error")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        metavar="K",
+        help="mixed-resolution tokens: at most K patch tokens per image, coarse patches where "
+        "the image is flat and fine ones where it has detail (a quadtree)",
+    )
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -54,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=args.threads,
         progress=not args.json,
+        token_budget=args.token_budget,
     )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -62,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{result['model']} on {result['data']} (n={result['n']}, patch {result['patch_size']}, "
-        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']})"
+        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']}"
+        + ("" if args.token_budget is None else f", token budget {args.token_budget}")
+        + ")"
     )
     print(f"{'resolution':>10}  {'accuracy':>8}")
     for res, acc in result["accuracy"].items():

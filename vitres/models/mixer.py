@@ -141,6 +141,18 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         pooled = tokens.mean(dim=1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
-        """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring)."""
+    def forward(
+        self, x: Tensor, patch_size: PatchSize | None = None, token_budget: int | None = None
+    ) -> Tensor:
+        """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring).
+
+        ``token_budget`` (mixed-resolution tokens) is a ViT feature: a Mixer's token MLP
+        mixes a fixed grid of equal patches, so it raises ``ValueError``.
+        """
+        if token_budget is not None:
+            raise ValueError(
+                "mixed-resolution tokens (token_budget) need attention, which takes any set "
+                "of tokens; an MLP-Mixer mixes one grid of equal patches by position. Use a "
+                "ViT, or lower the Mixer's resolution instead"
+            )
         return self.forward_head(self.forward_features(x, patch_size))

@@ -12,6 +12,9 @@ time (``ViTConfig.pos_embed``):
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
+``model(x, token_budget=K)`` tokenises with mixed-resolution tokens instead: a quadtree
+of fine and coarse patches under a budget of ``K`` tokens (:mod:`vitres.tokens.quadtree`).
+
 Module names follow timm's ``VisionTransformer`` so timm state dicts map one to one, and
 the options of the families vitres imports are built in: DeiT's distillation token and
 head (Touvron et al., ICML 2021), LayerScale (Touvron et al., ICCV 2021; DINOv2),
@@ -40,10 +43,19 @@ from vitres.layers.pos_embed import (
     apply_rope,
     resample_pos_embed,
     rope_2d,
+    rope_at,
     sincos_2d,
+    sincos_at,
 )
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
+from vitres.tokens.quadtree import (
+    QuadtreePlan,
+    QuadtreeTokenizer,
+    cell_centres,
+    cell_means,
+    embed_cells,
+)
 
 __all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
 
@@ -268,6 +280,14 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         """Caches parameter-free tables (sincos, rope) for every mode, training included."""
         return self._cache.get(key, [], fn, enabled=True)
 
+    def _prefix_tokens(self, batch: int, dtype: torch.dtype) -> list[Tensor]:
+        """The class, distillation and register tokens, each ``(B, n, D)``, in that order."""
+        prefix = []
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                prefix.append(token.expand(batch, -1, -1).to(dtype))
+        return prefix
+
     def _add_prefix_and_pos(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         cfg = self.config
         batch = x.shape[0]
@@ -284,13 +304,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 lambda: self.pos_mlp(grid),
                 enabled=not self.training,
             ).to(x.dtype)
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(self.cls_token.expand(batch, -1, -1).to(x.dtype))
-        if self.dist_token is not None:
-            prefix.append(self.dist_token.expand(batch, -1, -1).to(x.dtype))
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(batch, -1, -1).to(x.dtype))
+        prefix = self._prefix_tokens(batch, x.dtype)
         if cfg.pos_embed == "learned":
             pos = self._learned_pos(grid).to(x.dtype)
             if cfg.pos_embed_prefix:
@@ -408,20 +422,143 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         x: Tensor,
         patch_size: PatchSize | None = None,
         valid_size: tuple[int, int] | None = None,
+        token_budget: int | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
     ) -> Tensor:
         """Classifies (or embeds) images of any size.
 
         Args:
             x: ``(B, in_chans, H, W)`` float images, any ``H x W`` of at least one patch.
             patch_size: the patch size for this call (an int or ``(h, w)``); the stored
-                size when omitted.
+                size when omitted. With a token budget: the fine patch.
             valid_size: ``(h, w)`` of real content in the top-left corner when the rest is
-                padding; tokens with no content are masked out of attention and pooling.
+                padding; tokens with no content are masked out of attention and pooling
+                (with a token budget the padding is cropped off before tokenising).
+            token_budget: mixed-resolution tokens (:mod:`vitres.tokens.quadtree`): at most
+                this many patch tokens per image, coarse where the image is flat and fine
+                where it has detail; ``None``: one patch size everywhere.
+            quadtree: the quadtree's levels and saliency (default
+                ``QuadtreeTokenizer()``: patches of p, 2p and 4p, gradient saliency).
 
         Returns:
             Logits ``(B, num_classes)``; for a model without a classifier
             (``num_classes == 0``) the pooled embedding, as the source model returns it
             (e.g. DINOv2's normed class token, SigLIP's attention pool, a ViT's pooler).
         """
+        if token_budget is not None or quadtree is not None:
+            return self.forward_quadtree(x, token_budget, patch_size, valid_size, quadtree)
         tokens, keep = self._features(x, patch_size, valid_size)
         return self.forward_head(tokens, keep)
+
+    # ---------------------------------------------------------------- mixed-resolution tokens
+    def quadtree_plan(
+        self,
+        x: Tensor,
+        token_budget: int,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
+    ) -> tuple[Tensor, QuadtreePlan]:
+        """The checked, size-fitted input and each image's quadtree under ``token_budget``.
+
+        The input goes through the same checks and size policy as :meth:`forward` (the
+        fine patch decides the grid); padding outside ``valid_size`` is cropped first, so
+        no token holds only padding.
+        """
+        if token_budget is None:
+            raise ValueError(
+                "a quadtree needs token_budget=K (patch tokens per image); without one the "
+                "model runs on one patch size (drop quadtree=)"
+            )
+        if is_tracing():
+            raise ValueError(
+                "mixed-resolution tokens choose regions from the pixels at run time, which "
+                "a traced or exported graph cannot do; export the model without token_budget"
+            )
+        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
+        if valid_size is not None:
+            x = x[..., : valid_size[0], : valid_size[1]]
+        x, _ = fit_to_patch(x, p, self.config.size_policy)
+        return x, (quadtree or QuadtreeTokenizer()).plan(x, p, token_budget)
+
+    def forward_quadtree(
+        self,
+        x: Tensor,
+        token_budget: int,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
+    ) -> Tensor:
+        """``forward`` with mixed-resolution tokens (see :meth:`forward`)."""
+        x, plan = self.quadtree_plan(x, token_budget, patch_size, valid_size, quadtree)
+        return self.forward_plan(x, plan)
+
+    def forward_plan(self, x: Tensor, plan: QuadtreePlan) -> Tensor:
+        """Logits of images tokenised by ``plan`` (``x`` as :meth:`quadtree_plan` returns it).
+
+        Images whose trees have the same token count run as one batch; different counts
+        (possible on grids the coarsest cell does not divide) run as separate batches, so
+        no padding token ever enters attention or pooling and each image's logits are
+        those of running it alone.
+        """
+        groups: dict[int, list[int]] = {}
+        for image, count in enumerate(plan.counts):
+            groups.setdefault(count, []).append(image)
+        outputs = []
+        for images in groups.values():
+            index = torch.stack([plan.index[i] for i in images])  # (b, N) cells
+            tokens = self._quadtree_features(x[images], plan, index)
+            outputs.append((images, self.forward_head(tokens)))
+        if len(outputs) == 1:
+            return outputs[0][1]
+        first = outputs[0][1]
+        logits = first.new_empty((x.shape[0], *first.shape[1:]))
+        for images, out in outputs:
+            logits[images] = out
+        return logits
+
+    def _quadtree_features(self, x: Tensor, plan: QuadtreePlan, index: Tensor) -> Tensor:
+        """Tokens ``(b, prefix + N, D)`` of images that share a token count ``N``.
+
+        ``index`` (b, N) names each token's cell; embeddings, positions and centres are
+        computed once per cell of the grid and gathered.
+        """
+        cfg = self.config
+        cells, grid = plan.cells, plan.grid
+        table = embed_cells(
+            x, self.patch_kernel, self.patch_embed.proj.bias, plan.patch, cells
+        )  # (b, M, D)
+        tokens = table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]).to(x.device))
+        ys, xs = cell_centres(cells)  # (M,) in [-1, 1]
+        ys, xs = ys[index], xs[index]  # (b, N)
+        base_ys, base_xs = ys * cfg.grid[0] / 2, xs * cfg.grid[1] / 2  # base-grid patch units
+        num_prefix = self.num_prefix_tokens
+        prefix_pos = None
+        if cfg.pos_embed == "learned":
+            pos = self._learned_pos(grid)[0].to(tokens.dtype)  # (prefix? + rows * cols, D)
+            first = num_prefix if cfg.pos_embed_prefix else 0
+            prefix_pos = pos[:first] if first else None
+            tokens = tokens + cell_means(pos[first:], cells)[index.to(pos.device)]
+        elif cfg.pos_embed == "sincos":
+            tokens = tokens + sincos_at(base_ys, base_xs, cfg.embed_dim).to(tokens)
+        elif cfg.pos_embed == "mlp":
+            tokens = tokens + self.pos_mlp.at(ys, xs).to(tokens.dtype)
+        prefix = self._prefix_tokens(tokens.shape[0], tokens.dtype)
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if prefix_pos is not None:
+                prefix = prefix + prefix_pos
+            tokens = torch.cat([prefix, tokens], dim=1)
+        tokens = self.norm_pre(tokens)
+        rope = None
+        if cfg.pos_embed == "rope":
+            cos, sin = rope_at(base_ys, base_xs, cfg.embed_dim // cfg.num_heads, cfg.rope_theta)
+            rope = (cos[:, None].to(tokens.device), sin[:, None].to(tokens.device))
+        for number, block in enumerate(self.blocks):
+            bias = None
+            if self.cpb is not None:
+                bias = self.cpb[number].at(base_ys, base_xs, num_prefix).to(tokens.dtype)
+            tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=bias)
+        if not cfg.use_fc_norm:
+            tokens = self.norm(tokens)
+        return tokens

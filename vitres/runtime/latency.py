@@ -176,7 +176,11 @@ class LatencyModel:
         usable = [
             m
             for m in latest_by_key(records)
-            if m.ok and m.latency is not None and m.latency.median_ms > 0
+            # the run-time ladder changes resolution only: token-budget records stay out
+            if m.ok
+            and m.latency is not None
+            and m.latency.median_ms > 0
+            and m.config.token_budget is None
         ]
         if not usable:
             raise ValueError(

@@ -1,4 +1,5 @@
-"""The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends.
+"""The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends
+(× token budgets, for mixed-resolution tokens).
 
 The resolution grammar is :mod:`vitres.layers.sizes`' (re-exported here).
 """
@@ -12,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from vitres.backends import backend_class
+from vitres.backends.eager import EagerBackend
 from vitres.layers.patch_embed import token_grid
 from vitres.layers.sizes import parse_int_list, parse_resolutions
 from vitres.models.resolve import ModelRef
@@ -45,6 +47,7 @@ def build_grid(
     *,
     threads: int | None = None,
     device: str = "cpu",
+    token_budgets: Sequence[int | None] = (None,),
 ) -> list[SweepConfig]:
     """Every combination as a :class:`SweepConfig`, resolution varying fastest.
 
@@ -58,8 +61,14 @@ def build_grid(
         threads: CPU threads; ``None`` = auto: the sweep chooses the count by measurement
             (key ``tauto``).
         device: ``cpu`` or ``cuda``.
+        token_budgets: Mixed-resolution token budgets (:mod:`vitres.tokens.quadtree`);
+            ``None`` = uniform patches. A budget runs on the eager backends only (its
+            quadtree is chosen per image at run time, which an exported or compiled
+            graph cannot do); other backends get the budget-free configs only, with a
+            warning.
     """
     sizes = parse_resolutions(resolutions)
+    budgets = list(dict.fromkeys(token_budgets)) or [None]
     name = model_ref_name(model)
     usable = []
     for backend in backends:
@@ -75,14 +84,37 @@ def build_grid(
     configs = []
     for backend in usable:
         precision = backend_class(backend).precision
-        for batch in batch_sizes:
-            for patch in patch_sizes:
-                for size in sizes:
-                    configs.append(
-                        SweepConfig(
-                            name, size, patch, int(batch), precision, backend, threads, device
+        allowed = budgets
+        if not issubclass(backend_class(backend), EagerBackend):
+            allowed = [b for b in budgets if b is None]
+            if len(allowed) < len(budgets):
+                warnings.warn(
+                    f"token budgets run on the eager backends only (the quadtree is chosen "
+                    f"per image at run time); backend {backend!r} gets no budgeted configs",
+                    stacklevel=2,
+                )
+        for budget in allowed:
+            for batch in batch_sizes:
+                for patch in patch_sizes:
+                    for size in sizes:
+                        configs.append(
+                            SweepConfig(
+                                name,
+                                size,
+                                patch,
+                                int(batch),
+                                precision,
+                                backend,
+                                threads,
+                                device,
+                                budget,
+                            )
                         )
-                    )
+    if not configs:
+        raise ValueError(
+            "the grid is empty: token budgets need an eager backend (--backend eager); "
+            "add 'none' to --token-budget for the other backends"
+        )
     return list(dict.fromkeys(configs))
 
 
@@ -114,4 +146,6 @@ def estimate_tokens(config: SweepConfig, measured: Sequence[Measurement]) -> int
             )
             break
     rows, cols = token_grid(config.resolution, patch, policy)
+    if config.token_budget is not None:  # a quadtree uses at most its budget
+        return min(rows * cols, config.token_budget)
     return rows * cols

@@ -185,7 +185,7 @@ def error_record(config: SweepConfig, message: str) -> Measurement:
 
 
 def _accuracy_key(c: SweepConfig) -> tuple:
-    return (c.model, c.resolution, c.patch_size, c.backend, c.precision, c.device)
+    return (c.model, c.resolution, c.patch_size, c.backend, c.precision, c.device, c.token_budget)
 
 
 def run_sweep(
@@ -200,6 +200,7 @@ def run_sweep(
     backends: Sequence[str] = ("eager",),
     threads: int | None = None,
     device: str = "cpu",
+    token_budgets: Sequence[int | None] = (None,),
     split: str = "test",
     data_dir: str | None = None,
     eval_limit: int | None = None,
@@ -227,7 +228,8 @@ def run_sweep(
         model_ref: Model name or path (``vitres.load_model`` / ``vitres.create_model``),
             ``"module:factory"``, a module-level factory, or (with ``isolate=False``) a model.
         configs: The grid (:func:`build_grid`); or give ``resolutions`` (+ ``patch_sizes``,
-            ``batch_sizes``, ``backends``, ``threads``, ``device``) to build it here.
+            ``batch_sizes``, ``backends``, ``threads``, ``device``, ``token_budgets``) to
+            build it here.
         out_path: JSON-lines results file, appended to and resumed from; ``None`` keeps
             results in memory only. A config is skipped when its key (which names the
             model, resolution, patch, batch, backend, precision, threads and device, but not
@@ -289,6 +291,7 @@ def run_sweep(
             backends,
             threads=threads,
             device=device,
+            token_budgets=token_budgets,
         )
     if isolate and getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError(
