@@ -125,8 +125,73 @@ def test_clipped_grid_all_splits_is_the_fine_model():
     """A 7 x 7 grid (28 px, patch 4) has clipped coarse cells; all splits is still exact."""
     model = tiny("learned", img_size=28, in_chans=1)
     x = images(2, 1, 28, 28)
+    clip = QuadtreeTokenizer(levels=3, align="clip")
     with torch.no_grad():
-        assert torch.allclose(model(x, token_budget=49), model(x), atol=TOL, rtol=0)
+        tree = model(x, token_budget=49, quadtree=clip)
+        assert torch.allclose(tree, model(x), atol=TOL, rtol=0)
+
+
+def test_resize_alignment_is_the_model_at_the_aligned_size():
+    """``align="resize"`` resizes 28 px to 32 (a multiple of the 16 px coarsest patch)."""
+    model = tiny("sincos", img_size=28, in_chans=1)
+    x = images(2, 1, 28, 28)
+    aligned = QuadtreeTokenizer(levels=3, align="resize")
+    fitted, plan = model.quadtree_plan(x, 10, quadtree=aligned)
+    assert fitted.shape[-2:] == (32, 32) and plan.grid == (8, 8)
+    resized = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        tree = model(x, token_budget=64, quadtree=aligned)
+        assert torch.allclose(tree, model(resized), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_level_table_positions_no_split_is_the_coarse_model(head):
+    model = tiny("learned", **HEADS[head])
+    x = images(2, 2, 32, 48)
+    level = QuadtreeTokenizer(levels=2, table_positions="level")
+    with torch.no_grad():
+        tree = model(x, token_budget=24, quadtree=level)
+        fine = model(x, token_budget=96, quadtree=level)
+        assert torch.allclose(tree, model(x, patch_size=8), atol=TOL, rtol=0)
+        assert torch.allclose(fine, model(x), atol=TOL, rtol=0)
+
+
+def test_size_weighted_pool_is_the_mean_of_repeated_tokens():
+    """A token of size s counts as s copies of itself in the mean."""
+    model = tiny("learned", **HEADS["avg"])
+    tokens = images(2, 3, 32)
+    sizes = torch.tensor([[1.0, 4.0, 2.0], [1.0, 1.0, 16.0]])
+    pooled = model.pool(tokens, token_sizes=sizes)
+    for b in range(2):
+        repeated = tokens[b].repeat_interleave(sizes[b].long(), dim=0)
+        assert torch.allclose(pooled[b], repeated.mean(dim=0), atol=1e-6)
+
+
+def test_proportional_attention_is_attention_over_repeated_keys():
+    """``log(s)`` on a key's logit is that key (and value) repeated ``s`` times."""
+    torch.manual_seed(0)
+    q, k, v = images(1, 2, 3, 8), images(1, 2, 3, 8, seed=2), images(1, 2, 3, 8, seed=3)
+    sizes = torch.tensor([1, 4, 2])
+    bias = sizes.float().log()[None, None, None, :]
+    weighted = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    repeated = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(sizes, dim=2), v.repeat_interleave(sizes, dim=2)
+    )
+    assert torch.allclose(weighted, repeated, atol=1e-6)
+
+
+def test_proportional_weighting_changes_only_mixed_trees():
+    model = tiny("rope")
+    x = images(2, 2, 32, 48)
+    plain = QuadtreeTokenizer(levels=3, proportional=False)
+    weighted = QuadtreeTokenizer(levels=3, proportional=True)
+    with torch.no_grad():
+        for uniform in (6, 96):  # no split / every split: all sizes equal
+            a = model(x, token_budget=uniform, quadtree=plain)
+            assert torch.allclose(a, model(x, token_budget=uniform, quadtree=weighted), atol=TOL)
+        mixed_plain = model(x, token_budget=30, quadtree=plain)
+        mixed_weighted = model(x, token_budget=30, quadtree=weighted)
+    assert not torch.allclose(mixed_plain, mixed_weighted, atol=1e-3)
 
 
 # ------------------------------------------------------------------ positions at any point
@@ -195,7 +260,7 @@ def test_budget_below_the_roots_and_bad_values_are_errors():
     model = tiny("learned")
     x = images(1, 2, 32, 48)
     with pytest.raises(ValueError, match=r"below the 6 tokens of the coarsest tiling"):
-        model(x, token_budget=5)
+        model(x, token_budget=5, quadtree=QuadtreeTokenizer(levels=3))
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="token_budget must be a positive int"):
             model(x, token_budget=bad)
@@ -268,11 +333,14 @@ def test_batch_of_different_token_counts_equals_one_at_a_time():
     x[1, :, 16:, 16:] = images(1, 1, 12, 12, seed=6)  # detail in the clipped corner root
     x[2] = images(1, 1, 28, 28, seed=7)
     budget = 8  # one split (+3) fits; a clipped 2 x 1 cell's split (+1) only in image 1
-    _, plan = model.quadtree_plan(x, budget)
+    clip = QuadtreeTokenizer(levels=3, align="clip")
+    _, plan = model.quadtree_plan(x, budget, quadtree=clip)
     assert plan.counts[:2] == [7, 8] and max(plan.counts) <= budget
     with torch.no_grad():
-        together = model(x, token_budget=budget)
-        alone = torch.cat([model(x[i : i + 1], token_budget=budget) for i in range(4)])
+        together = model(x, token_budget=budget, quadtree=clip)
+        alone = torch.cat(
+            [model(x[i : i + 1], token_budget=budget, quadtree=clip) for i in range(4)]
+        )
     assert torch.isfinite(together).all()
     assert torch.allclose(together, alone, atol=TOL, rtol=0)
 

@@ -36,7 +36,13 @@ from torch import Tensor, nn
 from vitres.layers.attention_pool import AttentionPoolLatent
 from vitres.layers.cache import VersionedCache, is_tracing
 from vitres.layers.mlp import Mlp
-from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch, padded_token_mask
+from vitres.layers.patch_embed import (
+    PatchEmbed,
+    PatchSize,
+    fit_to_patch,
+    padded_token_mask,
+    to_patch,
+)
 from vitres.layers.pos_embed import (
     ContinuousPositionBias,
     CoordinateMLPPosEmbed,
@@ -370,11 +376,17 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         distillation, registers); after the final norm unless that norm acts on the pool."""
         return self._features(x, patch_size, valid_size)[0]
 
-    def pool(self, tokens: Tensor, token_mask: Tensor | None = None) -> Tensor:
+    def pool(
+        self, tokens: Tensor, token_mask: Tensor | None = None, token_sizes: Tensor | None = None
+    ) -> Tensor:
         """The pooled vector ``(B, D)`` (``(B, 2D)`` for ``token_avg``) before any final norm.
 
         ``token_mask`` (prefix + patches,) marks the tokens with content; padding-only
-        tokens are left out of the mean, the max and the attention pool.
+        tokens are left out of the mean, the max and the attention pool. ``token_sizes``
+        (B, patches) is how many patches each patch token stands for (a coarse token of
+        mixed-resolution tokens): the mean weighs each token by it, so every part of the
+        image counts by its area, as on a uniform grid (the max and the attention pool
+        do not use it).
         """
         cfg = self.config
         if cfg.global_pool == "token":
@@ -384,7 +396,11 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         keep = None if token_mask is None else token_mask[prefix:].to(tokens.device)
         if cfg.global_pool == "map":
             return self.attn_pool(patch, keep)
-        if keep is None:
+        if token_sizes is not None:
+            weights = token_sizes.to(patch)[..., None]  # (B, N, 1)
+            mean = (patch * weights).sum(dim=1) / weights.sum(dim=1)
+            amax = patch.amax(dim=1)
+        elif keep is None:
             mean = patch.mean(dim=1)
             amax = patch.amax(dim=1) if cfg.global_pool in ("max", "avgmax") else None
         else:
@@ -400,12 +416,16 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return torch.cat([tokens[:, 0], mean], dim=-1)  # token_avg
 
     def forward_head(
-        self, tokens: Tensor, token_mask: Tensor | None = None, pre_logits: bool = False
+        self,
+        tokens: Tensor,
+        token_mask: Tensor | None = None,
+        pre_logits: bool = False,
+        token_sizes: Tensor | None = None,
     ) -> Tensor:
-        """Pools the tokens, applies the final norm when it acts on the pool, the
-        representation layer if any, and classifies (the mean of the class and
+        """Pools the tokens (see :meth:`pool`), applies the final norm when it acts on the
+        pool, the representation layer if any, and classifies (the mean of the class and
         distillation heads for a DeiT with a distillation head)."""
-        pooled = self.pool(tokens, token_mask)
+        pooled = self.pool(tokens, token_mask, token_sizes)
         if self.config.use_fc_norm:
             pooled = self.norm(pooled)
         if self.pre_logits is not None:
@@ -478,8 +498,12 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         x, p, valid_size = self._checked_input(x, patch_size, valid_size)
         if valid_size is not None:
             x = x[..., : valid_size[0], : valid_size[1]]
+        tokenizer = quadtree or QuadtreeTokenizer()
+        if tokenizer.align == "resize":  # whole coarsest cells: resize to their multiple
+            ph, pw = to_patch(p)
+            x, _ = fit_to_patch(x, (ph * tokenizer.coarsest, pw * tokenizer.coarsest), "resize")
         x, _ = fit_to_patch(x, p, self.config.size_policy)
-        return x, (quadtree or QuadtreeTokenizer()).plan(x, p, token_budget)
+        return x, tokenizer.plan(x, p, token_budget)
 
     def forward_quadtree(
         self,
@@ -507,8 +531,9 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         outputs = []
         for images in groups.values():
             index = torch.stack([plan.index[i] for i in images])  # (b, N) cells
-            tokens = self._quadtree_features(x[images], plan, index)
-            outputs.append((images, self.forward_head(tokens)))
+            sizes = plan.token_sizes(index).to(x.device) if plan.proportional else None
+            tokens = self._quadtree_features(x[images], plan, index, sizes)
+            outputs.append((images, self.forward_head(tokens, token_sizes=sizes)))
         if len(outputs) == 1:
             return outputs[0][1]
         first = outputs[0][1]
@@ -517,11 +542,16 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             logits[images] = out
         return logits
 
-    def _quadtree_features(self, x: Tensor, plan: QuadtreePlan, index: Tensor) -> Tensor:
+    def _quadtree_features(
+        self, x: Tensor, plan: QuadtreePlan, index: Tensor, sizes: Tensor | None
+    ) -> Tensor:
         """Tokens ``(b, prefix + N, D)`` of images that share a token count ``N``.
 
         ``index`` (b, N) names each token's cell; embeddings, positions and centres are
-        computed once per cell of the grid and gathered.
+        computed once per cell of the grid and gathered. With ``sizes`` (b, N), how many
+        of the image's finest tokens each token stands for, attention is proportional
+        (ToMe, Bolya et al., ICLR 2023): ``log(size)`` is added to the logits of each
+        key, so a coarse token draws the attention its pixels would as finer tokens.
         """
         cfg = self.config
         cells, grid = plan.cells, plan.grid
@@ -538,7 +568,13 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             pos = self._learned_pos(grid)[0].to(tokens.dtype)  # (prefix? + rows * cols, D)
             first = num_prefix if cfg.pos_embed_prefix else 0
             prefix_pos = pos[:first] if first else None
-            tokens = tokens + cell_means(pos[first:], cells)[index.to(pos.device)]
+            if plan.table_positions == "average":
+                table = cell_means(pos[first:], cells)
+            else:  # the table at each level's own grid, as the uniform model at that patch
+                table = torch.cat(
+                    [self._learned_pos(shape)[0, first:] for shape in cells.level_shapes]
+                ).to(tokens.dtype)
+            tokens = tokens + table[index.to(pos.device)]
         elif cfg.pos_embed == "sincos":
             tokens = tokens + sincos_at(base_ys, base_xs, cfg.embed_dim).to(tokens)
         elif cfg.pos_embed == "mlp":
@@ -554,10 +590,14 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         if cfg.pos_embed == "rope":
             cos, sin = rope_at(base_ys, base_xs, cfg.embed_dim // cfg.num_heads, cfg.rope_theta)
             rope = (cos[:, None].to(tokens.device), sin[:, None].to(tokens.device))
+        proportional = None
+        if sizes is not None:
+            proportional = F.pad(sizes.to(tokens).log(), (num_prefix, 0))[:, None, None, :]
         for number, block in enumerate(self.blocks):
-            bias = None
+            bias = proportional
             if self.cpb is not None:
                 bias = self.cpb[number].at(base_ys, base_xs, num_prefix).to(tokens.dtype)
+                bias = bias if proportional is None else bias + proportional
             tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=bias)
         if not cfg.use_fc_norm:
             tokens = self.norm(tokens)

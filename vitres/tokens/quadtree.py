@@ -23,6 +23,9 @@ detailed parts many fine ones. Here:
   gradient, ``(dI/dx)^2 + (dI/dy)^2`` over the channels (forward differences, zero at the
   last row/column); ``variance`` -- the sum of squared deviations of the region's
   pixels from their mean, over the channels.
+* **Alignment.** ``align="clip"`` keeps the input's size and clips edge cells;
+  ``align="resize"`` first resizes the input to the nearest multiple of the coarsest
+  patch, so every cell is whole (done by the model, :meth:`VisionTransformer.quadtree_plan`).
 * **Budget.** ``K`` tokens at most. Starting from the roots, the most salient splittable
   region is split, greedily, while splits fit: a split that would take the count past
   ``K`` is skipped (the region stays whole) and the next region is tried. Ties in
@@ -42,7 +45,13 @@ level-0 cell has its fine patch's coordinate and a whole level-``l`` cell of a g
 ``2**l`` divides has the coordinate of its patch in the uniform ``2**l p`` model. The
 relative kinds (``rope``, ``cpb``) use differences of these centres, in base-grid
 patch units as on a uniform grid. Learned tables are resampled to the fine grid and
-averaged over the region (``cell_means``).
+averaged over the region (``cell_means``, ``table_positions="average"``), or resampled to
+the grid of the region's level (``"level"``).
+
+Sizes (``proportional=True``): a token standing for ``s`` of the image's smallest tokens
+gets ``log s`` on its key's attention logits (ToMe's proportional attention, Bolya et al.,
+ICLR 2023) and weight ``s`` in average pooling, so each part of the image counts by its
+area, as on a uniform grid.
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ from torch import Tensor
 from vitres.layers.patch_embed import PatchSize, to_patch
 
 SALIENCY_KINDS = ("gradient", "variance")
+TABLE_POSITIONS = ("average", "level")
+ALIGNMENTS = ("clip", "resize")
 
 Kernel = Callable[[tuple[int, int]], Tensor]
 
@@ -301,11 +312,15 @@ class QuadtreePlan:
         cells: Every cell of the fine grid's levels.
         patch: The fine patch ``(ph, pw)``.
         index: Per image, the ``(N_b,)`` cells it is tokenised into (raster order).
+        proportional: Weigh tokens by their size in attention and pooling.
+        table_positions: How a learned table gives a region its position.
     """
 
     cells: QuadtreeCells
     patch: tuple[int, int]
     index: tuple[Tensor, ...]
+    proportional: bool = True
+    table_positions: str = "average"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -315,6 +330,15 @@ class QuadtreePlan:
     def counts(self) -> list[int]:
         """Tokens of each image."""
         return [int(i.numel()) for i in self.index]
+
+    def token_sizes(self, index: Tensor) -> Tensor:
+        """``(b, N)`` size of each token in units of the smallest token of its image.
+
+        On a uniform tree every size is 1, so a tree without splits or with every split
+        weighs its tokens as the uniform model does.
+        """
+        area = (self.cells.height * self.cells.width)[index].to(torch.float32)
+        return area / area.amin(dim=-1, keepdim=True)
 
     def boxes(self, image: int) -> Tensor:
         """``(N, 4)`` pixel boxes ``(top, left, height, width)`` of one image's tokens."""
@@ -333,10 +357,25 @@ class QuadtreeTokenizer:
     Attributes:
         levels: Cell sizes ``p, 2p, .., 2**(levels-1) p`` (3: ``p``, ``2p``, ``4p``).
         saliency: ``gradient`` or ``variance`` (see the module docstring).
+        proportional: Weigh each token by its size (in units of the image's smallest
+            token): ``log(size)`` on the attention logits of its key (ToMe's proportional
+            attention) and a size-weighted mean in average pooling. A uniform tree is
+            unchanged by it.
+        table_positions: A learned table's position for a region: ``average`` (the table
+            resampled to the fine grid, averaged over the region) or ``level`` (the table
+            resampled to the grid of the region's level, the entry of its cell: what the
+            uniform model at that patch size uses).
+        align: Inputs whose fine grid the coarsest cell does not divide: ``clip`` (edge
+            cells clipped to the grid, embedded with kernels of their own size) or
+            ``resize`` (the input is first resized, antialiased, to the nearest multiple
+            of the coarsest patch, so every cell is whole).
     """
 
     levels: int = 3
     saliency: str = "gradient"
+    proportional: bool = True
+    table_positions: str = "average"
+    align: str = "clip"
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -344,6 +383,18 @@ class QuadtreeTokenizer:
             raise ValueError(
                 f"unknown saliency {self.saliency!r}; expected one of {SALIENCY_KINDS}"
             )
+        if self.table_positions not in TABLE_POSITIONS:
+            raise ValueError(
+                f"unknown table_positions {self.table_positions!r}; expected one of "
+                f"{TABLE_POSITIONS}"
+            )
+        if self.align not in ALIGNMENTS:
+            raise ValueError(f"unknown align {self.align!r}; expected one of {ALIGNMENTS}")
+
+    @property
+    def coarsest(self) -> int:
+        """Side of the coarsest cell in fine patches (``2**(levels-1)``)."""
+        return 2 ** (self.levels - 1)
 
     def plan(self, x: Tensor, patch_size: PatchSize, token_budget: int) -> QuadtreePlan:
         """The tree of every image of ``x`` (sides multiples of ``patch_size``)."""
@@ -356,12 +407,13 @@ class QuadtreeTokenizer:
             )
         cells = quadtree_cells((height // ph, width // pw), self.levels)
         check_token_budget(token_budget)
+        options = {"proportional": self.proportional, "table_positions": self.table_positions}
         if token_budget >= height // ph * (width // pw):
             fine = cells.fine_cells()
-            return QuadtreePlan(cells, (ph, pw), tuple(fine for _ in range(x.shape[0])))
+            return QuadtreePlan(cells, (ph, pw), tuple(fine for _ in range(x.shape[0])), **options)
         scores = cell_saliency(x, (ph, pw), cells, self.saliency)
         index = tuple(build_tree(s, cells, token_budget) for s in scores)
-        return QuadtreePlan(cells, (ph, pw), index)
+        return QuadtreePlan(cells, (ph, pw), index, **options)
 
 
 # --------------------------------------------------------------------------- embedding

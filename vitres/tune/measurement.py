@@ -169,6 +169,7 @@ def measure_config(
         if config.token_budget is not None:  # the quadtrees of the timed batch
             _, plan = model.quadtree_plan(x, config.token_budget, config.patch_size)
             tokens = round(sum(plan.counts) / len(plan.counts))
+            grid = plan.grid
     if with_flops:
         first = next(model.parameters(), None)
         dtype = first.dtype if first is not None else torch.float32
