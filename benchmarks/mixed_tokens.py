@@ -49,6 +49,7 @@ import math
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -84,23 +85,25 @@ def uniform_side(native_tokens: int, fraction: float) -> int:
 def settings_grid() -> list[QuadtreeTokenizer]:
     """The quadtree settings the selection scores."""
     return [
-        QuadtreeTokenizer(levels, saliency, proportional, positions, align)
-        for levels, saliency, proportional, positions, align in itertools.product(
+        QuadtreeTokenizer(levels, saliency, proportional, positions, align, kernel)
+        for levels, saliency, proportional, positions, align, kernel in itertools.product(
             (2, 3),
             ("gradient", "variance"),
             (True, False),
             ("average", "level"),
             ("clip", "resize"),
+            (None, "nearest"),
         )
     ]
 
 
 def describe(tokenizer: QuadtreeTokenizer) -> str:
-    """``L3 gradient prop average clip``: the settings in one short label."""
+    """``L3 gradient prop average clip model-kernel``: the settings in one short label."""
     prop = "prop" if tokenizer.proportional else "plain"
+    kernel = tokenizer.kernel_resize_mode or "model"
     return (
         f"L{tokenizer.levels} {tokenizer.saliency} {prop} {tokenizer.table_positions} "
-        f"{tokenizer.align}"
+        f"{tokenizer.align} {kernel}-kernel"
     )
 
 
@@ -131,7 +134,7 @@ def score(
     ``uniform_size`` resizes each batch of ``size`` px inputs to it first; ``token_budget``
     runs the quadtree on the inputs as they are.
     """
-    correct = total = tokens = 0
+    correct = total = tokens = fine = 0
     for x, y in batches(split, size, limit, batch_size, model):
         if uniform_size is not None and uniform_size != size:
             x = resize(x, uniform_size)
@@ -143,11 +146,17 @@ def score(
             fitted, plan = model.quadtree_plan(x, token_budget, quadtree=tokenizer)
             logits = model.forward_plan(fitted, plan)
             tokens += sum(plan.counts)
+            fine += sum(int((plan.cells.level[i] == 0).sum()) for i in plan.index)
         correct += int((logits.argmax(dim=-1) == y).sum())
         total += len(y)
         if bar is not None:
             bar.update(len(y))
-    return {"accuracy": correct / total, "tokens": tokens / total, "n": total}
+    return {
+        "accuracy": correct / total,
+        "tokens": tokens / total,
+        "fine_tokens": fine / total if token_budget is not None else tokens / total,
+        "n": total,
+    }
 
 
 def flops_per_image(model: Any, size: int, token_budget: int | None = None) -> int:
@@ -200,12 +209,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     selection = None
     if args.selection_limit:
         selection = select_settings(args.selection_limit, args.batch_size, models, args.progress)
-    default = QuadtreeTokenizer()
-    tokenizer = default
+    tokenizer = QuadtreeTokenizer()
     if selection is not None:  # the test set is scored with the settings chosen on train
         tokenizer = next(t for t in settings_grid() if describe(t) == selection["best"])
-        selection["default"] = describe(default)
-        selection["default_is_best"] = tokenizer == default
     table: list[dict[str, Any]] = []
     native_rows: list[dict[str, Any]] = []
     n_test = len(load_fashion_mnist("test")) if limit is None else limit
@@ -262,6 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "uniform_flops": flops_per_image(model, uniform_px),
                             "mixed_accuracy": mixed["accuracy"],
                             "mixed_tokens": mixed["tokens"],
+                            "mixed_fine_tokens": mixed["fine_tokens"],
                             "mixed_flops": flops_per_image(model, size, budget),
                             "gain_points": 100 * (mixed["accuracy"] - uniform["accuracy"]),
                         }
@@ -274,11 +281,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "dataset": "fashion-mnist/test",
         "n": n_test,
         "tokenizer": {
+            "label": describe(tokenizer),
             "levels": tokenizer.levels,
             "saliency": tokenizer.saliency,
             "proportional": tokenizer.proportional,
             "table_positions": tokenizer.table_positions,
             "align": tokenizer.align,
+            "kernel_resize_mode": tokenizer.kernel_resize_mode,
         },
         "native": native_rows,
         "rows": table,
@@ -319,7 +328,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def draw_picture(path: Path, tokenizer: QuadtreeTokenizer, index: int = 0) -> Path:
     """A test image upscaled to 56 px with its quadtree's region borders at the 25 % and
-    50 % budgets (49 and 100 tokens of 196)."""
+    50 % budgets (49 and 100 of 196 tokens): one row with ``tokenizer``, one with the same
+    settings at 3 levels (patches of 4, 8 and 16 px)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,30 +337,47 @@ def draw_picture(path: Path, tokenizer: QuadtreeTokenizer, index: int = 0) -> Pa
     from matplotlib.patches import Rectangle
 
     model = load_model("fmnist-vit-flex").eval()
-    data = load_fashion_mnist("test")
     cfg = model.config
-    image, _ = data[index]
+    image, label = load_fashion_mnist("test")[index]
     x = prepare_batch(image[None], 56, train=False, mean=cfg.mean, std=cfg.std, in_chans=1)
     pixels = x[0, 0] * cfg.std[0] + cfg.mean[0]
     budgets = [uniform_side(196, f) ** 2 for f in TARGET_FRACTIONS]
-    figure, axes = plt.subplots(1, len(budgets) + 1, figsize=(4 * (len(budgets) + 1), 4.3))
-    axes[0].imshow(pixels, cmap="gray", vmin=0, vmax=1)
-    axes[0].set_title("Fashion-MNIST test image, 56 px")
-    for ax, budget in zip(axes[1:], budgets):
-        _, plan = model.quadtree_plan(x, budget, quadtree=tokenizer)
-        ax.imshow(pixels, cmap="gray", vmin=0, vmax=1)
-        for top, left, height, width in plan.boxes(0).tolist():
-            ax.add_patch(
-                Rectangle(
-                    (left - 0.5, top - 0.5), width, height, fill=False, lw=0.8, color="tab:orange"
+    rows = [tokenizer] + ([] if tokenizer.levels == 3 else [replace(tokenizer, levels=3)])
+    columns = len(budgets) + 1
+    figure, axes = plt.subplots(
+        len(rows), columns, figsize=(3.6 * columns, 4.2 * len(rows)), squeeze=False
+    )
+    colours = {0: "tab:red", 1: "tab:orange", 2: "tab:cyan"}
+    for row, settings in zip(axes, rows):
+        row[0].imshow(pixels, cmap="gray", vmin=0, vmax=1)
+        row[0].set_title(f"test image {index} (class {int(label)}), 56 px", fontsize=9)
+        row[0].set_ylabel(describe(settings), fontsize=8)
+        for ax, budget in zip(row[1:], budgets):
+            fitted, plan = model.quadtree_plan(x, budget, quadtree=settings)
+            shown = fitted[0, 0] * cfg.std[0] + cfg.mean[0]  # the input as tokenised
+            ax.imshow(shown, cmap="gray", vmin=0, vmax=1)
+            levels = plan.cells.level[plan.index[0]].tolist()
+            for (top, left, height, width), level in zip(plan.boxes(0).tolist(), levels):
+                ax.add_patch(
+                    Rectangle(
+                        (left - 0.5, top - 0.5),
+                        width,
+                        height,
+                        fill=False,
+                        lw=0.9,
+                        color=colours.get(level, "tab:green"),
+                    )
                 )
+            counts = [levels.count(lvl) for lvl in range(settings.levels)]
+            sizes = ", ".join(f"{n}×{4 * 2**lvl} px" for lvl, n in enumerate(counts) if n)
+            size = "x".join(str(v) for v in fitted.shape[-2:])
+            ax.set_title(
+                f"budget {budget} on {size} px: {plan.counts[0]} tokens\n({sizes})", fontsize=9
             )
-        fine = int((plan.boxes(0)[:, 2] == 4).sum())
-        ax.set_title(f"budget {budget}: {plan.counts[0]} tokens ({fine} of 4 px)")
-    for ax in axes:
+    for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    figure.suptitle(f"Quadtree tokens ({describe(tokenizer)}; patches of 4, 8 and 16 px)")
+    figure.suptitle("Mixed-resolution tokens: quadtree regions (red 4 px, orange 8, cyan 16)")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -363,22 +390,25 @@ def markdown(result: dict[str, Any]) -> str:
     t = result["tokenizer"]
     lines = [
         f"Top-1 accuracy (%) on {result['dataset']} (n = {result['n']}): mixed-resolution "
-        "tokens (quadtree, "
-        f"{t['levels']} levels, {t['saliency']} saliency, "
+        f"tokens (quadtree `{t['label']}`: {t['levels']} levels, {t['saliency']} saliency, "
         f"{'proportional attention' if t['proportional'] else 'plain attention'}, "
-        f"{t['table_positions']} table positions, {t['align']} edges) against uniform "
-        "downscaling to the same token count. FLOPs per image (FlopCounterMode), not timings.",
+        f"{t['table_positions']} table positions, {t['align']} edges, "
+        f"{t['kernel_resize_mode'] or 'the model' + chr(39) + 's'} kernel resize) against "
+        "uniform downscaling to the same token count. *fine* is the mean number of the "
+        "mixed tokens that are single 4 px patches (0: no split, a uniform coarse grid). "
+        "FLOPs per image (FlopCounterMode), not timings.",
         "",
         "| model | input | tokens (of native) | uniform size | uniform % | mixed % | "
-        "mixed − uniform (points) | uniform MFLOPs | mixed MFLOPs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "mixed − uniform (points) | mixed tokens used (fine) | uniform MFLOPs | mixed MFLOPs |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['model']} | {r['input_px']} px | {r['budget']} of {r['native_tokens']} "
-            f"({100 * r['fraction']:.0f} %; mixed used {r['mixed_tokens']:.1f}) "
+            f"({100 * r['fraction']:.0f} %) "
             f"| {r['uniform_px']} px | {100 * r['uniform_accuracy']:.2f} "
             f"| {100 * r['mixed_accuracy']:.2f} | {r['gain_points']:+.2f} "
+            f"| {r['mixed_tokens']:.1f} ({r.get('mixed_fine_tokens', math.nan):.1f}) "
             f"| {r['uniform_flops'] / 1e6:.2f} | {r['mixed_flops'] / 1e6:.2f} |"
         )
     lines += ["", "All native tokens, for reference:", ""]
@@ -410,9 +440,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             "",
             f"Settings chosen on the first {selection['n']} training images (accuracy %, "
-            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}** (used for the "
-            f"tables above; the library default `QuadtreeTokenizer()` is "
-            f"{selection['default']}).",
+            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}**, used for the "
+            "tables above (`QuadtreeTokenizer()`'s defaults are set from this search).",
             "",
             "| settings | " + " | ".join(columns) + " | mean |",
             "| --- | " + " | ".join("---:" for _ in columns) + " | ---: |",

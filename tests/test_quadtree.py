@@ -9,6 +9,7 @@ and CLI plumbing of ``token_budget``.
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ from vitres.tokens.quadtree import (
     build_tree,
     cell_means,
     cell_saliency,
+    embed_cells,
     quadtree_cells,
     root_count,
 )
@@ -88,17 +90,24 @@ def test_every_split_is_the_fine_model(kind, head):
 @pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("kind", [k for k in KINDS if k != "learned"])
 @pytest.mark.parametrize("levels", [2, 3])
-def test_no_split_is_the_coarse_model(kind, head, levels):
-    """With the budget at the root count the tree is the uniform model at patch 2**(L-1) p."""
-    model = tiny(kind, **HEADS[head])
+@pytest.mark.parametrize("kernel", ["bicubic", "nearest"])
+def test_no_split_is_the_coarse_model(kind, head, levels, kernel):
+    """With the budget at the root count the tree is the uniform model at patch 2**(L-1) p
+    (whose kernel is PI-resized with the model's mode; the tree's follows the model's
+    when ``kernel_resize_mode=None``, and is ``nearest`` by default)."""
+    model = tiny(kind, kernel_resize_mode=kernel, **HEADS[head])
     x = images(2, 2, 32, 48)
     coarse_patch = 4 * 2 ** (levels - 1)
     budget = (32 // coarse_patch) * (48 // coarse_patch)
     assert budget == root_count((8, 12), levels)
+    tokenizers = [QuadtreeTokenizer(levels=levels, kernel_resize_mode=None)]
+    if kernel == "nearest":
+        tokenizers.append(QuadtreeTokenizer(levels=levels))  # the default
     with torch.no_grad():
         coarse = model(x, patch_size=coarse_patch)
-        tree = model(x, token_budget=budget, quadtree=QuadtreeTokenizer(levels=levels))
-    assert torch.allclose(tree, coarse, atol=TOL, rtol=0)
+        for tokenizer in tokenizers:
+            tree = model(x, token_budget=budget, quadtree=tokenizer)
+            assert torch.allclose(tree, coarse, atol=TOL, rtol=0)
 
 
 @pytest.mark.parametrize("head", list(HEADS))
@@ -115,7 +124,8 @@ def test_no_split_learned_table_is_the_region_average(head):
         reference = tiny("learned", **HEADS[head])
         reference.pos_embed.copy_(torch.cat([fine[:prefix], averaged.flatten(1).T])[None])
         expected = reference(x, patch_size=8)
-        tree = model(x, token_budget=24, quadtree=QuadtreeTokenizer(levels=2))
+        average = QuadtreeTokenizer(levels=2, table_positions="average", kernel_resize_mode=None)
+        tree = model(x, token_budget=24, quadtree=average)
         plain_coarse = model(x, patch_size=8)  # bicubic at the coarse grid instead
     assert torch.allclose(tree, expected, atol=TOL, rtol=0)
     assert not torch.allclose(tree, plain_coarse, atol=TOL, rtol=0)  # the test can fail
@@ -148,7 +158,7 @@ def test_resize_alignment_is_the_model_at_the_aligned_size():
 def test_level_table_positions_no_split_is_the_coarse_model(head):
     model = tiny("learned", **HEADS[head])
     x = images(2, 2, 32, 48)
-    level = QuadtreeTokenizer(levels=2, table_positions="level")
+    level = QuadtreeTokenizer(levels=2, table_positions="level", kernel_resize_mode=None)
     with torch.no_grad():
         tree = model(x, token_budget=24, quadtree=level)
         fine = model(x, token_budget=96, quadtree=level)
@@ -366,7 +376,7 @@ def test_tree_of_a_batch_is_each_image_alone():
 
 def test_gradients_flow_in_training_mode():
     model = tiny("learned").train()
-    out = model(images(2, 2, 32, 48), token_budget=15)
+    out = model(images(2, 2, 32, 48), token_budget=30)
     out.sum().backward()
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
     assert model.pos_embed.grad.abs().sum() > 0
@@ -420,7 +430,8 @@ def test_sweep_and_recommend_trade_budget_against_resolution(tmp_path):
     )
     assert [m.status for m in records] == ["ok"] * 4
     by_key = {(m.config.resolution[0], m.config.token_budget): m for m in records}
-    assert by_key[(28, 16)].tokens == 16 and by_key[(28, 16)].grid == (7, 7)
+    _, plan = vitres.load_model(path).quadtree_plan(torch.zeros(1, 1, 28, 28), 16)
+    assert by_key[(28, 16)].tokens == 16 and by_key[(28, 16)].grid == plan.grid
     assert by_key[(28, None)].tokens == 49
     assert by_key[(16, 16)].tokens == 16  # 4 x 4 fine grid: every split, the plain model
     assert select_baseline(records).config.token_budget is None
@@ -436,11 +447,37 @@ def test_eval_cli_token_budget(tmp_path, capsys):
         vitres.data.load_fashion_mnist("test")
     except FileNotFoundError:
         pytest.skip("Fashion-MNIST not present")
-    args = ["eval", "--model", str(path), "--res", "28", "--limit", "32", "--json"]
-    assert main([*args, "--token-budget", "49"]) == 0
+    args = ["eval", "--model", str(path), "--res", "32", "--limit", "32", "--json"]
+    assert main([*args, "--token-budget", "64"]) == 0  # every split: the plain model
     full = json.loads(capsys.readouterr().out)
     assert main(args) == 0
     plain = json.loads(capsys.readouterr().out)
-    assert full["token_budget"] == 49 and full["accuracy"] == plain["accuracy"]
+    assert full["token_budget"] == 64 and full["accuracy"] == plain["accuracy"]
     assert main([*args, "--token-budget", "2"]) == 2
-    assert "below the 4 tokens" in capsys.readouterr().err
+    assert re.search(r"error: token_budget 2 is below the \d+ tokens", capsys.readouterr().err)
+
+
+def test_nearest_kernel_is_the_base_kernel_on_the_averaged_cell():
+    """PI-resizing with ``B`` = nearest makes a coarse cell's embedding the base kernel
+    applied to the cell averaged down to one fine patch."""
+    model = tiny("none", **HEADS["avg"])
+    x = images(2, 2, 32, 48)
+    cells = quadtree_cells((8, 12), 3)
+    embed = model.patch_embed
+
+    def kernel(size):
+        return embed.kernel(size, "nearest", True)
+
+    table = embed_cells(x, kernel, embed.proj.bias, 4, cells)  # (B, M, D)
+    for level in (1, 2):
+        side = 2**level
+        averaged = F.avg_pool2d(x, side)  # each 4*side px cell -> one 4 px patch
+        expected = F.conv2d(averaged, embed.proj.weight, embed.proj.bias, stride=4)
+        start = cells.offsets[level]
+        count = cells.level_shapes[level][0] * cells.level_shapes[level][1]
+        got = table[:, start : start + count]
+        assert torch.allclose(got, expected.flatten(2).transpose(1, 2), atol=1e-5)
+    with torch.no_grad():  # and the option reaches the model
+        a = model(x, token_budget=30, quadtree=QuadtreeTokenizer(kernel_resize_mode="nearest"))
+        b = model(x, token_budget=30, quadtree=QuadtreeTokenizer(kernel_resize_mode="bicubic"))
+    assert not torch.allclose(a, b, atol=1e-4)

@@ -555,9 +555,12 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         """
         cfg = self.config
         cells, grid = plan.cells, plan.grid
-        table = embed_cells(
-            x, self.patch_kernel, self.patch_embed.proj.bias, plan.patch, cells
-        )  # (b, M, D)
+        mode = plan.kernel_resize_mode or cfg.kernel_resize_mode
+
+        def kernel(size: tuple[int, int]) -> Tensor:
+            return self.patch_embed.kernel(size, mode, cfg.kernel_resize_antialias)
+
+        table = embed_cells(x, kernel, self.patch_embed.proj.bias, plan.patch, cells)  # (b, M, D)
         tokens = table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]).to(x.device))
         ys, xs = cell_centres(cells)  # (M,) in [-1, 1]
         ys, xs = ys[index], xs[index]  # (b, N)

@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vitres.layers.patch_embed import PatchSize, to_patch
+from vitres.layers.patch_embed import KERNEL_RESIZE_MODES, PatchSize, to_patch
 
 SALIENCY_KINDS = ("gradient", "variance")
 TABLE_POSITIONS = ("average", "level")
@@ -314,6 +314,7 @@ class QuadtreePlan:
         index: Per image, the ``(N_b,)`` cells it is tokenised into (raster order).
         proportional: Weigh tokens by their size in attention and pooling.
         table_positions: How a learned table gives a region its position.
+        kernel_resize_mode: The kernel resize of coarse cells (``None``: the model's).
     """
 
     cells: QuadtreeCells
@@ -321,6 +322,7 @@ class QuadtreePlan:
     index: tuple[Tensor, ...]
     proportional: bool = True
     table_positions: str = "average"
+    kernel_resize_mode: str | None = None
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -352,7 +354,11 @@ class QuadtreePlan:
 
 @dataclass(frozen=True)
 class QuadtreeTokenizer:
-    """Settings of the quadtree: how many levels and which saliency.
+    """Settings of the quadtree: levels, saliency, and how regions are embedded and weighed.
+
+    The defaults were chosen by measurement (``benchmarks/mixed_tokens.py``): two levels
+    (patches of ``p`` and ``2p``), gradient saliency, proportional attention, level table
+    positions, resize alignment and nearest (area) kernels.
 
     Attributes:
         levels: Cell sizes ``p, 2p, .., 2**(levels-1) p`` (3: ``p``, ``2p``, ``4p``).
@@ -369,13 +375,20 @@ class QuadtreeTokenizer:
             cells clipped to the grid, embedded with kernels of their own size) or
             ``resize`` (the input is first resized, antialiased, to the nearest multiple
             of the coarsest patch, so every cell is whole).
+        kernel_resize_mode: The resize ``B`` whose pseudo-inverse gives a coarse cell's
+            kernel (:func:`vitres.layers.patch_embed.resample_patch_embed`); ``None``:
+            the model's ``kernel_resize_mode``. With ``nearest`` a ``2^l p`` cell's
+            embedding is the base kernel applied to the cell averaged down to ``p x p``.
     """
 
-    levels: int = 3
+    # defaults: the best of 64 settings on 200 training images, over the bundled models at
+    # 25 % and 50 % budgets (benchmarks/mixed_tokens.py, the selection table)
+    levels: int = 2
     saliency: str = "gradient"
     proportional: bool = True
-    table_positions: str = "average"
-    align: str = "clip"
+    table_positions: str = "level"
+    align: str = "resize"
+    kernel_resize_mode: str | None = "nearest"
 
     def __post_init__(self) -> None:
         check_levels(self.levels)
@@ -390,6 +403,13 @@ class QuadtreeTokenizer:
             )
         if self.align not in ALIGNMENTS:
             raise ValueError(f"unknown align {self.align!r}; expected one of {ALIGNMENTS}")
+        if self.kernel_resize_mode is not None and self.kernel_resize_mode not in (
+            KERNEL_RESIZE_MODES
+        ):
+            raise ValueError(
+                f"unknown kernel_resize_mode {self.kernel_resize_mode!r}; expected None (the "
+                f"model's) or one of {KERNEL_RESIZE_MODES}"
+            )
 
     @property
     def coarsest(self) -> int:
@@ -407,7 +427,11 @@ class QuadtreeTokenizer:
             )
         cells = quadtree_cells((height // ph, width // pw), self.levels)
         check_token_budget(token_budget)
-        options = {"proportional": self.proportional, "table_positions": self.table_positions}
+        options = {
+            "proportional": self.proportional,
+            "table_positions": self.table_positions,
+            "kernel_resize_mode": self.kernel_resize_mode,
+        }
         if token_budget >= height // ph * (width // pw):
             fine = cells.fine_cells()
             return QuadtreePlan(cells, (ph, pw), tuple(fine for _ in range(x.shape[0])), **options)
