@@ -455,6 +455,10 @@ def test_eval_cli_token_budget(tmp_path, capsys):
     assert full["token_budget"] == 64 and full["accuracy"] == plain["accuracy"]
     assert main([*args, "--token-budget", "2"]) == 2
     assert re.search(r"error: token_budget 2 is below the \d+ tokens", capsys.readouterr().err)
+    assert main([*args, "--token-budget", "4", "--quadtree-levels", "3"]) == 0  # 2 x 2 roots
+    assert json.loads(capsys.readouterr().out)["token_budget"] == 4
+    assert main([*args, "--quadtree-levels", "3"]) == 2
+    assert "needs --token-budget" in capsys.readouterr().err
 
 
 def test_nearest_kernel_is_the_base_kernel_on_the_averaged_cell():

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset
 from vitres.layers.patch_embed import canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
-from vitres.tokens.quadtree import check_token_budget
+from vitres.tokens.quadtree import QuadtreeTokenizer, check_token_budget
 
 __all__ = ["accuracy_at", "evaluate", "parse_resolutions"]
 
@@ -45,6 +45,7 @@ def accuracy_at(
     precision: str = "fp32",
     progress: Any = None,
     token_budget: int | None = None,
+    quadtree: QuadtreeTokenizer | None = None,
 ) -> tuple[float, int]:
     """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` (one int: square).
 
@@ -54,6 +55,7 @@ def accuracy_at(
         progress: A tqdm bar advanced by the examples of each batch (optional).
         token_budget: Mixed-resolution tokens: at most this many patch tokens per image
             (``model(x, token_budget=K)``, :mod:`vitres.tokens.quadtree`).
+        quadtree: The quadtree's settings with a token budget (default ``QuadtreeTokenizer()``).
 
     Returns:
         ``(accuracy in [0, 1], number of examples scored)``.
@@ -65,6 +67,8 @@ def accuracy_at(
     kwargs: dict[str, Any] = {} if patch_size is None else {"patch_size": patch_size}
     if token_budget is not None:
         kwargs["token_budget"] = token_budget
+        if quadtree is not None:
+            kwargs["quadtree"] = quadtree
     try:
         for x, y in eval_batches(
             dataset,
@@ -102,6 +106,7 @@ def evaluate(
     threads: int | None = None,
     progress: bool = False,
     token_budget: int | None = None,
+    quadtree_levels: int | None = None,
 ) -> dict:
     """Scores a model at several input resolutions.
 
@@ -127,6 +132,7 @@ def evaluate(
         token_budget: Mixed-resolution tokens at every resolution: at most this many
             patch tokens per image, in a quadtree of fine and coarse patches
             (:mod:`vitres.tokens.quadtree`); ``None``: one patch size.
+        quadtree_levels: Levels of that quadtree (``None``: ``QuadtreeTokenizer()``'s).
 
     Returns:
         A JSON-ready dict::
@@ -176,6 +182,11 @@ def evaluate(
     else:
         data = dataset
     sizes = parse_resolutions(resolutions)
+    quadtree = None
+    if quadtree_levels is not None:
+        if token_budget is None:
+            raise ValueError("--quadtree-levels needs --token-budget (mixed-resolution tokens)")
+        quadtree = QuadtreeTokenizer(levels=quadtree_levels)
     if token_budget is not None:
         check_token_budget(token_budget)
         if not hasattr(net, "quadtree_plan"):
@@ -208,6 +219,7 @@ def evaluate(
                     precision,
                     progress=bar,
                     token_budget=token_budget,
+                    quadtree=quadtree,
                 )
                 accuracy[size_label(res)] = acc
     finally:

@@ -40,6 +40,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="mixed-resolution tokens: at most K patch tokens per image, coarse patches where "
         "the image is flat and fine ones where it has detail (a quadtree)",
     )
+    parser.add_argument(
+        "--quadtree-levels",
+        type=int,
+        default=None,
+        metavar="L",
+        help="patch sizes of that quadtree: p .. 2^(L-1) p (default 2: p and 2p); more levels "
+        "allow smaller budgets",
+    )
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.json,
         token_budget=args.token_budget,
+        quadtree_levels=args.quadtree_levels,
     )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)

@@ -276,7 +276,8 @@ def build_tree(scores: Tensor, cells: QuadtreeCells, token_budget: int) -> Tenso
         raise ValueError(
             f"token_budget {budget} is below the {len(roots)} tokens of the coarsest tiling "
             f"of this input ({rows}x{cols} fine patches in cells of {coarsest}x{coarsest}); "
-            f"give token_budget >= {len(roots)}, more quadtree levels, or a smaller input"
+            f"give token_budget >= {len(roots)}, more quadtree levels "
+            f"(QuadtreeTokenizer(levels=...), vitres eval --quadtree-levels), or a smaller input"
         )
     score = scores.tolist()
     area = (cells.height * cells.width).tolist()
