@@ -25,6 +25,7 @@ SCHEMA = {
     "merge": (int, float, type(None)),
     "pack": (str, type(None)),
     "pack_used": dict,
+    "token_budget": (int, type(None)),
     "warnings": list,
 }
 
@@ -169,3 +170,13 @@ def test_unreadable_files_and_class_mismatch_are_reported(tmp_path, capsys):
     assert main(["eval", "--model", str(saved), "--data", str(root), "--res", "28"]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "files unreadable" in err and "predicts 10" in err
+
+
+def test_merge_or_pack_with_a_token_budget_is_refused(saved_model, capsys):
+    data = load_fashion_mnist("test")
+    for resolutions, extra in (([16], {"merge": 2}), (None, {"pack": "loop"})):
+        with pytest.raises(ValueError, match="merge and token_budget cannot be combined yet"):
+            evaluate(tiny_model(), data, resolutions, limit=5, token_budget=8, **extra)
+    args = ["eval", "--model", str(saved_model), "--res", "16", "--limit", "5"]
+    assert main([*args, "--merge", "2", "--token-budget", "8"]) == 2
+    assert "cannot be combined yet" in capsys.readouterr().err

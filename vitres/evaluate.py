@@ -27,6 +27,7 @@ from vitres.layers.patch_embed import canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
 from vitres.tokens.merge import check_merge
 from vitres.tokens.pack import PACK_STRATEGIES, run_plan
+from vitres.tokens.quadtree import QuadtreeTokenizer, check_token_budget
 
 __all__ = ["accuracy_at", "accuracy_packed", "evaluate", "parse_resolutions"]
 
@@ -48,6 +49,8 @@ def accuracy_at(
     precision: str = "fp32",
     progress: Any = None,
     merge: int | float | None = None,
+    token_budget: int | None = None,
+    quadtree: QuadtreeTokenizer | None = None,
 ) -> tuple[float, int]:
     """Top-1 accuracy of ``model`` on ``dataset`` resized to ``resolution`` (one int: square).
 
@@ -56,6 +59,9 @@ def accuracy_at(
     Args:
         progress: A tqdm bar advanced by the examples of each batch (optional).
         merge: token merging inside the blocks (:mod:`vitres.tokens.merge`), ``None``: off.
+        token_budget: Mixed-resolution tokens: at most this many patch tokens per image
+            (``model(x, token_budget=K)``, :mod:`vitres.tokens.quadtree`).
+        quadtree: The quadtree's settings with a token budget (default ``QuadtreeTokenizer()``).
 
     Returns:
         ``(accuracy in [0, 1], number of examples scored)``.
@@ -67,6 +73,10 @@ def accuracy_at(
     kwargs: dict[str, Any] = {} if patch_size is None else {"patch_size": patch_size}
     if merge is not None:
         kwargs["merge"] = merge
+    if token_budget is not None:
+        kwargs["token_budget"] = token_budget
+        if quadtree is not None:
+            kwargs["quadtree"] = quadtree
     try:
         for x, y in eval_batches(
             dataset,
@@ -156,6 +166,8 @@ def evaluate(
     progress: bool = False,
     merge: int | float | None = None,
     pack: str | None = None,
+    token_budget: int | None = None,
+    quadtree_levels: int | None = None,
 ) -> dict:
     """Scores a model at several input resolutions, or at each image's own size.
 
@@ -185,6 +197,10 @@ def evaluate(
             by this packing strategy (``loop``, ``pad``, ``bucket``, ``pack``, ``auto``;
             :func:`vitres.pack`) instead of resizing to ``resolutions``. The accuracy is
             reported under the key ``"native"``.
+        token_budget: Mixed-resolution tokens at every resolution: at most this many
+            patch tokens per image, in a quadtree of fine and coarse patches
+            (:mod:`vitres.tokens.quadtree`); ``None``: one patch size.
+        quadtree_levels: Levels of that quadtree (``None``: ``QuadtreeTokenizer()``'s).
 
     Returns:
         A JSON-ready dict::
@@ -201,6 +217,7 @@ def evaluate(
               "merge": int | float | None,  # the token-merging setting
               "pack": str | None,       # the packing strategy asked for (with pack)
               "pack_used": {str: int},  # strategy -> batches run with it (with pack)
+              "token_budget": int | None,  # mixed-resolution tokens per image, at most
               "warnings": [str],        # unreadable files, class-count mismatch
             }
     """
@@ -250,6 +267,23 @@ def evaluate(
     else:
         data = dataset
     sizes = parse_resolutions(resolutions) if pack is None else []
+    if token_budget is not None and (merge is not None or pack is not None):
+        raise ValueError(
+            "merge and token_budget cannot be combined yet (nor pack and token_budget): "
+            "pass --token-budget alone, or --merge / --pack without it"
+        )
+    quadtree = None
+    if quadtree_levels is not None:
+        if token_budget is None:
+            raise ValueError("--quadtree-levels needs --token-budget (mixed-resolution tokens)")
+        quadtree = QuadtreeTokenizer(levels=quadtree_levels)
+    if token_budget is not None:
+        check_token_budget(token_budget)
+        if not hasattr(net, "quadtree_plan"):
+            raise ValueError(
+                f"--token-budget needs a ViT (mixed-resolution tokens); {type(net).__name__} "
+                "mixes one grid of equal patches"
+            )
     threads_before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
@@ -276,6 +310,8 @@ def evaluate(
                     precision,
                     progress=bar,
                     merge=merge,
+                    token_budget=token_budget,
+                    quadtree=quadtree,
                 )
                 accuracy[size_label(res)] = acc
             if pack is not None:
@@ -301,5 +337,6 @@ def evaluate(
         "merge": merge,
         "pack": pack,
         "pack_used": pack_used,
+        "token_budget": token_budget,
         "warnings": data_problems(data, getattr(used, "num_classes", None)),
     }

@@ -51,6 +51,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="position-table resampling: nearest|bilinear|bicubic|area|fourier",
     )
     parser.add_argument("--size-policy", default=None, help="pad | crop | resize | error")
+    parser.add_argument(
+        "--token-budget",
+        type=int,
+        default=None,
+        metavar="K",
+        help="mixed-resolution tokens: at most K patch tokens per image, coarse patches where "
+        "the image is flat and fine ones where it has detail (a quadtree)",
+    )
+    parser.add_argument(
+        "--quadtree-levels",
+        type=int,
+        default=None,
+        metavar="L",
+        help="patch sizes of that quadtree: p .. 2^(L-1) p (default 2: p and 2p); more levels "
+        "allow smaller budgets",
+    )
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -77,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.json,
         merge=args.merge,
         pack=args.pack,
+        token_budget=args.token_budget,
+        quadtree_levels=args.quadtree_levels,
     )
     for warning in result["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -89,7 +107,9 @@ def run(args: argparse.Namespace) -> int:
         extra += f", pack={result['pack']} ({used} batches)"
     print(
         f"{result['model']} on {result['data']} (n={result['n']}, patch {result['patch_size']}, "
-        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']}{extra})"
+        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']}{extra}"
+        + ("" if args.token_budget is None else f", token budget {args.token_budget}")
+        + ")"
     )
     print(f"{'resolution':>10}  {'accuracy':>8}")
     for res, acc in result["accuracy"].items():

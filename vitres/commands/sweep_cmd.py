@@ -48,6 +48,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     add_merge_argument(parser, many=True)
+    parser.add_argument(
+        "--token-budget",
+        default=None,
+        metavar="K,...",
+        help="mixed-resolution token budgets, a sweep axis, e.g. 16,25,none (none = uniform "
+        "patches; default: none only); budgets run on the eager backends",
+    )
     parser.add_argument("--out", default="results.jsonl", help="results file")
     timing = parser.add_argument_group("timing")
     defaults = TimingConfig()
@@ -129,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         merges=parse_merge_list(args.merge),
+        token_budgets=parse_int_list(args.token_budget, allow_native=True),
     )
     timing = TimingConfig(min_calls=args.min_calls, min_s=args.min_time)
     results = run_sweep(

@@ -108,6 +108,13 @@ def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) ->
             "which does not export; export the unmerged record of the same resolution, or "
             "deploy the merged model with the eager or compile backend"
         )
+    if config.token_budget is not None:
+        raise ValueError(
+            f"record {record.key} ran mixed-resolution tokens (token budget "
+            f"{config.token_budget}), which choose regions per image at run time and have no "
+            "exported graph; deploy it with the eager model (model(x, token_budget=K)) or "
+            "export a record without a budget"
+        )
     backend = config.backend
     notes: list[str] = []
     int8 = _INT8_OF_BACKEND.get(backend)

@@ -13,6 +13,10 @@ place in the image:
   Swin Transformer V2 (Liu et al. 2022);
 * a continuous absolute embedding: an MLP of normalised (x, y).
 
+The continuous kinds are also given at arbitrary positions (``sincos_at``, ``rope_at``,
+``CoordinateMLPPosEmbed.at``, ``ContinuousPositionBias.at``), for tokens that are not
+on one grid (the mixed-resolution tokens of :mod:`vitres.tokens.quadtree`).
+
 Class and register ("prefix") tokens are never resampled. Grids are ``(rows, cols)``
 and can be non-square. Resampling is always done to an explicit ``size``, never with a
 scale factor, so a 7x7 grid really becomes 5x9 and not 5x8.
@@ -217,16 +221,27 @@ def sincos_2d(
     same range of positions, finer sampled). A quarter of the channels each hold
     ``sin(y w)``, ``cos(y w)``, ``sin(x w)``, ``cos(x w)`` with ``w = temperature^(-k/(dim/4))``.
     """
-    if dim % 4:
-        raise ValueError(f"sin-cos embedding needs dim divisible by 4, got {dim}")
     grid = to_grid(grid)
     base = to_grid(base_grid) if base_grid is not None else grid
     ys, xs = grid_coordinates(grid, base, dtype=torch.float64)
+    return sincos_at(ys, xs, dim, temperature)
+
+
+def sincos_at(ys: Tensor, xs: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
+    """The sin-cos embedding ``(..., dim)`` of positions ``(ys, xs)`` (any shape, float).
+
+    Positions are in units of base-grid patches, as :func:`grid_coordinates` gives them
+    with a ``base_grid``; :func:`sincos_2d` is this function at a grid's patch centres.
+    Computed in float64, returned in float32.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos embedding needs dim divisible by 4, got {dim}")
+    ys, xs = ys.to(torch.float64), xs.to(torch.float64)
     quarter = dim // 4
-    omega = temperature ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
-    y = ys[:, None] * omega[None]
-    x = xs[:, None] * omega[None]
-    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1).float()
+    omega = temperature ** (-torch.arange(quarter, dtype=torch.float64, device=ys.device) / quarter)
+    y = ys[..., None] * omega
+    x = xs[..., None] * omega
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=-1).float()
 
 
 def rope_2d(
@@ -252,7 +267,8 @@ def rope_at(ys: Tensor, xs: Tensor, head_dim: int, theta: float = 100.0) -> tupl
     """The axial rotary ``(cos, sin)`` of :func:`rope_2d` at any coordinates.
 
     Args:
-        ys: row coordinates ``(..., N)``, as :func:`grid_coordinates` scales them (for a
+        ys: row coordinates ``(..., N)`` in base-grid patch units, as
+            :func:`grid_coordinates` scales them (for a mixed-resolution token: its centre; for a
             merged token: the size-weighted mean of its patches' coordinates, whose angle
             is the mean angle since angles are linear in the coordinates).
         xs: column coordinates, the same shape.
@@ -291,16 +307,23 @@ def log_spaced_relative_coords(grid: Grid, base_grid: Grid) -> tuple[Tensor, Ten
     # any resolution), normalised by the base grid's largest offset as in Swin-V2
     dy = torch.arange(-(rows - 1), rows, dtype=torch.float32) * (base_grid[0] / rows)
     dx = torch.arange(-(cols - 1), cols, dtype=torch.float32) * (base_grid[1] / cols)
-    dy = dy / max(base_grid[0] - 1, 1)
-    dx = dx / max(base_grid[1] - 1, 1)
-    table = torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2) * 8
-    table = torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
+    table = log_spaced_offsets(
+        torch.stack(torch.meshgrid(dy, dx, indexing="ij"), dim=-1).reshape(-1, 2), base_grid
+    )
     pos_r, pos_c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     pos_r, pos_c = pos_r.reshape(-1), pos_c.reshape(-1)
     rel_r = pos_r[:, None] - pos_r[None, :] + rows - 1
     rel_c = pos_c[:, None] - pos_c[None, :] + cols - 1
     index = rel_r * (2 * cols - 1) + rel_c
     return table, index
+
+
+def log_spaced_offsets(offsets: Tensor, base_grid: Grid) -> Tensor:
+    """Swin-V2's log-spacing of relative offsets ``(..., 2)`` (dy, dx) in base-grid patch
+    units: normalised by the base grid's largest offset, then ``sign(t) log2(1 + 8|t|) / 3``."""
+    scale = offsets.new_tensor([max(base_grid[0] - 1, 1), max(base_grid[1] - 1, 1)])
+    table = offsets / scale * 8
+    return torch.sign(table) * torch.log2(table.abs() + 1.0) / math.log2(8)
 
 
 class ContinuousPositionBias(nn.Module):
@@ -336,13 +359,34 @@ class ContinuousPositionBias(nn.Module):
 
     def forward(self, grid: Grid, num_prefix_tokens: int = 0) -> Tensor:
         table, index = log_spaced_relative_coords(to_grid(grid), self.base_grid)
-        weight = self.mlp[0].weight
         values = self._bias_values(table)  # (T, heads)
         n = index.shape[0]
-        bias = values[index.to(weight.device).reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
+        bias = values[index.to(values.device).reshape(-1)].reshape(n, n, -1).permute(2, 0, 1)
         if num_prefix_tokens:
             bias = F.pad(bias, (num_prefix_tokens, 0, num_prefix_tokens, 0))
         return bias  # (heads, P + N, P + N)
+
+    def at(self, ys: Tensor, xs: Tensor, num_prefix_tokens: int = 0) -> Tensor:
+        """The bias between tokens at arbitrary positions: ``(B, heads, P + N, P + N)``.
+
+        Args:
+            ys: ``(B, N)`` token centres in base-grid patch units (row axis), as
+                :func:`grid_coordinates` gives them with a ``base_grid``; at a grid's
+                patch centres this is :meth:`forward`'s bias.
+            xs: ``(B, N)`` the same along the column axis.
+            num_prefix_tokens: leading tokens that get zero bias.
+        """
+        offsets = torch.stack(
+            [ys[:, :, None] - ys[:, None, :], xs[:, :, None] - xs[:, None, :]], dim=-1
+        )  # (B, N, N, 2)
+        # the MLP runs once per distinct offset, as the grid form runs it once per table row
+        unique, inverse = torch.unique(offsets.reshape(-1, 2), dim=0, return_inverse=True)
+        values = self._bias_values(log_spaced_offsets(unique.float(), self.base_grid))
+        batch, n = ys.shape
+        bias = values[inverse].reshape(batch, n, n, -1).permute(0, 3, 1, 2)
+        if num_prefix_tokens:
+            bias = F.pad(bias, (num_prefix_tokens, 0, num_prefix_tokens, 0))
+        return bias  # (B, heads, P + N, P + N)
 
 
 def offset_bias_at(table: Tensor, positions: Tensor) -> Tensor:
@@ -395,9 +439,14 @@ class CoordinateMLPPosEmbed(nn.Module):
         )
 
     def forward(self, grid: Grid) -> Tensor:
+        ys, xs = grid_coordinates(to_grid(grid), device=self.mlp[0].weight.device)
+        return self.at(ys, xs)  # (N, D)
+
+    def at(self, ys: Tensor, xs: Tensor) -> Tensor:
+        """The embedding ``(..., D)`` of positions ``(ys, xs)`` normalised to ``[-1, 1]``
+        (any shape); :meth:`forward` is this at a grid's patch centres."""
         weight = self.mlp[0].weight
-        ys, xs = grid_coordinates(to_grid(grid), device=weight.device)
-        coords = torch.stack([ys, xs], dim=-1)  # (N, 2) in [-1, 1]
-        angles = coords[:, :, None] * self.frequencies  # (N, 2, F)
-        feats = torch.cat([coords, angles.sin().flatten(1), angles.cos().flatten(1)], dim=1)
-        return self.mlp(feats.to(weight.dtype))  # (N, D)
+        coords = torch.stack([ys, xs], dim=-1).to(device=weight.device, dtype=torch.float32)
+        angles = coords[..., None] * self.frequencies  # (..., 2, F)
+        feats = torch.cat([coords, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
+        return self.mlp(feats.to(weight.dtype))

@@ -71,7 +71,7 @@ class AnyResolutionMixin:
         return self._checked_input(x, patch_size)[1]
 
 
-__all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT"]
+__all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT", "FixedPatchSize", "FixedTokenBudget"]
 
 
 class FixedPatchSize(nn.Module):
@@ -90,3 +90,17 @@ class FixedPatchSize(nn.Module):
         if self.merge is None:
             return self.model(x, patch_size=self.patch_size)
         return self.model(x, patch_size=self.patch_size, merge=self.merge)
+
+
+class FixedTokenBudget(nn.Module):
+    """Binds ``token_budget`` (mixed-resolution tokens) and ``patch_size`` so a backend
+    sees a plain ``forward(x)``."""
+
+    def __init__(self, model: nn.Module, token_budget: int, patch_size: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.token_budget = token_budget
+        self.patch_size = patch_size
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, patch_size=self.patch_size, token_budget=self.token_budget)

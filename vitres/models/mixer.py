@@ -143,13 +143,25 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         return pooled if pre_logits else self.head(pooled)
 
     def forward(
-        self, x: Tensor, patch_size: PatchSize | None = None, merge: object = None
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        merge: object = None,
+        token_budget: int | None = None,
     ) -> Tensor:
         """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring).
 
         ``merge`` exists to refuse token merging clearly: a Mixer has no attention to
         merge tokens in (``None``, ``0`` and ``1.0``, which merge nothing, are accepted).
+        ``token_budget`` (mixed-resolution tokens) is a ViT feature: a Mixer's token MLP
+        mixes a fixed grid of equal patches, so it raises ``ValueError``.
         """
+        if token_budget is not None:
+            raise ValueError(
+                "mixed-resolution tokens (token_budget) need attention, which takes any set "
+                "of tokens; an MLP-Mixer mixes one grid of equal patches by position. Use a "
+                "ViT, or lower the Mixer's resolution instead"
+            )
         if merge is not None and not merge_is_identity(merge):
             raise ValueError(
                 f"merge={merge!r}: an MLP-Mixer has no attention, so token merging (ToMe) "

@@ -12,6 +12,9 @@ time (``ViTConfig.pos_embed``):
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
+``model(x, token_budget=K)`` tokenises with mixed-resolution tokens instead: a quadtree
+of fine and coarse patches under a budget of ``K`` tokens (:mod:`vitres.tokens.quadtree`).
+
 Module names follow timm's ``VisionTransformer`` so timm state dicts map one to one, and
 the options of the families vitres imports are built in: DeiT's distillation token and
 head (Touvron et al., ICML 2021), LayerScale (Touvron et al., ICCV 2021; DINOv2),
@@ -34,19 +37,34 @@ from torch import Tensor, nn
 from vitres.layers.attention_pool import AttentionPoolLatent
 from vitres.layers.cache import VersionedCache, is_tracing
 from vitres.layers.mlp import Mlp
-from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch, padded_token_mask
+from vitres.layers.patch_embed import (
+    PatchEmbed,
+    PatchSize,
+    fit_to_patch,
+    padded_token_mask,
+    to_patch,
+)
 from vitres.layers.pos_embed import (
     ContinuousPositionBias,
     CoordinateMLPPosEmbed,
     apply_rope,
     resample_pos_embed,
     rope_2d,
+    rope_at,
     sincos_2d,
+    sincos_at,
 )
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
 from vitres.tokens.merge import MergeSpec, merge_is_identity, merge_schedule, merged_forward
 from vitres.tokens.pack import PackPlan, pack, run_plan
+from vitres.tokens.quadtree import (
+    QuadtreePlan,
+    QuadtreeTokenizer,
+    cell_centres,
+    cell_means,
+    embed_cells,
+)
 
 __all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
 
@@ -314,6 +332,14 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         """Caches parameter-free tables (sincos, rope) for every mode, training included."""
         return self._cache.get(key, [], fn, enabled=True)
 
+    def _prefix_tokens(self, batch: int, dtype: torch.dtype) -> list[Tensor]:
+        """The class, distillation and register tokens, each ``(B, n, D)``, in that order."""
+        prefix = []
+        for token in (self.cls_token, self.dist_token, self.reg_token):
+            if token is not None:
+                prefix.append(token.expand(batch, -1, -1).to(dtype))
+        return prefix
+
     def _add_prefix_and_pos(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         cfg = self.config
         batch = x.shape[0]
@@ -330,13 +356,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 lambda: self.pos_mlp(grid),
                 enabled=not self.training,
             ).to(x.dtype)
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(self.cls_token.expand(batch, -1, -1).to(x.dtype))
-        if self.dist_token is not None:
-            prefix.append(self.dist_token.expand(batch, -1, -1).to(x.dtype))
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(batch, -1, -1).to(x.dtype))
+        prefix = self._prefix_tokens(batch, x.dtype)
         if cfg.pos_embed == "learned":
             pos = self._learned_pos(grid).to(x.dtype)
             if cfg.pos_embed_prefix:
@@ -441,8 +461,10 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         ``token_mask`` (prefix + patches,), or ``(B, prefix + patches)`` per sample, marks
         the tokens with content; padding-only tokens are left out of the mean, the max
         and the attention pool. ``token_sizes`` ``(B, patches)`` counts the patches each
-        token stands for after token merging: the mean and the attention pool weigh each
-        token by it, so merging keeps the mean over the original patches.
+        token stands for (after token merging, or a coarse token of mixed-resolution
+        tokens): the mean and the attention pool weigh each token by it, so merging keeps
+        the mean over the original patches and every part of the image counts by its area,
+        as on a uniform grid (the max does not use it).
         """
         cfg = self.config
         if cfg.global_pool == "token":
@@ -500,27 +522,43 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         patch_size: PatchSize | None = None,
         valid_size: tuple[int, int] | None = None,
         merge: MergeSpec | None = None,
+        token_budget: int | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
     ) -> Tensor:
         """Classifies (or embeds) images of any size.
 
         Args:
             x: ``(B, in_chans, H, W)`` float images, any ``H x W`` of at least one patch.
             patch_size: the patch size for this call (an int or ``(h, w)``); the stored
-                size when omitted.
+                size when omitted. With a token budget: the fine patch.
             valid_size: ``(h, w)`` of real content in the top-left corner when the rest is
-                padding; tokens with no content are masked out of attention and pooling.
+                padding; tokens with no content are masked out of attention and pooling
+                (with a token budget the padding is cropped off before tokenising).
             merge: token merging (ToMe, :mod:`vitres.tokens.merge`) inside the blocks: an
                 int ``r`` merges ``r`` patch tokens in every block, a float in ``(0, 1]``
                 keeps about that fraction of the patch tokens by the last block.
                 ``None``, ``0`` and ``1.0`` run the plain forward.
+            token_budget: mixed-resolution tokens (:mod:`vitres.tokens.quadtree`): at most
+                this many patch tokens per image, coarse where the image is flat and fine
+                where it has detail; ``None``: one patch size everywhere.
+            quadtree: the quadtree's levels and saliency (default
+                ``QuadtreeTokenizer()``: patches of p, 2p and 4p, gradient saliency).
 
         Returns:
             Logits ``(B, num_classes)``; for a model without a classifier
             (``num_classes == 0``) the pooled embedding, as the source model returns it
             (e.g. DINOv2's normed class token, SigLIP's attention pool, a ViT's pooler).
         """
-        if merge is not None and not merge_is_identity(merge):
+        merging = merge is not None and not merge_is_identity(merge)
+        if merging and (token_budget is not None or quadtree is not None):
+            raise ValueError(
+                "merge and token_budget cannot be combined yet: token merging (merge=) runs "
+                "on a uniform patch grid; pass one of merge= or token_budget=, not both"
+            )
+        if merging:
             return merged_forward(self, x, merge, patch_size, valid_size)
+        if token_budget is not None or quadtree is not None:
+            return self.forward_quadtree(x, token_budget, patch_size, valid_size, quadtree)
         tokens, keep = self._features(x, patch_size, valid_size)
         return self.forward_head(tokens, keep)
 
@@ -558,3 +596,139 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             images if isinstance(images, PackPlan) else pack(images, self, strategy, **pack_options)
         )
         return run_plan(self, plan)
+
+    # ---------------------------------------------------------------- mixed-resolution tokens
+    def quadtree_plan(
+        self,
+        x: Tensor,
+        token_budget: int,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
+    ) -> tuple[Tensor, QuadtreePlan]:
+        """The checked, size-fitted input and each image's quadtree under ``token_budget``.
+
+        The input goes through the same checks and size policy as :meth:`forward` (the
+        fine patch decides the grid); padding outside ``valid_size`` is cropped first, so
+        no token holds only padding.
+        """
+        if token_budget is None:
+            raise ValueError(
+                "a quadtree needs token_budget=K (patch tokens per image); without one the "
+                "model runs on one patch size (drop quadtree=)"
+            )
+        if is_tracing():
+            raise ValueError(
+                "mixed-resolution tokens choose regions from the pixels at run time, which "
+                "a traced or exported graph cannot do; export the model without token_budget"
+            )
+        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
+        if valid_size is not None:
+            x = x[..., : valid_size[0], : valid_size[1]]
+        tokenizer = quadtree or QuadtreeTokenizer()
+        if tokenizer.align == "resize":  # whole coarsest cells: resize to their multiple
+            ph, pw = to_patch(p)
+            x, _ = fit_to_patch(x, (ph * tokenizer.coarsest, pw * tokenizer.coarsest), "resize")
+        x, _ = fit_to_patch(x, p, self.config.size_policy)
+        return x, tokenizer.plan(x, p, token_budget)
+
+    def forward_quadtree(
+        self,
+        x: Tensor,
+        token_budget: int,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
+        quadtree: QuadtreeTokenizer | None = None,
+    ) -> Tensor:
+        """``forward`` with mixed-resolution tokens (see :meth:`forward`)."""
+        x, plan = self.quadtree_plan(x, token_budget, patch_size, valid_size, quadtree)
+        return self.forward_plan(x, plan)
+
+    def forward_plan(self, x: Tensor, plan: QuadtreePlan) -> Tensor:
+        """Logits of images tokenised by ``plan`` (``x`` as :meth:`quadtree_plan` returns it).
+
+        Images whose trees have the same token count run as one batch; different counts
+        (possible on grids the coarsest cell does not divide) run as separate batches, so
+        no padding token ever enters attention or pooling and each image's logits are
+        those of running it alone.
+        """
+        groups: dict[int, list[int]] = {}
+        for image, count in enumerate(plan.counts):
+            groups.setdefault(count, []).append(image)
+        outputs = []
+        for images in groups.values():
+            index = torch.stack([plan.index[i] for i in images])  # (b, N) cells
+            sizes = plan.token_sizes(index).to(x.device) if plan.proportional else None
+            tokens = self._quadtree_features(x[images], plan, index, sizes)
+            outputs.append((images, self.forward_head(tokens, token_sizes=sizes)))
+        if len(outputs) == 1:
+            return outputs[0][1]
+        first = outputs[0][1]
+        logits = first.new_empty((x.shape[0], *first.shape[1:]))
+        for images, out in outputs:
+            logits[images] = out
+        return logits
+
+    def _quadtree_features(
+        self, x: Tensor, plan: QuadtreePlan, index: Tensor, sizes: Tensor | None
+    ) -> Tensor:
+        """Tokens ``(b, prefix + N, D)`` of images that share a token count ``N``.
+
+        ``index`` (b, N) names each token's cell; embeddings, positions and centres are
+        computed once per cell of the grid and gathered. With ``sizes`` (b, N), how many
+        of the image's finest tokens each token stands for, attention is proportional
+        (ToMe, Bolya et al., ICLR 2023): ``log(size)`` is added to the logits of each
+        key, so a coarse token draws the attention its pixels would as finer tokens.
+        """
+        cfg = self.config
+        cells, grid = plan.cells, plan.grid
+        mode = plan.kernel_resize_mode or cfg.kernel_resize_mode
+
+        def kernel(size: tuple[int, int]) -> Tensor:
+            return self.patch_embed.kernel(size, mode, cfg.kernel_resize_antialias)
+
+        table = embed_cells(x, kernel, self.patch_embed.proj.bias, plan.patch, cells)  # (b, M, D)
+        tokens = table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]).to(x.device))
+        ys, xs = cell_centres(cells)  # (M,) in [-1, 1]
+        ys, xs = ys[index], xs[index]  # (b, N)
+        base_ys, base_xs = ys * cfg.grid[0] / 2, xs * cfg.grid[1] / 2  # base-grid patch units
+        num_prefix = self.num_prefix_tokens
+        prefix_pos = None
+        if cfg.pos_embed == "learned":
+            pos = self._learned_pos(grid)[0].to(tokens.dtype)  # (prefix? + rows * cols, D)
+            first = num_prefix if cfg.pos_embed_prefix else 0
+            prefix_pos = pos[:first] if first else None
+            if plan.table_positions == "average":
+                table = cell_means(pos[first:], cells)
+            else:  # the table at each level's own grid, as the uniform model at that patch
+                table = torch.cat(
+                    [self._learned_pos(shape)[0, first:] for shape in cells.level_shapes]
+                ).to(tokens.dtype)
+            tokens = tokens + table[index.to(pos.device)]
+        elif cfg.pos_embed == "sincos":
+            tokens = tokens + sincos_at(base_ys, base_xs, cfg.embed_dim).to(tokens)
+        elif cfg.pos_embed == "mlp":
+            tokens = tokens + self.pos_mlp.at(ys, xs).to(tokens.dtype)
+        prefix = self._prefix_tokens(tokens.shape[0], tokens.dtype)
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if prefix_pos is not None:
+                prefix = prefix + prefix_pos
+            tokens = torch.cat([prefix, tokens], dim=1)
+        tokens = self.norm_pre(tokens)
+        rope = None
+        if cfg.pos_embed == "rope":
+            cos, sin = rope_at(base_ys, base_xs, cfg.embed_dim // cfg.num_heads, cfg.rope_theta)
+            rope = (cos[:, None].to(tokens.device), sin[:, None].to(tokens.device))
+        proportional = None
+        if sizes is not None:
+            proportional = F.pad(sizes.to(tokens).log(), (num_prefix, 0))[:, None, None, :]
+        for number, block in enumerate(self.blocks):
+            bias = proportional
+            if self.cpb is not None:
+                bias = self.cpb[number].at(base_ys, base_xs, num_prefix).to(tokens.dtype)
+                bias = bias if proportional is None else bias + proportional
+            tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=bias)
+        if not cfg.use_fc_norm:
+            tokens = self.norm(tokens)
+        return tokens

@@ -176,10 +176,13 @@ class LatencyModel:
         usable = [
             m
             for m in latest_by_key(records)
+            # the run-time ladder changes resolution only: merged and token-budget records
+            # stay out (the run-time paths neither merge tokens nor use a token budget)
             if m.ok
             and m.latency is not None
             and m.latency.median_ms > 0
-            and m.config.merge is None  # the run-time paths do not merge tokens
+            and m.config.merge is None
+            and m.config.token_budget is None
         ]
         if not usable:
             raise ValueError(

@@ -1,5 +1,5 @@
 """The sweep grid: configs built from resolutions × patch sizes × batch sizes × backends ×
-token-merging settings.
+token-merging settings (× token budgets, for mixed-resolution tokens).
 
 The resolution grammar is :mod:`vitres.layers.sizes`' (re-exported here).
 """
@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from vitres.backends import backend_class
+from vitres.backends.eager import EagerBackend
 from vitres.layers.patch_embed import token_grid
 from vitres.layers.sizes import parse_int_list, parse_resolutions
 from vitres.models.resolve import ModelRef
@@ -48,6 +49,7 @@ def build_grid(
     threads: int | None = None,
     device: str = "cpu",
     merges: Sequence[MergeSpec | None] = (None,),
+    token_budgets: Sequence[int | None] = (None,),
 ) -> list[SweepConfig]:
     """Every combination as a :class:`SweepConfig`, resolution varying fastest.
 
@@ -65,9 +67,23 @@ def build_grid(
             ``None`` = no merging. Merged configs are made only for backends that run the
             model's own forward (``Backend.token_merging``); the others are skipped for
             them with a warning.
+        token_budgets: Mixed-resolution token budgets (:mod:`vitres.tokens.quadtree`);
+            ``None`` = uniform patches. A budget runs on the eager backends only (its
+            quadtree is chosen per image at run time, which an exported or compiled
+            graph cannot do); other backends get the budget-free configs only, with a
+            warning.
+        A config has token merging or a token budget, not both (they cannot be
+            combined yet); such pairs are skipped with a warning.
     """
     sizes = parse_resolutions(resolutions)
     merges = list(dict.fromkeys(merges)) or [None]
+    budgets = list(dict.fromkeys(token_budgets)) or [None]
+    if any(m is not None for m in merges) and any(b is not None for b in budgets):
+        warnings.warn(
+            "merge and token_budget cannot be combined yet: the grid measures each merge "
+            "setting without a budget and each budget without merging",
+            stacklevel=2,
+        )
     name = model_ref_name(model)
     usable = []
     for backend in backends:
@@ -90,25 +106,43 @@ def build_grid(
     configs = []
     for backend in usable:
         precision = backend_class(backend).precision
+        allowed = budgets
+        if not issubclass(backend_class(backend), EagerBackend):
+            allowed = [b for b in budgets if b is None]
+            if len(allowed) < len(budgets):
+                warnings.warn(
+                    f"token budgets run on the eager backends only (the quadtree is chosen "
+                    f"per image at run time); backend {backend!r} gets no budgeted configs",
+                    stacklevel=2,
+                )
         for merge in merges:
             if merge is not None and backend in unmergeable:
                 continue
-            for batch in batch_sizes:
-                for patch in patch_sizes:
-                    for size in sizes:
-                        configs.append(
-                            SweepConfig(
-                                name,
-                                size,
-                                patch,
-                                int(batch),
-                                precision,
-                                backend,
-                                threads,
-                                device,
-                                merge,
+            for budget in allowed:
+                if merge is not None and budget is not None:
+                    continue
+                for batch in batch_sizes:
+                    for patch in patch_sizes:
+                        for size in sizes:
+                            configs.append(
+                                SweepConfig(
+                                    name,
+                                    size,
+                                    patch,
+                                    int(batch),
+                                    precision,
+                                    backend,
+                                    threads,
+                                    device,
+                                    merge=merge,
+                                    token_budget=budget,
+                                )
                             )
-                        )
+    if not configs:
+        raise ValueError(
+            "the grid is empty: token budgets need an eager backend (--backend eager); "
+            "add 'none' to --token-budget for the other backends"
+        )
     return list(dict.fromkeys(configs))
 
 
@@ -140,4 +174,6 @@ def estimate_tokens(config: SweepConfig, measured: Sequence[Measurement]) -> int
             )
             break
     rows, cols = token_grid(config.resolution, patch, policy)
+    if config.token_budget is not None:  # a quadtree uses at most its budget
+        return min(rows * cols, config.token_budget)
     return rows * cols

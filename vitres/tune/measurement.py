@@ -26,7 +26,7 @@ from vitres.measure import (
     time_calls,
 )
 from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
-from vitres.models.common import FixedPatchSize
+from vitres.models.common import FixedPatchSize, FixedTokenBudget
 from vitres.tune.records import Measurement, SweepConfig
 
 EvalData = Callable[[nn.Module, SweepConfig], Iterable[tuple[Tensor, Tensor]]]
@@ -130,6 +130,18 @@ def measure_config(
         if config.patch_size is None and config.merge is None
         else FixedPatchSize(model, config.patch_size, config.merge)
     )
+    if config.token_budget is not None:
+        if config.merge is not None:
+            raise ValueError(
+                f"config {config.key()}: merge and token_budget cannot be combined yet; "
+                "measure the merged and the budgeted configs separately"
+            )
+        if not hasattr(model, "quadtree_plan"):
+            raise ValueError(
+                f"token_budget={config.token_budget} needs a ViT (mixed-resolution tokens); "
+                f"{type(model).__name__} has one patch size per call"
+            )
+        runnable = FixedTokenBudget(model, config.token_budget, config.patch_size)
     backend = get_backend(config.backend, **backend_options(config, calibration))
     shape = (config.batch_size, in_chans, height, width)
     backend.prepare(runnable, shape)
@@ -161,11 +173,15 @@ def measure_config(
     if hasattr(model, "grid_size"):
         grid = tuple(int(g) for g in model.grid_size((height, width), patch_size=config.patch_size))
         tokens = grid[0] * grid[1]
+        if config.token_budget is not None:  # the quadtrees of the timed batch
+            _, plan = model.quadtree_plan(x, config.token_budget, config.patch_size)
+            tokens = round(sum(plan.counts) / len(plan.counts))
+            grid = plan.grid
     if with_flops:
         first = next(model.parameters(), None)
         dtype = first.dtype if first is not None else torch.float32
         flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
-        if model_config is not None and config.merge is None:  # the closed form has no merging
+        if model_config is not None and config.merge is None and config.token_budget is None:
             try:
                 flops_analytic = analytic_flops(
                     model_config, (height, width), config.patch_size, grid=grid

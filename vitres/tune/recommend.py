@@ -5,7 +5,9 @@
 and flags give the same answer everywhere.
 
 A config is *feasible* when it meets every limit of the :class:`~vitres.tune.budget.Budget`
-(latency, throughput, memory, input size). When the baseline (by default the model's
+(latency, throughput, memory, input size). Records with a token budget
+(mixed-resolution tokens) are candidates like any other; the baseline never has one.
+When the baseline (by default the model's
 native resolution, fp32 eager, at the smallest batch) is measured, a config is
 *eligible* when it is feasible and the acceptance rule (:mod:`vitres.tune.rule`) accepts
 it; the recommendation is the most accurate eligible config, ties broken by speed. So
@@ -57,7 +59,9 @@ def describe_config(m: Measurement) -> str:
     c = m.config
     patch = "" if c.patch_size is None else f", patch {c.patch_size}"
     merge = "" if c.merge is None else f", merge {merge_label(c.merge)}"
-    return f"{resolution_label(m)} {c.precision} ({c.backend}, batch {c.batch_size}{patch}{merge})"
+    budget = "" if c.token_budget is None else f", ≤{c.token_budget} mixed-resolution tokens"
+    extra = f"{patch}{merge}{budget}"
+    return f"{resolution_label(m)} {c.precision} ({c.backend}, batch {c.batch_size}{extra})"
 
 
 def _dominates(p: Measurement, q: Measurement) -> bool:
@@ -106,7 +110,8 @@ def select_baseline(
     def native(m: Measurement) -> bool:
         patch_native = m.config.patch_size is None or m.config.patch_size == m.native_patch_size
         return (
-            m.native_resolution is not None
+            m.config.token_budget is None
+            and m.native_resolution is not None
             and tuple(m.config.resolution) == tuple(m.native_resolution)
             and patch_native
             and m.config.merge is None
@@ -240,6 +245,7 @@ class Recommendation:
                 "label": describe_config(m),
                 "resolution": list(m.config.resolution),
                 "patch_size": m.config.patch_size,
+                "token_budget": m.config.token_budget,
                 "batch_size": m.config.batch_size,
                 "backend": m.config.backend,
                 "precision": m.config.precision,
@@ -281,6 +287,7 @@ def short_label(m: Measurement) -> str:
     extra = "" if c.batch_size == 1 else f" b{c.batch_size}"
     extra += "" if c.patch_size is None else f" p{c.patch_size}"
     extra += "" if c.merge is None else f" merge {merge_label(c.merge)}"
+    extra += "" if c.token_budget is None else f" K{c.token_budget}"
     return f"{resolution_label(m)} {c.precision} {c.backend}{extra}"
 
 

@@ -27,6 +27,10 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         absent, in records made before it existed) = no merging. The key gains
         ``|merge-r8`` / ``|merge-keep0.5`` only when it is set, so unmerged keys are
         unchanged.
+    token_budget: mixed-resolution tokens (:mod:`vitres.tokens.quadtree`): at most this
+        many patch tokens per image, in a saliency-driven quadtree of fine and coarse
+        patches (``model(x, token_budget=K)``); ``null`` = one patch size everywhere.
+        Records written before this field existed read back as ``null``.
 
 ``LatencyStats`` -- statistics of per-call latency (the object under ``"latency"``):
     median_ms, iqr_ms (75th minus 25th percentile), p90_ms, p95_ms, p99_ms, min_ms,
@@ -41,8 +45,9 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     schema_version: format version of the line (1).
     config: the ``SweepConfig``.
     key: :meth:`SweepConfig.key`, a stable id, e.g.
-        ``"vit_tiny_patch16|28x28|p4|b1|eager|fp32|t2|cpu"``; a resumed sweep skips keys
-        already recorded with status ``ok``.
+        ``"vit_tiny_patch16|28x28|p4|b1|eager|fp32|t2|cpu"`` (``|k16`` appended for a
+        token budget of 16, so keys without a budget are as before); a resumed sweep
+        skips keys already recorded with status ``ok``.
     status: ``"ok"``, ``"error"`` (the config failed; see ``error``) or ``"predicted"``
         (not measured: latency and memory come from the cost model of an adaptive sweep).
     source: ``"measured"`` or ``"predicted"``.
@@ -66,8 +71,9 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     flops_analytic: the closed form of :func:`vitres.measure.analytic_flops` for one
         image, ``null`` if the model family is unknown.
     params: number of parameters.
-    tokens: patch tokens ``gh * gw`` (without class/register tokens).
-    grid: token grid ``[gh, gw]``.
+    tokens: patch tokens ``gh * gw`` (without class/register tokens); with a token
+        budget, the mean token count of the timed batch's quadtrees.
+    grid: token grid ``[gh, gw]`` (with a token budget: the fine grid).
     num_prefix_tokens: class + register tokens.
     native_resolution: the model's own ``[height, width]`` (``model.config.img_size``).
     native_patch_size: the model's own patch size.
@@ -122,6 +128,7 @@ class SweepConfig:
     threads: int | None = None
     device: str = "cpu"
     merge: int | float | None = None
+    token_budget: int | None = None
 
     def __post_init__(self) -> None:
         height, width = (int(v) for v in self.resolution)
@@ -129,6 +136,11 @@ class SweepConfig:
             raise ValueError(f"resolution must be positive, got {self.resolution}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        budget = self.token_budget
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
+            raise ValueError(f"token_budget must be a positive int or None, got {budget!r}")
         object.__setattr__(self, "resolution", (height, width))
         if self.merge is not None:  # settings that merge nothing are the unmerged config
             object.__setattr__(
@@ -136,14 +148,16 @@ class SweepConfig:
             )
 
     def key(self) -> str:
-        """A stable, human-readable id of this config, e.g. ``vit|28x28|p4|b1|eager|fp32|t2|cpu``."""
+        """A stable, human-readable id of this config, e.g. ``vit|28x28|p4|b1|eager|fp32|t2|cpu``
+        (``...|cpu|k16`` with a token budget of 16)."""
         height, width = self.resolution
         patch = "native" if self.patch_size is None else str(self.patch_size)
         threads = "auto" if self.threads is None else str(self.threads)
         merge = "" if self.merge is None else f"|merge-{merge_label(self.merge)}"
+        budget = "" if self.token_budget is None else f"|k{self.token_budget}"
         return (
             f"{self.model}|{height}x{width}|p{patch}|b{self.batch_size}|{self.backend}"
-            f"|{self.precision}|t{threads}|{self.device}{merge}"
+            f"|{self.precision}|t{threads}|{self.device}{merge}{budget}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -393,6 +407,9 @@ class GroupKey(NamedTuple):
     """The records that share one cost curve: every field of a config but its resolution
     (token merging included: merged configs cost less per input token).
 
+    A token budget is a field like the others: records at one budget share a curve, and
+    the recommendation weighs each (resolution, budget) point against the uniform ones.
+
     The cost model fits one curve per group, the adaptive sweep refines per group, and
     the report draws one series per group; this is the one definition all of them use.
     """
@@ -405,18 +422,28 @@ class GroupKey(NamedTuple):
     threads: int | None
     device: str
     merge: int | float | None = None
+    token_budget: int | None = None
 
     def label(self) -> str:
         """Short text for legends, e.g. ``eager fp32 b1`` (``p7`` when a patch is set,
-        ``merge r8`` when tokens are merged)."""
+        ``merge r8`` when tokens are merged, ``K16`` with a token budget)."""
         patch = "" if self.patch_size is None else f" p{self.patch_size}"
         merge = "" if self.merge is None else f" merge {merge_label(self.merge)}"
-        return f"{self.backend} {self.precision} b{self.batch_size}{patch}{merge}"
+        budget = "" if self.token_budget is None else f" K{self.token_budget}"
+        return f"{self.backend} {self.precision} b{self.batch_size}{patch}{merge}{budget}"
 
 
 def group_key(item: Measurement | SweepConfig) -> GroupKey:
     """The :class:`GroupKey` of a record or config."""
     c = item.config if isinstance(item, Measurement) else item
     return GroupKey(
-        c.model, c.patch_size, c.batch_size, c.backend, c.precision, c.threads, c.device, c.merge
+        c.model,
+        c.patch_size,
+        c.batch_size,
+        c.backend,
+        c.precision,
+        c.threads,
+        c.device,
+        c.merge,
+        c.token_budget,
     )

@@ -55,14 +55,15 @@ class Plot:
 
 def _series_key(m: Measurement) -> tuple:
     c = m.config
-    return (c.backend, c.precision, c.batch_size, c.patch_size, c.merge)
+    return (c.backend, c.precision, c.batch_size, c.patch_size, c.merge, c.token_budget)
 
 
 def _series_label(key: tuple) -> str:
-    backend, precision, batch, patch, merge = key
+    backend, precision, batch, patch, merge, budget = key
     patch_text = "" if patch is None else f", p{patch}"
     merge_text = "" if merge is None else f", merge {merge_label(merge)}"
-    return f"{backend} ({precision}, b{batch}{patch_text}{merge_text})"
+    budget_text = "" if budget is None else f", ≤{budget} tokens"
+    return f"{backend} ({precision}, b{batch}{patch_text}{merge_text}{budget_text})"
 
 
 def _side(m: Measurement) -> float:
@@ -178,8 +179,8 @@ def _model_line(
     fit: CostFit, points: Sequence[Measurement]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     patch = points[0].patch_size
-    if not patch:
-        return None
+    if not patch or points[0].config.token_budget is not None:
+        return None  # a budget's token count does not follow the side
     sides = np.linspace(min(_side(m) for m in points), max(_side(m) for m in points), 100)
     return sides, fit.predict((sides / patch) ** 2)
 

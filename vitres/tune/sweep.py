@@ -185,7 +185,16 @@ def error_record(config: SweepConfig, message: str) -> Measurement:
 
 
 def _accuracy_key(c: SweepConfig) -> tuple:
-    return (c.model, c.resolution, c.patch_size, c.backend, c.precision, c.device, c.merge)
+    return (
+        c.model,
+        c.resolution,
+        c.patch_size,
+        c.backend,
+        c.precision,
+        c.device,
+        c.merge,
+        c.token_budget,
+    )
 
 
 def run_sweep(
@@ -201,6 +210,7 @@ def run_sweep(
     threads: int | None = None,
     device: str = "cpu",
     merges: Sequence[int | float | None] = (None,),
+    token_budgets: Sequence[int | None] = (None,),
     split: str = "test",
     data_dir: str | None = None,
     eval_limit: int | None = None,
@@ -228,8 +238,8 @@ def run_sweep(
         model_ref: Model name or path (``vitres.load_model`` / ``vitres.create_model``),
             ``"module:factory"``, a module-level factory, or (with ``isolate=False``) a model.
         configs: The grid (:func:`build_grid`); or give ``resolutions`` (+ ``patch_sizes``,
-            ``batch_sizes``, ``backends``, ``threads``, ``device``, ``merges``) to build it
-            here.
+            ``batch_sizes``, ``backends``, ``threads``, ``device``, ``merges``,
+            ``token_budgets``) to build it here.
         out_path: JSON-lines results file, appended to and resumed from; ``None`` keeps
             results in memory only. A config is skipped when its key (which names the
             model, resolution, patch, batch, backend, precision, threads and device, but not
@@ -292,6 +302,7 @@ def run_sweep(
             threads=threads,
             device=device,
             merges=merges,
+            token_budgets=token_budgets,
         )
     if isolate and getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError(
