@@ -131,11 +131,15 @@ class Attention(nn.Module):
         num_prefix_tokens: int = 0,
         attn_mask: Tensor | None = None,
     ) -> Tensor:
-        batch, tokens, dim = x.shape
         q, k, v = self._heads(x, rope, num_prefix_tokens)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        x = x.transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj(x)
+        return self._attend(q, k, v, attn_mask, x.shape)
+
+    def _attend(
+        self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, shape: torch.Size
+    ) -> Tensor:
+        """Fused attention of per-head ``q, k, v`` back to ``shape`` ``(B, T, D)``, projected."""
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(shape))
 
     def forward_with_metric(
         self,
@@ -147,12 +151,10 @@ class Attention(nn.Module):
         """The output of :meth:`forward` and the keys averaged over heads, ``(B, T, head_dim)``
         before any rotation: the similarity metric of token merging
         (:mod:`vitres.tokens.merge`)."""
-        batch, tokens, dim = x.shape
         q, k, v = self._qkv(x)
         metric = sum(k.unbind(dim=1)) / self.num_heads  # k.mean(dim=1), 3x faster on CPU
         q, k = self._rotate(q, k, rope, num_prefix_tokens)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)), metric
+        return self._attend(q, k, v, attn_mask, x.shape), metric
 
     def forward_with_weights(
         self,
