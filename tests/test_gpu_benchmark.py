@@ -1,0 +1,50 @@
+"""``benchmarks/gpu_backends.py`` is a script for a GPU machine that CI never has: its
+smoke mode runs the same code on a CPU, so a lent GPU does not find it broken."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from benchmarks import gpu_backends
+
+
+def test_without_a_gpu_it_says_how_to_run_it(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert gpu_backends.main(["--out", "/nonexistent/x"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU" in err and "--smoke --device cpu" in err
+    assert gpu_backends.main(["--device", "cpu"]) == 2
+    assert "only for --smoke" in capsys.readouterr().err
+
+
+def test_smoke_run_on_cpu_times_compares_and_reports_what_it_skipped(tmp_path):
+    out = tmp_path / "gpu"
+    assert gpu_backends.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = result["rows"]
+    cases = {(r["resolution"], r["batch"]) for r in rows}
+    assert cases == {(32, 1), (32, 2)}
+    for resolution, batch in cases:
+        by = {r["backend"]: r for r in rows if (r["resolution"], r["batch"]) == (resolution, batch)}
+        eager = by["eager"]
+        # the baseline against itself, and the same weights as the reference
+        assert eager["speedup_vs_eager_fp32"] == pytest.approx(1.0)
+        assert eager["max_abs_diff"] <= 1e-5 and eager["top1_agreement"] == 1.0
+        timed = [r for r in by.values() if "median_ms" in r]
+        for row in timed:
+            assert row["speedup_vs_eager_fp32"] == pytest.approx(
+                eager["median_ms"] / row["median_ms"]
+            )
+            assert row["images_per_s"] == pytest.approx(1000.0 * batch / row["median_ms"])
+            assert row["p90_ms"] >= row["median_ms"] > 0
+        # half precision computes the same function, less exactly
+        for name in ("eager-bf16", "eager-fp16"):
+            assert 0 < by[name]["max_abs_diff"] < 0.25, name
+        # no TensorRT here: listed with the reason, never timed
+        assert "median_ms" not in by["tensorrt"] and by["tensorrt"]["skipped"]
+    table = out.with_suffix(".md").read_text()
+    assert "tensorrt: not measured" in table and "| eager | " in table
