@@ -360,3 +360,41 @@ def test_static_int8_in_a_sweep_calibrates_on_the_sweeps_own_data(tmp_path, monk
     )
     assert record.status == "ok", record.error
     assert seen == [(str(root), None, 8)]  # all 8 folder images, none from Fashion-MNIST
+
+
+def test_cache_key_changes_with_the_graph_building_code(tmp_path, monkeypatch):
+    """An exported graph cached by other vitres code (an edited layer, exporter or
+    quantiser) must not be reused: the cache key hashes that code."""
+    import shutil
+
+    from vitres.backends import onnx_backend
+
+    real = onnx_backend.Path(vitres.__file__).resolve().parent
+    copy_root = tmp_path / "vitres"
+    for package in onnx_backend._GRAPH_CODE:
+        shutil.copytree(real / package, copy_root / package)
+    (copy_root / "runtime").mkdir()
+    (copy_root / "runtime" / "server.py").write_text("x = 1\n")
+    shutil.copy(real / "__init__.py", copy_root / "__init__.py")
+    monkeypatch.setattr(vitres, "__file__", str(copy_root / "__init__.py"))
+    model = vitres.create_model("vit_tiny_patch16", img_size=32).eval()
+
+    def keys() -> tuple[str, str]:
+        onnx_backend.code_fingerprint.cache_clear()
+        return onnx_backend.code_fingerprint(), onnx_backend.model_fingerprint(model, opset=18)
+
+    try:
+        code, key = keys()
+        assert keys() == (code, key)  # stable for the same code
+        (copy_root / "runtime" / "server.py").write_text("x = 2\n")  # not graph code
+        assert keys() == (code, key)
+        seen = {code}
+        for package in onnx_backend._GRAPH_CODE:  # every graph-building package counts
+            source = sorted((copy_root / package).rglob("*.py"))[0]
+            source.write_text(source.read_text() + "\n# edited\n")
+            new_code, new_key = keys()
+            assert new_code not in seen and new_key != key, package
+            seen.add(new_code)
+        assert "data" in onnx_backend._GRAPH_CODE  # calibration images are prepared there
+    finally:
+        onnx_backend.code_fingerprint.cache_clear()

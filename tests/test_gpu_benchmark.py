@@ -44,7 +44,48 @@ def test_smoke_run_on_cpu_times_compares_and_reports_what_it_skipped(tmp_path):
         # half precision computes the same function, less exactly
         for name in ("eager-bf16", "eager-fp16"):
             assert 0 < by[name]["max_abs_diff"] < 0.25, name
+            assert 0 < by[name]["relative_error"] < 0.05, name
+        assert eager["relative_error"] <= 1e-6
         # no TensorRT here: listed with the reason, never timed
         assert "median_ms" not in by["tensorrt"] and by["tensorrt"]["skipped"]
     table = out.with_suffix(".md").read_text()
     assert "tensorrt: not measured" in table and "| eager | " in table
+
+
+def test_every_backend_name_resolves_to_a_backend_or_a_reason():
+    for name in gpu_backends.BACKENDS:
+        backend, reason = gpu_backends.make_backend(name, "cpu", 224, 32)
+        assert (backend is None) == bool(reason), name
+        if name.startswith("tensorrt"):
+            assert backend is None and "tensorrt" in reason.lower()  # no GPU / package here
+
+
+def test_verdicts_judge_the_worst_tensorrt_case_against_the_target():
+    rows = [
+        {"backend": "tensorrt", "resolution": 224, "batch": 1, "speedup_vs_eager_fp32": 3.4},
+        {"backend": "tensorrt", "resolution": 384, "batch": 32, "speedup_vs_eager_fp32": 2.9},
+        {"backend": "tensorrt-int8", "resolution": 224, "batch": 1, "skipped": "no | engine"},
+    ]
+    lines = gpu_backends.verdicts(rows)
+    assert lines[0].startswith("- [MISSED] tensorrt: worst speed-up 2.90×")
+    assert "384 px, batch 32" in lines[0]
+    assert lines[1] == "- tensorrt-int8: not measured (no | engine)."
+    rows[1]["speedup_vs_eager_fp32"] = 3.0
+    assert gpu_backends.verdicts(rows)[0].startswith("- [MET] tensorrt: worst speed-up 3.00×")
+
+
+def test_a_skip_reason_cannot_break_the_table():
+    result = {
+        "command": "c",
+        "rounds": 1,
+        "calls": 1,
+        "env": {"gpu": "g", "torch": "t", "tensorrt": None},
+        "rows": [
+            {"model": "m", "resolution": 1, "batch": 1, "backend": "b", "skipped": "a | b\nc"}
+        ],
+        "verdicts": [],
+    }
+    table = gpu_backends.markdown(result)
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    row = next(line for line in table.splitlines() if line.startswith("| m |"))
+    assert row.count("|") == header.count("|") and "a / b c" in row

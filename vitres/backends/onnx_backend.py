@@ -4,8 +4,9 @@ Runtime on the CPU, in float32.
 ``prepare`` exports the model -- one dynamic graph for every size and batch for a ViT, a
 static graph per resolution for an MLP-Mixer -- checks it against eager PyTorch, and
 opens a session with an explicit thread count and every graph optimisation. Exported
-files are cached on disk by a hash of the weights, config, patch size and exporter, so a
-sweep exports each model once; sessions are cached per file. ``export_time_s`` and
+files are cached on disk by a hash of the weights, config, patch size, exporter and the
+code that builds the graph (:func:`code_fingerprint`: edited vitres code or another
+exporter version never reuses a stale file), so a sweep exports each model once; sessions are cached per file. ``export_time_s`` and
 ``session_time_s`` split ``build_time_s`` (which also includes hashing and the check).
 
 Opset, parity tolerance (and, for the INT8 backends, calibration) come from one
@@ -15,6 +16,7 @@ exported from a sweep record is the graph the sweep measured.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -40,8 +42,50 @@ def onnx_availability() -> tuple[bool, str]:
     return True, ""
 
 
+# the packages whose code decides what an exported, quantised or converted graph computes
+# (data: calibration images are decoded, resized and normalised there)
+_GRAPH_CODE = ("models", "layers", "export", "backends", "tokens", "data")
+# the libraries that write or rewrite the cached files
+_GRAPH_LIBRARIES = ("onnx", "onnxscript", "onnxruntime", "openvino", "nncf")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """A short hash of the vitres source that builds graphs (models, layers, export,
+    backends, tokens, data), its version and the versions of the libraries that write
+    the files: part of every cache key, so that a graph cached by other code is never
+    reused. Where the source is not readable as files (a zip import, a byte-code-only
+    install) the version stands in for it, with a warning."""
+    import warnings
+    from importlib import metadata
+
+    import vitres
+
+    root = Path(vitres.__file__).resolve().parent
+    digest = hashlib.sha256(str(vitres.__version__).encode())
+    for library in _GRAPH_LIBRARIES:
+        try:
+            digest.update(f"{library}={metadata.version(library)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{library}=none".encode())
+    files = 0
+    for package in _GRAPH_CODE:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+            files += 1
+    if not files:
+        warnings.warn(
+            f"vitres's source files are not readable under {root}: exported-graph caches "
+            "are keyed by the version only; clear the cache folder after changing vitres",
+            stacklevel=2,
+        )
+    return digest.hexdigest()[:16]
+
+
 def model_fingerprint(model: nn.Module, **extra: Any) -> str:
-    """A short hash of a model's weights, config and ``extra`` facts (patch size, opset...)."""
+    """A short hash of a model's weights, config, ``extra`` facts (patch size, opset...)
+    and the graph-building code (:func:`code_fingerprint`)."""
     from vitres.export import unwrap_model
 
     base, bound_patch = unwrap_model(model)
@@ -51,6 +95,7 @@ def model_fingerprint(model: nn.Module, **extra: Any) -> str:
         "class": type(base).__name__,
         "bound_patch": bound_patch,
         "torch": torch.__version__,
+        "code": code_fingerprint(),
         **extra,
     }
     digest.update(json.dumps(facts, sort_keys=True, default=str).encode())
