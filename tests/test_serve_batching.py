@@ -202,3 +202,16 @@ def test_simulated_overload_never_answers_late_by_the_model():
     assert all(done <= a + slo + 1e-12 for a, done in finished)
     assert shed < 0.05 * len(arrivals)
     assert R16 in used or R28 in used
+
+
+def test_admission_finish_is_the_end_of_the_full_drain_for_every_queue_length():
+    # admit computes the newcomer's finish in closed form; it must be the last finish of
+    # drain_finish over the queue plus the newcomer, batch boundaries included
+    p = policy(slo_ms=1000.0, max_batch=4, queue_limit=64)
+    for n in range(0, 20):
+        queued = [i / 1000 for i in range(n)]
+        arrival, busy = 0.5, 0.5 + (n % 3) / 100
+        drained = p.drain_finish([*queued, arrival], max(arrival, busy))[-1]
+        admission = p.admit(queued, arrival, busy)
+        assert admission.predicted_completion == pytest.approx(drained, abs=1e-12), n
+        assert admission.admitted == (drained <= arrival + 1.0)

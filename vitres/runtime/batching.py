@@ -202,11 +202,20 @@ class SloBatchingPolicy:
 
         #: most accurate first
         self.by_accuracy: tuple[Size, ...] = tuple(sorted(self.resolutions, key=rank, reverse=True))
+        self._cheapest: Size | None = None
 
     @property
     def cheapest(self) -> Size:
-        """The resolution with the smallest predicted single-image latency."""
-        return min(self.resolutions, key=lambda s: (self.predict_ms(s, 1), s[0] * s[1]))
+        """The resolution with the smallest predicted single-image latency.
+
+        Found once, at first use: admission asks for it on every request, and the
+        server's predictor only ever scales every (resolution, batch) by one correction
+        factor, which keeps the order."""
+        if self._cheapest is None:
+            self._cheapest = min(
+                self.resolutions, key=lambda s: (self.predict_ms(s, 1), s[0] * s[1])
+            )
+        return self._cheapest
 
     def _seconds(self, resolution: Size, batch: int) -> float:
         return self.predict_ms(resolution, batch) / 1000.0
@@ -245,7 +254,13 @@ class SloBatchingPolicy:
     ) -> Admission:
         if len(queued) >= self.queue_limit:
             return Admission(False, "queue_full")
-        finish = self.drain_finish([*queued, arrival], max(arrival, busy_until))[-1]
+        # the newcomer is last in the drain: its finish is the drain's end, in closed form
+        # (the same as drain_finish([*queued, arrival], ...)[-1], without the list)
+        cheapest = self.cheapest
+        full, rest = divmod(len(queued) + 1, self.max_batch)
+        finish = max(arrival, busy_until) + full * self._seconds(cheapest, self.max_batch)
+        if rest:
+            finish += self._seconds(cheapest, rest)
         if finish > arrival + self.budget_s(overhead_s):
             return Admission(False, "slo", finish)
         return Admission(True, "", finish)

@@ -39,6 +39,7 @@ lets the worker finish what is queued.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -113,7 +114,10 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
+@functools.lru_cache(maxsize=256)
 def _error(status: int, kind: str, message: str, retry_after_s: float | None = None) -> Reply:
+    # cached: under overload the same few 503s are sent thousands of times a second, and
+    # a Reply is immutable
     headers: tuple[tuple[bytes, bytes], ...] = ()
     if retry_after_s is not None:
         headers = ((b"retry-after", b"%d" % max(1, math.ceil(retry_after_s))),)
