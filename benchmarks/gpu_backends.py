@@ -53,6 +53,7 @@ sys.path.insert(0, str(ROOT))
 
 import vitres  # noqa: E402
 from vitres.backends import backend_class, get_backend  # noqa: E402
+from vitres.backends.eager import EagerBackend  # noqa: E402
 from vitres.measure import interleaved_latency  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_backends"
@@ -77,23 +78,12 @@ SMOKE = {
 TARGET_SPEEDUP = 3.0
 
 
-class _Half:
-    """Eager fp16: the model cast to float16, float32 logits (no registered backend: on
-    CPUs fp16 is slow and unsafe, so the sweep does not offer it)."""
+class _EagerFP16(EagerBackend):
+    """Eager fp16: the model cast to float16, float32 logits. Not registered: on CPUs fp16
+    is slow and overflows easily, so the sweep does not offer it."""
 
     precision = "fp16"
-
-    def __init__(self, device: str) -> None:
-        self.device = torch.device(device)
-
-    def prepare(self, model: torch.nn.Module, shape: tuple[int, ...]) -> None:
-        start = time.perf_counter()
-        self.model = model.eval().to(device=self.device, dtype=torch.float16)
-        self.build_time_s = time.perf_counter() - start
-
-    def run(self, batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            return self.model(batch.to(device=self.device, dtype=torch.float16)).float()
+    dtype = torch.float16
 
 
 def make_backend(name: str, device: str, resolution: int, batch: int) -> tuple[Any | None, str]:
@@ -101,7 +91,7 @@ def make_backend(name: str, device: str, resolution: int, batch: int) -> tuple[A
     profile of exactly the measured shape: its build is shortest, and the memory it
     holds is for that shape, not for the default profile's batch 64 at twice the size."""
     if name == "eager-fp16":
-        return _Half(device), ""
+        return _EagerFP16(device), ""
     registered = "eager" if name == "eager-tf32" else name
     try:
         usable, reason = backend_class(registered).availability()
@@ -221,10 +211,11 @@ def run_case(
                 row["skipped"] = f"timing failed: {type(error).__name__}: {error}"
     for name, seconds in times.items():
         ms = sorted(1000.0 * s for s in seconds)
+        median = statistics.median(ms)
         built[name].update(
-            median_ms=statistics.median(ms),
+            median_ms=median,
             p90_ms=ms[int(0.9 * (len(ms) - 1))],
-            images_per_s=1000.0 * batch / statistics.median(ms),
+            images_per_s=1000.0 * batch / median,
         )
     if "eager" in built and "median_ms" in built["eager"]:
         for row in built.values():

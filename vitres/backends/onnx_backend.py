@@ -6,8 +6,9 @@ static graph per resolution for an MLP-Mixer -- checks it against eager PyTorch,
 opens a session with an explicit thread count and every graph optimisation. Exported
 files are cached on disk by a hash of the weights, config, patch size, exporter and the
 code that builds the graph (:func:`code_fingerprint`: edited vitres code or another
-exporter version never reuses a stale file), so a sweep exports each model once; sessions are cached per file. ``export_time_s`` and
-``session_time_s`` split ``build_time_s`` (which also includes hashing and the check).
+exporter version never reuses a stale file), so a sweep exports each model once;
+sessions are cached per file. ``export_time_s`` and ``session_time_s`` split
+``build_time_s`` (which also includes hashing and the check).
 
 Opset, parity tolerance (and, for the INT8 backends, calibration) come from one
 :class:`~vitres.export.spec.ExportSpec`, whose defaults ``vitres export`` shares: a file

@@ -58,6 +58,7 @@ against: the usual dynamic batcher, one resolution, batches of whatever is queue
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -202,20 +203,15 @@ class SloBatchingPolicy:
 
         #: most accurate first
         self.by_accuracy: tuple[Size, ...] = tuple(sorted(self.resolutions, key=rank, reverse=True))
-        self._cheapest: Size | None = None
 
-    @property
+    @functools.cached_property
     def cheapest(self) -> Size:
         """The resolution with the smallest predicted single-image latency.
 
         Found once, at first use: admission asks for it on every request, and the
         server's predictor only ever scales every (resolution, batch) by one correction
         factor, which keeps the order."""
-        if self._cheapest is None:
-            self._cheapest = min(
-                self.resolutions, key=lambda s: (self.predict_ms(s, 1), s[0] * s[1])
-            )
-        return self._cheapest
+        return min(self.resolutions, key=lambda s: (self.predict_ms(s, 1), s[0] * s[1]))
 
     def _seconds(self, resolution: Size, batch: int) -> float:
         return self.predict_ms(resolution, batch) / 1000.0
