@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from vitres.data.folder import _to_tensor
+from vitres.data.folder import image_to_tensor
 
 __all__ = ["ImageInputError", "ImageTooLargeError", "OpenedImage", "decode_image", "open_image"]
 
@@ -106,7 +106,7 @@ class OpenedImage:
         with _image_errors(self.data):
             self.image.seek(0)
             self.image.load()
-            return _to_tensor(self.image, in_chans)
+            return image_to_tensor(self.image, in_chans)
 
 
 def open_image(

@@ -61,7 +61,7 @@ def _list_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
     return found
 
 
-def _to_tensor(image: Image.Image, in_chans: int) -> torch.Tensor:
+def image_to_tensor(image: Image.Image, in_chans: int) -> torch.Tensor:
     """Converts a Pillow image to a uint8 tensor (in_chans, H, W)."""
     if image.mode.startswith("I;16"):
         # 16-bit greyscale: Pillow's convert("L") clips at 255; rescale to 8 bits instead.
@@ -192,7 +192,7 @@ class ImageFolderDataset:
         try:
             with Image.open(path) as image:
                 image.load()
-                tensor = _to_tensor(image, self.in_chans)
+                tensor = image_to_tensor(image, self.in_chans)
         except Exception as error:  # a bad file must never stop a job
             self.bad_files[path] = _describe_error(path, error)
             return None
