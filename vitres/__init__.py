@@ -6,11 +6,11 @@ from vitres.layers.pos_embed import resample_pos_embed
 from vitres.models.checkpoint import load_model, save_model
 from vitres.models.registry import create_model, list_models, model_config
 from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
+from vitres.report.writer import write_report
 from vitres.tokens.pack import pack
 from vitres.tune.budget import Budget
 from vitres.tune.recommend import Recommendation, recommend
 from vitres.tune.records import read_results
-from vitres.tune.report import write_report
 from vitres.tune.sweep import run_sweep
 
 __version__ = "0.1.0"
