@@ -9,24 +9,12 @@ docs/architecture.md for the rooms and the direction their imports run in.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from vitres.layers.patch_embed import resample_patch_embed
-    from vitres.layers.pos_embed import resample_pos_embed
-    from vitres.models.checkpoint import load_model, save_model
-    from vitres.models.registry import create_model, list_models, model_config
-    from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
-    from vitres.report.writer import write_report
-    from vitres.tokens.pack import pack
-    from vitres.tune.budget import Budget
-    from vitres.tune.recommend import Recommendation, recommend
-    from vitres.tune.records import read_results
-    from vitres.tune.sweep import run_sweep
+from typing import Any
 
 __version__ = "0.1.0"
 
-#: Public name -> the module that defines it.
+# Public name -> the module that defines it. Only strings here, no imports (not even under
+# TYPE_CHECKING): every room imports this package, so it must depend on none of them.
 _EXPORTS = {
     "Budget": "vitres.tune.budget",
     "Recommendation": "vitres.tune.recommend",
