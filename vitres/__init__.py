@@ -98,4 +98,5 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    """The public names and the rooms (what tab completion offers)."""
+    return sorted(set(__all__) | _ROOMS)
