@@ -9,7 +9,9 @@ One concept per module, in the order data flows through them:
   adaptive mode;
 - :mod:`~vitres.tune.costmodel`: latency and memory as functions of the token count;
 - :mod:`~vitres.tune.budget`, :mod:`~vitres.tune.rule`: the budget and the acceptance rule;
-- :mod:`~vitres.tune.recommend`: the one decision.
+- :mod:`~vitres.tune.recommend`: the one decision;
+- :mod:`~vitres.tune.export_plan`: a record mapped to the plan that exports exactly what it
+  measured (carried out by :mod:`vitres.export.plan`).
 
 The report of a decision (HTML/Markdown, plots) and the main job end to end
 (``vitres demo``) sit one room above, in :mod:`vitres.report`.
