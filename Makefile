@@ -28,11 +28,13 @@ demo: install data
 test: install data browser
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
 	$(VENV)/bin/ruff format --check vitres tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts
 	$(VENV)/bin/ruff format --check vitres tests benchmarks scripts
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

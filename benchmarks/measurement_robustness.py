@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 from vitres.measure import env_fingerprint
+from vitres.report.pipeline import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS, tune
 from vitres.tune.records import latest_by_key, read_results
-from vitres.tune.run import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS, tune
 
 OUT = Path(__file__).resolve().parent / "results"
 

@@ -64,7 +64,7 @@ from serve_load import QUICK, ServerProcess, drive, free_port, sweep_records
 
 from vitres.data import load_fashion_mnist
 from vitres.measure import cpu_info
-from vitres.runtime.metrics import REPLICA_LABEL
+from vitres.serve.metrics import REPLICA_LABEL
 from vitres.tune.ray_executor import physical_cores
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -195,8 +195,8 @@ def empty_deployment_rows(
     import ray
     from ray import serve
 
-    from vitres.runtime.ray_serve import max_ongoing_requests
-    from vitres.runtime.serve_config import ServeConfig
+    from vitres.serve.config import ServeConfig
+    from vitres.serve.ray_serve import max_ongoing_requests
 
     port = free_port()
 

@@ -18,13 +18,12 @@ from vitres.export import (
     OnnxModel,
     calibration_batches,
     export_onnx,
-    plan_from_record,
     quantize_onnx,
     read_export_metadata,
     read_export_spec,
     write_export_metadata,
 )
-from vitres.export.from_record import find_record
+from vitres.tune.export_plan import find_record, plan_from_record
 from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
 
 

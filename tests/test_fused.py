@@ -15,9 +15,9 @@ from vitres.export import (
     check_parity,
     export_onnx,
     fuse_onnx,
-    plan_from_record,
     read_export_spec,
 )
+from vitres.tune.export_plan import plan_from_record
 from vitres.tune.records import Measurement, SweepConfig
 
 SIZES = [(28, 28), (36, 32), (20, 44), (31, 25), (16, 16), (56, 40)]  # native, non-native,

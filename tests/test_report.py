@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 
+from vitres.report import write_report
+from vitres.report.render import find_chromium, screenshot
 from vitres.tune.recommend import Budget
 from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
-from vitres.tune.render import find_chromium, screenshot
-from vitres.tune.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

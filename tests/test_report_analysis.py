@@ -32,10 +32,10 @@ from vitres.explain import (
     load_digits_dataset,
     silhouette,
 )
+from vitres.report import write_report
+from vitres.report.analysis import ReportAnalysis, analyse_for_report, analysis_section
+from vitres.report.render import find_chromium, screenshot
 from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
-from vitres.tune.render import find_chromium, screenshot
-from vitres.tune.report import write_report
-from vitres.tune.report_analysis import ReportAnalysis, analyse_for_report, analysis_section
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -240,7 +240,7 @@ def test_report_command_adds_the_asked_sections(measured, tmp_path, capsys):
 
 
 def test_report_without_analysis_flags_is_unchanged(tmp_path, monkeypatch, capsys):
-    import vitres.tune.report_analysis as report_analysis
+    import vitres.report.analysis as report_analysis
 
     def refuse(*args, **kwargs):
         raise AssertionError("the report computed an analysis nobody asked for")

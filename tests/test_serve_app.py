@@ -24,10 +24,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import vitres
 from vitres.data import FASHION_MNIST_CLASSES, load_fashion_mnist, prepare_batch
-from vitres.runtime.batching import BatchDecision
-from vitres.runtime.serve import build_worker
-from vitres.runtime.serve_config import HttpLimits, ServeConfig
-from vitres.runtime.server import create_app
+from vitres.serve.app import create_app
+from vitres.serve.batching import BatchDecision
+from vitres.serve.config import HttpLimits, ServeConfig
+from vitres.serve.launch import build_worker
 from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
 
 MODEL = "fmnist-vit-multires"
@@ -500,7 +500,7 @@ def test_stopping_the_worker_finishes_every_queued_request(test_images):
     worker.stop()
     assert all(f.done() and f.exception() is None for f in futures)
     assert worker.stats.answered == 6
-    from vitres.runtime.worker import ShuttingDown
+    from vitres.serve.worker import ShuttingDown
 
     with pytest.raises(ShuttingDown):
         worker.submit(decoded[0], worker.clock())

@@ -3,7 +3,7 @@ choice and every shed is checked exactly, against the rule the policy documents.
 
 import pytest
 
-from vitres.runtime.batching import (
+from vitres.serve.batching import (
     Admission,
     BatchDecision,
     FixedBatchingPolicy,

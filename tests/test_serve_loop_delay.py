@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from vitres.runtime.loop_delay import LoopDelay
+from vitres.serve.loop_delay import LoopDelay
 
 
 class FakeClock:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from vitres.runtime.monitor import BandMonitor, RollbackEvent
+from vitres.serve.monitor import BandMonitor, RollbackEvent
 
 
 def feed(monitor, start, stop, step, measured_ms, band_ms=2.0, requests=4, errors=0):

@@ -34,10 +34,10 @@ from test_serve_app import MODEL, check_answer, free_port, png, scripted_records
 
 import vitres  # noqa: E402
 from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.runtime.metrics import REPLICA_LABEL  # noqa: E402
-from vitres.runtime.serve import build_worker  # noqa: E402
-from vitres.runtime.serve_config import ServeConfig  # noqa: E402
-from vitres.runtime.server import create_app  # noqa: E402
+from vitres.serve.app import create_app  # noqa: E402
+from vitres.serve.config import ServeConfig  # noqa: E402
+from vitres.serve.launch import build_worker  # noqa: E402
+from vitres.serve.metrics import REPLICA_LABEL  # noqa: E402
 from vitres.tune.records import append_result  # noqa: E402
 
 SETTINGS = {"slo_ms": 2000.0, "max_batch": 4}

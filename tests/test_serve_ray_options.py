@@ -10,9 +10,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vitres.cli import main
-from vitres.runtime.metrics import REPLICA_LABEL, ServerMetrics, render_replicas, sum_samples
-from vitres.runtime.ray_serve import ReplicaMetricsHub, max_ongoing_requests, require_serve
-from vitres.runtime.serve_config import RayServeConfig, ServeConfig
+from vitres.serve.config import RayServeConfig, ServeConfig
+from vitres.serve.metrics import REPLICA_LABEL, ServerMetrics, render_replicas, sum_samples
+from vitres.serve.ray_serve import ReplicaMetricsHub, max_ongoing_requests, require_serve
 
 
 def served(metrics: ServerMetrics, ok: int, bad: int, batch_sizes: list[int]) -> None:
@@ -70,7 +70,7 @@ def test_a_sample_that_already_names_a_replica_is_refused():
 
 def test_the_hub_never_goes_back_to_an_older_snapshot(monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr("vitres.runtime.ray_serve.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("vitres.serve.ray_serve.time.monotonic", lambda: clock[0])
     hub = ReplicaMetricsHub(stale_after_s=5.0)
     hub.put("a", 2, ["new"])
     hub.put("a", 1, ["old"])  # a periodic push that was overtaken by a scrape's

@@ -1,19 +1,61 @@
 """vitres: Vision Transformers at any input resolution and patch size, and a tuner for
-the resolution, patch size, precision and backend they are deployed at."""
+the resolution, patch size, precision and backend they are deployed at.
 
-from vitres.layers.patch_embed import resample_patch_embed
-from vitres.layers.pos_embed import resample_pos_embed
-from vitres.models.checkpoint import load_model, save_model
-from vitres.models.registry import create_model, list_models, model_config
-from vitres.models.resolve import describe_reference, from_pretrained, resolve_model
-from vitres.tokens.pack import pack
-from vitres.tune.budget import Budget
-from vitres.tune.recommend import Recommendation, recommend
-from vitres.tune.records import read_results
-from vitres.tune.report import write_report
-from vitres.tune.sweep import run_sweep
+The names below are loaded on first use (PEP 562), so ``import vitres.layers`` (or
+``import vitres``) loads neither the tuner, the report, the server nor matplotlib; see
+docs/architecture.md for the rooms and the direction their imports run in.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it. Only strings here, no imports (not even under
+# TYPE_CHECKING): every room imports this package, so it must depend on none of them.
+_EXPORTS = {
+    "Budget": "vitres.tune.budget",
+    "Recommendation": "vitres.tune.recommend",
+    "create_model": "vitres.models.registry",
+    "describe_reference": "vitres.models.resolve",
+    "from_pretrained": "vitres.models.resolve",
+    "list_models": "vitres.models.registry",
+    "load_model": "vitres.models.checkpoint",
+    "model_config": "vitres.models.registry",
+    "pack": "vitres.tokens.pack",
+    "read_results": "vitres.tune.records",
+    "recommend": "vitres.tune.recommend",
+    "resample_patch_embed": "vitres.layers.patch_embed",
+    "resample_pos_embed": "vitres.layers.pos_embed",
+    "resolve_model": "vitres.models.resolve",
+    "run_sweep": "vitres.tune.sweep",
+    "save_model": "vitres.models.checkpoint",
+    "write_report": "vitres.report.writer",
+}
+
+#: The rooms (subpackages and top modules), imported on first attribute access as before.
+_ROOMS = frozenset(
+    {
+        "backends",
+        "cli",
+        "commands",
+        "data",
+        "evaluate",
+        "explain",
+        "export",
+        "layers",
+        "measure",
+        "models",
+        "report",
+        "runtime",
+        "serve",
+        "tokens",
+        "train",
+        "tune",
+    }
+)
 
 __all__ = [
     "Budget",
@@ -35,3 +77,26 @@ __all__ = [
     "save_model",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its module on first use (PEP 562).
+
+    Raises:
+        AttributeError: ``name`` is neither one of vitres's public names nor a room.
+    """
+    if name in _ROOMS:
+        return importlib.import_module(f"vitres.{name}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(
+            f"module 'vitres' has no attribute {name!r}; its public names are {__all__}"
+        )
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The public names and the rooms (what tab completion offers)."""
+    return sorted(set(__all__) | _ROOMS)

@@ -14,7 +14,7 @@ from vitres.commands.args import (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vitres.tune.run import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS
+    from vitres.report.pipeline import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS
 
     parser = subparsers.add_parser(
         "demo",
@@ -44,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.tune.run import tune
+    from vitres.report.pipeline import tune
 
     result = tune(
         model=args.model,

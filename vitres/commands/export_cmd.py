@@ -160,7 +160,7 @@ def spec_from_args(args: argparse.Namespace) -> ExportSpec:
 def _record(args: argparse.Namespace):  # noqa: ANN202 - a Measurement, imported lazily
     import os
 
-    from vitres.export.from_record import find_record
+    from vitres.tune.export_plan import find_record
     from vitres.tune.recommend import recommend
     from vitres.tune.records import read_results
 
@@ -180,9 +180,10 @@ def _record(args: argparse.Namespace):  # noqa: ANN202 - a Measurement, imported
 
 def run(args: argparse.Namespace) -> int:
     from vitres.export import export_from_spec
-    from vitres.export.from_record import export_from_plan, plan_from_record
+    from vitres.export.plan import export_from_plan
     from vitres.models.checkpoint import checkpoint_digest
     from vitres.models.resolve import resolve_model
+    from vitres.tune.export_plan import plan_from_record
 
     if args.from_results is None:
         if args.key or args.recommended:

@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _analysis(args: argparse.Namespace, rec):  # noqa: ANN001, ANN202 - Recommendation, ReportAnalysis
-    """The :class:`~vitres.tune.report_analysis.ReportAnalysis` the flags ask for, or ``None``."""
+    """The :class:`~vitres.report.analysis.ReportAnalysis` the flags ask for, or ``None``."""
     separability = args.separability or args.analysis
     tsne = args.tsne or args.analysis
     ood = args.ood or ("digits" if args.analysis else None)
@@ -81,7 +81,7 @@ def _analysis(args: argparse.Namespace, rec):  # noqa: ANN001, ANN202 - Recommen
     import torch
 
     from vitres.layers.sizes import parse_resolutions
-    from vitres.tune.report_analysis import analyse_for_report
+    from vitres.report.analysis import analyse_for_report
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,7 +107,7 @@ def _analysis(args: argparse.Namespace, rec):  # noqa: ANN001, ANN202 - Recommen
 
 
 def run(args: argparse.Namespace) -> int:
-    from vitres.tune.report import write_report
+    from vitres.report import write_report
 
     rec = load_recommendation(args.results, args)
     analysis = _analysis(args, rec)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"Advice (feature space): {check.text()}")
     print(f"wrote {html_path}" + (f" and {md_path}" if md_path else ""))
     if args.screenshot:
-        from vitres.tune.render import screenshot
+        from vitres.report.render import screenshot
 
         print(f"wrote {screenshot(html_path, args.screenshot)}")
     return 0

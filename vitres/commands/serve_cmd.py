@@ -2,13 +2,13 @@
 batch size and input resolution per batch, sheds load it cannot serve in time, and rolls
 back to a safe configuration when serving leaves the band the sweep measured. With
 ``--ray [ADDRESS] --replicas N`` the same server runs as N replicas of a Ray Serve
-deployment (:mod:`vitres.runtime.ray_serve`)."""
+deployment (:mod:`vitres.serve.ray_serve`)."""
 
 from __future__ import annotations
 
 import argparse
 
-from vitres.runtime.serve_config import ServeConfig
+from vitres.serve.config import ServeConfig
 
 _DEFAULTS = ServeConfig(model="")
 
@@ -202,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     if args.ray is not None:
-        from vitres.runtime.ray_serve import require_serve, serve_on_ray
-        from vitres.runtime.serve_config import RayServeConfig
+        from vitres.serve.config import RayServeConfig
+        from vitres.serve.ray_serve import require_serve, serve_on_ray
 
         require_serve()
         ray_config = RayServeConfig(
@@ -212,6 +212,6 @@ def run(args: argparse.Namespace) -> int:
             num_cpus=args.ray_cpus,
         )
         return serve_on_ray(config, ray_config)
-    from vitres.runtime.serve import serve
+    from vitres.serve.launch import serve
 
     return serve(config)

@@ -1,7 +1,7 @@
 """Decoding one uploaded image (bytes in any format Pillow reads) into a uint8 tensor,
 with limits on its size, and clear errors for input that is not an image.
 
-The server (:mod:`vitres.runtime.server`) calls this on every request, so nothing here
+The server (:mod:`vitres.serve.app`) calls this on every request, so nothing here
 may crash on hostile input: every failure is an :class:`ImageInputError` that says what
 was wrong. Pillow reads the header first (``Image.open`` is lazy), so the pixel limit is
 checked before any pixel is decoded -- a small file that claims to be 100 000 x 100 000

@@ -14,11 +14,12 @@ One concept per module:
 * :mod:`~vitres.export.openvino_int8` -- their INT8 by NNCF on real images;
 * :mod:`~vitres.export.metadata` -- the spec and provenance in the file's metadata;
 * :mod:`~vitres.export.from_spec` -- :func:`export_from_spec`, spec -> finished file;
-* :mod:`~vitres.export.from_record` -- :func:`plan_from_record`, a sweep record -> spec.
+* :mod:`~vitres.export.plan` -- :class:`ExportPlan` (a spec and its provenance) and
+  :func:`export_from_plan`; a sweep record becomes a plan one room up
+  (:func:`vitres.tune.export_plan.plan_from_record`).
 """
 
 from vitres.export.exportable import check_exportable, is_mixer, unwrap_model
-from vitres.export.from_record import ExportPlan, plan_from_record
 from vitres.export.from_spec import ExportArtifact, export_from_spec
 from vitres.export.fuse import FUSED_OP_TYPES, fuse_onnx, fused_op_counts
 from vitres.export.metadata import read_export_metadata, read_export_spec, write_export_metadata
@@ -26,6 +27,7 @@ from vitres.export.onnx import ExportResult, export_onnx
 from vitres.export.openvino import OpenVinoConversion, compile_openvino, convert_to_openvino
 from vitres.export.openvino_int8 import quantize_openvino
 from vitres.export.parity import ExportParityError, ParityReport, check_parity, default_check_sizes
+from vitres.export.plan import ExportPlan, export_from_plan
 from vitres.export.quantize import QUANT_MODES, calibration_batches, quantize_onnx
 from vitres.export.runtime import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_session
 from vitres.export.spec import (
@@ -59,13 +61,13 @@ __all__ = [
     "compile_openvino",
     "convert_to_openvino",
     "default_check_sizes",
+    "export_from_plan",
     "export_from_spec",
     "export_onnx",
     "fuse_onnx",
     "fused_op_counts",
     "is_mixer",
     "onnx_session",
-    "plan_from_record",
     "quantize_onnx",
     "quantize_openvino",
     "read_export_metadata",

@@ -1,7 +1,16 @@
-"""Run-time adaptation: the latency model shared by the stream controller and the server,
-the per-frame resolution controllers, the stream runner and its frame sources.
+"""The per-frame runner behind ``vitres run``: it picks each frame's resolution under an
+FPS or latency target.
 
-See docs/runtime.md."""
+- :mod:`~vitres.runtime.latency`: the latency model fitted on the sweep's records, with
+  its online correction (shared with the server, :mod:`vitres.serve`, which sits above);
+- :mod:`~vitres.runtime.controller`: the per-frame resolution controllers (fixed, step,
+  predictive);
+- :mod:`~vitres.runtime.runner`: :class:`AdaptiveRunner`, one frame at a time;
+- :mod:`~vitres.runtime.sources`: frames from a dataset, a folder or a video;
+- :mod:`~vitres.runtime.stream`, :mod:`~vitres.runtime.session`: a whole stream, and
+  ``vitres run`` end to end (calibration included).
+
+The HTTP server lives in :mod:`vitres.serve`. See docs/runtime.md."""
 
 from vitres.runtime.controller import (
     Controller,

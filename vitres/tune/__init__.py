@@ -10,10 +10,11 @@ One concept per module, in the order data flows through them:
 - :mod:`~vitres.tune.costmodel`: latency and memory as functions of the token count;
 - :mod:`~vitres.tune.budget`, :mod:`~vitres.tune.rule`: the budget and the acceptance rule;
 - :mod:`~vitres.tune.recommend`: the one decision;
-- :mod:`~vitres.tune.report`: the HTML/Markdown report of a decision;
-  :mod:`~vitres.tune.report_analysis`, its optional OOD / class-overlap / t-SNE section
-  (computed only when asked);
-- :mod:`~vitres.tune.run`: the main job end to end (``vitres demo``).
+- :mod:`~vitres.tune.export_plan`: a record mapped to the plan that exports exactly what it
+  measured (carried out by :mod:`vitres.export.plan`).
+
+The report of a decision (HTML/Markdown, plots) and the main job end to end
+(``vitres demo``) sit one room above, in :mod:`vitres.report`.
 """
 
 from vitres.tune.budget import Budget

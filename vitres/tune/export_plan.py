@@ -1,5 +1,9 @@
 """Export what was measured: a sweep record mapped to the export spec that reproduces it.
 
+This is the tuner's bridge to :mod:`vitres.export`: records belong to the tuner, so the
+mapping lives here, and the export room takes only the resulting
+:class:`~vitres.export.plan.ExportPlan` (a spec plus where it came from).
+
 :func:`plan_from_record` is a pure function of one record (a
 :class:`vitres.tune.records.Measurement`): its model reference and checkpoint digest, its
 patch size, and its backend, which fixes the graph --
@@ -17,29 +21,20 @@ patch size, and its backend, which fixes the graph --
 ===========================  =================================================================
 
 Opset, calibration method and image count are the shared :class:`ExportSpec` defaults,
-which are what the backends used. :func:`export_from_plan` then loads nothing and
-decides nothing: it checks that the checkpoint is still the one measured and runs
-:func:`~vitres.export.from_spec.export_from_spec`, with the parity check covering the
-record's own resolution.
+which are what the backends used. :func:`vitres.export.plan.export_from_plan` then loads
+nothing and decides nothing. :func:`find_record` picks a record by its key.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
-from torch import nn
-
-from vitres.export.exportable import check_exportable, unwrap_model
-from vitres.export.from_spec import ExportArtifact, export_from_spec
+from vitres.export.plan import ExportPlan
 from vitres.export.spec import ExportSpec
+from vitres.tune.records import Measurement
 
-if TYPE_CHECKING:  # records belong to the tuner; only their attributes are read here
-    from vitres.tune.records import Measurement
-
-__all__ = ["ExportPlan", "export_from_plan", "find_record", "plan_from_record"]
+__all__ = ["find_record", "plan_from_record"]
 
 _INT8_OF_BACKEND = {
     "onnxruntime": "none",
@@ -58,28 +53,6 @@ _FLOAT_NOTES = {
     "compile-bf16": "measured with torch.compile in bf16; the ONNX graph is fp32, so its "
     "accuracy may differ slightly from the record's and its latency is not the record's",
 }
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """How to export the configuration of one sweep record.
-
-    Attributes:
-        spec: The export spec that reproduces the record's graph.
-        model: The record's model reference (bundled name, checkpoint path...).
-        model_digest: The checkpoint digest the record was measured with, if known.
-        record_key: The record's key.
-        resolution: The ``(H, W)`` the record measured (the parity check covers it).
-        notes: How the export differs from what was measured, in words (empty when it
-            is the measured graph itself).
-    """
-
-    spec: ExportSpec
-    model: str
-    model_digest: str | None
-    record_key: str
-    resolution: tuple[int, int]
-    notes: tuple[str, ...] = ()
 
 
 def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) -> ExportPlan:
@@ -176,64 +149,4 @@ def find_record(records: Sequence[Measurement], key: str) -> Measurement:
     raise ValueError(
         f"no record has key {key!r}; keys in the results include:\n  {shown}{more}\n"
         "(copy one exactly, or use --recommended)"
-    )
-
-
-def export_from_plan(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    plan: ExportPlan,
-    *,
-    model_ref: str | None = None,
-    calib_data_dir: str | None = None,
-    atol: float | None = None,
-) -> ExportArtifact:
-    """Exports ``model`` (loaded from ``plan.model``, or from ``model_ref``) as planned.
-
-    A model that has no dynamic-size graph (MLP-Mixer, ``area``/``fourier`` resampling)
-    is exported as the static graph of the record's resolution, as the backends did.
-
-    Args:
-        model: The model the record measured.
-        path: The file to write.
-        plan: From :func:`plan_from_record`.
-        model_ref: Where ``model`` was loaded from, if not ``plan.model``.
-        calib_data_dir: Folder of a named calibration dataset's files.
-        atol: Parity tolerance instead of the spec's.
-
-    Raises:
-        ValueError: the checkpoint is not the one the record measured (its digest
-            changed), or the spec cannot be carried out.
-    """
-    from vitres.models.checkpoint import checkpoint_digest
-
-    reference = model_ref or plan.model
-    digest = checkpoint_digest(reference)
-    if plan.model_digest is not None and digest is not None and digest != plan.model_digest:
-        raise ValueError(
-            f"the checkpoint {reference} is not the one record {plan.record_key} measured "
-            f"(digest {digest}, record {plan.model_digest}): the weights changed since the "
-            "sweep. Re-run the sweep, or export the old checkpoint"
-        )
-    spec = plan.spec if atol is None else replace(plan.spec, atol=atol)
-    notes = list(plan.notes)
-    base, _ = unwrap_model(model)
-    try:
-        check_exportable(base, dynamic=True, opset=spec.opset)
-    except ValueError as reason:
-        spec = replace(spec, dynamic=False, example_size=plan.resolution)
-        notes.append(f"static graph of {plan.resolution[0]}x{plan.resolution[1]}: {reason}")
-    provenance = {
-        "model": reference,
-        "model_digest": plan.model_digest or digest,
-        "record_key": plan.record_key,
-        "notes": "; ".join(notes) or None,
-    }
-    return export_from_spec(
-        model,
-        path,
-        spec,
-        provenance=provenance,
-        extra_check_sizes=[plan.resolution],
-        calib_data_dir=calib_data_dir,
     )

@@ -2,10 +2,10 @@
 and the switch to the safe configuration when the monitor asks for a rollback.
 
 Requests enter through :meth:`BatchingWorker.submit` (from the HTTP handlers, any
-thread); the policy (:mod:`vitres.runtime.batching`) admits or sheds each one at once
+thread); the policy (:mod:`vitres.serve.batching`) admits or sheds each one at once
 (:meth:`BatchingWorker.check_admission` asks the same question before a request's body
 is even read, so that an overloaded server sheds cheaply). Both count the delay of the
-server's event loop (:class:`vitres.runtime.loop_delay.LoopDelay`) against the SLO: a
+server's event loop (:class:`vitres.serve.loop_delay.LoopDelay`) against the SLO: a
 request is taken to have arrived that much before its handler started, and its answer
 to need that much to leave the server.
 The worker thread takes the queue's arrival times and the time now to the policy, sheds
@@ -14,7 +14,7 @@ through its own :class:`concurrent.futures.Future` -- exactly once: with a resul
 with a :class:`RequestRejected` that says why. A failing batch fails its requests, not
 the worker. Each measured batch corrects the latency model online
 (:class:`vitres.runtime.latency.OnlineCorrection`, shared with the stream controller)
-and is shown to the band monitor (:mod:`vitres.runtime.monitor`).
+and is shown to the band monitor (:mod:`vitres.serve.monitor`).
 
 On :meth:`BatchingWorker.stop` it stops admitting, finishes every queued request, then
 exits; anything still unanswered after the timeout is answered "shutting down".
@@ -33,12 +33,12 @@ from typing import Any
 
 import torch
 
-from vitres.runtime.batching import Admission, BatchDecision, BatchingPolicy
-from vitres.runtime.engine import ServingEngine
 from vitres.runtime.latency import OnlineCorrection
-from vitres.runtime.loop_delay import LoopDelay
-from vitres.runtime.metrics import ServerMetrics
-from vitres.runtime.monitor import BandMonitor, RollbackEvent
+from vitres.serve.batching import Admission, BatchDecision, BatchingPolicy
+from vitres.serve.engine import ServingEngine
+from vitres.serve.loop_delay import LoopDelay
+from vitres.serve.metrics import ServerMetrics
+from vitres.serve.monitor import BandMonitor, RollbackEvent
 
 Size = tuple[int, int]
 
@@ -117,7 +117,7 @@ class CorrectedPredictor:
         return value
 
     def __call__(self, resolution: Size, batch: int) -> float:
-        """Corrected p95 latency, ms (the :data:`~vitres.runtime.batching.Predictor`)."""
+        """Corrected p95 latency, ms (the :data:`~vitres.serve.batching.Predictor`)."""
         return self.band_ms(resolution, batch) * self.correction.factor
 
     def observe(self, resolution: Size, batch: int, measured_ms: float) -> float:

@@ -9,10 +9,10 @@ received is answered, then the process exits with status 0.
 
 Controllers:
 
-* ``predictive`` -- :class:`~vitres.runtime.batching.SloBatchingPolicy` over every
+* ``predictive`` -- :class:`~vitres.serve.batching.SloBatchingPolicy` over every
   resolution of the ladder (the records' resolutions, or ``resolutions``).
 * ``fixed:R`` (``fixed:28``, ``fixed:28x40``, ``fixed:native``) --
-  :class:`~vitres.runtime.batching.FixedBatchingPolicy`: one resolution, batches of
+  :class:`~vitres.serve.batching.FixedBatchingPolicy`: one resolution, batches of
   what is queued up to ``max_batch``, no SLO shedding (the baseline).
 
 The safe configuration (``safe_resolution``, default the smallest of the ladder, on
@@ -35,15 +35,15 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from vitres.measure import TimingConfig, set_threads
-from vitres.runtime.batching import FixedBatchingPolicy, SloBatchingPolicy
-from vitres.runtime.engine import ServingEngine
 from vitres.runtime.latency import LatencyModel, OnlineCorrection
-from vitres.runtime.metrics import ServerMetrics
-from vitres.runtime.monitor import BandMonitor
-from vitres.runtime.serve_config import ServeConfig
-from vitres.runtime.server import ServerApp, create_app
 from vitres.runtime.session import CALIBRATION_TIMING, default_ladder
-from vitres.runtime.worker import BatchingWorker, CorrectedPredictor, ServingMode
+from vitres.serve.app import ServerApp, create_app
+from vitres.serve.batching import FixedBatchingPolicy, SloBatchingPolicy
+from vitres.serve.config import ServeConfig
+from vitres.serve.engine import ServingEngine
+from vitres.serve.metrics import ServerMetrics
+from vitres.serve.monitor import BandMonitor
+from vitres.serve.worker import BatchingWorker, CorrectedPredictor, ServingMode
 from vitres.tune.records import Measurement, read_results
 
 Size = tuple[int, int]
@@ -243,49 +243,24 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
     return _latency_model(records, config, config.backend, lambda line: None).threads
 
 
-def build_worker(
-    config: ServeConfig,
-    *,
-    model: nn.Module | None = None,
-    records: Sequence[Measurement] | None = None,
-    log: Callable[[str], None] = print,
-) -> BatchingWorker:
-    """The model, latency model, policy, engines and monitor, as a (not started) worker.
-
-    Args:
-        config: What to serve and how.
-        model: The model itself (default: resolved from ``config.model``).
-        records: Sweep records (default: read from ``config.records``, else calibrate).
-        log: Where progress lines go.
-
-    Raises:
-        ValueError: bad controller, resolution, backend or records.
-        FileNotFoundError: ``config.records`` does not exist.
-    """
-    from vitres.layers.sizes import parse_resolutions
-    from vitres.models.resolve import resolve_model
-
+def _check_settings(config: ServeConfig) -> None:
     if not config.slo_ms > 0:
         raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
     if config.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {config.max_batch}")
-    if config.threads is not None:
-        set_threads(config.threads)
-    model = model if model is not None else resolve_model(config.model)
-    safe_model = copy.deepcopy(model)  # backends may cast their model in place
-    native = tuple(model.config.img_size)
-    fixed = parse_controller(config.controller, native)
-    ladder_given = None if config.resolutions is None else parse_resolutions(config.resolutions)
 
-    if records is None:
-        records = load_records(config, model, log)
 
-    latency = _latency_model(records, config, config.backend, log)
-    if config.threads is None and latency.threads is not None:
-        set_threads(latency.threads)  # serve as the records were measured
-    ladder = list(ladder_given or latency.resolutions)
-    safe_size = _safe_size(config, ladder)
-    serving_sizes = [fixed] if fixed is not None else ladder
+def _serving_mode(
+    config: ServeConfig,
+    model: nn.Module,
+    latency: LatencyModel,
+    ladder: list[Size],
+    fixed: Size | None,
+    serving_sizes: list[Size],
+    log: Callable[[str], None],
+) -> ServingMode:
+    """The configuration served first: the predictive policy over ``ladder`` (or the
+    fixed one at ``fixed``), its engine warmed and its correction seeded."""
     _check_predictable(latency, serving_sizes, config.max_batch)
     predictor = CorrectedPredictor(OnlineCorrection(latency))
     if fixed is None:
@@ -319,52 +294,62 @@ def build_worker(
     )
     engine.warm()
     _seed_correction(engine, predictor, serving_sizes, config.max_batch, log)
-    mode = ServingMode(name, engine, policy, predictor)
+    return ServingMode(name, engine, policy, predictor)
 
-    safe_mode = None
-    if config.rollback_window_s > 0:
-        try:
-            safe_latency = _latency_model(records, config, config.safe_backend, log)
-        except ValueError:
-            log(
-                f"vitres serve: the records have no {config.safe_backend} latencies; the safe "
-                f"configuration is predicted with {config.backend}'s"
-            )
-            safe_latency = latency
-        _check_predictable(safe_latency, [safe_size], config.max_batch)
-        safe_predictor = CorrectedPredictor(OnlineCorrection(safe_latency))
-        safe_engine = ServingEngine(
-            safe_model,
-            config.safe_backend,
-            [safe_size],
-            config.max_batch,
-            device=config.device,
-            patch_size=latency.patch_size,
-        )
-        safe_engine.warm()
-        _seed_correction(safe_engine, safe_predictor, [safe_size], config.max_batch, None)
-        safe_policy = SloBatchingPolicy(
-            [safe_size],
-            safe_predictor,
-            config.slo_ms,
-            config.max_batch,
-            queue_limit=config.queue_limit,
-            batch_time_fraction=config.batch_time_fraction,
-        )
-        safe_name = f"safe:{safe_size[0]}x{safe_size[1]}/{config.safe_backend}"
-        safe_mode = ServingMode(safe_name, safe_engine, safe_policy, safe_predictor)
 
-    metrics = ServerMetrics(config.slo_ms, config.max_batch)
-    monitor = None
-    if config.rollback_window_s > 0:
-        monitor = BandMonitor(
-            window_s=config.rollback_window_s,
-            latency_tolerance=config.latency_tolerance,
-            max_error_rate=config.max_error_rate,
+def _safe_mode(
+    config: ServeConfig,
+    safe_model: nn.Module,
+    records: Sequence[Measurement],
+    latency: LatencyModel,
+    safe_size: Size,
+    log: Callable[[str], None],
+) -> ServingMode:
+    """The configuration to roll back to: ``safe_size`` on ``config.safe_backend``,
+    predicted with that backend's records (else the served backend's), built and warmed
+    now so that a rollback is a pointer swap."""
+    try:
+        safe_latency = _latency_model(records, config, config.safe_backend, log)
+    except ValueError:
+        log(
+            f"vitres serve: the records have no {config.safe_backend} latencies; the safe "
+            f"configuration is predicted with {config.backend}'s"
         )
-    worker = BatchingWorker(
-        mode, metrics, safe=safe_mode, monitor=monitor, retry_after_s=config.retry_after_s
+        safe_latency = latency
+    _check_predictable(safe_latency, [safe_size], config.max_batch)
+    safe_predictor = CorrectedPredictor(OnlineCorrection(safe_latency))
+    safe_engine = ServingEngine(
+        safe_model,
+        config.safe_backend,
+        [safe_size],
+        config.max_batch,
+        device=config.device,
+        patch_size=latency.patch_size,
     )
+    safe_engine.warm()
+    _seed_correction(safe_engine, safe_predictor, [safe_size], config.max_batch, None)
+    safe_policy = SloBatchingPolicy(
+        [safe_size],
+        safe_predictor,
+        config.slo_ms,
+        config.max_batch,
+        queue_limit=config.queue_limit,
+        batch_time_fraction=config.batch_time_fraction,
+    )
+    safe_name = f"safe:{safe_size[0]}x{safe_size[1]}/{config.safe_backend}"
+    return ServingMode(safe_name, safe_engine, safe_policy, safe_predictor)
+
+
+def _log_worker(
+    config: ServeConfig,
+    mode: ServingMode,
+    safe_mode: ServingMode | None,
+    latency: LatencyModel,
+    serving_sizes: list[Size],
+    log: Callable[[str], None],
+) -> None:
+    predictor = mode.predictor
+    assert predictor is not None  # both policies here predict
     log(f"vitres serve: {mode.describe()}; SLO {config.slo_ms:g} ms")
     log(f"vitres serve: latency model {latency.describe()}")
     for size in serving_sizes:
@@ -380,6 +365,64 @@ def build_worker(
             f"of band (latency > {config.latency_tolerance:g}x the sweep's p95 or error rate > "
             f"{config.max_error_rate:.0%})"
         )
+
+
+def build_worker(
+    config: ServeConfig,
+    *,
+    model: nn.Module | None = None,
+    records: Sequence[Measurement] | None = None,
+    log: Callable[[str], None] = print,
+) -> BatchingWorker:
+    """The model, latency model, policy, engines and monitor, as a (not started) worker.
+
+    Args:
+        config: What to serve and how.
+        model: The model itself (default: resolved from ``config.model``).
+        records: Sweep records (default: read from ``config.records``, else calibrate).
+        log: Where progress lines go.
+
+    Raises:
+        ValueError: bad controller, resolution, backend or records.
+        FileNotFoundError: ``config.records`` does not exist.
+    """
+    from vitres.layers.sizes import parse_resolutions
+    from vitres.models.resolve import resolve_model
+
+    _check_settings(config)
+    if config.threads is not None:
+        set_threads(config.threads)
+    model = model if model is not None else resolve_model(config.model)
+    safe_model = copy.deepcopy(model)  # backends may cast their model in place
+    native = tuple(model.config.img_size)
+    fixed = parse_controller(config.controller, native)
+    ladder_given = None if config.resolutions is None else parse_resolutions(config.resolutions)
+
+    if records is None:
+        records = load_records(config, model, log)
+
+    latency = _latency_model(records, config, config.backend, log)
+    if config.threads is None and latency.threads is not None:
+        set_threads(latency.threads)  # serve as the records were measured
+    ladder = list(ladder_given or latency.resolutions)
+    safe_size = _safe_size(config, ladder)
+    serving_sizes = [fixed] if fixed is not None else ladder
+    mode = _serving_mode(config, model, latency, ladder, fixed, serving_sizes, log)
+    safe_mode = None
+    monitor = None
+    if config.rollback_window_s > 0:
+        safe_mode = _safe_mode(config, safe_model, records, latency, safe_size, log)
+    metrics = ServerMetrics(config.slo_ms, config.max_batch)
+    if config.rollback_window_s > 0:
+        monitor = BandMonitor(
+            window_s=config.rollback_window_s,
+            latency_tolerance=config.latency_tolerance,
+            max_error_rate=config.max_error_rate,
+        )
+    worker = BatchingWorker(
+        mode, metrics, safe=safe_mode, monitor=monitor, retry_after_s=config.retry_after_s
+    )
+    _log_worker(config, mode, safe_mode, latency, serving_sizes, log)
     return worker
 
 

@@ -25,7 +25,7 @@ vitres_current_batch_size             gauge      size of the last batch
 vitres_queue_depth                    gauge      requests waiting now
 vitres_http_in_flight                 gauge      classify requests inside the server now
 vitres_event_loop_delay_seconds       gauge      how late the event loop runs ready work
-                                                 (:mod:`vitres.runtime.loop_delay`)
+                                                 (:mod:`vitres.serve.loop_delay`)
 vitres_latency_correction             gauge      online factor measured / predicted
 vitres_latency_band_ratio             gauge      median served / sweep p95 (monitor window)
 vitres_error_rate                     gauge      failed / all requests (monitor window)
@@ -112,6 +112,19 @@ class ServerMetrics:
 
     def __init__(self, slo_ms: float, max_batch: int) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # registered in this order, which is the order they are rendered in
+        self._add_traffic(max_batch)
+        self._add_state(slo_ms)
+        for outcome in OUTCOMES:
+            self.requests.labels(outcome=outcome)
+        for reason in SHED_REASONS:
+            self.shed.labels(reason=reason)
+        for reason in ROLLBACK_REASONS:
+            self.rollbacks.labels(reason=reason)
+        self.correction.set(1.0)
+
+    def _add_traffic(self, max_batch: int) -> None:
+        """Counters and histograms of requests and batches."""
         r = self.registry
         self.requests = Counter(
             "vitres_requests", "Answered requests by outcome.", ["outcome"], registry=r
@@ -147,6 +160,10 @@ class ServerMetrics:
             buckets=[b for b in batch_buckets if b <= max_batch],
             registry=r,
         )
+
+    def _add_state(self, slo_ms: float) -> None:
+        """Gauges of the server's state (read at each scrape), rollbacks and the SLO."""
+        r = self.registry
         self.resolution = Gauge(
             "vitres_resolution_pixels", "Input size of the last batch.", ["side"], registry=r
         )
@@ -188,13 +205,6 @@ class ServerMetrics:
         )
         slo = Gauge("vitres_slo_seconds", "The per-request latency objective.", registry=r)
         slo.set(slo_ms / 1000.0)
-        for outcome in OUTCOMES:
-            self.requests.labels(outcome=outcome)
-        for reason in SHED_REASONS:
-            self.shed.labels(reason=reason)
-        for reason in ROLLBACK_REASONS:
-            self.rollbacks.labels(reason=reason)
-        self.correction.set(1.0)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

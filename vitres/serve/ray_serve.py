@@ -4,9 +4,9 @@ replicas, each of them the same server.
 Ray Serve (on Ray: Moritz et al., "Ray: A Distributed Framework for Emerging AI
 Applications", OSDI 2018) runs HTTP proxies on the cluster's nodes and routes each
 request to one replica of a deployment. Here a replica is exactly what ``vitres serve``
-runs, minus uvicorn: its constructor calls :func:`vitres.runtime.serve.build_worker` (the
+runs, minus uvicorn: its constructor calls :func:`vitres.serve.launch.build_worker` (the
 same latency model, batching policy, engines, band monitor and safe configuration) and
-its HTTP app is :func:`vitres.runtime.server.create_app`'s FastAPI app, handed to Serve
+its HTTP app is :func:`vitres.serve.app.create_app`'s FastAPI app, handed to Serve
 with ``@serve.ingress`` and built on the replica (``__serve_build_asgi_app__``). So there
 is one policy implementation, and endpoints, answers, errors (400, 413, 405, 503 with
 ``Retry-After``, 504) and metric names are the standalone server's.
@@ -28,7 +28,7 @@ What the deployment adds:
   ``metrics_interval_s`` to a small actor (:class:`ReplicaMetricsHub`). ``GET /metrics``,
   whichever replica answers it, returns every live replica's metrics: the standalone
   server's families, each sample labelled ``replica="<id>"``
-  (:func:`vitres.runtime.metrics.render_replicas`); its own numbers are current, the
+  (:func:`vitres.serve.metrics.render_replicas`); its own numbers are current, the
   others' at most one interval old.
 * **Shutdown.** SIGTERM or Ctrl-C: ``serve.delete`` stops routing to the replicas, waits
   for their open requests, then runs each app's lifespan shutdown (the worker finishes
@@ -50,8 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vitres.runtime.metrics import render_replicas, sum_samples
-from vitres.runtime.serve_config import RayServeConfig, ServeConfig
+from vitres.serve.config import RayServeConfig, ServeConfig
+from vitres.serve.metrics import render_replicas, sum_samples
 from vitres.tune.records import Measurement
 
 __all__ = [
@@ -174,7 +174,7 @@ class ServeReplica:
         from ray import serve
 
         from vitres.models.checkpoint import checkpoint_digest
-        from vitres.runtime.serve import attach_log_handler, build_worker
+        from vitres.serve.launch import attach_log_handler, build_worker
 
         attach_log_handler()
         node_digest = None if digest is None else checkpoint_digest(config.model)
@@ -201,7 +201,7 @@ class ServeReplica:
 
     def __serve_build_asgi_app__(self) -> Any:
         """The standalone server's app over this replica's worker; ``/metrics`` merged."""
-        from vitres.runtime.server import create_app
+        from vitres.serve.app import create_app
 
         return create_app(self.worker, self.limits, metrics_text=self.metrics_text)
 
@@ -376,6 +376,64 @@ def _wait_until_serving(url: str, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
+def _replica_threads(
+    config: ServeConfig, records: list[Measurement], log: Callable[[str], None]
+) -> tuple[ServeConfig, int]:
+    """The threads each replica computes with (``--threads``, else the records'), and the
+    config carrying them."""
+    from vitres.serve.launch import serving_threads
+
+    threads = serving_threads(config, records)
+    if threads is None:  # the replicas then run as Ray starts them: OMP_NUM_THREADS=1
+        log(
+            "vitres serve: the records do not say their threads; each replica asks Ray for "
+            "1 CPU and computes with 1 thread (pass --threads to choose)"
+        )
+    else:
+        config = dataclasses.replace(config, threads=threads)
+    return config, threads or 1
+
+
+def _run_deployment(
+    serve: Any,
+    deployment: Any,
+    config: ServeConfig,
+    ray_config: RayServeConfig,
+    args: tuple[Any, ...],
+) -> None:
+    """Runs the deployment as the Serve application; a replica that fails to start
+    becomes a ValueError naming why."""
+    try:
+        serve.run(
+            deployment.bind(config, *args),
+            name=ray_config.app_name,
+            route_prefix="/",
+            logging_config={"enable_access_log": False},
+        )
+    except RuntimeError as error:
+        raise ValueError(
+            f"the Serve deployment did not start: {_deploy_error(serve, ray_config, error)} "
+            "(the replica's traceback is in the log above)"
+        ) from None
+
+
+def _undo_deploy(
+    ray: Any, serve: Any, ray_config: RayServeConfig, started: bool, deployed: bool, hub: Any
+) -> None:
+    """After a failed deploy: this command's own Ray goes (with Serve); on a cluster
+    others use, only what this call created."""
+    if started:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    else:
+        if deployed and ray_config.app_name in serve.status().applications:
+            serve.delete(ray_config.app_name)
+        if hub is not None:
+            ray.kill(hub)
+
+
 def deploy(
     config: ServeConfig,
     ray_config: RayServeConfig | None = None,
@@ -384,7 +442,7 @@ def deploy(
     """Deploys the server on Ray Serve and returns once it answers.
 
     Args:
-        config: The server's settings, as for :func:`vitres.runtime.serve.serve`
+        config: The server's settings, as for :func:`vitres.serve.launch.serve`
             (``host``/``port``: where Serve's proxies listen).
         ray_config: Where and how many replicas.
         log: Where progress lines go.
@@ -395,7 +453,7 @@ def deploy(
         FileNotFoundError: ``config.records`` does not exist.
     """
     from vitres.models.checkpoint import checkpoint_digest
-    from vitres.runtime.serve import load_records, serving_threads
+    from vitres.serve.launch import load_records
     from vitres.tune.ray_executor import connect_ray
 
     ray_config = ray_config or RayServeConfig()
@@ -404,15 +462,7 @@ def deploy(
     if local:
         _check_port_free(config.host, config.port)
     records = load_records(config, log=log)
-    threads = serving_threads(config, records)
-    if threads is None:  # the replicas then run as Ray starts them: OMP_NUM_THREADS=1
-        log(
-            "vitres serve: the records do not say their threads; each replica asks Ray for "
-            "1 CPU and computes with 1 thread (pass --threads to choose)"
-        )
-    else:
-        config = dataclasses.replace(config, threads=threads)
-    threads = threads or 1
+    config, threads = _replica_threads(config, records, log)
     digest = checkpoint_digest(config.model)
     needed = {"CPU": float(threads)}
     if config.device.startswith("cuda"):
@@ -445,18 +495,8 @@ def deploy(
             f"Ray {ray.__version__} ({'a local instance' if local else ray_config.address or 'connected'})"
         )
         deployed = True
-        try:
-            serve.run(
-                deployment.bind(config, records, hub, digest, ray_config.metrics_interval_s),
-                name=ray_config.app_name,
-                route_prefix="/",
-                logging_config={"enable_access_log": False},
-            )
-        except RuntimeError as error:
-            raise ValueError(
-                f"the Serve deployment did not start: {_deploy_error(serve, ray_config, error)} "
-                "(the replica's traceback is in the log above)"
-            ) from None
+        args = (records, hub, digest, ray_config.metrics_interval_s)
+        _run_deployment(serve, deployment, config, ray_config, args)
         probe_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
         url = f"http://{probe_host}:{config.port}"
         app = RayServeApp(
@@ -465,16 +505,7 @@ def deploy(
         if local:
             _wait_until_serving(url, 30.0)
     except BaseException:
-        if started:  # this command's own connection: Serve and Ray go with it
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-        else:  # a cluster others use: remove only what this call created
-            if deployed and ray_config.app_name in serve.status().applications:
-                serve.delete(ray_config.app_name)
-            if hub is not None:
-                ray.kill(hub)
+        _undo_deploy(ray, serve, ray_config, started, deployed, hub)
         raise
     return app
 

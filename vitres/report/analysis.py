@@ -12,7 +12,7 @@ module does two separate things:
 * :func:`analysis_section` **draws**: the table beside accuracy, the separability and OOD
   plots (:mod:`vitres.explain.plots`), the t-SNE grid, and the seed's overlap rule checked
   against the measured accuracy (:meth:`~vitres.explain.ResolutionAnalysis.rule_check`,
-  seed "ViT模型分辨率调优实战", step 1). :func:`vitres.tune.report.write_report` renders it
+  seed "ViT模型分辨率调优实战", step 1). :func:`vitres.report.write_report` renders it
   when given ``analysis=``; without it the report is unchanged.
 """
 
@@ -49,7 +49,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ReportAnalysis:
-    """What :func:`analyse_for_report` measured, for :func:`vitres.tune.report.write_report`.
+    """What :func:`analyse_for_report` measured, for :func:`vitres.report.write_report`.
 
     Attributes:
         analysis: accuracy, OOD metrics per method, overlap and silhouette per resolution.
@@ -97,6 +97,28 @@ def _model_of(records: Sequence[Measurement]) -> str:
             "pass model= (--model M)"
         )
     return models[0]
+
+
+def _check_request(separability: bool, tsne: bool, ood: str | None, tsne_points: int) -> None:
+    if not (separability or tsne or ood):
+        raise ValueError(
+            "nothing to analyse: ask for separability, tsne or ood "
+            "(--separability, --tsne, --ood SET, or --analysis for all three)"
+        )
+    if tsne_points < 2:
+        raise ValueError(f"tsne_points must be at least 2; got {tsne_points}")
+
+
+def _analysed_sizes(
+    records: Sequence[Measurement], resolutions: Sequence[int | Sequence[int]] | None
+) -> list[Any]:
+    sizes = list(resolutions) if resolutions is not None else record_resolutions(records)
+    if not sizes:
+        raise ValueError(
+            "no resolution to analyse: the records hold no measured config; pass resolutions= "
+            "(--res)"
+        )
+    return sizes
 
 
 def analyse_for_report(
@@ -154,22 +176,11 @@ def analyse_for_report(
         ValueError: nothing asked, no resolution, several models without ``model``, or
             bad data (see :func:`vitres.explain.analyse_resolutions`).
     """
-    if not (separability or tsne or ood):
-        raise ValueError(
-            "nothing to analyse: ask for separability, tsne or ood "
-            "(--separability, --tsne, --ood SET, or --analysis for all three)"
-        )
-    if tsne_points < 2:
-        raise ValueError(f"tsne_points must be at least 2; got {tsne_points}")
+    _check_request(separability, tsne, ood, tsne_points)
     rows = _records(records)
     if model is None:
         model = _model_of(rows)
-    sizes = list(resolutions) if resolutions is not None else record_resolutions(rows)
-    if not sizes:
-        raise ValueError(
-            "no resolution to analyse: the records hold no measured config; pass resolutions= "
-            "(--res)"
-        )
+    sizes = _analysed_sizes(rows, resolutions)
     analysis = analyse_resolutions(
         model,
         sizes,
@@ -237,17 +248,11 @@ def _range_text(span: tuple[float, float] | None, scale: float, form: str, unit:
     return f"{low}{unit}" if low == high else f"{low}–{high}{unit}"
 
 
-def analysis_section(
-    report_analysis: ReportAnalysis, records: Sequence[Measurement] = ()
-) -> AnalysisSection:
-    """The table, notes, rule check and figures of the report's analysis section.
-
-    Args:
-        report_analysis: what :func:`analyse_for_report` measured.
-        records: the sweep's records: their accuracy and OOD AUROC (a sweep with
-            ``--ood``) at each resolution are shown beside the analysis.
-    """
-    analysis = report_analysis.analysis
+def _section_table(
+    analysis: ResolutionAnalysis, records: Sequence[Measurement]
+) -> tuple[list[str], list[list[str]], list[dict[str, Any]], bool]:
+    """The table's header, cells and numbers, one row per resolution, and whether the
+    sweep recorded OOD AUROC."""
     methods = list(analysis.methods)
     sweep_accuracy = any(m.ok and m.accuracy is not None for m in records)
     sweep_ood = any(m.ok and m.ood_auroc is not None for m in records)
@@ -277,7 +282,12 @@ def analysis_section(
             row.append(_range_text(span, 1, ".3f", ""))
         rows.append(row)
         values.append(entry)
+    return header, rows, values, sweep_ood
 
+
+def _section_notes(report_analysis: ReportAnalysis, sweep_ood: bool) -> list[str]:
+    """Sentences on what was measured and how."""
+    analysis = report_analysis.analysis
     patch = (
         "the model's own patch size"
         if report_analysis.patch_size is None
@@ -311,7 +321,12 @@ def analysis_section(
             "Sweep OOD AUROC: the best method's AUROC the sweep recorded per config "
             "(`vitres sweep --ood`), over the configs at that resolution."
         )
+    return notes
 
+
+def _section_figures(report_analysis: ReportAnalysis) -> list[tuple[str, str, bytes]]:
+    """``(name, title, png)`` of the separability, OOD and t-SNE figures that apply."""
+    analysis = report_analysis.analysis
     figures: list[tuple[str, str, bytes]] = []
     name = report_analysis.name
     if report_analysis.has_separability:
@@ -335,4 +350,20 @@ def analysis_section(
         overlaps = {r.label: r.overlap for r in analysis.results if r.overlap is not None}
         figure = tsne_figure(report_analysis.tsne, analysis.classes, overlaps)
         figures.append(("tsne", "t-SNE of the test features per resolution", figure_png(figure)))
+    return figures
+
+
+def analysis_section(
+    report_analysis: ReportAnalysis, records: Sequence[Measurement] = ()
+) -> AnalysisSection:
+    """The table, notes, rule check and figures of the report's analysis section.
+
+    Args:
+        report_analysis: what :func:`analyse_for_report` measured.
+        records: the sweep's records: their accuracy and OOD AUROC (a sweep with
+            ``--ood``) at each resolution are shown beside the analysis.
+    """
+    header, rows, values, sweep_ood = _section_table(report_analysis.analysis, records)
+    notes = _section_notes(report_analysis, sweep_ood)
+    figures = _section_figures(report_analysis)
     return AnalysisSection(header, rows, values, notes, report_analysis.rule_check(), figures)

@@ -20,7 +20,7 @@ Work the loop runs now (a request whose handler starts) has probably waited the 
 of the three (:meth:`LoopDelay.waited_s`); work handed to it now (an answer from the
 worker) will wait the largest of the first and the last (:meth:`LoopDelay.delay_s`): a
 stall that is over does not delay what comes after it. The server's admission
-(:mod:`vitres.runtime.batching`) counts both against the SLO, so a loop that falls
+(:mod:`vitres.serve.batching`) counts both against the SLO, so a loop that falls
 behind sheds at once instead of accepting work its own backlog will make late.
 
 The statistics are plain floats written by the loop's thread and read by any other (the

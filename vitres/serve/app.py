@@ -11,7 +11,7 @@ Endpoints:
   corrupt / bad query, 413 over the byte or pixel limit, 503 shed (with ``Retry-After``)
   or shutting down, 500 inference failed, 504 no answer within the request timeout.
 * ``GET /healthz`` -- 200 ``{"status": "ok", ...}`` while serving, 503 while stopping.
-* ``GET /metrics`` -- Prometheus text (:mod:`vitres.runtime.metrics`).
+* ``GET /metrics`` -- Prometheus text (:mod:`vitres.serve.metrics`).
 
 **The fast path.** ``POST /v1/classify`` is answered by :class:`ServerApp` straight from
 the ASGI messages (the body from ``receive``, one pre-encoded JSON answer to ``send``),
@@ -21,7 +21,7 @@ second is a good part of a core. Every other path and method goes to the FastAPI
 (``/docs`` lists the classify route; other methods on it get its 405). Both routes call
 the same handler (:func:`create_app`'s ``answer``).
 
-**Admission before the body.** The event loop's delay (:mod:`vitres.runtime.loop_delay`,
+**Admission before the body.** The event loop's delay (:mod:`vitres.serve.loop_delay`,
 its heartbeat runs in the app's lifespan) counts against the SLO, and the handler asks
 the worker whether the request would be admitted *before* reading and decoding the
 body, so an overloaded server answers 503 for a few tens of microseconds of CPU. The
@@ -30,7 +30,7 @@ number of classify requests inside the server at once is bounded
 bounds memory and the work the loop has taken on.
 
 Every request gets exactly one response: the handler has one return per outcome and
-the worker answers each queued request once (:mod:`vitres.runtime.worker`); a client
+the worker answers each queued request once (:mod:`vitres.serve.worker`); a client
 that leaves before its body arrived is counted (``disconnected``), as there is no one
 left to answer. The app's lifespan starts the worker and the heartbeat and, at shutdown,
 lets the worker finish what is queued.
@@ -57,9 +57,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from vitres.data.decode import ImageInputError, ImageTooLargeError, open_image
-from vitres.runtime.metrics import CONTENT_TYPE_LATEST, OUTCOMES
-from vitres.runtime.serve_config import HttpLimits
-from vitres.runtime.worker import BatchingWorker, RequestRejected
+from vitres.serve.config import HttpLimits
+from vitres.serve.metrics import CONTENT_TYPE_LATEST, OUTCOMES
+from vitres.serve.worker import BatchingWorker, RequestRejected
 
 __all__ = ["CLASSIFY_PATH", "HttpLimits", "ServerApp", "create_app"]
 
@@ -218,26 +218,148 @@ class ServerApp:
         await self.api(scope, receive, send)
 
 
-def create_app(
-    worker: BatchingWorker,
-    limits: HttpLimits | None = None,
-    metrics_text: Callable[[], Awaitable[bytes]] | None = None,
-) -> ServerApp:
-    """The app serving ``worker``; its lifespan starts and stops the worker and the event
-    loop's heartbeat.
+class _ClassifyHandler:
+    """The classify handler, ``(scope, receive) -> Reply``: one reply per request
+    (``None``: the client left), in-flight bound first, then admission, query, body,
+    image, the worker's answer.
 
     Args:
-        worker: The batching worker (not started; the app starts it).
+        worker: The batching worker that answers.
         limits: Input limits, the request timeout and the in-flight bound.
-        metrics_text: What ``GET /metrics`` answers (Prometheus text); default: this
-            worker's metrics. A Ray Serve replica passes the merge of every replica's.
     """
-    limits = limits or HttpLimits()
-    metrics = worker.metrics
-    max_in_flight = limits.in_flight_limit(worker.mode.policy.queue_limit)
-    in_flight = 0
-    metrics.in_flight.set_function(lambda: float(in_flight))
-    metrics.loop_delay.set_function(worker.loop_delay.delay_s)
+
+    def __init__(self, worker: BatchingWorker, limits: HttpLimits) -> None:
+        self.worker = worker
+        self.limits = limits
+        self.max_in_flight = limits.in_flight_limit(worker.mode.policy.queue_limit)
+        self.in_flight = 0
+        metrics = worker.metrics
+        self.counters = {outcome: metrics.requests.labels(outcome=outcome) for outcome in OUTCOMES}
+        self.request_latency = metrics.request_latency
+        self.options = {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}
+
+    def rejected(self, error: RequestRejected) -> Reply:
+        """The reply to a request the worker refused (shed, shutting down, failed)."""
+        outcome = {"shed": "shed", "shutting_down": "unavailable"}.get(error.kind, "error")
+        self.counters[outcome].inc()
+        return _error(error.status, error.kind, str(error), error.retry_after_s)
+
+    async def __call__(self, scope: dict, receive: Receive) -> Reply | None:
+        worker = self.worker
+        started = worker.clock()
+        if self.in_flight >= self.max_in_flight:
+            return self.rejected(worker.shed_in_flight(self.max_in_flight))
+        self.in_flight += 1
+        try:
+            return await self.classify(scope, receive, started)
+        except Exception as error:  # noqa: BLE001 - a bug here still answers, once
+            logger.exception("the classify handler failed")
+            self.counters["error"].inc()
+            return _error(500, "internal_error", f"{type(error).__name__}: {error}")
+        finally:
+            self.in_flight -= 1
+
+    async def classify(self, scope: dict, receive: Receive, started: float) -> Reply | None:
+        """One admitted request, from its query to its answer."""
+        worker = self.worker
+        try:
+            waited = worker.check_admission(started)
+        except RequestRejected as error:
+            return self.rejected(error)
+        top_k = self.top_k(scope)
+        if isinstance(top_k, Reply):
+            return top_k
+        image = await self.read_image(scope, receive)
+        if image is None or isinstance(image, Reply):
+            return image
+        try:
+            future = worker.submit(image, started, top_k, waited_s=waited)
+        except RequestRejected as error:
+            return self.rejected(error)
+        return await self.result(future, started)
+
+    def top_k(self, scope: dict) -> int | Reply:
+        """The query's ``top_k`` (default from the limits, at most the class count), or
+        the 400 reply to a bad one."""
+        top_k = self.limits.default_top_k
+        query = scope.get("query_string", b"")
+        if query:
+            text = None
+            for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+                if key == "top_k":
+                    text = value
+            if text is not None:
+                if not text.isdigit() or int(text) < 1:
+                    self.counters["bad_request"].inc()
+                    return _error(
+                        400, "bad_query", f"top_k must be a positive integer, got {text!r}"
+                    )
+                top_k = int(text)
+        return min(top_k, self.worker.num_classes)
+
+    async def read_image(self, scope: dict, receive: Receive) -> Any:
+        """The request's image, decoded (small ones on the loop, larger in the thread
+        pool); else the 400/413 reply, or ``None`` when the client left."""
+        limits, worker = self.limits, self.worker
+        content_type = declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"content-length":
+                declared = value
+        multipart = content_type is not None and content_type.startswith(b"multipart/form-data")
+        limit = limits.max_bytes + (_MULTIPART_OVERHEAD if multipart else 0)
+        try:
+            body = await _read_body(receive, declared, limit)
+            data = await _multipart_file(Headers(scope=scope), body) if multipart else body
+            opened = open_image(data, **self.options)  # the header only: limits, size
+            if len(data) <= _DECODE_INLINE_BYTES and opened.pixels <= _DECODE_INLINE_PIXELS:
+                return opened.decode(worker.in_chans)
+            return await run_in_threadpool(opened.decode, worker.in_chans)
+        except _ClientGone:
+            self.counters["disconnected"].inc()
+            return None
+        except _BodyTooLarge as error:
+            self.counters["too_large"].inc()
+            return _error(
+                413,
+                "too_large",
+                f"{error}, over the limit of {limits.max_bytes} bytes per image; send a "
+                "smaller image",
+            )
+        except ImageTooLargeError as error:
+            self.counters["too_large"].inc()
+            return _error(413, "too_large", str(error))
+        except ImageInputError as error:
+            self.counters["bad_request"].inc()
+            return _error(400, "bad_image", str(error))
+
+    async def result(self, future: Any, started: float) -> Reply:
+        """The worker's answer to a submitted request, within the request timeout."""
+        timeout_s = self.limits.request_timeout_s
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
+        except asyncio.TimeoutError:
+            future.cancel()
+            self.counters["timeout"].inc()
+            return _error(
+                504, "timeout", f"no answer within {timeout_s:g} s; the server is overloaded"
+            )
+        except RequestRejected as error:
+            return self.rejected(error)
+        except Exception as error:  # noqa: BLE001 - any failure still gets its one answer
+            logger.exception("request failed")
+            self.counters["error"].inc()
+            return _error(500, "internal_error", f"{type(error).__name__}: {error}")
+        reply = Reply(200, _dumps(result))
+        self.counters["ok"].inc()
+        self.request_latency.observe(max(0.0, self.worker.clock() - started))
+        return reply
+
+
+def _lifespan(worker: BatchingWorker, limits: HttpLimits) -> Callable[[FastAPI], Any]:
+    """The app's lifespan: starts the worker and the event loop's heartbeat; at shutdown,
+    lets the worker finish what is queued."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncGenerator[None, None]:
@@ -258,15 +380,11 @@ def create_app(
                 worker.stats.batches,
             )
 
-    api = FastAPI(
-        title="vitres serve",
-        description="Image classification with batch size and resolution chosen per batch "
-        "under a latency SLO.",
-        lifespan=lifespan,
-    )
-    api.state.worker = worker
-    api.state.limits = limits
-    api.state.max_in_flight = max_in_flight
+    return lifespan
+
+
+def _add_error_handler(api: FastAPI) -> None:
+    """404 and 405 as JSON errors that name the endpoints or the allowed methods."""
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
@@ -286,115 +404,22 @@ def create_app(
             error.status_code, kinds.get(error.status_code, "http_error"), message, error.headers
         )
 
-    requests = metrics.requests
-    counters = {outcome: requests.labels(outcome=outcome) for outcome in OUTCOMES}
-    request_latency = metrics.request_latency
-    options = {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels}
 
-    def rejected(error: RequestRejected) -> Reply:
-        outcome = {"shed": "shed", "shutting_down": "unavailable"}.get(error.kind, "error")
-        counters[outcome].inc()
-        return _error(error.status, error.kind, str(error), error.retry_after_s)
-
-    async def answer(scope: dict, receive: Receive) -> Reply | None:
-        """The classify handler: one reply per request (``None``: the client left)."""
-        nonlocal in_flight
-        started = worker.clock()
-        if in_flight >= max_in_flight:
-            return rejected(worker.shed_in_flight(max_in_flight))
-        in_flight += 1
-        try:
-            return await classify(scope, receive, started)
-        except Exception as error:  # noqa: BLE001 - a bug here still answers, once
-            logger.exception("the classify handler failed")
-            counters["error"].inc()
-            return _error(500, "internal_error", f"{type(error).__name__}: {error}")
-        finally:
-            in_flight -= 1
-
-    async def classify(scope: dict, receive: Receive, started: float) -> Reply | None:
-        try:
-            waited = worker.check_admission(started)
-        except RequestRejected as error:
-            return rejected(error)
-        top_k = limits.default_top_k
-        query = scope.get("query_string", b"")
-        if query:
-            text = None
-            for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
-                if key == "top_k":
-                    text = value
-            if text is not None:
-                if not text.isdigit() or int(text) < 1:
-                    counters["bad_request"].inc()
-                    return _error(
-                        400, "bad_query", f"top_k must be a positive integer, got {text!r}"
-                    )
-                top_k = int(text)
-        top_k = min(top_k, worker.num_classes)
-        content_type = declared = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                content_type = value
-            elif name == b"content-length":
-                declared = value
-        multipart = content_type is not None and content_type.startswith(b"multipart/form-data")
-        limit = limits.max_bytes + (_MULTIPART_OVERHEAD if multipart else 0)
-        try:
-            body = await _read_body(receive, declared, limit)
-            data = await _multipart_file(Headers(scope=scope), body) if multipart else body
-            opened = open_image(data, **options)  # the header only: limits, size
-            if len(data) <= _DECODE_INLINE_BYTES and opened.pixels <= _DECODE_INLINE_PIXELS:
-                image = opened.decode(worker.in_chans)
-            else:
-                image = await run_in_threadpool(opened.decode, worker.in_chans)
-        except _ClientGone:
-            counters["disconnected"].inc()
-            return None
-        except _BodyTooLarge as error:
-            counters["too_large"].inc()
-            return _error(
-                413,
-                "too_large",
-                f"{error}, over the limit of {limits.max_bytes} bytes per image; send a "
-                "smaller image",
-            )
-        except ImageTooLargeError as error:
-            counters["too_large"].inc()
-            return _error(413, "too_large", str(error))
-        except ImageInputError as error:
-            counters["bad_request"].inc()
-            return _error(400, "bad_image", str(error))
-        try:
-            future = worker.submit(image, started, top_k, waited_s=waited)
-        except RequestRejected as error:
-            return rejected(error)
-        try:
-            result = await asyncio.wait_for(asyncio.wrap_future(future), limits.request_timeout_s)
-        except asyncio.TimeoutError:
-            future.cancel()
-            counters["timeout"].inc()
-            return _error(
-                504,
-                "timeout",
-                f"no answer within {limits.request_timeout_s:g} s; the server is overloaded",
-            )
-        except RequestRejected as error:
-            return rejected(error)
-        except Exception as error:  # noqa: BLE001 - any failure still gets its one answer
-            logger.exception("request failed")
-            counters["error"].inc()
-            return _error(500, "internal_error", f"{type(error).__name__}: {error}")
-        reply = Reply(200, _dumps(result))
-        counters["ok"].inc()
-        request_latency.observe(max(0.0, worker.clock() - started))
-        return reply
+def _add_routes(
+    api: FastAPI,
+    handler: _ClassifyHandler,
+    metrics_text: Callable[[], Awaitable[bytes]] | None,
+) -> None:
+    """``POST /v1/classify`` (documented; :class:`ServerApp` answers it itself),
+    ``GET /healthz`` and ``GET /metrics``."""
+    worker = handler.worker
+    metrics = worker.metrics
 
     @api.post(CLASSIFY_PATH, summary="Classify one image (raw body or multipart file)")
     async def classify_route(request: Request) -> Response:
         # ServerApp answers this path itself; the route documents it and serves the app
         # when it is mounted without ServerApp in front
-        reply = await answer(request.scope, request.receive)
+        reply = await handler(request.scope, request.receive)
         return reply.response() if reply is not None else Response(status_code=400)
 
     @api.get("/healthz")
@@ -410,7 +435,7 @@ def create_app(
             "max_batch": mode.policy.max_batch,
             "slo_ms": mode.policy.slo_ms,
             "queue_depth": worker.queue_depth,
-            "in_flight": in_flight,
+            "in_flight": handler.in_flight,
             "loop_delay_ms": 1000.0 * worker.loop_delay.delay_s(),
         }
         return JSONResponse(body, status_code=503 if worker.closing else 200)
@@ -420,4 +445,34 @@ def create_app(
         text = metrics.render() if metrics_text is None else await metrics_text()
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 
-    return ServerApp(api, answer)
+
+def create_app(
+    worker: BatchingWorker,
+    limits: HttpLimits | None = None,
+    metrics_text: Callable[[], Awaitable[bytes]] | None = None,
+) -> ServerApp:
+    """The app serving ``worker``; its lifespan starts and stops the worker and the event
+    loop's heartbeat.
+
+    Args:
+        worker: The batching worker (not started; the app starts it).
+        limits: Input limits, the request timeout and the in-flight bound.
+        metrics_text: What ``GET /metrics`` answers (Prometheus text); default: this
+            worker's metrics. A Ray Serve replica passes the merge of every replica's.
+    """
+    limits = limits or HttpLimits()
+    handler = _ClassifyHandler(worker, limits)
+    worker.metrics.in_flight.set_function(lambda: float(handler.in_flight))
+    worker.metrics.loop_delay.set_function(worker.loop_delay.delay_s)
+    api = FastAPI(
+        title="vitres serve",
+        description="Image classification with batch size and resolution chosen per batch "
+        "under a latency SLO.",
+        lifespan=_lifespan(worker, limits),
+    )
+    api.state.worker = worker
+    api.state.limits = limits
+    api.state.max_in_flight = handler.max_in_flight
+    _add_error_handler(api)
+    _add_routes(api, handler, metrics_text)
+    return ServerApp(api, handler)

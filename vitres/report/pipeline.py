@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vitres.measure import TimingConfig
+from vitres.report.writer import write_report
 from vitres.tune.budget import Budget
 from vitres.tune.recommend import Recommendation, format_recommendation, recommend
 from vitres.tune.records import read_results
-from vitres.tune.report import write_report
 from vitres.tune.sweep import run_sweep
 
 DEFAULT_MODEL = "fmnist-vit-multires"

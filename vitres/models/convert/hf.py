@@ -1,9 +1,6 @@
-"""Weight conversion: Hugging Face and timm ViTs to vitres, as pure mappings.
-
-Every function here is pure: a ``state_dict -> state_dict`` mapping (as timm's
-``checkpoint_filter_fn``) or a config reader (``dict -> ViTConfig fields``). Nothing
-reads files or builds models; :mod:`vitres.models.resolve` does that. vitres module
-names follow timm's ``VisionTransformer``, so timm state dicts map almost one to one.
+"""Hugging Face ViTs to vitres, as pure mappings: the state dict (``state_dict ->
+state_dict``) and the config (``config.json -> ViTConfig fields``). Nothing here reads
+files or builds models; :mod:`vitres.models.resolve` does that.
 
 Supported Hugging Face families (``config.json`` ``model_type``) and what is matched:
 
@@ -27,15 +24,27 @@ source's ``interpolate_pos_encoding`` does.
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 from torch import Tensor
 
-from vitres.layers.patch_embed import resample_patch_embed
-from vitres.layers.pos_embed import resample_pos_embed
-from vitres.models.config import ViTConfig
+from vitres.models.convert.common import num_head_features, per_channel
+
+__all__ = [
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "HF_ACTIVATIONS",
+    "HF_FAMILIES",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "convert_hf_state_dict",
+    "convert_hf_vit_state_dict",
+    "hf_config_fields",
+    "hf_family",
+    "hf_vision_config",
+    "supported_hf_model_types",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -249,11 +258,6 @@ def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Te
     return out
 
 
-def _head_features(state: dict[str, Tensor]) -> int:
-    head = state.get("head.weight")
-    return int(head.shape[0]) if head is not None else 0
-
-
 def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
     """:class:`ViTConfig` fields of a Hugging Face model (its config and converted weights).
 
@@ -278,7 +282,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
     if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
-    head_features = _head_features(state)
+    head_features = num_head_features(state)
     if family == "siglip":
         global_pool = "map" if "attn_pool.latent" in state else "avg"
     elif family in ("dinov2", "dinov2_with_registers") and head_features:
@@ -315,296 +319,12 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         "pos_embed_mode": "bicubic",
         "pos_embed_antialias": family == "dinov2_with_registers",
         "size_policy": "crop",
-        "mean": mean if len(mean) == channels else (mean[0],) * channels,
-        "std": std if len(std) == channels else (std[0],) * channels,
+        "mean": per_channel(mean, channels),
+        "std": per_channel(std, channels),
     }
 
 
-# ----------------------------------------------------------------------------- timm
-# width -> heads of timm's named sizes (Ti, S, M, B, L, H, So400m, g, G)
-TIMM_HEADS_BY_SIZE = {
-    "tiny": 3,
-    "small": 6,
-    "medium": 8,
-    "base": 12,
-    "large": 16,
-    "huge": 16,
-    "so400m": 16,
-    "giant": 16,
-    "gigantic": 16,
-}
-TIMM_HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1152: 16, 1280: 16, 1408: 16}
-TIMM_ACTIVATIONS = {
-    "gelu": "gelu",
-    "gelu_tanh": "gelu_tanh",
-    "quick_gelu": "quick_gelu",
-    "relu": "relu",
-}
-TIMM_POOLS = ("token", "avg", "max", "avgmax", "map")
-# model_args of timm's VisionTransformer that vitres reads, and those that change nothing
-_TIMM_ARGS = {
-    "img_size",
-    "patch_size",
-    "in_chans",
-    "num_classes",
-    "global_pool",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "qkv_bias",
-    "qk_norm",
-    "init_values",
-    "class_token",
-    "no_embed_class",
-    "reg_tokens",
-    "pre_norm",
-    "fc_norm",
-    "act_layer",
-}
-_TIMM_IGNORED_ARGS = {
-    "dynamic_img_size",
-    "dynamic_img_pad",
-    "drop_rate",
-    "pos_drop_rate",
-    "patch_drop_rate",
-    "proj_drop_rate",
-    "attn_drop_rate",
-    "drop_path_rate",
-    "weight_init",
-    "fix_init",
-    "pretrained_strict",
-}
-_TIMM_UNSUPPORTED_KEYS = re.compile(
-    r"^(patch_embed\.norm\.|blocks\.\d+\.attn\.norm\.|blocks\.\d+\.mlp\.norm\.|"
-    r"blocks\.\d+\.mlp\.fc1_[gx]\.|attn_pool\.(q_norm|k_norm|pos_embed)|"
-    r"blocks\.\d+\.(in_proj|in_norm|attn_out_proj)\.)"
-)
-
-
-def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names.
-
-    Names are timm's own, except the final norm: timm keeps ``norm`` (before pooling) or
-    ``fc_norm`` (after pooling) and an identity for the other; vitres has one ``norm``
-    used in either place (``ViTConfig.fc_norm`` says which). DeiT-3's old ``gamma_1`` /
-    ``gamma_2`` layer scales become ``ls1.gamma`` / ``ls2.gamma``; timm's unused
-    ``pre_logits`` of old checkpoints are kept as a representation layer.
-
-    Raises:
-        ValueError: keys of timm variants vitres does not implement (named).
-    """
-    unsupported = sorted(k for k in state if _TIMM_UNSUPPORTED_KEYS.match(k))
-    if unsupported:
-        raise ValueError(
-            f"unsupported timm ViT variant: keys {unsupported[:6]} (patch-embed norm, scaled "
-            "attention/MLP norms, SwiGLU, parallel blocks or attention-pool q/k norm)"
-        )
-    if "fc_norm.weight" in state and "norm.weight" in state:
-        raise ValueError(
-            "timm weights with both norm and fc_norm are not supported (vitres has one final norm)"
-        )
-    out = {}
-    for key, value in state.items():
-        if key.startswith("fc_norm."):
-            out["norm." + key[len("fc_norm.") :]] = value
-        elif re.match(r"^blocks\.\d+\.gamma_[12]$", key):
-            out[re.sub(r"gamma_([12])$", r"ls\1.gamma", key)] = value
-        else:
-            out[key] = value
-    return out
-
-
-def _timm_heads(arch: str, width: int) -> int | None:
-    size = re.search(r"_(tiny|small|medium|base|large|huge|so400m|giant|gigantic)_", f"_{arch}_")
-    if size:
-        return TIMM_HEADS_BY_SIZE[size.group(1)]
-    return TIMM_HEADS_BY_WIDTH.get(width)
-
-
-def timm_config_fields(
-    state: dict[str, Tensor], document: dict | None = None, num_heads: int | None = None
-) -> dict:
-    """:class:`ViTConfig` fields of timm weights, from the state dict and timm's ``config.json``.
-
-    timm's ``save_for_hf`` writes ``{"architecture", "num_classes", "global_pool",
-    "model_args": {...}, "pretrained_cfg": {"input_size": [C, H, W], "mean", "std", ...}}``.
-    Precedence: ``num_heads`` (an override) > ``model_args`` > top-level ``global_pool`` /
-    ``num_classes`` > ``pretrained_cfg`` > the architecture name > the state dict.
-
-    Args:
-        state: timm's own state dict (before :func:`convert_timm_state_dict`: the
-            ``norm`` / ``fc_norm`` names tell where the final norm goes).
-        document: timm's ``config.json`` (``None`` for a bare weights file).
-        num_heads: heads, when neither the config nor the name gives them.
-    """
-    document = document or {}
-    args = dict(document.get("model_args") or {})
-    unknown = sorted(set(args) - _TIMM_ARGS - _TIMM_IGNORED_ARGS)
-    if unknown:
-        raise ValueError(
-            f"unsupported timm model_args {unknown}; vitres reads {sorted(_TIMM_ARGS)}"
-        )
-    pretrained = document.get("pretrained_cfg") or {}
-    arch = str(document.get("architecture") or pretrained.get("architecture") or "")
-    proj = state["patch_embed.proj.weight"]
-    dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
-    patch = (int(proj.shape[-2]), int(proj.shape[-1]))
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    class_token = "cls_token" in state
-    dist_token = "dist_token" in state
-    reg_tokens = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
-    num_prefix = int(class_token) + int(dist_token) + reg_tokens
-    q_norm = state.get("blocks.0.attn.q_norm.weight")
-    from_q_norm = dim // int(q_norm.shape[0]) if q_norm is not None else None
-    heads = num_heads or args.get("num_heads") or from_q_norm or _timm_heads(arch, dim)
-    if heads is None:
-        raise ValueError(
-            f"cannot tell num_heads of timm weights of width {dim}{f' ({arch})' if arch else ''}; "
-            "pass num_heads=..."
-        )
-    # native geometry: model_args.img_size > pretrained_cfg.input_size > the table's length
-    pos_len = int(state["pos_embed"].shape[1]) if "pos_embed" in state else 0
-    img = args.get("img_size")
-    if img is None and pretrained.get("input_size"):
-        img = tuple(pretrained["input_size"][-2:])
-    if img is not None:
-        img = (img, img) if isinstance(img, int) else tuple(int(v) for v in img)
-        grid_positions = (img[0] // patch[0]) * (img[1] // patch[1])
-    else:
-        grid_positions = pos_len - num_prefix
-        side = math.isqrt(max(grid_positions, 0))
-        if side * side != grid_positions:  # no_embed_class: no prefix positions
-            grid_positions = pos_len
-            side = math.isqrt(pos_len)
-        img = (side * patch[0], side * patch[1])
-    if "no_embed_class" in args:
-        no_embed_class = bool(args["no_embed_class"])
-    else:
-        no_embed_class = num_prefix > 0 and pos_len == grid_positions
-    if pos_len and pos_len != grid_positions + (0 if no_embed_class else num_prefix):
-        raise ValueError(
-            f"the position table holds {pos_len} positions, but a {img[0]}x{img[1]} image in "
-            f"{patch[0]}x{patch[1]} patches with {num_prefix} prefix token(s) needs "
-            f"{grid_positions + (0 if no_embed_class else num_prefix)}; check img_size"
-        )
-    has_fc_norm_weights = "fc_norm.weight" in state
-    # the pool: model_args > top-level global_pool (save_for_hf) > the weights
-    pool = args.get("global_pool", document.get("global_pool"))
-    if pool is None:
-        if "attn_pool.latent" in state:
-            pool = "map"
-        elif has_fc_norm_weights or not class_token:
-            pool = "avg"
-        else:
-            pool = "token"
-    if pool not in TIMM_POOLS:
-        raise ValueError(f"unsupported timm global_pool {pool!r}; supported: {TIMM_POOLS}")
-    if "fc_norm" in args and args["fc_norm"] is not None:
-        fc_norm = bool(args["fc_norm"])
-    elif "fc_norm.weight" in state:
-        fc_norm = True
-    elif "norm.weight" in state:
-        fc_norm = False
-    else:
-        fc_norm = None
-    act = args.get("act_layer") or ("quick_gelu" if "quickgelu" in arch else "gelu")
-    if act not in TIMM_ACTIVATIONS:
-        raise ValueError(
-            f"unsupported timm act_layer {act!r}; supported: {sorted(TIMM_ACTIVATIONS)}"
-        )
-    # timm's CLIP models use LayerNorm(eps=1e-5); everything else its default 1e-6
-    eps = 1e-5 if "clip" in arch else 1e-6
-    mean = tuple(pretrained.get("mean", (0.5,) * in_chans))
-    std = tuple(pretrained.get("std", (0.5,) * in_chans))
-    head_features = _head_features(state)
-    if "num_classes" in args or "num_classes" in document:
-        declared = args.get("num_classes", document.get("num_classes"))
-        if declared != head_features:
-            raise ValueError(
-                f"config declares num_classes={declared} but the weights hold a "
-                f"{head_features}-way head"
-            )
-    init = args.get("init_values")
-    if init is None and ("blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state):
-        init = 1e-5  # the stored gammas are loaded over it
-    pre_logits = state.get("pre_logits.fc.weight")
-    return {
-        "img_size": img,
-        "patch_size": patch,
-        "in_chans": in_chans,
-        "num_classes": head_features,
-        "embed_dim": dim,
-        "depth": depth,
-        "num_heads": int(heads),
-        "mlp_ratio": hidden / dim,
-        "qkv_bias": "blocks.0.attn.qkv.bias" in state,
-        "qk_norm": "blocks.0.attn.q_norm.weight" in state,
-        "init_values": init,
-        "class_token": class_token,
-        "dist_token": dist_token,
-        "head_dist": "head_dist.weight" in state,
-        "reg_tokens": reg_tokens,
-        "global_pool": pool,
-        "fc_norm": fc_norm,
-        "pre_norm": "norm_pre.weight" in state,
-        "patch_embed_bias": "patch_embed.proj.bias" in state,
-        "act_layer": TIMM_ACTIVATIONS[act],
-        "representation_size": int(pre_logits.shape[0]) if pre_logits is not None else 0,
-        "head_bias": "head.bias" in state or not head_features,
-        "pos_embed": "learned" if pos_len else "none",
-        "pos_embed_prefix": not no_embed_class,
-        "pos_embed_mode": "bicubic",
-        "pos_embed_antialias": True,  # timm's resample_abs_pos_embed
-        "size_policy": "crop",
-        "norm_eps": eps,
-        "mean": mean if len(mean) == in_chans else (mean[0],) * in_chans,
-        "std": std if len(std) == in_chans else (std[0],) * in_chans,
-    }
-
-
-# ----------------------------------------------------------------------------- geometry
-def adapt_state_dict(
-    state: dict[str, Tensor], source: ViTConfig, target: ViTConfig
-) -> dict[str, Tensor]:
-    """Resamples position table and patch kernel from ``source`` to ``target`` geometry (pure)."""
-    state = dict(state)
-    if target.patch_hw != source.patch_hw:
-        state["patch_embed.proj.weight"] = resample_patch_embed(
-            state["patch_embed.proj.weight"],
-            target.patch_hw,
-            target.kernel_resize_mode,
-            target.kernel_resize_antialias,
-        )
-    if "pos_embed" in state and target.grid != source.grid:
-        prefix = source.num_prefix_tokens if source.pos_embed_prefix else 0
-        state["pos_embed"] = resample_pos_embed(
-            state["pos_embed"],
-            target.grid,
-            source.grid,
-            prefix,
-            target.pos_embed_mode,
-            target.pos_embed_antialias,
-        )
-    return state
-
-
-# old names (vitres <= 0.1)
 def convert_hf_vit_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Maps a Hugging Face ``ViTForImageClassification`` / ``ViTModel`` state dict (old name)."""
+    """Maps a Hugging Face ``ViTForImageClassification`` / ``ViTModel`` state dict (old name,
+    vitres <= 0.1)."""
     return convert_hf_state_dict(state, "vit")
-
-
-convert_timm_vit_state_dict = convert_timm_state_dict
-
-__all__ = [
-    "HF_FAMILIES",
-    "adapt_state_dict",
-    "convert_hf_state_dict",
-    "convert_timm_state_dict",
-    "hf_config_fields",
-    "hf_family",
-    "supported_hf_model_types",
-    "timm_config_fields",
-]

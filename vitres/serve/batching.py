@@ -41,7 +41,7 @@ its deadline at ``a_i + S``; ``pred(r, b)`` is the predicted p95 latency of a ba
 **Time outside the worker.** A request also waits before the worker ever sees it (for
 the server's event loop to read it and run its handler) and after its batch (for the
 loop to write the answer). The server measures how late its event loop runs a callback
-(:mod:`vitres.runtime.loop_delay`) and accounts for both: a request's arrival is taken
+(:mod:`vitres.serve.loop_delay`) and accounts for both: a request's arrival is taken
 to be that much before its handler started, and every call here takes the delay an
 answer will take to leave the server as ``overhead_s``; each deadline becomes
 ``a_i + S - overhead_s`` (and the batch limit ``batch_time_fraction * (S -
