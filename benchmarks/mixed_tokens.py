@@ -63,6 +63,7 @@ from vitres.data import eval_batches, load_fashion_mnist, prepare_batch  # noqa:
 from vitres.data.transforms import resize  # noqa: E402
 from vitres.measure import count_flops  # noqa: E402
 from vitres.models.checkpoint import load_model  # noqa: E402
+from vitres.tokens import forward_plan, quadtree_plan  # noqa: E402
 from vitres.tokens.quadtree import QuadtreeTokenizer  # noqa: E402
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -143,8 +144,8 @@ def score(
             rows, cols = model.grid_size(tuple(x.shape[-2:]))
             tokens += rows * cols * len(y)
         else:
-            fitted, plan = model.quadtree_plan(x, token_budget, quadtree=tokenizer)
-            logits = model.forward_plan(fitted, plan)
+            fitted, plan = quadtree_plan(model, x, token_budget, quadtree=tokenizer)
+            logits = forward_plan(model, fitted, plan)
             tokens += sum(plan.counts)
             fine += sum(int((plan.cells.level[i] == 0).sum()) for i in plan.index)
         correct += int((logits.argmax(dim=-1) == y).sum())
@@ -362,7 +363,7 @@ def draw_picture(path: Path, tokenizer: QuadtreeTokenizer, index: int = 0) -> Pa
         row[0].set_title(f"test image {index} (class {int(label)}), 56 px", fontsize=9)
         row[0].set_ylabel(describe(settings), fontsize=8)
         for ax, budget in zip(row[1:], budgets):
-            fitted, plan = model.quadtree_plan(x, budget, quadtree=settings)
+            fitted, plan = quadtree_plan(model, x, budget, quadtree=settings)
             shown = fitted[0, 0] * cfg.std[0] + cfg.mean[0]  # the input as tokenised
             ax.imshow(shown, cmap="gray", vmin=0, vmax=1)
             levels = plan.cells.level[plan.index[0]].tolist()

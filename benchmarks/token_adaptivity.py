@@ -70,7 +70,7 @@ from vitres.backends import get_backend  # noqa: E402
 from vitres.data import load_fashion_mnist, match_channels, normalize, resize, to_float  # noqa: E402
 from vitres.evaluate import accuracy_at  # noqa: E402
 from vitres.measure import env_fingerprint, interleaved_latency  # noqa: E402
-from vitres.models.common import FixedPatchSize  # noqa: E402
+from vitres.tokens import TokenMode, forward_packed, merged_forward, model_merge_schedule  # noqa: E402
 from vitres.tokens.merge import merge_label  # noqa: E402
 from vitres.tokens.pack import StrategyChooser  # noqa: E402
 
@@ -113,7 +113,7 @@ def fmnist_accuracy(args: argparse.Namespace) -> list[dict[str, Any]]:
         model = vitres.load_model(name).eval()
         tokens = model.grid_size((res, res))
         count = tokens[0] * tokens[1]
-        kept = count - sum(model.merge_schedule((res, res), merge)) if merge else count
+        kept = count - sum(model_merge_schedule(model, (res, res), merge)) if merge else count
         acc, n = accuracy_at(model, data, res, batch_size=500, limit=args.limit, merge=merge)
         rows.append(
             {
@@ -136,7 +136,7 @@ def fmnist_throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
     for batch in args.fmnist_batches:
         for res in args.fmnist_res:
             x = torch.randn(batch, 1, res, res, generator=torch.Generator().manual_seed(0))
-            runs = {_label(m): (lambda x, m=m: model(x, merge=m)) for m in args.merges}
+            runs = {_label(m): (lambda x, m=m: merged_forward(model, x, m)) for m in args.merges}
             calls = 20 if batch <= 8 else 1
             with torch.inference_mode():
                 samples = interleaved_latency(runs, x, rounds=args.rounds, calls=calls)
@@ -175,7 +175,8 @@ def vit_s_case(args: argparse.Namespace) -> dict[str, Any]:
     )
     out: dict[str, Any] = {"model": name, "resolution": size, "latency": [], "agreement": []}
     schedules = {
-        _label(m): list(model.merge_schedule((size, size), m)) if m else [] for m in args.vit_merges
+        _label(m): list(model_merge_schedule(model, (size, size), m)) if m else []
+        for m in args.vit_merges
     }
     out["schedules"] = schedules
     rows, cols = model.grid_size((size, size))
@@ -186,7 +187,7 @@ def vit_s_case(args: argparse.Namespace) -> dict[str, Any]:
         for backend in VIT_BACKENDS:
             for merge in args.vit_merges:
                 runner = get_backend(backend)
-                runner.prepare(FixedPatchSize(shared[backend], None, merge), shape)
+                runner.prepare(TokenMode(merge=merge).bind(shared[backend]), shape)
                 backends[(backend, merge)] = runner
         x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
         runs = {f"{b} {_label(m)}": r.run for (b, m), r in backends.items()}
@@ -433,7 +434,7 @@ def run_pack(args: argparse.Namespace) -> dict[str, Any]:
         return torch.cat([model(chunk) for chunk in torch.split(canvas, per_call)])
 
     variants: dict[str, Callable[[], torch.Tensor]] = {
-        s: (lambda s=s: model.forward_packed(images, strategy=s)) for s in PACK_STRATEGIES
+        s: (lambda s=s: forward_packed(model, images, strategy=s)) for s in PACK_STRATEGIES
     }
     variants[f"resize to {native[0]}x{native[1]}"] = resized
     variants[f"pad to {high}x{high}, no mask"] = padded_unmasked

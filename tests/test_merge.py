@@ -10,13 +10,13 @@ import pytest
 import torch
 
 import vitres
+from vitres.layers.layout import TokenLayout
 from vitres.layers.pos_embed import ContinuousPositionBias, offset_bias_at, rope_2d, rope_at
-from vitres.models.common import FixedPatchSize
+from vitres.tokens import TokenMode, merged_forward, model_merge_schedule
 from vitres.tokens.merge import (
-    _MergeState,
+    MergeReduction,
     bipartite_soft_matching,
     merge_schedule,
-    merged_forward,
     parse_merge,
     parse_merge_list,
 )
@@ -46,9 +46,9 @@ def test_no_merge_is_exactly_the_plain_forward(pos):
     with torch.no_grad():
         plain = model(x)
         for merge in (None, 0, 1.0):
-            assert torch.equal(model(x, merge=merge), plain)
+            assert torch.equal(merged_forward(model, x, merge), plain)
         # a real setting changes the output (the knob is wired)
-        assert not torch.allclose(model(x, merge=0.5), plain, atol=1e-6)
+        assert not torch.allclose(merged_forward(model, x, 0.5), plain, atol=1e-6)
 
 
 @pytest.mark.parametrize("pos", POS_KINDS)
@@ -151,15 +151,16 @@ def test_a_merge_keeps_mass_sizes_centres_and_prefix():
     x = torch.randn(2, prefix + n, 8)
     sizes = torch.tensor([[1.0, 2, 1, 1, 3, 1, 1, 2, 1]] * 2)
     centres = torch.rand(2, n, 2).double() * 4
-    state = _MergeState(sizes.clone(), centres.clone(), None)
-    out = state.merge(x, torch.randn(2, prefix + n, 5), 3, prefix)
+    layout = TokenLayout(x, prefix, (3, 3), cells=centres.clone(), sizes=sizes.clone())
+    reduction = MergeReduction([3])
+    out, state = reduction(0, x, torch.randn(2, prefix + n, 5), layout)
     assert out.shape == (2, prefix + n - 3, 8)
     assert torch.equal(out[:, :prefix], x[:, :prefix])
     assert torch.allclose(state.sizes.sum(1), sizes.sum(1))
     mass = (x[:, prefix:] * sizes[..., None]).sum(1)
     assert torch.allclose((out[:, prefix:] * state.sizes[..., None]).sum(1), mass, atol=1e-5)
     moment = (centres * sizes[..., None].double()).sum(1)
-    assert torch.allclose((state.centres * state.sizes[..., None].double()).sum(1), moment)
+    assert torch.allclose((state.cells * state.sizes[..., None].double()).sum(1), moment)
 
 
 def test_rope_and_position_bias_at_grid_centres_are_the_tables():
@@ -193,8 +194,8 @@ def test_padding_is_never_merged_into_content():
     other[..., 24:, :] = torch.randn(2, 3, 24, 48) * 5  # only whole padding tokens change
     other[..., :, 32:] = 7.0
     with torch.no_grad():
-        a = model(x, valid_size=(20, 30), merge=0.5)
-        b = model(other, valid_size=(20, 30), merge=0.5)
+        a = merged_forward(model, x, 0.5, valid_size=(20, 30))
+        b = merged_forward(model, other, 0.5, valid_size=(20, 30))
         assert torch.allclose(a, b, atol=1e-6)
         assert torch.isfinite(a).all()
         # and the schedule counts content tokens only: 3 x 4 of them
@@ -211,7 +212,7 @@ def test_schedules():
     with pytest.raises(ValueError, match="smallest keep ratio"):
         merge_schedule(0.01, 196, 2)
     model = tiny_vit()
-    assert model.merge_schedule((40, 48), 2) == (2, 2)
+    assert model_merge_schedule(model, (40, 48), 2) == (2, 2)
 
 
 @pytest.mark.parametrize(
@@ -222,7 +223,7 @@ def test_schedules():
 def test_bad_merge_values_are_refused(bad, match):
     model = tiny_vit()
     with pytest.raises(ValueError, match=match):
-        model(torch.randn(1, 3, 32, 32), merge=bad)
+        merged_forward(model, torch.randn(1, 3, 32, 32), bad)
 
 
 def test_parsing_and_the_mixer_refusal():
@@ -238,14 +239,14 @@ def test_parsing_and_the_mixer_refusal():
     ).eval()  # fmt: skip
     x = torch.randn(1, 3, 32, 32)
     with pytest.raises(ValueError, match="no attention"):
-        mixer(x, merge=4)
-    assert torch.equal(mixer(x, merge=0), mixer(x))
+        merged_forward(mixer, x, 4)
+    assert torch.equal(merged_forward(mixer, x, 0), mixer(x))
 
 
 def test_merging_runs_in_bf16_and_under_compile_shapes():
     model = tiny_vit(pos_embed="rope").to(torch.bfloat16)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, 40, 40, dtype=torch.bfloat16), merge=0.5)
+        out = merged_forward(model, torch.randn(2, 3, 40, 40, dtype=torch.bfloat16), 0.5)
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
 
 
@@ -275,7 +276,7 @@ def test_merge_as_a_sweep_dimension(tmp_path):
     from vitres.export import unwrap_model
 
     with pytest.raises(ValueError, match="does not export"):
-        unwrap_model(FixedPatchSize(tiny_vit(), None, 8))
+        unwrap_model(TokenMode(merge=8).bind(tiny_vit()))
 
 
 def test_baseline_is_never_a_merged_config():
@@ -309,7 +310,7 @@ def test_evaluate_with_merge():
         from vitres.data import eval_batches
 
         correct = sum(
-            int((model(x, merge=4).argmax(-1) == y).sum())
+            int((merged_forward(model, x, 4).argmax(-1) == y).sum())
             for x, y in eval_batches(
                 data, 16, 50, mean=model.config.mean, std=model.config.std, in_chans=1, limit=100
             )

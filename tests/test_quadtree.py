@@ -28,6 +28,7 @@ from vitres.layers.pos_embed import (
     sincos_at,
 )
 from vitres.models.vit import VisionTransformer
+from vitres.tokens import TokenMode, quadtree_forward, quadtree_plan
 from vitres.tokens.quadtree import (
     QuadtreeTokenizer,
     build_tree,
@@ -81,8 +82,8 @@ def test_every_split_is_the_fine_model(kind, head):
     x = images(3, 2, 32, 48)  # non-square: an 8 x 12 fine grid
     with torch.no_grad():
         fine = model(x)
-        tree = model(x, token_budget=8 * 12)
-        beyond = model(x, token_budget=10_000)  # above the fine count: clamped to it
+        tree = quadtree_forward(model, x, 8 * 12)
+        beyond = quadtree_forward(model, x, 10_000)  # above the fine count: clamped to it
     assert torch.allclose(tree, fine, atol=TOL, rtol=0)
     assert torch.allclose(beyond, fine, atol=TOL, rtol=0)
 
@@ -106,7 +107,7 @@ def test_no_split_is_the_coarse_model(kind, head, levels, kernel):
     with torch.no_grad():
         coarse = model(x, patch_size=coarse_patch)
         for tokenizer in tokenizers:
-            tree = model(x, token_budget=budget, quadtree=tokenizer)
+            tree = quadtree_forward(model, x, budget, quadtree=tokenizer)
             assert torch.allclose(tree, coarse, atol=TOL, rtol=0)
 
 
@@ -125,7 +126,7 @@ def test_no_split_learned_table_is_the_region_average(head):
         reference.pos_embed.copy_(torch.cat([fine[:prefix], averaged.flatten(1).T])[None])
         expected = reference(x, patch_size=8)
         average = QuadtreeTokenizer(levels=2, table_positions="average", kernel_resize_mode=None)
-        tree = model(x, token_budget=24, quadtree=average)
+        tree = quadtree_forward(model, x, 24, quadtree=average)
         plain_coarse = model(x, patch_size=8)  # bicubic at the coarse grid instead
     assert torch.allclose(tree, expected, atol=TOL, rtol=0)
     assert not torch.allclose(tree, plain_coarse, atol=TOL, rtol=0)  # the test can fail
@@ -137,7 +138,7 @@ def test_clipped_grid_all_splits_is_the_fine_model():
     x = images(2, 1, 28, 28)
     clip = QuadtreeTokenizer(levels=3, align="clip")
     with torch.no_grad():
-        tree = model(x, token_budget=49, quadtree=clip)
+        tree = quadtree_forward(model, x, 49, quadtree=clip)
         assert torch.allclose(tree, model(x), atol=TOL, rtol=0)
 
 
@@ -146,11 +147,11 @@ def test_resize_alignment_is_the_model_at_the_aligned_size():
     model = tiny("sincos", img_size=28, in_chans=1)
     x = images(2, 1, 28, 28)
     aligned = QuadtreeTokenizer(levels=3, align="resize")
-    fitted, plan = model.quadtree_plan(x, 10, quadtree=aligned)
+    fitted, plan = quadtree_plan(model, x, 10, quadtree=aligned)
     assert fitted.shape[-2:] == (32, 32) and plan.grid == (8, 8)
     resized = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
     with torch.no_grad():
-        tree = model(x, token_budget=64, quadtree=aligned)
+        tree = quadtree_forward(model, x, 64, quadtree=aligned)
         assert torch.allclose(tree, model(resized), atol=TOL, rtol=0)
 
 
@@ -160,8 +161,8 @@ def test_level_table_positions_no_split_is_the_coarse_model(head):
     x = images(2, 2, 32, 48)
     level = QuadtreeTokenizer(levels=2, table_positions="level", kernel_resize_mode=None)
     with torch.no_grad():
-        tree = model(x, token_budget=24, quadtree=level)
-        fine = model(x, token_budget=96, quadtree=level)
+        tree = quadtree_forward(model, x, 24, quadtree=level)
+        fine = quadtree_forward(model, x, 96, quadtree=level)
         assert torch.allclose(tree, model(x, patch_size=8), atol=TOL, rtol=0)
         assert torch.allclose(fine, model(x), atol=TOL, rtol=0)
 
@@ -197,10 +198,12 @@ def test_proportional_weighting_changes_only_mixed_trees():
     weighted = QuadtreeTokenizer(levels=3, proportional=True)
     with torch.no_grad():
         for uniform in (6, 96):  # no split / every split: all sizes equal
-            a = model(x, token_budget=uniform, quadtree=plain)
-            assert torch.allclose(a, model(x, token_budget=uniform, quadtree=weighted), atol=TOL)
-        mixed_plain = model(x, token_budget=30, quadtree=plain)
-        mixed_weighted = model(x, token_budget=30, quadtree=weighted)
+            a = quadtree_forward(model, x, uniform, quadtree=plain)
+            assert torch.allclose(
+                a, quadtree_forward(model, x, uniform, quadtree=weighted), atol=TOL
+            )
+        mixed_plain = quadtree_forward(model, x, 30, quadtree=plain)
+        mixed_weighted = quadtree_forward(model, x, 30, quadtree=weighted)
     assert not torch.allclose(mixed_plain, mixed_weighted, atol=1e-3)
 
 
@@ -270,19 +273,19 @@ def test_budget_below_the_roots_and_bad_values_are_errors():
     model = tiny("learned")
     x = images(1, 2, 32, 48)
     with pytest.raises(ValueError, match=r"below the 6 tokens of the coarsest tiling"):
-        model(x, token_budget=5, quadtree=QuadtreeTokenizer(levels=3))
+        quadtree_forward(model, x, 5, quadtree=QuadtreeTokenizer(levels=3))
     for bad in (0, -3, 2.5, True):
         with pytest.raises(ValueError, match="token_budget must be a positive int"):
-            model(x, token_budget=bad)
+            quadtree_forward(model, x, bad)
     with pytest.raises(ValueError, match="needs token_budget"):
-        model(x, quadtree=QuadtreeTokenizer())
+        quadtree_forward(model, x, None, quadtree=QuadtreeTokenizer())
     with pytest.raises(ValueError, match="levels must be an int >= 1"):
         QuadtreeTokenizer(levels=0)
     with pytest.raises(ValueError, match="unknown saliency"):
         QuadtreeTokenizer(saliency="edges")
     mixer = vitres.create_model("mixer_tiny4", img_size=16, in_chans=1, num_classes=3)
     with pytest.raises(ValueError, match="need attention"):
-        mixer(torch.randn(1, 1, 16, 16), token_budget=8)
+        quadtree_forward(mixer, torch.randn(1, 1, 16, 16), 8)
 
 
 def test_flat_image_ties_go_large_then_top_then_left():
@@ -344,12 +347,12 @@ def test_batch_of_different_token_counts_equals_one_at_a_time():
     x[2] = images(1, 1, 28, 28, seed=7)
     budget = 8  # one split (+3) fits; a clipped 2 x 1 cell's split (+1) only in image 1
     clip = QuadtreeTokenizer(levels=3, align="clip")
-    _, plan = model.quadtree_plan(x, budget, quadtree=clip)
+    _, plan = quadtree_plan(model, x, budget, quadtree=clip)
     assert plan.counts[:2] == [7, 8] and max(plan.counts) <= budget
     with torch.no_grad():
-        together = model(x, token_budget=budget, quadtree=clip)
+        together = quadtree_forward(model, x, budget, quadtree=clip)
         alone = torch.cat(
-            [model(x[i : i + 1], token_budget=budget, quadtree=clip) for i in range(4)]
+            [quadtree_forward(model, x[i : i + 1], budget, quadtree=clip) for i in range(4)]
         )
     assert torch.isfinite(together).all()
     assert torch.allclose(together, alone, atol=TOL, rtol=0)
@@ -360,8 +363,8 @@ def test_valid_size_crops_the_padding_before_tokenising():
     content = images(2, 2, 30, 44)
     padded = F.pad(content, (0, 10, 0, 6))
     with torch.no_grad():
-        masked = model(padded, valid_size=(30, 44), token_budget=30)
-        cropped = model(content, token_budget=30)
+        masked = quadtree_forward(model, padded, 30, valid_size=(30, 44))
+        cropped = quadtree_forward(model, content, 30)
     assert torch.isfinite(masked).all()
     assert torch.allclose(masked, cropped, atol=TOL, rtol=0)
 
@@ -376,7 +379,7 @@ def test_tree_of_a_batch_is_each_image_alone():
 
 def test_gradients_flow_in_training_mode():
     model = tiny("learned").train()
-    out = model(images(2, 2, 32, 48), token_budget=30)
+    out = quadtree_forward(model, images(2, 2, 32, 48), 30)
     out.sum().backward()
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
     assert model.pos_embed.grad.abs().sum() > 0
@@ -430,7 +433,7 @@ def test_sweep_and_recommend_trade_budget_against_resolution(tmp_path):
     )
     assert [m.status for m in records] == ["ok"] * 4
     by_key = {(m.config.resolution[0], m.config.token_budget): m for m in records}
-    _, plan = vitres.load_model(path).quadtree_plan(torch.zeros(1, 1, 28, 28), 16)
+    _, plan = quadtree_plan(vitres.load_model(path), torch.zeros(1, 1, 28, 28), 16)
     assert by_key[(28, 16)].tokens == 16 and by_key[(28, 16)].grid == plan.grid
     assert by_key[(28, None)].tokens == 49
     assert by_key[(16, 16)].tokens == 16  # 4 x 4 fine grid: every split, the plain model
@@ -482,8 +485,8 @@ def test_nearest_kernel_is_the_base_kernel_on_the_averaged_cell():
         got = table[:, start : start + count]
         assert torch.allclose(got, expected.flatten(2).transpose(1, 2), atol=1e-5)
     with torch.no_grad():  # and the option reaches the model
-        a = model(x, token_budget=30, quadtree=QuadtreeTokenizer(kernel_resize_mode="nearest"))
-        b = model(x, token_budget=30, quadtree=QuadtreeTokenizer(kernel_resize_mode="bicubic"))
+        a = quadtree_forward(model, x, 30, quadtree=QuadtreeTokenizer(kernel_resize_mode="nearest"))
+        b = quadtree_forward(model, x, 30, quadtree=QuadtreeTokenizer(kernel_resize_mode="bicubic"))
     assert not torch.allclose(a, b, atol=1e-4)
 
 
@@ -491,10 +494,13 @@ def test_merge_and_token_budget_together_are_refused_clearly():
     model = tiny("learned").eval()
     x = images(1, 2, 16, 24)
     with pytest.raises(ValueError, match="merge and token_budget cannot be combined yet"):
-        model(x, merge=2, token_budget=12)
+        TokenMode(merge=2, token_budget=12).forward(model, x)
     # a merge that merges nothing is no merge: the budgeted forward runs as without it
     torch.testing.assert_close(
-        model(x, merge=0, token_budget=12), model(x, token_budget=12), rtol=0, atol=0
+        TokenMode(merge=0, token_budget=12).forward(model, x),
+        quadtree_forward(model, x, 12),
+        rtol=0,
+        atol=0,
     )
 
 

@@ -25,9 +25,9 @@ from tqdm.auto import tqdm
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset, native_batches
 from vitres.layers.patch_embed import canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
-from vitres.tokens.merge import check_merge
-from vitres.tokens.pack import PACK_STRATEGIES, run_plan
-from vitres.tokens.quadtree import QuadtreeTokenizer, check_token_budget
+from vitres.tokens.mode import TokenMode
+from vitres.tokens.pack import run_plan
+from vitres.tokens.quadtree import QuadtreeTokenizer
 
 __all__ = ["accuracy_at", "accuracy_packed", "evaluate", "parse_resolutions"]
 
@@ -60,7 +60,7 @@ def accuracy_at(
         progress: A tqdm bar advanced by the examples of each batch (optional).
         merge: token merging inside the blocks (:mod:`vitres.tokens.merge`), ``None``: off.
         token_budget: Mixed-resolution tokens: at most this many patch tokens per image
-            (``model(x, token_budget=K)``, :mod:`vitres.tokens.quadtree`).
+            (:func:`vitres.tokens.quadtree_forward`).
         quadtree: The quadtree's settings with a token budget (default ``QuadtreeTokenizer()``).
 
     Returns:
@@ -70,13 +70,7 @@ def accuracy_at(
     was_training = model.training
     model.eval()
     correct = total = 0
-    kwargs: dict[str, Any] = {} if patch_size is None else {"patch_size": patch_size}
-    if merge is not None:
-        kwargs["merge"] = merge
-    if token_budget is not None:
-        kwargs["token_budget"] = token_budget
-        if quadtree is not None:
-            kwargs["quadtree"] = quadtree
+    mode = TokenMode(merge, token_budget, quadtree)
     try:
         for x, y in eval_batches(
             dataset,
@@ -88,7 +82,7 @@ def accuracy_at(
             limit=limit,
         ):
             with _autocast(precision):
-                logits = model(x, **kwargs)
+                logits = mode.forward(model, x, patch_size)
             correct += int((logits.argmax(dim=-1) == y).sum())
             total += len(y)
             if progress is not None:
@@ -227,14 +221,7 @@ def evaluate(
         raise ValueError(
             "pack scores every image at its own size; it does not take resolutions (drop one)"
         )
-    if pack is not None and merge is not None:
-        raise ValueError(
-            "token merging inside packed sequences is not supported; use merge or pack"
-        )
-    if pack is not None and pack not in PACK_STRATEGIES:
-        raise ValueError(f"unknown packing strategy {pack!r}; expected one of {PACK_STRATEGIES}")
-    if merge is not None:
-        check_merge(merge)
+    mode = TokenMode.of(merge, token_budget, quadtree_levels, pack)  # checks the settings
     name = str(model) if not isinstance(model, nn.Module) else "<in-memory>"
     overrides = {}
     if pos_embed_mode is not None:
@@ -267,23 +254,8 @@ def evaluate(
     else:
         data = dataset
     sizes = parse_resolutions(resolutions) if pack is None else []
-    if token_budget is not None and (merge is not None or pack is not None):
-        raise ValueError(
-            "merge and token_budget cannot be combined yet (nor pack and token_budget): "
-            "pass --token-budget alone, or --merge / --pack without it"
-        )
-    quadtree = None
-    if quadtree_levels is not None:
-        if token_budget is None:
-            raise ValueError("--quadtree-levels needs --token-budget (mixed-resolution tokens)")
-        quadtree = QuadtreeTokenizer(levels=quadtree_levels)
-    if token_budget is not None:
-        check_token_budget(token_budget)
-        if not hasattr(net, "quadtree_plan"):
-            raise ValueError(
-                f"--token-budget needs a ViT (mixed-resolution tokens); {type(net).__name__} "
-                "mixes one grid of equal patches"
-            )
+    mode.check_model(net)
+    quadtree = mode.quadtree
     threads_before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:

@@ -49,14 +49,18 @@ class AnyResolutionMixin:
             to_patch(patch_size), cfg.kernel_resize_mode, cfg.kernel_resize_antialias
         )
 
-    def _checked_input(
+    def check_input(
         self,
         x: Tensor,
         patch_size: PatchSize | None,
         valid_size: tuple[int, int] | None = None,
     ) -> tuple[Tensor, PatchSize, tuple[int, int] | None]:
         """Validates the input (outside tracing), casts it to the weights' dtype, and
-        returns it with the patch size to use and the checked ``valid_size``."""
+        returns it with the patch size to use and the checked ``valid_size``.
+
+        Raises:
+            ValueError: the images, patch size or ``valid_size`` do not fit the model.
+        """
         p = self.config.patch_size if patch_size is None else patch_size
         if not is_tracing():
             check_images(x, self.config.in_chans)
@@ -68,39 +72,20 @@ class AnyResolutionMixin:
 
     def _checked_patch_size(self, x: Tensor, patch_size: PatchSize | None) -> PatchSize:
         """Validates the input (outside tracing) and returns the patch size to use."""
-        return self._checked_input(x, patch_size)[1]
+        return self.check_input(x, patch_size)[1]
 
 
-__all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT", "FixedPatchSize", "FixedTokenBudget"]
+__all__ = ["AnyResolutionMixin", "ConfigBase", "ConfigT", "FixedPatchSize"]
 
 
 class FixedPatchSize(nn.Module):
-    """Binds ``patch_size`` (and a token-merging setting, ``merge``) so a backend sees a
-    plain ``forward(x)``. Exporters refuse a bound ``merge`` (no graph holds it)."""
+    """Binds ``patch_size`` so a backend sees a plain ``forward(x)`` (token modes bind
+    with :meth:`vitres.tokens.TokenMode.bind`)."""
 
-    def __init__(
-        self, model: nn.Module, patch_size: int | None, merge: int | float | None = None
-    ) -> None:
+    def __init__(self, model: nn.Module, patch_size: PatchSize | None) -> None:
         super().__init__()
         self.model = model
         self.patch_size = patch_size
-        self.merge = merge
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.merge is None:
-            return self.model(x, patch_size=self.patch_size)
-        return self.model(x, patch_size=self.patch_size, merge=self.merge)
-
-
-class FixedTokenBudget(nn.Module):
-    """Binds ``token_budget`` (mixed-resolution tokens) and ``patch_size`` so a backend
-    sees a plain ``forward(x)``."""
-
-    def __init__(self, model: nn.Module, token_budget: int, patch_size: int | None = None) -> None:
-        super().__init__()
-        self.model = model
-        self.token_budget = token_budget
-        self.patch_size = patch_size
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x, patch_size=self.patch_size, token_budget=self.token_budget)
+        return self.model(x, patch_size=self.patch_size)

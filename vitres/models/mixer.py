@@ -28,7 +28,6 @@ from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch
 from vitres.layers.pos_embed import resample_grid
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import MixerConfig
-from vitres.tokens.merge import merge_is_identity
 
 __all__ = ["MixerConfig", "MlpMixer", "resample_token_mixing"]
 
@@ -131,7 +130,7 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
 
     def forward_features(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
         cfg = self.config
-        x, p, _ = self._checked_input(x, patch_size)
+        x, p, _ = self.check_input(x, patch_size)
         x, _ = fit_to_patch(x, p, cfg.size_policy)
         tokens, grid = self.stem(x, p, cfg.kernel_resize_mode, cfg.kernel_resize_antialias)
         for index, block in enumerate(self.blocks):
@@ -142,30 +141,11 @@ class MlpMixer(AnyResolutionMixin, nn.Module):
         pooled = tokens.mean(dim=1)
         return pooled if pre_logits else self.head(pooled)
 
-    def forward(
-        self,
-        x: Tensor,
-        patch_size: PatchSize | None = None,
-        merge: object = None,
-        token_budget: int | None = None,
-    ) -> Tensor:
+    def forward(self, x: Tensor, patch_size: PatchSize | None = None) -> Tensor:
         """Classifies ``(B, in_chans, H, W)`` images of any size (see module docstring).
 
-        ``merge`` exists to refuse token merging clearly: a Mixer has no attention to
-        merge tokens in (``None``, ``0`` and ``1.0``, which merge nothing, are accepted).
-        ``token_budget`` (mixed-resolution tokens) is a ViT feature: a Mixer's token MLP
-        mixes a fixed grid of equal patches, so it raises ``ValueError``.
+        A Mixer has no attention: its token-mixing weights are tied to one grid of equal
+        patches, so token merging and mixed-resolution tokens (:mod:`vitres.tokens`)
+        refuse it.
         """
-        if token_budget is not None:
-            raise ValueError(
-                "mixed-resolution tokens (token_budget) need attention, which takes any set "
-                "of tokens; an MLP-Mixer mixes one grid of equal patches by position. Use a "
-                "ViT, or lower the Mixer's resolution instead"
-            )
-        if merge is not None and not merge_is_identity(merge):
-            raise ValueError(
-                f"merge={merge!r}: an MLP-Mixer has no attention, so token merging (ToMe) "
-                "does not apply (its token-mixing weights are tied to the token grid); use a "
-                "ViT, or drop merge"
-            )
         return self.forward_head(self.forward_features(x, patch_size))

@@ -3,7 +3,7 @@
 Resolution is a run-time property: ``model(x)`` accepts any ``H x W`` and
 ``model(x, patch_size=p)`` any patch size (FlexiViT PI-resize of the patch kernel). The
 position information follows the token grid of each input, by the kind chosen at build
-time (``ViTConfig.pos_embed``):
+time (``ViTConfig.pos_embed``, :mod:`vitres.layers.positions`):
 
 * ``learned``: a table learned for the native grid, resampled per grid
   (``pos_embed_mode``: nearest, bilinear, bicubic, area or fourier);
@@ -12,8 +12,12 @@ time (``ViTConfig.pos_embed``):
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
-``model(x, token_budget=K)`` tokenises with mixed-resolution tokens instead: a quadtree
-of fine and coarse patches under a budget of ``K`` tokens (:mod:`vitres.tokens.quadtree`).
+One token pipeline: :meth:`VisionTransformer.tokenize` turns images into a
+:class:`~vitres.layers.layout.TokenLayout`, :meth:`VisionTransformer.encode` runs the
+blocks on any layout (the model's only block loop, with an optional per-block token
+reduction such as merging), and :meth:`VisionTransformer.forward_head` pools and
+classifies. Token kinds beyond the uniform grid (merging, quadtree, packing) build
+layouts through this public API in :mod:`vitres.tokens`.
 
 Module names follow timm's ``VisionTransformer`` so timm state dicts map one to one, and
 the options of the families vitres imports are built in: DeiT's distillation token and
@@ -28,206 +32,84 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitres.layers.attention_pool import AttentionPoolLatent
+from vitres.layers.block import Attention, Block, LayerScale, drop_path
 from vitres.layers.cache import VersionedCache, is_tracing
-from vitres.layers.mlp import Mlp
-from vitres.layers.patch_embed import (
-    PatchEmbed,
-    PatchSize,
-    fit_to_patch,
-    padded_token_mask,
-    to_patch,
-)
-from vitres.layers.pos_embed import (
-    ContinuousPositionBias,
-    CoordinateMLPPosEmbed,
-    apply_rope,
-    resample_pos_embed,
-    rope_2d,
-    rope_at,
-    sincos_2d,
-    sincos_at,
+from vitres.layers.layout import TokenLayout
+from vitres.layers.patch_embed import PatchEmbed, PatchSize, fit_to_patch, padded_token_mask
+from vitres.layers.pos_embed import ContinuousPositionBias, CoordinateMLPPosEmbed
+from vitres.layers.positions import (
+    ContinuousBiasPositions,
+    CoordinateMLPPositions,
+    LearnedPositions,
+    RotaryPositions,
+    SinCosPositions,
 )
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
-from vitres.tokens.merge import MergeSpec, merge_is_identity, merge_schedule, merged_forward
-from vitres.tokens.pack import PackPlan, pack, run_plan
-from vitres.tokens.quadtree import (
-    QuadtreePlan,
-    QuadtreeTokenizer,
-    cell_centres,
-    cell_means,
-    embed_cells,
-)
 
-__all__ = ["GLOBAL_POOLS", "POS_EMBED_KINDS", "VisionTransformer", "ViTConfig"]
+__all__ = [
+    "GLOBAL_POOLS",
+    "POS_EMBED_KINDS",
+    "Attention",
+    "Block",
+    "TokenReduction",
+    "VisionTransformer",
+    "ViTConfig",
+    "drop_path",
+]
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention on ``F.scaled_dot_product_attention``, optional q/k LayerNorm.
+class TokenReduction(Protocol):
+    """A per-block token reduction run by :meth:`VisionTransformer.encode` between each
+    block's attention and its MLP (token merging, :mod:`vitres.tokens.merge`)."""
 
-    :meth:`forward_with_weights` computes the same output with an explicit
-    ``softmax(q k^T / sqrt(head_dim) + mask)`` and returns the weights too; only
-    :mod:`vitres.explain` calls it, so the normal forward stays on the fused kernel.
-    """
+    def __call__(
+        self, index: int, tokens: Tensor, metric: Tensor, layout: TokenLayout
+    ) -> tuple[Tensor, TokenLayout]:
+        """Reduces the tokens after block ``index``'s attention.
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        qkv_bias: bool = True,
-        qk_norm: bool = False,
-        norm_eps: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
-        self.proj = nn.Linear(dim, dim)
-
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``q, k, v``, each ``(B, heads, T, head_dim)``, q/k normalised, before any rotation."""
-        batch, tokens, _ = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, head_dim)
-        return self.q_norm(q), self.k_norm(k), v
-
-    @staticmethod
-    def _rotate(
-        q: Tensor, k: Tensor, rope: tuple[Tensor, Tensor] | None, num_prefix_tokens: int
-    ) -> tuple[Tensor, Tensor]:
-        """``q, k`` with the rotary embedding applied to the tokens after the prefix.
-
-        ``rope`` is ``(cos, sin)``, each ``(T - prefix, head_dim)`` shared by the batch or
-        ``(B, 1, T - prefix, head_dim)`` per sample (merged or packed tokens)."""
-        if rope is None:
-            return q, k
-        cos, sin = rope
-        p = num_prefix_tokens
-        q = torch.cat([q[:, :, :p], apply_rope(q[:, :, p:], cos, sin)], dim=2)
-        k = torch.cat([k[:, :, :p], apply_rope(k[:, :, p:], cos, sin)], dim=2)
-        return q, k
-
-    def _heads(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, num_prefix_tokens: int
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``q, k, v``, each ``(B, heads, T, head_dim)``, rotary embedding applied."""
-        q, k, v = self._qkv(x)
-        q, k = self._rotate(q, k, rope, num_prefix_tokens)
-        return q, k, v
-
-    def forward(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor] | None = None,
-        num_prefix_tokens: int = 0,
-        attn_mask: Tensor | None = None,
-    ) -> Tensor:
-        q, k, v = self._heads(x, rope, num_prefix_tokens)
-        return self._attend(q, k, v, attn_mask, x.shape)
-
-    def _attend(
-        self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, shape: torch.Size
-    ) -> Tensor:
-        """Fused attention of per-head ``q, k, v`` back to ``shape`` ``(B, T, D)``, projected."""
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(shape))
-
-    def forward_with_metric(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor] | None = None,
-        num_prefix_tokens: int = 0,
-        attn_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The output of :meth:`forward` and the keys averaged over heads, ``(B, T, head_dim)``
-        before any rotation: the similarity metric of token merging
-        (:mod:`vitres.tokens.merge`)."""
-        q, k, v = self._qkv(x)
-        metric = sum(k.unbind(dim=1)) / self.num_heads  # k.mean(dim=1), 3x faster on CPU
-        q, k = self._rotate(q, k, rope, num_prefix_tokens)
-        return self._attend(q, k, v, attn_mask, x.shape), metric
-
-    def forward_with_weights(
-        self,
-        x: Tensor,
-        rope: tuple[Tensor, Tensor] | None = None,
-        num_prefix_tokens: int = 0,
-        attn_mask: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The output of :meth:`forward` computed explicitly, and the attention weights.
+        Args:
+            index: the block.
+            tokens: ``(B, T, D)`` after the attention and its residual.
+            metric: ``(B, T, head_dim)`` the keys averaged over heads, before rotation.
+            layout: the layout the block ran on.
 
         Returns:
-            ``(output (B, T, D), weights (B, heads, T, T))``; ``weights[b, h, i, j]`` is
-            how much query token ``i`` takes from key token ``j`` (rows sum to 1).
+            The reduced tokens and their layout (``layout`` itself when nothing changed;
+            a new layout holds the reduced tokens, and its positions are recomputed for
+            the next block).
         """
-        batch, tokens, dim = x.shape
-        q, k, v = self._heads(x, rope, num_prefix_tokens)
-        logits = (q @ k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, heads, T, T)
-        if attn_mask is not None:
-            logits = logits + attn_mask
-        weights = logits.float().softmax(dim=-1).to(q.dtype)
-        out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj(out), weights
+        ...
 
 
-class LayerScale(nn.Module):
-    """Per-channel residual-branch scale ``x * gamma`` (CaiT / DeiT-3 / DINOv2)."""
+@dataclasses.dataclass(frozen=True)
+class _PositionKinds:
+    """The position-kind objects of one config (rebuilt when the config is replaced)."""
 
-    def __init__(self, dim: int, init_values: float) -> None:
-        super().__init__()
-        self.init_values = init_values
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+    learned: LearnedPositions
+    sincos: SinCosPositions
+    coordinate_mlp: CoordinateMLPPositions
+    rotary: RotaryPositions
+    relative_bias: ContinuousBiasPositions
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gamma
-
-
-def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth: drops whole residual branches per sample while training."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block, with LayerScale when ``init_values`` is set."""
-
-    def __init__(self, cfg: ViTConfig, drop_path_rate: float = 0.0) -> None:
-        super().__init__()
-        dim = cfg.embed_dim
-        self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps)
-        self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.act_layer)
-        self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
-        self.drop_path_rate = drop_path_rate
-
-    def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
-        rate, training = self.drop_path_rate, self.training
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x), **attn_kwargs)), rate, training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
-
-    def forward_merging(
-        self, x: Tensor, merge: Callable[[Tensor, Tensor], Tensor], **attn_kwargs
-    ) -> Tensor:
-        """:meth:`forward` with token merging between the attention and the MLP (ToMe):
-        ``merge(x, metric)`` returns the merged tokens (:mod:`vitres.tokens.merge`)."""
-        rate, training = self.drop_path_rate, self.training
-        out, metric = self.attn.forward_with_metric(self.norm1(x), **attn_kwargs)
-        x = merge(x + drop_path(self.ls1(out), rate, training), metric)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
+    @classmethod
+    def of(cls, cfg: ViTConfig) -> _PositionKinds:
+        prefix, grid = cfg.num_prefix_tokens, cfg.grid
+        return cls(
+            LearnedPositions(
+                grid, prefix, cfg.pos_embed_prefix, cfg.pos_embed_mode, cfg.pos_embed_antialias
+            ),
+            SinCosPositions(cfg.embed_dim, grid),
+            CoordinateMLPPositions(),
+            RotaryPositions(cfg.embed_dim // cfg.num_heads, grid, cfg.rope_theta),
+            ContinuousBiasPositions(prefix),
+        )
 
 
 class VisionTransformer(AnyResolutionMixin, nn.Module):
@@ -287,6 +169,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         )
         self.head_dist = nn.Linear(dim, cfg.num_classes) if cfg.head_dist else None
         self._cache = VersionedCache()
+        self._kinds: tuple[ViTConfig, _PositionKinds] | None = None
         self._init_weights()
 
     # ---------------------------------------------------------------- construction
@@ -318,23 +201,21 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return self.config.num_prefix_tokens
 
     # ---------------------------------------------------------------- position
-    def _learned_pos(self, grid: tuple[int, int]) -> Tensor:
-        cfg = self.config
-        prefix = cfg.num_prefix_tokens if cfg.pos_embed_prefix else 0
-        return self._cache.get(
-            ("learned", grid, cfg.pos_embed_mode, cfg.pos_embed_antialias),
-            [self.pos_embed],
-            lambda: resample_pos_embed(
-                self.pos_embed, grid, cfg.grid, prefix, cfg.pos_embed_mode, cfg.pos_embed_antialias
-            ),
-            enabled=not self.training,
-        )
+    @property
+    def positions(self) -> _PositionKinds:
+        """The position kinds of the config in effect (:mod:`vitres.layers.positions`)."""
+        if self._kinds is None or self._kinds[0] is not self.config:
+            self._kinds = (self.config, _PositionKinds.of(self.config))
+        return self._kinds[1]
 
-    def _fixed(self, key: tuple, fn) -> Tensor:
-        """Caches parameter-free tables (sincos, rope) for every mode, training included."""
-        return self._cache.get(key, [], fn, enabled=True)
+    def position_table(self, grid: tuple[int, int]) -> Tensor | None:
+        """The learned table resampled to ``grid``, ``(1, prefix? + rows * cols, D)`` with
+        prefix entries first when ``pos_embed_prefix``; ``None`` for other kinds."""
+        if self.pos_embed is None:
+            return None
+        return self.positions.learned.table(self.pos_embed, grid, self._cache, self.training)
 
-    def _prefix_tokens(self, batch: int, dtype: torch.dtype) -> list[Tensor]:
+    def prefix_tokens(self, batch: int, dtype: torch.dtype) -> list[Tensor]:
         """The class, distillation and register tokens, each ``(B, n, D)``, in that order."""
         prefix = []
         for token in (self.cls_token, self.dist_token, self.reg_token):
@@ -343,40 +224,40 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return prefix
 
     def _add_prefix_and_pos(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch tokens ``(B, N, D)`` of ``grid`` → the sequence with prefix and positions."""
         cfg = self.config
-        batch = x.shape[0]
         if cfg.pos_embed == "sincos":
-            pos = self._fixed(
-                ("sincos", grid, str(x.device)),
-                lambda: sincos_2d(grid, cfg.embed_dim, cfg.grid).to(x.device),
-            )
-            x = x + pos.to(x.dtype)
+            x = x + self.positions.sincos.table(grid, x.device, self._cache).to(x.dtype)
         elif cfg.pos_embed == "mlp":
-            x = x + self._cache.get(
-                ("mlp", grid),
-                list(self.pos_mlp.parameters()),
-                lambda: self.pos_mlp(grid),
-                enabled=not self.training,
-            ).to(x.dtype)
-        prefix = self._prefix_tokens(batch, x.dtype)
+            table = self.positions.coordinate_mlp.table(
+                self.pos_mlp, grid, self._cache, self.training
+            )
+            x = x + table.to(x.dtype)
+        prefix = self.prefix_tokens(x.shape[0], x.dtype)
         if cfg.pos_embed == "learned":
-            pos = self._learned_pos(grid).to(x.dtype)
-            if cfg.pos_embed_prefix:
-                x = torch.cat(prefix + [x], dim=1) + pos
-            else:
-                x = torch.cat(prefix + [x + pos], dim=1)
-        elif prefix:
+            return self.positions.learned.add(x, prefix, self.position_table(grid).to(x.dtype))
+        if prefix:
             x = torch.cat(prefix + [x], dim=1)
         return x
 
-    # ---------------------------------------------------------------- forward
-    def _embed(
-        self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
-    ) -> tuple[Tensor, tuple[int, int], Tensor | None]:
-        """The checked input as tokens ``(B, prefix + N, D)`` (position and pre-norm
-        applied), its grid, and the content mask ``(prefix + N,)`` (``None``: all content)."""
+    # ---------------------------------------------------------------- tokens
+    def tokenize(
+        self,
+        x: Tensor,
+        patch_size: PatchSize | None = None,
+        valid_size: tuple[int, int] | None = None,
+    ) -> TokenLayout:
+        """Images as a uniform-grid layout: checked, fitted to the patch size, patch
+        embedded, positions and prefix tokens added, pre-normed.
+
+        Args:
+            x: ``(B, in_chans, H, W)`` images.
+            patch_size: the patch size (the model's when ``None``).
+            valid_size: ``(h, w)`` of content; padding-only tokens get ``content`` False
+                and are masked out of attention.
+        """
         cfg = self.config
-        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
+        x, p, valid_size = self.check_input(x, patch_size, valid_size)
         x, content_hw = fit_to_patch(x, p, cfg.size_policy)
         if valid_size is not None:
             content_hw = (min(content_hw[0], valid_size[0]), min(content_hw[1], valid_size[1]))
@@ -385,62 +266,94 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         )  # (B, N, D)
         tokens = self.norm_pre(self._add_prefix_and_pos(tokens, grid))
         keep = None if is_tracing() else padded_token_mask(grid, content_hw, p)
-        if keep is not None:
-            keep = torch.cat([keep.new_ones(self.num_prefix_tokens), keep]).to(tokens.device)
-        return tokens, grid, keep
-
-    def _rope(self, grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor] | None:
-        """The (cached) rotary ``(cos, sin)`` tables of a grid, ``None`` without RoPE."""
-        cfg = self.config
-        if cfg.pos_embed != "rope":
-            return None
-        head_dim = cfg.embed_dim // cfg.num_heads
-        return self._fixed(
-            ("rope", grid, str(device)),
-            lambda: tuple(t.to(device) for t in rope_2d(grid, head_dim, cfg.grid, cfg.rope_theta)),
-        )
-
-    def _cpb_bias(self, index: int, grid: tuple[int, int]) -> Tensor:
-        """The (cached) continuous position bias ``(heads, prefix + N, prefix + N)`` of
-        block ``index`` on a grid."""
-        return self._cache.get(
-            ("cpb", index, grid),
-            list(self.cpb[index].parameters()),
-            lambda: self.cpb[index](grid, self.num_prefix_tokens),
-            enabled=not self.training,
-        )
-
-    def _cpb_offsets(self, index: int, grid: tuple[int, int]) -> Tensor:
-        """The (cached) bias per token offset ``(heads, 2 rows - 1, 2 cols - 1)`` of block
-        ``index``'s continuous position bias (for merged tokens between grid cells)."""
-        return self._cache.get(
-            ("cpb-offsets", index, grid),
-            list(self.cpb[index].parameters()),
-            lambda: self.cpb[index].offset_table(grid),
-            enabled=not self.training,
-        )
-
-    def _token_norm(self, tokens: Tensor) -> Tensor:
-        """The final norm when it acts on the tokens (else it acts on the pool)."""
-        return tokens if self.config.use_fc_norm else self.norm(tokens)
-
-    def _features(
-        self, x: Tensor, patch_size: PatchSize | None, valid_size: tuple[int, int] | None
-    ) -> tuple[Tensor, Tensor | None]:
-        tokens, grid, keep = self._embed(x, patch_size, valid_size)
-        num_prefix = self.num_prefix_tokens
         attn_mask = None
         if keep is not None:
+            keep = torch.cat([keep.new_ones(self.num_prefix_tokens), keep]).to(tokens.device)
             attn_mask = torch.zeros(keep.shape, dtype=tokens.dtype, device=tokens.device)
             attn_mask = attn_mask.masked_fill(~keep, float("-inf"))[None, None, None, :]
-        rope = self._rope(grid, tokens.device)
+        return TokenLayout(tokens, self.num_prefix_tokens, grid, keep, attn_mask)
+
+    def layout_at(
+        self,
+        tokens: Tensor,
+        centres: Tensor,
+        learned: Tensor | None = None,
+        learned_prefix: Tensor | None = None,
+    ) -> TokenLayout:
+        """A layout of patch tokens at arbitrary centres (mixed-resolution tokens).
+
+        Args:
+            tokens: ``(B, N, D)`` patch embeddings.
+            centres: ``(B, N, 2)`` float64 token centres ``(y, x)`` normalised to
+                ``[-1, 1]`` over the image (patch centres of a grid are
+                :func:`~vitres.layers.pos_embed.grid_coordinates`).
+            learned: ``(B, N, D)`` learned-table entries of the tokens (learned kind).
+            learned_prefix: the table's prefix entries ``(prefix, D)``, if it has them.
+
+        Returns:
+            The layout with positions, prefix tokens and pre-norm applied, ``centres`` in
+            base-grid units.
+        """
+        cfg = self.config
+        ys, xs = centres[..., 0], centres[..., 1]
+        base = torch.stack([ys * cfg.grid[0] / 2, xs * cfg.grid[1] / 2], dim=-1)
+        if learned is not None:
+            tokens = tokens + learned
+        elif cfg.pos_embed == "sincos":
+            tokens = tokens + self.positions.sincos.at(base).to(tokens)
+        elif cfg.pos_embed == "mlp":
+            tokens = tokens + self.positions.coordinate_mlp.at(self.pos_mlp, ys, xs).to(
+                tokens.dtype
+            )
+        prefix = self.prefix_tokens(tokens.shape[0], tokens.dtype)
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if learned_prefix is not None:
+                prefix = prefix + learned_prefix
+            tokens = torch.cat([prefix, tokens], dim=1)
+        return TokenLayout(self.norm_pre(tokens), self.num_prefix_tokens, centres=base)
+
+    # ---------------------------------------------------------------- the blocks
+    def encode(self, layout: TokenLayout, reduction: TokenReduction | None = None) -> TokenLayout:
+        """Runs every block on ``layout``'s tokens (the model's one block loop).
+
+        Args:
+            layout: from :meth:`tokenize`, :meth:`layout_at` or a token kind of
+                :mod:`vitres.tokens`.
+            reduction: called between each block's attention and its MLP to reduce the
+                tokens (token merging); ``None``: the plain blocks.
+
+        Returns:
+            The final layout, its tokens encoded and (unless the final norm acts on the
+            pool) normed.
+        """
+        tokens = layout.tokens
+        rope = self._rope(layout)
         for index, block in enumerate(self.blocks):
-            mask = attn_mask
+            mask = layout.attn_mask
             if self.cpb is not None:
-                bias = self._cpb_bias(index, grid).to(tokens.dtype)[None]
+                bias = self.positions.relative_bias.for_layout(
+                    self.cpb, index, layout, self._cache, self.training
+                )
                 mask = bias if mask is None else bias + mask
-            tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=mask)
-        return self._token_norm(tokens), keep
+            attn = {"rope": rope, "num_prefix_tokens": layout.num_prefix_tokens, "attn_mask": mask}
+            if reduction is None:
+                tokens = block(tokens, **attn)
+                continue
+            tokens, metric = block.forward_attention(tokens, **attn)
+            tokens, reduced = reduction(index, tokens, metric, layout)
+            if reduced is not layout:
+                layout = reduced
+                rope = self._rope(layout)
+            tokens = block.forward_mlp(tokens)
+        if not self.config.use_fc_norm:
+            tokens = self.norm(tokens)
+        return layout.replace(tokens=tokens)
+
+    def _rope(self, layout: TokenLayout) -> tuple[Tensor, Tensor] | None:
+        if self.config.pos_embed != "rope":
+            return None
+        return self.positions.rotary.for_layout(layout, self._cache)
 
     def forward_features(
         self,
@@ -450,7 +363,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
     ) -> Tensor:
         """The token sequence ``(B, prefix + rows * cols, D)``, prefix tokens first (class,
         distillation, registers); after the final norm unless that norm acts on the pool."""
-        return self._features(x, patch_size, valid_size)[0]
+        return self.encode(self.tokenize(x, patch_size, valid_size)).tokens
 
     def pool(
         self,
@@ -518,219 +431,32 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             logits = (logits + self.head_dist(tokens[:, 1])) / 2
         return logits
 
+    def forward_layout(self, layout: TokenLayout, pre_logits: bool = False) -> Tensor:
+        """:meth:`forward_head` of an encoded layout (its content mask and token sizes)."""
+        return self.forward_head(layout.tokens, layout.content, pre_logits, layout.sizes)
+
     def forward(
         self,
         x: Tensor,
         patch_size: PatchSize | None = None,
         valid_size: tuple[int, int] | None = None,
-        merge: MergeSpec | None = None,
-        token_budget: int | None = None,
-        quadtree: QuadtreeTokenizer | None = None,
     ) -> Tensor:
         """Classifies (or embeds) images of any size.
+
+        Token kinds beyond the uniform grid (token merging, mixed-resolution tokens,
+        packing) are :mod:`vitres.tokens` functions on this model
+        (:class:`vitres.tokens.TokenMode`).
 
         Args:
             x: ``(B, in_chans, H, W)`` float images, any ``H x W`` of at least one patch.
             patch_size: the patch size for this call (an int or ``(h, w)``); the stored
-                size when omitted. With a token budget: the fine patch.
+                size when omitted.
             valid_size: ``(h, w)`` of real content in the top-left corner when the rest is
-                padding; tokens with no content are masked out of attention and pooling
-                (with a token budget the padding is cropped off before tokenising).
-            merge: token merging (ToMe, :mod:`vitres.tokens.merge`) inside the blocks: an
-                int ``r`` merges ``r`` patch tokens in every block, a float in ``(0, 1]``
-                keeps about that fraction of the patch tokens by the last block.
-                ``None``, ``0`` and ``1.0`` run the plain forward.
-            token_budget: mixed-resolution tokens (:mod:`vitres.tokens.quadtree`): at most
-                this many patch tokens per image, coarse where the image is flat and fine
-                where it has detail; ``None``: one patch size everywhere.
-            quadtree: the quadtree's levels and saliency (default
-                ``QuadtreeTokenizer()``: patches of p, 2p and 4p, gradient saliency).
+                padding; tokens with no content are masked out of attention and pooling.
 
         Returns:
             Logits ``(B, num_classes)``; for a model without a classifier
             (``num_classes == 0``) the pooled embedding, as the source model returns it
             (e.g. DINOv2's normed class token, SigLIP's attention pool, a ViT's pooler).
         """
-        merging = merge is not None and not merge_is_identity(merge)
-        if merging and (token_budget is not None or quadtree is not None):
-            raise ValueError(
-                "merge and token_budget cannot be combined yet: token merging (merge=) runs "
-                "on a uniform patch grid; pass one of merge= or token_budget=, not both"
-            )
-        if merging:
-            return merged_forward(self, x, merge, patch_size, valid_size)
-        if token_budget is not None or quadtree is not None:
-            return self.forward_quadtree(x, token_budget, patch_size, valid_size, quadtree)
-        tokens, keep = self._features(x, patch_size, valid_size)
-        return self.forward_head(tokens, keep)
-
-    # ---------------------------------------------------------------- token adaptivity
-    def merge_schedule(
-        self,
-        image_size: tuple[int, int] | Sequence[int],
-        merge: MergeSpec,
-        patch_size: PatchSize | None = None,
-    ) -> tuple[int, ...]:
-        """Patch tokens merged in each block for an ``(H, W)`` input (see :meth:`forward`)."""
-        rows, cols = self.grid_size(tuple(int(v) for v in image_size), patch_size)
-        return merge_schedule(merge, rows * cols, self.config.depth)
-
-    def forward_packed(
-        self,
-        images: Sequence[Tensor] | PackPlan,
-        strategy: str = "auto",
-        **pack_options,
-    ) -> Tensor:
-        """One prediction per image for images of different sizes, equal to running each
-        image alone at its own size (NaViT-style packing, :mod:`vitres.tokens.pack`).
-
-        Args:
-            images: ``(in_chans, H_i, W_i)`` float images, or a plan from :func:`vitres.pack`.
-            strategy: ``loop``, ``bucket``, ``pad``, ``pack`` or ``auto`` (by measurement);
-                ignored for a plan.
-            **pack_options: :func:`vitres.pack`'s options (``max_tokens``,
-                ``batch_tokens``, ``patch_size``...).
-
-        Returns:
-            ``(len(images), num_classes)`` logits in the order of ``images``.
-        """
-        plan = (
-            images if isinstance(images, PackPlan) else pack(images, self, strategy, **pack_options)
-        )
-        return run_plan(self, plan)
-
-    # ---------------------------------------------------------------- mixed-resolution tokens
-    def quadtree_plan(
-        self,
-        x: Tensor,
-        token_budget: int,
-        patch_size: PatchSize | None = None,
-        valid_size: tuple[int, int] | None = None,
-        quadtree: QuadtreeTokenizer | None = None,
-    ) -> tuple[Tensor, QuadtreePlan]:
-        """The checked, size-fitted input and each image's quadtree under ``token_budget``.
-
-        The input goes through the same checks and size policy as :meth:`forward` (the
-        fine patch decides the grid); padding outside ``valid_size`` is cropped first, so
-        no token holds only padding.
-        """
-        if token_budget is None:
-            raise ValueError(
-                "a quadtree needs token_budget=K (patch tokens per image); without one the "
-                "model runs on one patch size (drop quadtree=)"
-            )
-        if is_tracing():
-            raise ValueError(
-                "mixed-resolution tokens choose regions from the pixels at run time, which "
-                "a traced or exported graph cannot do; export the model without token_budget"
-            )
-        x, p, valid_size = self._checked_input(x, patch_size, valid_size)
-        if valid_size is not None:
-            x = x[..., : valid_size[0], : valid_size[1]]
-        tokenizer = quadtree or QuadtreeTokenizer()
-        if tokenizer.align == "resize":  # whole coarsest cells: resize to their multiple
-            ph, pw = to_patch(p)
-            x, _ = fit_to_patch(x, (ph * tokenizer.coarsest, pw * tokenizer.coarsest), "resize")
-        x, _ = fit_to_patch(x, p, self.config.size_policy)
-        return x, tokenizer.plan(x, p, token_budget)
-
-    def forward_quadtree(
-        self,
-        x: Tensor,
-        token_budget: int,
-        patch_size: PatchSize | None = None,
-        valid_size: tuple[int, int] | None = None,
-        quadtree: QuadtreeTokenizer | None = None,
-    ) -> Tensor:
-        """``forward`` with mixed-resolution tokens (see :meth:`forward`)."""
-        x, plan = self.quadtree_plan(x, token_budget, patch_size, valid_size, quadtree)
-        return self.forward_plan(x, plan)
-
-    def forward_plan(self, x: Tensor, plan: QuadtreePlan) -> Tensor:
-        """Logits of images tokenised by ``plan`` (``x`` as :meth:`quadtree_plan` returns it).
-
-        Images whose trees have the same token count run as one batch; different counts
-        (possible on grids the coarsest cell does not divide) run as separate batches, so
-        no padding token ever enters attention or pooling and each image's logits are
-        those of running it alone.
-        """
-        groups: dict[int, list[int]] = {}
-        for image, count in enumerate(plan.counts):
-            groups.setdefault(count, []).append(image)
-        outputs = []
-        for images in groups.values():
-            index = torch.stack([plan.index[i] for i in images])  # (b, N) cells
-            sizes = plan.token_sizes(index).to(x.device) if plan.proportional else None
-            tokens = self._quadtree_features(x[images], plan, index, sizes)
-            outputs.append((images, self.forward_head(tokens, token_sizes=sizes)))
-        if len(outputs) == 1:
-            return outputs[0][1]
-        first = outputs[0][1]
-        logits = first.new_empty((x.shape[0], *first.shape[1:]))
-        for images, out in outputs:
-            logits[images] = out
-        return logits
-
-    def _quadtree_features(
-        self, x: Tensor, plan: QuadtreePlan, index: Tensor, sizes: Tensor | None
-    ) -> Tensor:
-        """Tokens ``(b, prefix + N, D)`` of images that share a token count ``N``.
-
-        ``index`` (b, N) names each token's cell; embeddings, positions and centres are
-        computed once per cell of the grid and gathered. With ``sizes`` (b, N), how many
-        of the image's finest tokens each token stands for, attention is proportional
-        (ToMe, Bolya et al., ICLR 2023): ``log(size)`` is added to the logits of each
-        key, so a coarse token draws the attention its pixels would as finer tokens.
-        """
-        cfg = self.config
-        cells, grid = plan.cells, plan.grid
-        mode = plan.kernel_resize_mode or cfg.kernel_resize_mode
-
-        def kernel(size: tuple[int, int]) -> Tensor:
-            return self.patch_embed.kernel(size, mode, cfg.kernel_resize_antialias)
-
-        table = embed_cells(x, kernel, self.patch_embed.proj.bias, plan.patch, cells)  # (b, M, D)
-        tokens = table.gather(1, index[..., None].expand(-1, -1, table.shape[-1]).to(x.device))
-        ys, xs = cell_centres(cells)  # (M,) in [-1, 1]
-        ys, xs = ys[index], xs[index]  # (b, N)
-        base_ys, base_xs = ys * cfg.grid[0] / 2, xs * cfg.grid[1] / 2  # base-grid patch units
-        num_prefix = self.num_prefix_tokens
-        prefix_pos = None
-        if cfg.pos_embed == "learned":
-            pos = self._learned_pos(grid)[0].to(tokens.dtype)  # (prefix? + rows * cols, D)
-            first = num_prefix if cfg.pos_embed_prefix else 0
-            prefix_pos = pos[:first] if first else None
-            if plan.table_positions == "average":
-                table = cell_means(pos[first:], cells)
-            else:  # the table at each level's own grid, as the uniform model at that patch
-                table = torch.cat(
-                    [self._learned_pos(shape)[0, first:] for shape in cells.level_shapes]
-                ).to(tokens.dtype)
-            tokens = tokens + table[index.to(pos.device)]
-        elif cfg.pos_embed == "sincos":
-            tokens = tokens + sincos_at(base_ys, base_xs, cfg.embed_dim).to(tokens)
-        elif cfg.pos_embed == "mlp":
-            tokens = tokens + self.pos_mlp.at(ys, xs).to(tokens.dtype)
-        prefix = self._prefix_tokens(tokens.shape[0], tokens.dtype)
-        if prefix:
-            prefix = torch.cat(prefix, dim=1)
-            if prefix_pos is not None:
-                prefix = prefix + prefix_pos
-            tokens = torch.cat([prefix, tokens], dim=1)
-        tokens = self.norm_pre(tokens)
-        rope = None
-        if cfg.pos_embed == "rope":
-            cos, sin = rope_at(base_ys, base_xs, cfg.embed_dim // cfg.num_heads, cfg.rope_theta)
-            rope = (cos[:, None].to(tokens.device), sin[:, None].to(tokens.device))
-        proportional = None
-        if sizes is not None:
-            proportional = F.pad(sizes.to(tokens).log(), (num_prefix, 0))[:, None, None, :]
-        for number, block in enumerate(self.blocks):
-            bias = proportional
-            if self.cpb is not None:
-                bias = self.cpb[number].at(base_ys, base_xs, num_prefix).to(tokens.dtype)
-                bias = bias if proportional is None else bias + proportional
-            tokens = block(tokens, rope=rope, num_prefix_tokens=num_prefix, attn_mask=bias)
-        if not cfg.use_fc_norm:
-            tokens = self.norm(tokens)
-        return tokens
+        return self.forward_layout(self.encode(self.tokenize(x, patch_size, valid_size)))

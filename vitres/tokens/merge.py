@@ -38,26 +38,27 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from vitres.layers.pos_embed import grid_coordinates, offset_bias_at, rope_at
-
-if TYPE_CHECKING:  # the model imports this module
-    from vitres.models.vit import VisionTransformer
+from vitres.layers.layout import TokenLayout
+from vitres.layers.pos_embed import grid_coordinates
 
 __all__ = [
     "MergePlan",
+    "MergeReduction",
     "MergeSpec",
     "bipartite_soft_matching",
     "check_merge",
     "merge_is_identity",
     "merge_label",
+    "merge_layout",
     "merge_schedule",
     "merged_forward",
+    "model_merge_schedule",
+    "proportional_attention",
     "parse_merge",
     "parse_merge_list",
 ]
@@ -213,92 +214,67 @@ def bipartite_soft_matching(metric: Tensor, r: int) -> MergePlan:
     return MergePlan(order[:, r:], sources, best_b.gather(1, sources))
 
 
-@dataclass
-class _MergeState:
-    """The patch tokens' sizes and centres, merged along with the features."""
-
-    sizes: Tensor  # (B, N) float32: patches per token
-    centres: Tensor | None  # (B, N, 2) float64 (row, col) in grid cells; None when unused
-    rope_centres: Tensor | None  # (B, N, 2) float64 RoPE coordinates; None without RoPE
-
-    def merge(self, x: Tensor, metric: Tensor, r: int, prefix: int) -> Tensor:
-        """Merges ``r`` of the patch tokens of ``x`` ``(B, prefix + N, D)`` (by ``metric``)
-        and updates the sizes and centres the same way."""
-        if r == 0:
-            return x
-        plan = bipartite_soft_matching(metric[:, prefix:], r)
-        sizes = self.sizes[..., None]  # (B, N, 1)
-        parts = [x[:, prefix:].float() * sizes, sizes]
-        extra = [c for c in (self.centres, self.rope_centres) if c is not None]
-        parts += [c.to(torch.float32) * sizes for c in extra]
-        summed = plan.apply(torch.cat(parts, dim=-1))
-        dim = x.shape[-1]
-        total = summed[..., dim : dim + 1]
-        merged = (summed[..., :dim] / total).to(x.dtype)
-        self.sizes = total[..., 0]
-        offset = dim + 1
-        if self.centres is not None:
-            self.centres = (summed[..., offset : offset + 2] / total).double()
-            offset += 2
-        if self.rope_centres is not None:
-            self.rope_centres = (summed[..., offset : offset + 2] / total).double()
-        return torch.cat([x[:, :prefix], merged], dim=1)
-
-
-def _attention_bias(
-    model: VisionTransformer, index: int, state: _MergeState, grid: tuple[int, int], dtype
-) -> Tensor | None:
-    """The additive logits of block ``index``: ``log size`` of each key (proportional
-    attention) plus the continuous position bias at the tokens' centres."""
-    batch, tokens = state.sizes.shape
-    prefix = model.num_prefix_tokens
-    bias = None
-    if bool((state.sizes != 1).any()):
-        log_size = F.pad(state.sizes.log(), (prefix, 0))  # prefix tokens have size 1
-        bias = log_size.to(dtype)[:, None, None, :]  # (B, 1, 1, T)
-    if model.cpb is not None:
-        table = model._cpb_offsets(index, grid)
-        pair = offset_bias_at(table, state.centres.to(table.dtype)).to(dtype)  # (B, h, N, N)
-        pair = F.pad(pair, (prefix, 0, prefix, 0))
-        bias = pair if bias is None else pair + bias
-    return bias
-
-
-def merged_forward(
-    model: VisionTransformer,
-    x: Tensor,
-    merge: MergeSpec,
-    patch_size: int | tuple[int, int] | None = None,
-    valid_size: tuple[int, int] | None = None,
-    schedule: Sequence[int] | None = None,
-) -> Tensor:
-    """``model(x, patch_size, valid_size)`` with token merging (see the module docstring).
+class MergeReduction:
+    """Token merging as a per-block reduction of the model's ``encode`` loop
+    (:class:`~vitres.models.vit.TokenReduction`): block ``i`` merges ``schedule[i]``
+    patch tokens, and the layout's sizes and centres merge with the features.
 
     Args:
-        model: a :class:`~vitres.models.vit.VisionTransformer`.
-        x: ``(B, in_chans, H, W)`` images.
-        merge: the setting (:func:`check_merge`), scheduled over the content tokens.
-        patch_size: the patch size for this call.
-        valid_size: ``(h, w)`` of content; padding-only tokens are dropped first.
-        schedule: tokens to merge per block, instead of ``merge``'s schedule (a schedule
-            of zeros runs this path without merging; tests compare it with the plain one).
-
-    Returns:
-        The logits (or embeddings) the model returns.
+        schedule: patch tokens merged after each block's attention.
     """
-    check_merge(merge)
-    cfg = model.config
-    tokens, grid, keep = model._embed(x, patch_size, valid_size)
-    prefix = model.num_prefix_tokens
+
+    def __init__(self, schedule: Sequence[int]) -> None:
+        self.schedule = tuple(schedule)
+
+    def __call__(
+        self, index: int, tokens: Tensor, metric: Tensor, layout: TokenLayout
+    ) -> tuple[Tensor, TokenLayout]:
+        """Merges ``schedule[index]`` of the patch tokens of ``tokens`` ``(B, prefix + N,
+        D)`` by ``metric`` and updates the layout's sizes and centres the same way."""
+        r = self.schedule[index]
+        if r == 0:
+            return tokens, layout
+        prefix = layout.num_prefix_tokens
+        plan = bipartite_soft_matching(metric[:, prefix:], r)
+        sizes = layout.sizes[..., None]  # (B, N, 1)
+        parts = [tokens[:, prefix:].float() * sizes, sizes]
+        extra = [c for c in (layout.cells, layout.centres) if c is not None]
+        parts += [c.to(torch.float32) * sizes for c in extra]
+        summed = plan.apply(torch.cat(parts, dim=-1))
+        dim = tokens.shape[-1]
+        total = summed[..., dim : dim + 1]
+        merged = (summed[..., :dim] / total).to(tokens.dtype)
+        changes = {"sizes": total[..., 0]}
+        offset = dim + 1
+        for name in ("cells", "centres"):
+            if getattr(layout, name) is not None:
+                changes[name] = (summed[..., offset : offset + 2] / total).double()
+                offset += 2
+        tokens = torch.cat([tokens[:, :prefix], merged], dim=1)
+        changes["attn_mask"] = proportional_attention(changes["sizes"], prefix, tokens.dtype)
+        return tokens, layout.replace(tokens=tokens, **changes)
+
+
+def proportional_attention(
+    sizes: Tensor, num_prefix_tokens: int, dtype: torch.dtype
+) -> Tensor | None:
+    """``log size`` of each key on the attention logits, ``(B, 1, 1, T)`` (prefix tokens
+    have size 1); ``None`` while every token has size 1."""
+    if not bool((sizes != 1).any()):
+        return None
+    log_size = F.pad(sizes.log(), (num_prefix_tokens, 0))
+    return log_size.to(dtype)[:, None, None, :]
+
+
+def merge_layout(layout: TokenLayout, base_grid: tuple[int, int], pos_embed: str) -> TokenLayout:
+    """A uniform layout prepared for merging: padding-only tokens dropped (they are
+    masked everywhere), every patch token of size 1, and the centres the relative
+    position kinds follow (``cells`` for the continuous bias, base-grid ``centres`` for
+    RoPE)."""
+    tokens, grid, keep = layout.tokens, layout.grid, layout.content
+    prefix = layout.num_prefix_tokens
     content = None if keep is None else keep[prefix:]
-    num_tokens = grid[0] * grid[1] if content is None else int(content.sum())
-    if schedule is None:
-        schedule = merge_schedule(merge, num_tokens, cfg.depth)
-        if not any(schedule):  # nothing to merge at this size: exactly the plain forward
-            return model.forward_head(*model._features(x, patch_size, valid_size))
-    if len(schedule) != cfg.depth:
-        raise ValueError(f"schedule has {len(schedule)} entries for {cfg.depth} blocks")
-    if keep is not None:  # padding-only tokens are masked everywhere: drop them
+    if keep is not None:
         tokens = tokens[:, keep]
     batch, device = tokens.shape[0], tokens.device
 
@@ -306,35 +282,89 @@ def merged_forward(
         points = points if content is None else points[content.to(points.device)]
         return points.to(device)[None].expand(batch, -1, -1)
 
-    centres = rope_centres = None
-    if cfg.pos_embed == "cpb":
+    cells = centres = None
+    if pos_embed == "cpb":
         rows, cols = torch.meshgrid(
             torch.arange(grid[0], dtype=torch.float64),
             torch.arange(grid[1], dtype=torch.float64),
             indexing="ij",
         )
-        centres = per_token(torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1))
-    if cfg.pos_embed == "rope":
-        ys, xs = grid_coordinates(grid, cfg.grid, dtype=torch.float64)
-        rope_centres = per_token(torch.stack([ys, xs], dim=-1))
-    state = _MergeState(
-        torch.ones(batch, tokens.shape[1] - prefix, device=device), centres, rope_centres
+        cells = per_token(torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=-1))
+    if pos_embed == "rope":
+        ys, xs = grid_coordinates(grid, base_grid, dtype=torch.float64)
+        centres = per_token(torch.stack([ys, xs], dim=-1))
+    sizes = torch.ones(batch, tokens.shape[1] - prefix, device=device)
+    return layout.replace(
+        tokens=tokens, content=None, attn_mask=None, centres=centres, cells=cells, sizes=sizes
     )
-    head_dim = cfg.embed_dim // cfg.num_heads
-    for index, block in enumerate(model.blocks):
-        rope = None
-        if state.rope_centres is not None:
-            cos, sin = rope_at(
-                state.rope_centres[..., 0], state.rope_centres[..., 1], head_dim, cfg.rope_theta
-            )
-            rope = (cos[:, None], sin[:, None])  # (B, 1, N, head_dim)
-        bias = _attention_bias(model, index, state, grid, tokens.dtype)
-        r = schedule[index]
-        tokens = block.forward_merging(
-            tokens,
-            lambda t, metric, r=r: state.merge(t, metric, r, prefix),
-            rope=rope,
-            num_prefix_tokens=prefix,
-            attn_mask=bias,
+
+
+def content_tokens(layout: TokenLayout) -> int:
+    """Patch tokens of a uniform layout that hold content (what a schedule counts)."""
+    if layout.content is None:
+        return layout.grid[0] * layout.grid[1]
+    return int(layout.content[layout.num_prefix_tokens :].sum())
+
+
+def model_merge_schedule(
+    model: nn.Module,
+    image_size: tuple[int, int] | Sequence[int],
+    merge: MergeSpec,
+    patch_size: int | tuple[int, int] | None = None,
+) -> tuple[int, ...]:
+    """Patch tokens ``model`` merges in each block for an ``(H, W)`` input."""
+    rows, cols = model.grid_size(tuple(int(v) for v in image_size), patch_size)
+    return merge_schedule(merge, rows * cols, model.config.depth)
+
+
+def merged_forward(
+    model: nn.Module,
+    x: Tensor,
+    merge: MergeSpec | None,
+    patch_size: int | tuple[int, int] | None = None,
+    valid_size: tuple[int, int] | None = None,
+    schedule: Sequence[int] | None = None,
+) -> Tensor:
+    """``model(x, patch_size, valid_size)`` with token merging (see the module docstring).
+
+    Args:
+        model: a :class:`~vitres.models.vit.VisionTransformer` (any other model takes
+            only the settings that merge nothing, and runs plainly).
+        x: ``(B, in_chans, H, W)`` images.
+        merge: the setting (:func:`check_merge`), scheduled over the content tokens;
+            ``None``, ``0`` and ``1.0`` run the plain forward.
+        patch_size: the patch size for this call.
+        valid_size: ``(h, w)`` of content; padding-only tokens are dropped first.
+        schedule: tokens to merge per block, instead of ``merge``'s schedule (a schedule
+            of zeros runs this path without merging; tests compare it with the plain one).
+
+    Returns:
+        The logits (or embeddings) the model returns.
+
+    Raises:
+        ValueError: an invalid setting, or merging asked of a model without attention.
+    """
+    plain = merge is None or merge_is_identity(merge)  # checks the setting
+    if not hasattr(model, "encode"):
+        if plain:
+            return model(x, patch_size=patch_size)
+        raise ValueError(
+            f"merge={merge!r}: {type(model).__name__} has no attention, so token merging "
+            "(ToMe) does not apply (its token mixing is tied to the token grid); use a ViT, "
+            "or drop merge"
         )
-    return model.forward_head(model._token_norm(tokens), token_sizes=state.sizes)
+    if schedule is None and plain:
+        if valid_size is None:
+            return model(x, patch_size=patch_size)
+        return model(x, patch_size=patch_size, valid_size=valid_size)
+    cfg = model.config
+    layout = model.tokenize(x, patch_size, valid_size)
+    if schedule is None:
+        schedule = merge_schedule(merge, content_tokens(layout), cfg.depth)
+        if not any(schedule):  # nothing to merge at this size: exactly the plain forward
+            return model.forward_layout(model.encode(layout))
+    if len(schedule) != cfg.depth:
+        raise ValueError(f"schedule has {len(schedule)} entries for {cfg.depth} blocks")
+    layout = merge_layout(layout, cfg.grid, cfg.pos_embed)
+    encoded = model.encode(layout, MergeReduction(schedule))
+    return model.forward_head(encoded.tokens, token_sizes=encoded.sizes)

@@ -12,7 +12,7 @@ images by one of these strategies (:mod:`vitres.tokens.pack_plan`):
 * ``pack``: sequences concatenated into rows of ``max_tokens`` tokens;
 * ``auto``: whichever of loop, bucket and pack is fastest for this model and mix of
   sizes here, by a short measurement on a sample of the images (interleaved rounds,
-  :func:`vitres.measure.timing.interleaved_latency`). The choice is cached per model
+  :func:`round_robin_timer`, or any :data:`CandidateTimer`). The choice is cached per model
   and mix of sizes (:class:`StrategyChooser`).
 
 Every strategy gives each image the prediction it gets alone at its own size
@@ -20,7 +20,7 @@ Every strategy gives each image the prediction it gets alone at its own size
 
 Example:
     >>> plan = vitres.pack([torch.randn(1, 20, 36), torch.randn(1, 44, 28)], model)
-    >>> model.forward_packed(plan).shape
+    >>> forward_packed(model, plan).shape
     torch.Size([2, 10])
 """
 
@@ -36,9 +36,47 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from vitres.measure.timing import interleaved_latency, percentile
 from vitres.tokens.pack_plan import LAYOUTS, PackedBatch, plan_batches
 from vitres.tokens.packed_forward import forward_batch
+
+#: Times candidates: ``timer(runs, rounds, clock)`` -> name -> seconds of each timed call
+#: (``runs``: name -> a call with no argument). ``vitres.measure.timing.interleaved_latency``
+#: fits with ``lambda runs, rounds, clock: interleaved_latency({n: lambda _x, f=f: f() for n,
+#: f in runs.items()}, None, rounds, 1, clock=clock)``.
+CandidateTimer = Callable[
+    [dict[str, Callable[[], Any]], int, Callable[[], float]], dict[str, list[float]]
+]
+
+
+def round_robin_timer(
+    runs: dict[str, Callable[[], Any]],
+    rounds: int,
+    clock: Callable[[], float],
+    warmup_calls: int = 2,
+) -> dict[str, list[float]]:
+    """The chooser's default stopwatch: each candidate warmed up, then timed once per
+    round, the first candidate rotating from round to round (so a change of load hits
+    every candidate alike)."""
+    names = list(runs)
+    for name in names:
+        for _ in range(warmup_calls):
+            runs[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            start = clock()
+            runs[name]()
+            samples[name].append(clock() - start)
+    return samples
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) of sorted values, linearly interpolated."""
+    position = (len(sorted_values) - 1) * q / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(sorted_values) - 1)
+    return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
+
 
 __all__ = [
     "AUTO_CANDIDATES",
@@ -46,7 +84,10 @@ __all__ = [
     "PackPlan",
     "StrategyChoice",
     "StrategyChooser",
+    "CandidateTimer",
+    "forward_packed",
     "pack",
+    "round_robin_timer",
     "run_plan",
 ]
 
@@ -77,7 +118,7 @@ class StrategyChoice:
 @dataclass
 class PackPlan:
     """Images and the batches they run in; :func:`run_plan` or
-    ``model.forward_packed(plan)`` runs it.
+    ``forward_packed(model, plan)`` runs it.
 
     Attributes:
         strategy: ``loop``, ``pad``, ``bucket`` or ``pack`` (what ``auto`` chose).
@@ -130,7 +171,7 @@ def _checked_images(
                 f"image {index} has shape {tuple(image.shape)}; expected (C, H, W){hint}"
             )
         try:
-            model._checked_input(image[None], patch_size)
+            model.check_input(image[None], patch_size)
         except ValueError as error:
             raise ValueError(f"image {index}: {error}") from None
     return images
@@ -149,6 +190,8 @@ class StrategyChooser:
         sample: images to time the candidates on, at most.
         rounds: interleaved rounds.
         clock: seconds as a float; injectable, so tests use a fake clock.
+        timer: how the candidates are timed (:data:`CandidateTimer`; default
+            :func:`round_robin_timer`).
     """
 
     def __init__(
@@ -157,6 +200,7 @@ class StrategyChooser:
         sample: int = 64,
         rounds: int = 3,
         clock: Callable[[], float] = time.perf_counter,
+        timer: CandidateTimer | None = None,
     ) -> None:
         unknown = [c for c in candidates if c not in LAYOUTS]
         if not candidates or unknown:
@@ -169,6 +213,7 @@ class StrategyChooser:
         self.sample = sample
         self.rounds = rounds
         self.clock = clock
+        self.timer = timer or round_robin_timer
         self._choices: weakref.WeakKeyDictionary[nn.Module, dict[tuple, StrategyChoice]] = (
             weakref.WeakKeyDictionary()
         )
@@ -183,7 +228,7 @@ class StrategyChooser:
             return 1 << max(0, math.ceil(math.log2(max(value, 1))))
 
         ordered = sorted(lengths)
-        quartiles = tuple(octave(percentile(ordered, q)) for q in (25, 50, 75, 100))
+        quartiles = tuple(octave(_percentile(ordered, q)) for q in (25, 50, 75, 100))
         first = next(model.parameters(), None)
         dtype = str(first.dtype) if first is not None else "none"
         settings = tuple(sorted((k, str(v)) for k, v in options.items()))
@@ -208,10 +253,10 @@ class StrategyChooser:
         plans = {
             name: _plan(name, sample_images, sample_lengths, options) for name in self.candidates
         }
-        runs = {name: (lambda _x, p=plan: run_plan(model, p)) for name, plan in plans.items()}
+        runs = {name: (lambda p=plan: run_plan(model, p)) for name, plan in plans.items()}
         with torch.inference_mode():
-            samples = interleaved_latency(runs, None, rounds=self.rounds, calls=1, clock=self.clock)
-        medians = {name: percentile(sorted(v), 50) * 1000.0 for name, v in samples.items()}
+            samples = self.timer(runs, self.rounds, self.clock)
+        medians = {name: _percentile(sorted(v), 50) * 1000.0 for name, v in samples.items()}
         best = min(medians, key=lambda name: (medians[name], self.candidates.index(name)))
         text = ", ".join(f"{name} {ms:.3g} ms" for name, ms in medians.items())
         choice = StrategyChoice(
@@ -263,7 +308,7 @@ def pack(
         chooser: what ``auto`` measures with and caches in (default: one shared chooser).
 
     Returns:
-        The :class:`PackPlan`; run it with ``model.forward_packed(plan)`` or
+        The :class:`PackPlan`; run it with ``forward_packed(model, plan)`` or
         :func:`run_plan`.
 
     Raises:
@@ -275,7 +320,7 @@ def pack(
             f"unknown packing strategy {strategy!r}; expected one of {PACK_STRATEGIES}"
         )
     checked = _checked_images(images, model, patch_size)
-    if strategy != "loop" and not hasattr(model, "forward_packed"):
+    if strategy != "loop" and not hasattr(model, "encode"):
         raise ValueError(
             f"strategy {strategy!r} runs several images in one sequence, which needs "
             f"attention; {type(model).__name__} has none (its token mixing is tied to one "
@@ -302,3 +347,27 @@ def run_plan(model: nn.Module, plan: PackPlan) -> Tensor:
         for slot, image in enumerate(batch.images):
             outputs[image] = logits[slot]
     return torch.stack(outputs)  # type: ignore[arg-type]
+
+
+def forward_packed(
+    model: nn.Module,
+    images: Sequence[Tensor] | PackPlan,
+    strategy: str = "auto",
+    **pack_options: Any,
+) -> Tensor:
+    """One prediction per image for images of different sizes, equal to running each
+    image alone at its own size (NaViT-style packing).
+
+    Args:
+        model: a vitres model (``loop`` runs any; the others need a ViT).
+        images: ``(in_chans, H_i, W_i)`` float images, or a plan from :func:`pack`.
+        strategy: ``loop``, ``bucket``, ``pad``, ``pack`` or ``auto`` (by measurement);
+            ignored for a plan.
+        **pack_options: :func:`pack`'s options (``max_tokens``, ``batch_tokens``,
+            ``patch_size``...).
+
+    Returns:
+        ``(len(images), num_classes)`` logits in the order of ``images``.
+    """
+    plan = images if isinstance(images, PackPlan) else pack(images, model, strategy, **pack_options)
+    return run_plan(model, plan)

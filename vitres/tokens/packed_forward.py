@@ -21,17 +21,14 @@ Learned, sin-cos and MLP position embeddings are added before packing. The resul
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from vitres.layers.layout import TokenLayout, TokenSegment
 from vitres.tokens.pack_plan import PackedBatch
 
-if TYPE_CHECKING:  # the model imports this module
-    from vitres.models.vit import VisionTransformer
-
-__all__ = ["forward_batch"]
+__all__ = ["forward_batch", "packed_layout"]
 
 
 def _positions(batch: PackedBatch, lengths: Sequence[int], skip: int = 0) -> Tensor:
@@ -45,7 +42,7 @@ def _positions(batch: PackedBatch, lengths: Sequence[int], skip: int = 0) -> Ten
 
 
 def forward_batch(
-    model: VisionTransformer,
+    model: nn.Module,
     images: Sequence[Tensor],
     batch: PackedBatch,
     patch_size: int | tuple[int, int] | None = None,
@@ -60,18 +57,48 @@ def forward_batch(
     """
     if batch.layout == "single":
         return model(images[batch.images[0]][None], patch_size=patch_size)
-    cfg = model.config
-    prefix = model.num_prefix_tokens
-    embedded, grids = [], []
+    layout = packed_layout(model, images, batch, patch_size)
+    rows, length, dim = layout.tokens.shape
+    device = layout.tokens.device
+    sequence = model.encode(layout).tokens.reshape(rows * length, dim)
+    longest = max(batch.lengths)
+    steps = torch.arange(longest, device=device)
+    starts = torch.tensor(
+        [row * length + offset for row, offset in zip(batch.rows, batch.offsets)], device=device
+    )
+    valid = steps[None, :] < torch.tensor(batch.lengths, device=device)[:, None]  # (n, T)
+    gather = torch.where(valid, starts[:, None] + steps[None, :], starts[:, None])
+    return model.forward_head(sequence[gather], token_mask=valid)
+
+
+def packed_layout(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    batch: PackedBatch,
+    patch_size: int | tuple[int, int] | None = None,
+) -> TokenLayout:
+    """The packed sequence ``(rows, row_length, D)`` of a batch: each image tokenised at
+    its own size (:meth:`~vitres.models.vit.VisionTransformer.tokenize`) and placed in its
+    row, with the attention mask that keeps the images apart."""
+    embedded, segments = [], []
     for slot, image in enumerate(batch.images):
-        tokens, grid, _ = model._embed(images[image][None], patch_size, None)
+        layout = model.tokenize(images[image][None], patch_size)
+        tokens = layout.tokens
         if tokens.shape[1] != batch.lengths[slot]:
             raise ValueError(
                 f"image {image} has {tokens.shape[1]} tokens but was planned with "
                 f"{batch.lengths[slot]}; plan with the same model and patch size"
             )
         embedded.append(tokens[0])
-        grids.append(grid)
+        segments.append(
+            TokenSegment(
+                layout.grid,
+                batch.rows[slot],
+                batch.offsets[slot],
+                batch.lengths[slot],
+                layout.num_prefix_tokens,
+            )
+        )
     first = embedded[0]
     device, dtype, dim = first.device, first.dtype, first.shape[-1]
     rows, length = batch.num_rows, batch.row_length
@@ -89,31 +116,4 @@ def forward_batch(
         allowed = (segment[:, :, None] == segment[:, None, :])[:, None]  # (R, 1, L, L)
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
     mask = mask.masked_fill(~allowed, float("-inf"))
-    rope = None
-    if cfg.pos_embed == "rope":
-        head_dim = cfg.embed_dim // cfg.num_heads
-        cos = torch.ones(rows * length, head_dim, device=device)
-        sin = torch.zeros(rows * length, head_dim, device=device)
-        tables = [model._rope(grid, device) for grid in grids]
-        patches = _positions(batch, batch.lengths, skip=prefix).to(device)
-        cos.index_copy_(0, patches, torch.cat([c for c, _ in tables]))
-        sin.index_copy_(0, patches, torch.cat([s for _, s in tables]))
-        rope = (cos.view(rows, 1, length, head_dim), sin.view(rows, 1, length, head_dim))
-    for index, block in enumerate(model.blocks):
-        layer_mask = mask
-        if model.cpb is not None:
-            bias = torch.zeros(rows, cfg.num_heads, length, length, dtype=dtype, device=device)
-            for grid, row, offset, n in zip(grids, batch.rows, batch.offsets, batch.lengths):
-                block_bias = model._cpb_bias(index, grid).to(dtype)
-                bias[row, :, offset : offset + n, offset : offset + n] = block_bias
-            layer_mask = bias + mask
-        sequence = block(sequence, rope=rope, num_prefix_tokens=0, attn_mask=layer_mask)
-    sequence = model._token_norm(sequence).reshape(rows * length, dim)
-    longest = max(batch.lengths)
-    steps = torch.arange(longest, device=device)
-    starts = torch.tensor(
-        [row * length + offset for row, offset in zip(batch.rows, batch.offsets)], device=device
-    )
-    valid = steps[None, :] < torch.tensor(batch.lengths, device=device)[:, None]  # (n, T)
-    gather = torch.where(valid, starts[:, None] + steps[None, :], starts[:, None])
-    return model.forward_head(sequence[gather], token_mask=valid)
+    return TokenLayout(sequence, 0, attn_mask=mask, segments=tuple(segments))

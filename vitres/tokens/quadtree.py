@@ -25,7 +25,7 @@ detailed parts many fine ones. Here:
   pixels from their mean, over the channels.
 * **Alignment.** ``align="clip"`` keeps the input's size and clips edge cells;
   ``align="resize"`` first resizes the input to the nearest multiple of the coarsest
-  patch, so every cell is whole (done by the model, :meth:`VisionTransformer.quadtree_plan`).
+  patch, so every cell is whole (done by :func:`vitres.tokens.quadtree_forward.quadtree_plan`).
 * **Budget.** ``K`` tokens at most. Starting from the roots, the most salient splittable
   region is split, greedily, while splits fit: a split that would take the count past
   ``K`` is skipped (the region stays whole) and the next region is tried. Ties in

@@ -85,7 +85,7 @@ def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) ->
         raise ValueError(
             f"record {record.key} ran mixed-resolution tokens (token budget "
             f"{config.token_budget}), which choose regions per image at run time and have no "
-            "exported graph; deploy it with the eager model (model(x, token_budget=K)) or "
+            "exported graph; deploy it with the eager model (vitres.tokens.quadtree_forward(model, x, K)) or "
             "export a record without a budget"
         )
     backend = config.backend

@@ -26,7 +26,8 @@ from vitres.measure import (
     time_calls,
 )
 from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
-from vitres.models.common import FixedPatchSize, FixedTokenBudget
+from vitres.models.common import FixedPatchSize
+from vitres.tokens import TokenMode, quadtree_plan
 from vitres.tune.records import Measurement, SweepConfig
 
 EvalData = Callable[[nn.Module, SweepConfig], Iterable[tuple[Tensor, Tensor]]]
@@ -125,23 +126,13 @@ def measure_config(
     native_res = None if native_res is None else to_grid(native_res)
     height, width = config.resolution
 
-    runnable: nn.Module = (
-        model
-        if config.patch_size is None and config.merge is None
-        else FixedPatchSize(model, config.patch_size, config.merge)
-    )
-    if config.token_budget is not None:
-        if config.merge is not None:
-            raise ValueError(
-                f"config {config.key()}: merge and token_budget cannot be combined yet; "
-                "measure the merged and the budgeted configs separately"
-            )
-        if not hasattr(model, "quadtree_plan"):
-            raise ValueError(
-                f"token_budget={config.token_budget} needs a ViT (mixed-resolution tokens); "
-                f"{type(model).__name__} has one patch size per call"
-            )
-        runnable = FixedTokenBudget(model, config.token_budget, config.patch_size)
+    mode = TokenMode.of(config.merge, config.token_budget)  # the one place the rules live
+    mode.check_model(model)
+    runnable: nn.Module = model
+    if config.merge is not None or config.token_budget is not None:
+        runnable = mode.bind(model, config.patch_size)
+    elif config.patch_size is not None:
+        runnable = FixedPatchSize(model, config.patch_size)
     backend = get_backend(config.backend, **backend_options(config, calibration))
     shape = (config.batch_size, in_chans, height, width)
     backend.prepare(runnable, shape)
@@ -174,7 +165,7 @@ def measure_config(
         grid = tuple(int(g) for g in model.grid_size((height, width), patch_size=config.patch_size))
         tokens = grid[0] * grid[1]
         if config.token_budget is not None:  # the quadtrees of the timed batch
-            _, plan = model.quadtree_plan(x, config.token_budget, config.patch_size)
+            _, plan = quadtree_plan(model, x, config.token_budget, config.patch_size)
             tokens = round(sum(plan.counts) / len(plan.counts))
             grid = plan.grid
     if with_flops:

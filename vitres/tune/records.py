@@ -29,7 +29,7 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
         unchanged.
     token_budget: mixed-resolution tokens (:mod:`vitres.tokens.quadtree`): at most this
         many patch tokens per image, in a saliency-driven quadtree of fine and coarse
-        patches (``model(x, token_budget=K)``); ``null`` = one patch size everywhere.
+        patches (``quadtree_forward(model, x, K)``); ``null`` = one patch size everywhere.
         Records written before this field existed read back as ``null``.
 
 ``LatencyStats`` -- statistics of per-call latency (the object under ``"latency"``):

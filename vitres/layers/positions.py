@@ -1,0 +1,244 @@
+"""Position kinds as objects: how each kind gives positions to a :class:`TokenLayout`.
+
+A ViT's position information is one of five kinds (``ViTConfig.pos_embed``). Each is an
+object here with one way to position a layout:
+
+* additive kinds (:class:`LearnedPositions`, :class:`SinCosPositions`,
+  :class:`CoordinateMLPPositions`) give embeddings added to the patch tokens before the
+  blocks: a table for a uniform grid, or values at arbitrary token centres;
+* attention kinds (:class:`RotaryPositions`, :class:`ContinuousBiasPositions`) give
+  arguments of every block's attention: rotary ``(cos, sin)`` or an additive bias.
+
+Uniform grids use cached tables (:class:`~vitres.layers.cache.VersionedCache`): tables
+of learned kinds are cached in eval mode and recomputed while training; parameter-free
+tables are always cached. The objects hold no parameters: the model owns them (so its
+state-dict keys stay timm's) and passes them in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vitres.layers.cache import VersionedCache
+from vitres.layers.layout import TokenLayout
+from vitres.layers.pos_embed import (
+    ContinuousPositionBias,
+    CoordinateMLPPosEmbed,
+    offset_bias_at,
+    resample_pos_embed,
+    rope_2d,
+    rope_at,
+    sincos_2d,
+    sincos_at,
+)
+
+__all__ = [
+    "ContinuousBiasPositions",
+    "CoordinateMLPPositions",
+    "LearnedPositions",
+    "RotaryPositions",
+    "SinCosPositions",
+]
+
+Grid = tuple[int, int]
+
+
+class LearnedPositions:
+    """A learned table of the native grid, resampled to each grid (timm's ``pos_embed``).
+
+    Args:
+        base_grid: the grid the table was learned for.
+        num_prefix_tokens: prefix tokens of the model.
+        with_prefix: the table holds entries for the prefix tokens too.
+        mode: the resampling (nearest, bilinear, bicubic, area or fourier).
+        antialias: antialias when shrinking.
+    """
+
+    def __init__(
+        self, base_grid: Grid, num_prefix_tokens: int, with_prefix: bool, mode: str, antialias: bool
+    ) -> None:
+        self.base_grid = base_grid
+        self.table_prefix = num_prefix_tokens if with_prefix else 0
+        self.mode = mode
+        self.antialias = antialias
+
+    def table(self, pos_embed: Tensor, grid: Grid, cache: VersionedCache, training: bool) -> Tensor:
+        """The table ``(1, table_prefix + rows * cols, D)`` for ``grid``."""
+        return cache.get(
+            ("learned", grid, self.mode, self.antialias),
+            [pos_embed],
+            lambda: resample_pos_embed(
+                pos_embed, grid, self.base_grid, self.table_prefix, self.mode, self.antialias
+            ),
+            enabled=not training,
+        )
+
+    def add(self, tokens: Tensor, prefix: list[Tensor], table: Tensor) -> Tensor:
+        """``prefix + tokens`` as one sequence with the table added (to the prefix too
+        when the table has prefix entries)."""
+        if self.table_prefix:
+            return torch.cat(prefix + [tokens], dim=1) + table
+        return torch.cat(prefix + [tokens + table], dim=1)
+
+
+class SinCosPositions:
+    """Fixed 2-D sin-cos embeddings (MAE), regenerated for each grid in base-grid units."""
+
+    def __init__(self, dim: int, base_grid: Grid) -> None:
+        self.dim = dim
+        self.base_grid = base_grid
+
+    def table(self, grid: Grid, device: torch.device, cache: VersionedCache) -> Tensor:
+        """The (cached) table ``(rows * cols, D)`` of ``grid``."""
+        return cache.get(
+            ("sincos", grid, str(device)),
+            [],
+            lambda: sincos_2d(grid, self.dim, self.base_grid).to(device),
+            enabled=True,
+        )
+
+    def at(self, centres: Tensor) -> Tensor:
+        """Embeddings ``(..., D)`` at ``centres`` ``(..., 2)`` in base-grid units."""
+        return sincos_at(centres[..., 0], centres[..., 1], self.dim)
+
+
+class CoordinateMLPPositions:
+    """An MLP of normalised patch coordinates (:class:`CoordinateMLPPosEmbed`)."""
+
+    def table(
+        self, mlp: CoordinateMLPPosEmbed, grid: Grid, cache: VersionedCache, training: bool
+    ) -> Tensor:
+        """The table ``(rows * cols, D)`` of ``grid`` (cached in eval mode)."""
+        return cache.get(
+            ("mlp", grid), list(mlp.parameters()), lambda: mlp(grid), enabled=not training
+        )
+
+    @staticmethod
+    def at(mlp: CoordinateMLPPosEmbed, ys: Tensor, xs: Tensor) -> Tensor:
+        """Embeddings at normalised coordinates ``ys, xs`` in ``[-1, 1]``."""
+        return mlp.at(ys, xs)
+
+
+class RotaryPositions:
+    """2-D axial rotary embedding of q and k (RoPE), angles in base-grid units."""
+
+    def __init__(self, head_dim: int, base_grid: Grid, theta: float) -> None:
+        self.head_dim = head_dim
+        self.base_grid = base_grid
+        self.theta = theta
+
+    def table(
+        self, grid: Grid, device: torch.device, cache: VersionedCache
+    ) -> tuple[Tensor, Tensor]:
+        """The (cached) ``(cos, sin)`` of ``grid``, each ``(rows * cols, head_dim)``."""
+        return cache.get(
+            ("rope", grid, str(device)),
+            [],
+            lambda: tuple(
+                t.to(device) for t in rope_2d(grid, self.head_dim, self.base_grid, self.theta)
+            ),
+            enabled=True,
+        )
+
+    def for_layout(self, layout: TokenLayout, cache: VersionedCache) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` of the layout's patch tokens: the grid's table, per-sample
+        ``(B, 1, N, head_dim)`` at the tokens' centres, or per packed row with the
+        identity rotation on prefix and padding tokens."""
+        device = layout.tokens.device
+        if layout.segments is not None:
+            return self._packed(layout, cache)
+        if layout.centres is not None:
+            centres = layout.centres
+            cos, sin = rope_at(centres[..., 0], centres[..., 1], self.head_dim, self.theta)
+            return cos[:, None].to(device), sin[:, None].to(device)
+        return self.table(layout.grid, device, cache)
+
+    def _packed(self, layout: TokenLayout, cache: VersionedCache) -> tuple[Tensor, Tensor]:
+        rows, length = layout.tokens.shape[:2]
+        device = layout.tokens.device
+        cos = torch.ones(rows * length, self.head_dim, device=device)
+        sin = torch.zeros(rows * length, self.head_dim, device=device)
+        tables = [self.table(s.grid, device, cache) for s in layout.segments]
+        patches = torch.cat(
+            [
+                torch.arange(s.num_prefix_tokens, s.length) + s.row * length + s.offset
+                for s in layout.segments
+            ]
+        ).to(device)
+        cos.index_copy_(0, patches, torch.cat([c for c, _ in tables]))
+        sin.index_copy_(0, patches, torch.cat([s for _, s in tables]))
+        return cos.view(rows, 1, length, self.head_dim), sin.view(rows, 1, length, self.head_dim)
+
+
+class ContinuousBiasPositions:
+    """Swin-V2 continuous relative position bias, one MLP per block
+    (:class:`ContinuousPositionBias`), on the attention logits."""
+
+    def __init__(self, num_prefix_tokens: int) -> None:
+        self.num_prefix_tokens = num_prefix_tokens
+
+    def grid_bias(
+        self,
+        module: ContinuousPositionBias,
+        index: int,
+        grid: Grid,
+        cache: VersionedCache,
+        training: bool,
+    ) -> Tensor:
+        """The bias ``(heads, prefix + N, prefix + N)`` of block ``index`` on ``grid``."""
+        return cache.get(
+            ("cpb", index, grid),
+            list(module.parameters()),
+            lambda: module(grid, self.num_prefix_tokens),
+            enabled=not training,
+        )
+
+    def offset_table(
+        self,
+        module: ContinuousPositionBias,
+        index: int,
+        grid: Grid,
+        cache: VersionedCache,
+        training: bool,
+    ) -> Tensor:
+        """The bias per token offset ``(heads, 2 rows - 1, 2 cols - 1)`` of block ``index``."""
+        return cache.get(
+            ("cpb-offsets", index, grid),
+            list(module.parameters()),
+            lambda: module.offset_table(grid),
+            enabled=not training,
+        )
+
+    def for_layout(
+        self,
+        modules: Sequence[ContinuousPositionBias] | nn.ModuleList,
+        index: int,
+        layout: TokenLayout,
+        cache: VersionedCache,
+        training: bool,
+    ) -> Tensor:
+        """Block ``index``'s bias for the layout's tokens, in the tokens' dtype."""
+        dtype = layout.tokens.dtype
+        module = modules[index]
+        if layout.segments is not None:  # each image's block holds its own grid's bias
+            rows, length = layout.tokens.shape[:2]
+            bias = layout.tokens.new_zeros(rows, module.num_heads, length, length)
+            for s in layout.segments:
+                block_bias = self.grid_bias(module, index, s.grid, cache, training).to(dtype)
+                bias[s.row, :, s.offset : s.offset + s.length, s.offset : s.offset + s.length] = (
+                    block_bias
+                )
+            return bias
+        prefix = layout.num_prefix_tokens
+        if layout.cells is not None:  # merged tokens between the cells of a grid
+            table = self.offset_table(module, index, layout.grid, cache, training)
+            pair = offset_bias_at(table, layout.cells.to(table.dtype)).to(dtype)
+            return F.pad(pair, (prefix, 0, prefix, 0))
+        if layout.centres is not None:
+            centres = layout.centres
+            return module.at(centres[..., 0], centres[..., 1], prefix).to(dtype)
+        return self.grid_bias(module, index, layout.grid, cache, training).to(dtype)[None]
