@@ -78,7 +78,7 @@ def _merged_call(model, r: int):  # noqa: ANN001, ANN202
     import vitres.tokens as tokens
 
     if hasattr(tokens, "TokenMode"):  # one typed token mode (issue 23)
-        mode = tokens.TokenMode.merging(r)
+        mode = tokens.TokenMode(merge=r)
         return lambda x: mode.forward(model, x)
     return lambda x: model(x, merge=r)
 
@@ -95,7 +95,7 @@ def _quadtree_call(model, budget: int):  # noqa: ANN001, ANN202
     import vitres.tokens as tokens
 
     if hasattr(tokens, "TokenMode"):
-        mode = tokens.TokenMode.quadtree(budget)
+        mode = tokens.TokenMode(token_budget=budget)
         return lambda x: mode.forward(model, x)
     return lambda x: model(x, token_budget=budget)
 
