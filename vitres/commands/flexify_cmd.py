@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitres.commands.config_flags import add_config_flags, config_from_args
+from vitres.commands.flags import add_dataclass_arguments, config_from_args
 from vitres.commands.train_cmd import HELP as TRAIN_HELP
 from vitres.commands.train_cmd import print_run_summary
 
@@ -48,10 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in `vitres train`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_flags(
+    add_dataclass_arguments(
         parser,
         FlexifyConfig,
-        HELP,
+        help=HELP,
         flags={
             "model_overrides": ["--set"],
             "resolutions": ["--res", "--resolutions"],

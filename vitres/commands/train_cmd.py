@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vitres.commands.config_flags import add_config_flags, config_from_args
+from vitres.commands.flags import add_dataclass_arguments, config_from_args
 
 HELP = {
     "model": "registry name of the architecture, e.g. vit_tiny_patch4",
@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with per-epoch checkpoints; --resume continues exactly where a run stopped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_flags(parser, TrainConfig, HELP, flags={"model_overrides": ["--set"]})
+    add_dataclass_arguments(parser, TrainConfig, help=HELP, flags={"model_overrides": ["--set"]})
     parser.add_argument("--json", action="store_true", help="print the final record as JSON")
     parser.set_defaults(func=run)
 
