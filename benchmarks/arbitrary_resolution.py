@@ -53,33 +53,32 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from scripts.flexify_reference import CONFIG as FLEXIFY_RECIPE  # noqa: E402
-from scripts.flexify_reference import EVAL_SIZES, cpu_name, forward_macs  # noqa: E402
-from scripts.train_reference_models import BASE as TRAIN_RECIPE  # noqa: E402
-from vitres.data import get_dataset  # noqa: E402
-from vitres.data.transforms import resize  # noqa: E402
-from vitres.evaluate import accuracy_at  # noqa: E402
-from vitres.layers.sizes import size_label  # noqa: E402
-from vitres.models.checkpoint import checkpoint_digest, load_model  # noqa: E402
-from vitres.train import MODEL_FILE, flexify, token_count, train  # noqa: E402
-from vitres.train.checkpoint import atomic_write_text  # noqa: E402
+from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from scripts.flexify_reference import CONFIG as FLEXIFY_RECIPE
+from scripts.flexify_reference import EVAL_SIZES, cpu_name, forward_macs
+from scripts.train_reference_models import BASE as TRAIN_RECIPE
+from vitres.data import get_dataset
+from vitres.data.transforms import resize
+from vitres.evaluate import accuracy_at
+from vitres.layers.sizes import size_label
+from vitres.models.checkpoint import checkpoint_digest, load_model
+from vitres.train import MODEL_FILE, flexify, token_count, train
+from vitres.train.checkpoint import atomic_write_text
 
 RUNS_DIR = ROOT / "runs" / "arbitrary_resolution"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 NAME = "arbitrary_resolution"
 NATIVE = 28
 MULTI_RESOLUTIONS = tuple(range(12, 57, 4))
@@ -591,11 +590,8 @@ def report(
         "dataset": "fashion-mnist/test",
         "n": n,
         "sizes": [size_label(s) for s in eval_sizes()],
-        "cpu": cpu_name(),
+        **environment(cpu=cpu_name(), threads=1),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [],
-        "threads": 1,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "budget": dataclasses.asdict(budget),
         "budget_text": budget_text(budget),
         "recipe": TRAIN_RECIPE.to_dict(),
@@ -610,9 +606,8 @@ def report(
             sum(sum(r.get("cell_cpu_seconds", {}).values()) for r in records) / 60, 1
         ),
     }
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    results.with_suffix(".md").write_text(to_markdown(result))
+    write_json(results.with_suffix(".json"), result, indent=1)
+    write_markdown(results.with_suffix(".md"), to_markdown(result))
     plot(result, results.with_suffix(".png"))
     return result
 

@@ -52,41 +52,29 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from benchmarks.peers import (  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, ROOT, write_json, write_markdown
+from benchmarks.peers import (
     hf_twin,
     huggingface_sdpa,
     max_abs_diff,
     onnxruntime_on_file,
     openvino_direct,
 )
-from vitres.backends import get_backend  # noqa: E402
-from vitres.data import eval_batches, load_fashion_mnist  # noqa: E402
-from vitres.export import check_parity  # noqa: E402
-from vitres.measure import analytic_flops, env_fingerprint, interleaved_latency  # noqa: E402
+from vitres.backends import AUTO_ORDER, get_backend
+from vitres.data import eval_batches, load_fashion_mnist
+from vitres.export import check_parity
+from vitres.measure import analytic_flops, env_fingerprint, interleaved_latency
 
-RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "deployment.md"
-DEFAULT_OUT = RESULTS / "backends"
+DEFAULT_OUT = RESULTS_DIR / "backends"
 LADDER = (16, 20, 28, 40, 56)
 REFERENCE_NAMES = ("fmnist-vit-multires", "fmnist-vit-single")
-ALL_BACKENDS = (
-    "eager",
-    "eager-bf16",
-    "compile",
-    "compile-bf16",
-    "onnxruntime",
-    "onnxruntime-fused",
-    "onnxruntime-int8",
-    "onnxruntime-int8-static",
-    "onnxruntime-fused-int8-static",
-    "openvino",
-    "openvino-bf16",
-    "openvino-int8",
-)
+# every CPU backend, in `--backend auto` order (TensorRT is GPU-only: benchmarks/gpu_backends.py)
+ALL_BACKENDS = tuple(name for name in AUTO_ORDER if not name.startswith("tensorrt"))
 # case -> (resolutions, batches); the quick smoke case is tiny and runs once
 CASES = {
     "fmnist": (LADDER, (1, 8)),
@@ -1025,9 +1013,9 @@ def remeasure_memory(path: Path) -> int:
     result["claims"], result["targets"] = claims_and_targets(
         result["latency"], result["accuracy"], result["memory"], amx
     )
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(path, result, default=str)
     table = markdown(result)
-    path.with_suffix(".md").write_text(table)
+    write_markdown(path.with_suffix(".md"), table)
     if path.with_suffix("").resolve() == DEFAULT_OUT.resolve():
         update_doc(table)
     print(table)
@@ -1087,7 +1075,7 @@ def main(argv: list[str] | None = None) -> int:
         return remeasure_memory(Path(args.memory_only))
     if args.render:
         table = markdown(json.loads(Path(args.render).read_text()))
-        Path(args.render).with_suffix(".md").write_text(table)
+        write_markdown(Path(args.render).with_suffix(".md"), table)
         if Path(args.render).with_suffix("").resolve() == DEFAULT_OUT.resolve():
             update_doc(table)
         print(table)
@@ -1188,10 +1176,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start_end": [load_start, list(os.getloadavg())],
     }
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out_path.with_suffix(".json"), result, default=str)
     table = markdown(result)
-    out_path.with_suffix(".md").write_text(table)
+    write_markdown(out_path.with_suffix(".md"), table)
     if out_path.resolve() == DEFAULT_OUT.resolve() and not args.quick:
         update_doc(table)  # only canonical full results go in the docs
     print(table)

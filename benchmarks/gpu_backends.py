@@ -37,7 +37,6 @@ Writes ``benchmarks/results/gpu_backends.{json,md}`` (``--out`` changes the stem
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -48,15 +47,16 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from vitres.backends import backend_class, get_backend  # noqa: E402
-from vitres.backends.eager import EagerBackend  # noqa: E402
-from vitres.measure import interleaved_latency  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, environment, write_json, write_markdown
+from vitres.backends import backend_class, get_backend
+from vitres.backends.eager import EagerBackend
+from vitres.measure import interleaved_latency
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_backends"
+DEFAULT_OUT = RESULTS_DIR / "gpu_backends"
 MODEL = "vit_base_patch16"
 RESOLUTIONS = (224, 384)
 BATCHES = (1, 32)
@@ -302,18 +302,13 @@ def write_results(
         "rounds": rounds,
         "calls": calls,
         "wall_s": round(time.time() - start, 1),
-        "env": {
-            "gpu": gpu,
-            "host": platform.processor(),
-            "torch": torch.__version__,
-            "tensorrt": trt_version,
-        },
+        "env": environment(gpu=gpu, host=platform.processor(), tensorrt=trt_version),
         "rows": rows,
         "verdicts": verdicts(rows),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_json(out.with_suffix(".json"), result, indent=1, newline=False)
     table = markdown(result)
-    out.with_suffix(".md").write_text(table)
+    write_markdown(out.with_suffix(".md"), table)
     return table
 
 

@@ -23,7 +23,6 @@ Writes ``benchmarks/results/import_parity.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -34,10 +33,13 @@ import torch
 import transformers as T
 from tqdm.auto import tqdm
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
 import vitres
+from benchmarks._common import RESULTS_DIR, write_json, write_markdown
 from vitres.layers.pos_embed import to_grid
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARITY_SIZES = [(56, 56), (84, 56), (75, 101), (34, 46)]  # native, non-square, indivisible, smaller
 
 
@@ -182,9 +184,8 @@ def timing(sizes: list[tuple[int, int]], warmup: int, repeats: int) -> list[dict
 
 
 def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"env": env, "parity": parity_rows, "timing": timing_rows}
-    (RESULTS / "import_parity.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_json(RESULTS_DIR / "import_parity.json", document)
     sizes = list(parity_rows[0]["max_abs_diff"])
     lines = [
         "# Imported families: vitres against the source (transformers)",
@@ -214,7 +215,7 @@ def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) ->
                 f"| {row['family']} | {row['size'][0]}x{row['size'][1]} | {row['source_ms']:.2f} | "
                 f"{row['vitres_ms']:.2f} | {row['overhead'] * 100:+.1f} % |"
             )
-    (RESULTS / "import_parity.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / "import_parity.md", lines)
     print("\n".join(lines))
 
 

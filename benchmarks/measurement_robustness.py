@@ -22,7 +22,6 @@ busy: the quiet sweep is the reference.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
@@ -31,11 +30,13 @@ import threading
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, write_json, write_markdown
 from vitres.measure import env_fingerprint
 from vitres.tune.records import latest_by_key, read_results
 from vitres.tune.run import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS, tune
-
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def _busy(stop_at: float) -> None:
@@ -151,8 +152,7 @@ def main() -> None:
         "work_dir": str(work),
         "load_started_unix": t0,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "measurement_robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS_DIR / "measurement_robustness.json", result)
     md = [
         f"CPU: {env.get('cpu')} ({os.cpu_count()} logical cores). Quiet sweep {quiet_s:.0f} s; "
         f"loaded sweep {loaded_s:.0f} s with one busy process from {args.load_start:g} s for "
@@ -180,7 +180,7 @@ def main() -> None:
         "|---|:---:|",
     ]
     md += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in targets.items()]
-    (OUT / "measurement_robustness.md").write_text("\n".join(md) + "\n")
+    write_markdown(RESULTS_DIR / "measurement_robustness.md", md)
     print("\n".join(md))
 
 

@@ -44,28 +44,26 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from vitres.data import eval_batches, load_fashion_mnist, prepare_batch  # noqa: E402
-from vitres.data.transforms import resize  # noqa: E402
-from vitres.measure import count_flops  # noqa: E402
-from vitres.models.checkpoint import load_model  # noqa: E402
-from vitres.tokens.quadtree import QuadtreeTokenizer  # noqa: E402
+from benchmarks._common import RESULTS_DIR, environment, write_json, write_markdown
+from vitres.data import eval_batches, load_fashion_mnist, prepare_batch
+from vitres.data.transforms import resize
+from vitres.measure import count_flops
+from vitres.models.checkpoint import load_model
+from vitres.tokens.quadtree import QuadtreeTokenizer
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODELS = ("fmnist-vit-single", "fmnist-vit-multires", "fmnist-vit-flex")
 INPUT_SIZES = (28, 56)
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -304,13 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "selection": selection,
         "picture": picture,
         "seconds": round(time.time() - start, 1),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "processor": platform.processor() or None,
-            "threads": torch.get_num_threads(),
-        },
+        "environment": environment(processor=platform.processor() or None),
     }
 
 
@@ -499,10 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     stem = "mixed_tokens_quick" if args.quick else "mixed_tokens"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS_DIR / f"{stem}.json", result)
     text = markdown(result)
-    (RESULTS_DIR / f"{stem}.md").write_text(text)
+    write_markdown(RESULTS_DIR / f"{stem}.md", text)
     print(text)
     return 0
 

@@ -27,7 +27,6 @@ so on a 2-core box the Ray run's latencies are those of two configs timed at onc
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
@@ -36,14 +35,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.grid import build_grid
 from vitres.tune.ray_executor import RayExecutor
 from vitres.tune.recommend import Budget, recommend
 from vitres.tune.records import read_results
 from vitres.tune.sweep import run_sweep
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # What changes on a real multi-node cluster (Ray documentation, docs.ray.io: "Resources",
 # "Environment Dependencies", "Task Fault Tolerance", "Fault tolerance").
@@ -199,8 +200,7 @@ def main() -> None:
         "env": env_fingerprint(args.threads),
     }
     name = "ray_sweep_quick" if args.quick else "ray_sweep"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS_DIR / f"{name}.json", report)
 
     def seconds(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f} s"
@@ -240,7 +240,7 @@ def main() -> None:
         "",
         *[f"- {note}" for note in MULTI_NODE_NOTES],
     ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / f"{name}.md", lines)
     print("\n".join(lines))
 
 

@@ -52,31 +52,29 @@ Usage (on a quiet machine; it pins itself to one CPU)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-import vitres  # noqa: E402
-from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.measure import TimingConfig, cpu_info  # noqa: E402
-from vitres.runtime import LatencyModel  # noqa: E402
-from vitres.runtime.runner import AdaptiveRunner  # noqa: E402
-from vitres.tune.sweep import run_sweep  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from vitres.data import load_fashion_mnist
+from vitres.measure import TimingConfig
+from vitres.runtime import LatencyModel
+from vitres.runtime.runner import AdaptiveRunner
+from vitres.tune.sweep import run_sweep
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 RUNS_DIR = ROOT / "runs"
 SETTLE = 20  # frames after each change excluded from the steady-state numbers
 TIGHT = 0.75  # the deadline change: D -> 0.75 D
@@ -569,13 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "mode": "quick" if args.quick else "full",
-        "env": {
-            "cpu": cpu_info().get("cpu") or platform.processor(),
-            "pinned_cpu": cpu,
-            "torch": torch.__version__,
-            "load_start": load_start,
-            "load_end": os.getloadavg()[0],
-        },
+        "env": environment(
+            pinned_cpu=cpu,
+            load_start=load_start,
+            load_end=os.getloadavg()[0],
+        ),
         "settle_window": SETTLE,
         "load_duty": args.load_duty,
         "tight_factor": TIGHT,
@@ -583,9 +579,9 @@ def main(argv: list[str] | None = None) -> int:
         "cases": cases,
     }
     plot(result, RESULTS_DIR / f"{stem}.png")
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=1, default=_json))
+    write_json(RESULTS_DIR / f"{stem}.json", result, indent=1, default=_json, newline=False)
     table = markdown(result)
-    (RESULTS_DIR / f"{stem}.md").write_text(table)
+    write_markdown(RESULTS_DIR / f"{stem}.md", table)
     print(table)
     return 0
 

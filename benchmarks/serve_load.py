@@ -53,7 +53,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -63,20 +62,20 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import httpx
+import numpy as np
+import torch
+from PIL import Image
 
-from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.measure import TimingConfig, cpu_info  # noqa: E402
-from vitres.measure.http_load import poisson_schedule, run_load  # noqa: E402
-from vitres.tune.records import read_results  # noqa: E402
+from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from vitres.data import load_fashion_mnist
+from vitres.measure import TimingConfig
+from vitres.measure.http_load import poisson_schedule, run_load
+from vitres.tune.records import read_results
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 RUNS_DIR = ROOT / "runs" / "serve_load"
 DEFAULT_MODEL = "fmnist-vit-multires"
 
@@ -600,27 +599,24 @@ def main() -> int:
         "server_timeout_s": SERVER_TIMEOUT_S,
         "exit_codes": exits,
         "targets": targets,
-        "environment": {
-            "cpu": cpu_info().get("cpu"),
-            "cores": os.cpu_count(),
+        "environment": environment(
+            cores=os.cpu_count(),
             # the cores this run may use (e.g. under taskset), shared by client and server
-            "cores_usable": len(os.sched_getaffinity(0))
+            cores_usable=len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "server_threads": 1,
-            "load_average_1min_before_after": [
+            server_threads=1,
+            load_average_1min_before_after=[
                 round(load_before[0], 2),
                 round(os.getloadavg()[0], 2),
             ],
-        },
+        ),
         "wall_s": time.time() - started,
         "command": "python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{plan.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS_DIR / f"{plan.name}.md").write_text(markdown(result))
+    write_json(RESULTS_DIR / f"{plan.name}.json", result)
+    write_markdown(RESULTS_DIR / f"{plan.name}.md", markdown(result))
     plot(result, RESULTS_DIR / f"{plan.name}.png")
     print(verdict_text(result))
     print(f"wrote {RESULTS_DIR / plan.name}.{{json,md,png}}; server logs in {logs}")

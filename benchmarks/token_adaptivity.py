@@ -52,7 +52,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,20 +60,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from benchmarks.backends import case_model  # noqa: E402
-from vitres.backends import get_backend  # noqa: E402
-from vitres.data import load_fashion_mnist, match_channels, normalize, resize, to_float  # noqa: E402
-from vitres.evaluate import accuracy_at  # noqa: E402
-from vitres.measure import env_fingerprint, interleaved_latency  # noqa: E402
-from vitres.models.common import FixedPatchSize  # noqa: E402
-from vitres.tokens.merge import merge_label  # noqa: E402
-from vitres.tokens.pack import StrategyChooser  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, write_json, write_markdown
+from benchmarks.backends import case_model
+from vitres.backends import get_backend
+from vitres.data import load_fashion_mnist, match_channels, normalize, resize, to_float
+from vitres.evaluate import accuracy_at
+from vitres.measure import env_fingerprint, interleaved_latency
+from vitres.models.common import FixedPatchSize
+from vitres.tokens.merge import merge_label
+from vitres.tokens.pack import StrategyChooser
 
-RESULTS = ROOT / "benchmarks" / "results"
 NAME = "token_adaptivity"
 
 FMNIST_MODELS = ("fmnist-vit-multires", "fmnist-vit-flex")
@@ -590,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     args.vit_merges = (None, 4, 0.5) if quick else VIT_S_MERGES
     args.agreement_images = 16 if quick else 64
     args.pack_images = 64 if quick else PACK_IMAGES
-    out = args.out or RESULTS / (NAME + ("_quick" if quick else ""))
+    out = args.out or RESULTS_DIR / (NAME + ("_quick" if quick else ""))
     json_path = out.with_suffix(".json")
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     result = {
@@ -613,9 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result["targets"] = targets
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_json(json_path, result, default=_json_default)
     text = markdown(result)
-    out.with_suffix(".md").write_text(text)
+    write_markdown(out.with_suffix(".md"), text)
     print(text)
     return 0
 

@@ -22,18 +22,20 @@ Writes benchmarks/results/tuner_efficiency.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.costmodel import fit_cost
 from vitres.tune.recommend import Budget, recommend
 from vitres.tune.records import read_results
 from vitres.tune.sweep import run_sweep
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "vit_small_patch16"
 
 
@@ -127,8 +129,7 @@ def main() -> None:
         "latency_ms": {m.config.resolution[0]: m.latency_ms for m in exhaustive},
         "env": env_fingerprint(args.threads),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tuner_efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS_DIR / "tuner_efficiency.json", report)
     lines = [
         "| measure | result | target |",
         "|---|---|---|",
@@ -140,7 +141,7 @@ def main() -> None:
         f"with {len(live)} measurements | (informative) |",
         f"| latency cost model ({fit.form}) median abs error, held-out resolutions | {median_error:.1f} % | <= 10 % |",
     ]
-    (RESULTS / "tuner_efficiency.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / "tuner_efficiency.md", lines)
     print("\n".join(lines))
 
 
