@@ -102,13 +102,13 @@ def markdown_table(
     Args:
         header: Column titles.
         rows: Cells, one sequence per row (written with ``str``).
-        align: Per column ``"l"``, ``"r"`` or ``"c"`` (a string or a sequence); columns
-            without one get the plain ``---`` rule.
+        align: Per column ``"l"`` (left, the plain ``---`` rule), ``"r"`` (``---:``) or
+            ``"c"`` (``:---:``), as a string or a sequence; columns past its end are left.
 
     Returns:
         The header line, the rule and one line per row.
     """
-    marks = {"l": ":---", "r": "---:", "c": ":---:", "": "---"}
+    marks = {"l": "---", "r": "---:", "c": ":---:", "": "---"}
     aligns = list(align) + [""] * (len(header) - len(align))
     lines = [
         "| " + " | ".join(str(h) for h in header) + " |",

@@ -33,7 +33,7 @@ if not __package__:  # run as `python benchmarks/x.py`: this checkout first on s
 import numpy as np
 import torch
 
-from benchmarks._common import RESULTS_DIR, environment, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
 from vitres.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from vitres.explain import (
     OVERLAP_RULE_THRESHOLD,
@@ -193,12 +193,15 @@ def to_markdown(result: dict) -> str:
         "",
         analysis_table(result["_analyses"]),
         "",
-        "| target | method | value | met |",
-        "| --- | --- | ---: | :---: |",
+        *markdown_table(
+            ("target", "method", "value", "met"),
+            (
+                (name, t["method"], f"{t['value']:.3f}", "yes" if t["met"] else "**no**")
+                for name, t in result["targets"].items()
+            ),
+            "llrc",
+        ),
     ]
-    for name, target in result["targets"].items():
-        met = "yes" if target["met"] else "**no**"
-        lines.append(f"| {name} | {target['method']} | {target['value']:.3f} | {met} |")
     check = result["rule_check"]
     lines += [
         "",
@@ -208,22 +211,39 @@ def to_markdown(result: dict) -> str:
         f"point more accurate. Relative rule: a lower resolution overlaps ≥ "
         f"{check['relative_margin'] * 100:.0f} points less.",
         "",
-        "| model | high res | overlap | accuracy | best lower res (accuracy) | lowering helps "
-        "| seed rule fires | right | relative rule fires | right |",
-        "| --- | --- | ---: | ---: | --- | :---: | :---: | :---: | :---: | :---: |",
     ]
 
     def yes(flag: bool, bold_no: bool = False) -> str:
         return "yes" if flag else ("**no**" if bold_no else "no")
 
-    for case in check["cases"]:
-        lines.append(
-            f"| {case['model']} | {case['high_res']} px | {case['overlap'] * 100:.1f} % | "
-            f"{case['accuracy'] * 100:.1f} % | {case['best_lower_res']} px "
-            f"({case['best_lower_accuracy'] * 100:.1f} %) | {yes(case['lowering_helps'])} | "
-            f"{yes(case['rule_fires'])} | {yes(case['rule_right'], True)} | "
-            f"{yes(case['relative_rule_fires'])} | {yes(case['relative_rule_right'], True)} |"
+    header = (
+        "model",
+        "high res",
+        "overlap",
+        "accuracy",
+        "best lower res (accuracy)",
+        "lowering helps",
+        "seed rule fires",
+        "right",
+        "relative rule fires",
+        "right",
+    )
+    cells = (
+        (
+            case["model"],
+            f"{case['high_res']} px",
+            f"{case['overlap'] * 100:.1f} %",
+            f"{case['accuracy'] * 100:.1f} %",
+            f"{case['best_lower_res']} px ({case['best_lower_accuracy'] * 100:.1f} %)",
+            yes(case["lowering_helps"]),
+            yes(case["rule_fires"]),
+            yes(case["rule_right"], True),
+            yes(case["relative_rule_fires"]),
+            yes(case["relative_rule_right"], True),
         )
+        for case in check["cases"]
+    )
+    lines += markdown_table(header, cells, "llrrlccccc")
     lines += [
         "",
         f"Seed rule right in {check['rule_right']} of {check['cases_total']} cases, relative "

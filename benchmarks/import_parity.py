@@ -37,7 +37,7 @@ if not __package__:  # run as `python benchmarks/x.py`: this checkout first on s
     import _common  # noqa: F401
 
 import vitres
-from benchmarks._common import RESULTS_DIR, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.layers.pos_embed import to_grid
 
 PARITY_SIZES = [(56, 56), (84, 56), (75, 101), (34, 46)]  # native, non-square, indivisible, smaller
@@ -194,12 +194,15 @@ def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) ->
         "",
         "## Parity: max |diff| (random tiny models, width 64, 4 layers, 56 px native, patch 14)",
         "",
-        "| family | output | " + " | ".join(sizes) + " |",
-        "|---|---|" + "---|" * len(sizes),
+        *markdown_table(
+            ["family", "output", *sizes],
+            (
+                [row["family"], f"`{row['output']}`"]
+                + [f"{row['max_abs_diff'][s]:.1e}" for s in sizes]
+                for row in parity_rows
+            ),
+        ),
     ]
-    for row in parity_rows:
-        cells = " | ".join(f"{row['max_abs_diff'][s]:.1e}" for s in sizes)
-        lines.append(f"| {row['family']} | `{row['output']}` | {cells} |")
     lines += ["", "## Any-resolution overhead against the source's own interpolating forward", ""]
     if not timing_rows:
         lines.append("Not measured in this run (pass `--timing` on an idle machine).")
@@ -207,14 +210,20 @@ def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) ->
         lines += [
             f"ViT-B/16 width, batch 1, {env['threads']} thread(s), median of {env['repeats']} runs.",
             "",
-            "| family | size | source ms | vitres ms | overhead |",
-            "|---|---|---|---|---|",
+            *markdown_table(
+                ["family", "size", "source ms", "vitres ms", "overhead"],
+                (
+                    (
+                        row["family"],
+                        f"{row['size'][0]}x{row['size'][1]}",
+                        f"{row['source_ms']:.2f}",
+                        f"{row['vitres_ms']:.2f}",
+                        f"{row['overhead'] * 100:+.1f} %",
+                    )
+                    for row in timing_rows
+                ),
+            ),
         ]
-        for row in timing_rows:
-            lines.append(
-                f"| {row['family']} | {row['size'][0]}x{row['size'][1]} | {row['source_ms']:.2f} | "
-                f"{row['vitres_ms']:.2f} | {row['overhead'] * 100:+.1f} % |"
-            )
     write_markdown(RESULTS_DIR / "import_parity.md", lines)
     print("\n".join(lines))
 

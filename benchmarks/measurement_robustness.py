@@ -33,7 +33,7 @@ from pathlib import Path
 if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
     import _common  # noqa: F401
 
-from benchmarks._common import RESULTS_DIR, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import env_fingerprint
 from vitres.tune.records import latest_by_key, read_results
 from vitres.tune.run import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS, tune
@@ -158,15 +158,24 @@ def main() -> None:
         f"loaded sweep {loaded_s:.0f} s with one busy process from {args.load_start:g} s for "
         f"{args.load_seconds:g} s.",
         "",
-        "| config | quiet median ms | loaded (stored) ms | ratio | flagged | unstable | attempts |",
-        "|---|---:|---:|---:|:---:|:---:|---:|",
+        *markdown_table(
+            ["config", "quiet median ms", "loaded (stored) ms", "ratio", "flagged", "unstable"]
+            + ["attempts"],
+            (
+                (
+                    r["key"],
+                    f"{r['quiet_ms']:.3f}",
+                    f"{r['loaded_ms']:.3f}",
+                    f"{r['ratio']:.2f}",
+                    "yes" if r["flagged"] else "no",
+                    "yes" if r["unstable"] else "no",
+                    r["attempts"],
+                )
+                for r in sorted(rows, key=lambda r: r["key"])
+            ),
+            "lrrrccr",
+        ),
     ]
-    for r in sorted(rows, key=lambda r: r["key"]):
-        md.append(
-            f"| {r['key']} | {r['quiet_ms']:.3f} | {r['loaded_ms']:.3f} | {r['ratio']:.2f} | "
-            f"{'yes' if r['flagged'] else 'no'} | {'yes' if r['unstable'] else 'no'} | "
-            f"{r['attempts']} |"
-        )
     md += [
         "",
         f"Quiet answer: {result['quiet_answer']}",
@@ -176,10 +185,12 @@ def main() -> None:
         f"Disturbed timing windows seen: {disturbed_attempts}; configs re-measured: "
         f"{result['remeasured_configs']}.",
         "",
-        "| target | met |",
-        "|---|:---:|",
+        *markdown_table(
+            ["target", "met"],
+            ((name, "yes" if ok else "**no**") for name, ok in targets.items()),
+            "lc",
+        ),
     ]
-    md += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in targets.items()]
     write_markdown(RESULTS_DIR / "measurement_robustness.md", md)
     print("\n".join(md))
 

@@ -38,7 +38,7 @@ from pathlib import Path
 if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
     import _common  # noqa: F401
 
-from benchmarks._common import RESULTS_DIR, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.grid import build_grid
 from vitres.tune.ray_executor import RayExecutor
@@ -214,27 +214,44 @@ def main() -> None:
         f"{args.model}, {len(configs)} configs ({args.res} px), {args.threads} thread(s) each, "
         f"{'quick' if args.quick else 'full'} timing; CPU: {report['env']['cpu']}",
         "",
-        "| measure | local | Ray (head + 1 worker node) |",
-        "|---|---|---|",
-        f"| wall time | {seconds(local_wall)} | {seconds(ray_wall)} "
-        f"(+ {seconds(cluster_start)} cluster start) |",
-        f"| wall per config | {seconds(per['local_wall'])} | {seconds(per['ray_wall'])} |",
-        f"| task time per config (in the task) | - | {seconds(per['ray_task_mean'])} |",
-        f"| Ray overhead per task: submit→result minus task time (median / max) | - | "
-        f"{seconds(per['ray_overhead_median'])} / {seconds(per['ray_overhead_max'])} |",
-        f"| slot time not measuring, per config | - | {seconds(slot_overhead)} |",
-        f"| tasks per node | - | {report['tasks_per_node']} |",
-        f"| accuracy identical per config | - | {'yes' if same_accuracy else 'NO'} |",
-        f"| latency Ray/local (median over configs) | - | "
-        f"{statistics.median(ratios.values()):.2f}× |"
-        if ratios
-        else "| latency Ray/local | - | - |",
-        f"| recommendation (max latency {budget.max_latency_ms:.3f} ms) | {label['local']} | "
-        f"{label['ray']} ({'same' if agree else 'DIFFERENT'}) |",
-        f"| recommendation, budget {ratio:.2f}× each run's own native latency | "
-        f"{label_relative['local']} | {label_relative['ray']} "
-        f"({'same' if agree_relative else 'DIFFERENT'}) |",
-        f"| configs in the same latency order | - | {'yes' if same_order else 'NO'} |",
+        *markdown_table(
+            ("measure", "local", "Ray (head + 1 worker node)"),
+            [
+                (
+                    "wall time",
+                    seconds(local_wall),
+                    f"{seconds(ray_wall)} (+ {seconds(cluster_start)} cluster start)",
+                ),
+                ("wall per config", seconds(per["local_wall"]), seconds(per["ray_wall"])),
+                ("task time per config (in the task)", "-", seconds(per["ray_task_mean"])),
+                (
+                    "Ray overhead per task: submit→result minus task time (median / max)",
+                    "-",
+                    f"{seconds(per['ray_overhead_median'])} / {seconds(per['ray_overhead_max'])}",
+                ),
+                ("slot time not measuring, per config", "-", seconds(slot_overhead)),
+                ("tasks per node", "-", report["tasks_per_node"]),
+                ("accuracy identical per config", "-", "yes" if same_accuracy else "NO"),
+                (
+                    "latency Ray/local (median over configs)",
+                    "-",
+                    f"{statistics.median(ratios.values()):.2f}×",
+                )
+                if ratios
+                else ("latency Ray/local", "-", "-"),
+                (
+                    f"recommendation (max latency {budget.max_latency_ms:.3f} ms)",
+                    label["local"],
+                    f"{label['ray']} ({'same' if agree else 'DIFFERENT'})",
+                ),
+                (
+                    f"recommendation, budget {ratio:.2f}× each run's own native latency",
+                    label_relative["local"],
+                    f"{label_relative['ray']} ({'same' if agree_relative else 'DIFFERENT'})",
+                ),
+                ("configs in the same latency order", "-", "yes" if same_order else "NO"),
+            ],
+        ),
         "",
         "On a real multi-node cluster (from Ray's documentation):",
         "",

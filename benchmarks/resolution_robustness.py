@@ -37,7 +37,14 @@ if not __package__:  # run as `python benchmarks/x.py`: this checkout first on s
 
 import torch
 
-from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
 from vitres.data import load_fashion_mnist
 from vitres.evaluate import accuracy_at
 from vitres.models.checkpoint import load_model
@@ -196,16 +203,28 @@ def to_markdown(result: dict) -> str:
     lines = [
         f"Top-1 accuracy (%) on {result['dataset']} (n = {result['n']}), by input resolution.",
         "",
-        "| model | " + " | ".join(f"{r} px" for r in res) + " |",
-        "| --- | " + " | ".join("---:" for _ in res) + " |",
+        *markdown_table(
+            ["model", *(f"{r} px" for r in res)],
+            (
+                [label, *(f"{100 * accuracy[str(r)]:.2f}" for r in res)]
+                for label, accuracy in result["accuracy"].items()
+            ),
+            "l" + "r" * len(res),
+        ),
+        "",
+        *markdown_table(
+            ("target", "numbers", "met"),
+            (
+                (
+                    name,
+                    ", ".join(f"{k} {v}" for k, v in check.items() if k != "met"),
+                    "yes" if check["met"] else "**no**",
+                )
+                for name, check in result["targets"].items()
+            ),
+            "llc",
+        ),
     ]
-    for label, accuracy in result["accuracy"].items():
-        cells = [f"{100 * accuracy[str(r)]:.2f}" for r in res]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| target | numbers | met |", "| --- | --- | :---: |"]
-    for name, check in result["targets"].items():
-        numbers = ", ".join(f"{k} {v}" for k, v in check.items() if k != "met")
-        lines.append(f"| {name} | {numbers} | {'yes' if check['met'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 

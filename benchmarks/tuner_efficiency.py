@@ -25,11 +25,12 @@ import argparse
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
 if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
     import _common  # noqa: F401
 
-from benchmarks._common import RESULTS_DIR, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.costmodel import fit_cost
 from vitres.tune.recommend import Budget, recommend
@@ -130,17 +131,33 @@ def main() -> None:
         "env": env_fingerprint(args.threads),
     }
     write_json(RESULTS_DIR / "tuner_efficiency.json", report)
-    lines = [
-        "| measure | result | target |",
-        "|---|---|---|",
-        f"| recommendation (max latency {budget.max_latency_ms:.1f} ms) | exhaustive: "
-        f"{truth.config.resolution[0] if truth else '-'} px, adaptive: {choice.config.resolution[0] if choice else '-'} px "
-        f"({'same' if same else 'DIFFERENT'}) | same |",
-        f"| measurements | adaptive {len(measured)} of {n_total} ({100 * fraction:.0f} %) | <= 40 % |",
-        f"| live adaptive run (re-measured) | {live_choice.config.resolution[0] if live_choice else '-'} px "
-        f"with {len(live)} measurements | (informative) |",
-        f"| latency cost model ({fit.form}) median abs error, held-out resolutions | {median_error:.1f} % | <= 10 % |",
+
+    def px(m: Any) -> str:
+        return f"{m.config.resolution[0]} px" if m else "- px"
+
+    rows = [
+        (
+            f"recommendation (max latency {budget.max_latency_ms:.1f} ms)",
+            f"exhaustive: {px(truth)}, adaptive: {px(choice)} ({'same' if same else 'DIFFERENT'})",
+            "same",
+        ),
+        (
+            "measurements",
+            f"adaptive {len(measured)} of {n_total} ({100 * fraction:.0f} %)",
+            "<= 40 %",
+        ),
+        (
+            "live adaptive run (re-measured)",
+            f"{px(live_choice)} with {len(live)} measurements",
+            "(informative)",
+        ),
+        (
+            f"latency cost model ({fit.form}) median abs error, held-out resolutions",
+            f"{median_error:.1f} %",
+            "<= 10 %",
+        ),
     ]
+    lines = markdown_table(("measure", "result", "target"), rows)
     write_markdown(RESULTS_DIR / "tuner_efficiency.md", lines)
     print("\n".join(lines))
 
