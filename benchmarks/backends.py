@@ -56,7 +56,7 @@ if not __package__:  # run as `python benchmarks/x.py`: this checkout first on s
     import _common  # noqa: F401
 
 import vitres
-from benchmarks._common import RESULTS_DIR, ROOT, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, ROOT, markdown_table, write_json, write_markdown
 from benchmarks.peers import (
     hf_twin,
     huggingface_sdpa,
@@ -506,25 +506,43 @@ def latency_table(result: dict[str, Any]) -> list[str]:
     drops = {
         (r["resolution"], r["backend"]): r["drop_points"] for r in result.get("accuracy") or []
     }
-    lines = [
-        "| model | res | batch | threads | backend | median ms | speed-up vs eager fp32 | "
-        "vs best peer | % fp32 ceiling | % bf16 ceiling | build s | acc. drop (pts) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = (
+        "model",
+        "res",
+        "batch",
+        "threads",
+        "backend",
+        "median ms",
+        "speed-up vs eager fp32",
+        "vs best peer",
+        "% fp32 ceiling",
+        "% bf16 ceiling",
+        "build s",
+        "acc. drop (pts)",
+    )
+    rows = []
     for row in result["latency"]:
         name = row["backend"] if row.get("kind", "vitres") == "vitres" else f"*{row['backend']}*"
         noisy = " (noisy)" if row.get("noisy") else ""
         drop = drops.get((row["resolution"], row["backend"]))
         build = row.get("build_time_s")
-        lines.append(
-            f"| {row['case']} | {row['resolution']} | {row['batch']} | "
-            f"{row.get('threads', result['env'].get('torch_threads'))} | {name} | "
-            f"{row['median_ms']:.2f}{noisy} | {_times(row['speedup_vs_eager'])} | "
-            f"{_times(row.get('ratio_to_best_peer'))} | {_pct(row['frac_fp32_ceiling'])} | "
-            f"{_pct(row['frac_bf16_ceiling'])} | {'–' if build is None else f'{build:.1f}'} | "
-            f"{'–' if drop is None else f'{drop:+.2f}'} |"
+        rows.append(
+            (
+                row["case"],
+                row["resolution"],
+                row["batch"],
+                row.get("threads", result["env"].get("torch_threads")),
+                name,
+                f"{row['median_ms']:.2f}{noisy}",
+                _times(row["speedup_vs_eager"]),
+                _times(row.get("ratio_to_best_peer")),
+                _pct(row["frac_fp32_ceiling"]),
+                _pct(row["frac_bf16_ceiling"]),
+                "–" if build is None else f"{build:.1f}",
+                "–" if drop is None else f"{drop:+.2f}",
+            )
         )
-    return lines
+    return markdown_table(header, rows, "lrrrlrrrrrrr")
 
 
 def claims_table(result: dict[str, Any]) -> list[str]:
@@ -535,22 +553,32 @@ def claims_table(result: dict[str, Any]) -> list[str]:
         "",
         "The seeds' claims beside what is measured here:",
         "",
-        "| claim | case | measured |",
-        "|---|---|---|",
+        *markdown_table(
+            ("claim", "case", "measured"),
+            ((row["claim"], row["case"], row["measured"]) for row in claims),
+        ),
     ]
-    for row in claims:
-        lines.append(f"| {row['claim']} | {row['case']} | {row['measured']} |")
     return lines
 
 
 def summary_table(result: dict[str, Any]) -> list[str]:
     """One row per (case, resolution, batch, threads): eager fp32, the fastest vitres
     backend and the fastest peer, side by side (the README's table)."""
-    lines = [
-        "| model | res | batch | threads | eager fp32 ms | fastest vitres | ms | speed-up "
-        "| fastest peer | ms | vitres / peer | % bf16 ceiling |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|",
-    ]
+    header = (
+        "model",
+        "res",
+        "batch",
+        "threads",
+        "eager fp32 ms",
+        "fastest vitres",
+        "ms",
+        "speed-up",
+        "fastest peer",
+        "ms",
+        "vitres / peer",
+        "% bf16 ceiling",
+    )
+    cells: list[list[str]] = []
     rows = result["latency"]
     keys = dict.fromkeys((r["case"], r["resolution"], r["batch"], r["threads"]) for r in rows)
     for case, res, batch, threads in keys:
@@ -576,25 +604,21 @@ def summary_table(result: dict[str, Any]) -> list[str]:
                 f"{peer['median_ms'] / best['median_ms']:.2f}×",
             ]
         )
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    case,
-                    str(res),
-                    str(batch),
-                    str(threads),
-                    f"{eager['median_ms']:.2f}",
-                    best["backend"],
-                    f"{best['median_ms']:.2f}{noisy}",
-                    f"{eager['median_ms'] / best['median_ms']:.2f}×",
-                    *peer_cells,
-                    f"{100 * best['frac_bf16_ceiling']:.0f}%",
-                ]
-            )
-            + " |"
+        cells.append(
+            [
+                case,
+                str(res),
+                str(batch),
+                str(threads),
+                f"{eager['median_ms']:.2f}",
+                best["backend"],
+                f"{best['median_ms']:.2f}{noisy}",
+                f"{eager['median_ms'] / best['median_ms']:.2f}×",
+                *peer_cells,
+                f"{100 * best['frac_bf16_ceiling']:.0f}%",
+            ]
         )
-    return lines
+    return markdown_table(header, cells, "lrrrrlrrlrrr")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -642,19 +666,22 @@ def markdown(result: dict[str, Any]) -> str:
             f"Accuracy (%) of {result['reference_model']} on the Fashion-MNIST test set "
             f"({n_eval} images) per backend; in brackets the drop vs eager fp32 in points.",
             "",
-            "| res | " + " | ".join(names) + " |",
-            "|---:|" + "---:|" * len(names),
         ]
-        for resolution in sorted({r["resolution"] for r in result["accuracy"]}):
-            cells = []
-            for name in names:
-                row = next(
-                    r
-                    for r in result["accuracy"]
-                    if r["resolution"] == resolution and r["backend"] == name
-                )
-                cells.append(f"{100 * row['accuracy']:.2f} ({row['drop_points']:+.2f})")
-            lines.append(f"| {resolution} | " + " | ".join(cells) + " |")
+        # the first record of each (resolution, backend)
+        by_key = {(r["resolution"], r["backend"]): r for r in reversed(result["accuracy"])}
+        lines += markdown_table(
+            ["res", *names],
+            (
+                [resolution]
+                + [
+                    f"{100 * by_key[resolution, n]['accuracy']:.2f} "
+                    f"({by_key[resolution, n]['drop_points']:+.2f})"
+                    for n in names
+                ]
+                for resolution in sorted({r["resolution"] for r in result["accuracy"]})
+            ),
+            "r" * (len(names) + 1),
+        )
     lines += claims_table(result)
     lines += [
         "",
@@ -686,16 +713,21 @@ def markdown(result: dict[str, Any]) -> str:
             "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
             "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
             "",
-            "| method | " + " | ".join(f"{r} px" for r in LADDER) + " |",
-            "|---|" + "---:|" * len(LADDER),
         ]
-        for method in ("minmax", "entropy", "percentile"):
-            cells = [
-                f"{100 * r['accuracy']:.2f} ({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
-                for r in calibration
-                if r["method"] == method
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines += markdown_table(
+            ["method", *(f"{r} px" for r in LADDER)],
+            (
+                [method]
+                + [
+                    f"{100 * r['accuracy']:.2f} "
+                    f"({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
+                    for r in calibration
+                    if r["method"] == method
+                ]
+                for method in ("minmax", "entropy", "percentile")
+            ),
+            "l" + "r" * len(LADDER),
+        )
     bf16 = result.get("bf16_investigation")
     if bf16:
         lines += [

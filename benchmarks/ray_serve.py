@@ -62,7 +62,7 @@ from prometheus_client.parser import text_string_to_metric_families
 if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
     import _common  # noqa: F401
 
-from benchmarks._common import RESULTS_DIR, environment, write_json, write_markdown
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
 from benchmarks.serve_load import QUICK, ServerProcess, drive, free_port, sweep_records
 from vitres.data import load_fashion_mnist
 from vitres.runtime.metrics import REPLICA_LABEL
@@ -399,21 +399,39 @@ def markdown(result: dict) -> str:
         f"up to {result['max_batch']}, 1 thread per server or replica. Client, servers and Ray "
         "share these cores: the numbers show what the layers cost here, not a cluster.",
         "",
-        "| server | rate /s | answered | shed | no response | p50 ms | p99 ms | throughput /s "
-        "| mean res | mean batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def num(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['controller']} | {r['rate']:g} | {num(r['answered_fraction'], '.1%')} | "
-            f"{num(r['shed_fraction'], '.1%')} | {r['no_response']} | {num(r['p50_ms'], '.1f')} "
-            f"| {num(r['p99_ms'], '.1f')} | {num(r['throughput_rps'], '.1f')} | "
-            f"{num(r['mean_resolution'], '.1f')} | {num(r['mean_batch'], '.2f')} |"
+    header = (
+        "server",
+        "rate /s",
+        "answered",
+        "shed",
+        "no response",
+        "p50 ms",
+        "p99 ms",
+        "throughput /s",
+        "mean res",
+        "mean batch",
+    )
+    cells = (
+        (
+            r["controller"],
+            f"{r['rate']:g}",
+            num(r["answered_fraction"], ".1%"),
+            num(r["shed_fraction"], ".1%"),
+            r["no_response"],
+            num(r["p50_ms"], ".1f"),
+            num(r["p99_ms"], ".1f"),
+            num(r["throughput_rps"], ".1f"),
+            num(r["mean_resolution"], ".1f"),
+            num(r["mean_batch"], ".2f"),
         )
+        for r in result["rows"]
+    )
+    lines += markdown_table(header, cells, "l" + "r" * 9)
     lines += ["", "## Checks", ""]
     for d in result["deployments"]:
         passed = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in d["checks"].items())

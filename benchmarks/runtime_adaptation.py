@@ -68,7 +68,14 @@ import torch
 from tqdm.auto import tqdm
 
 import vitres
-from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
 from vitres.data import load_fashion_mnist
 from vitres.measure import TimingConfig
 from vitres.runtime import LatencyModel
@@ -355,6 +362,25 @@ def targets(summary: dict[str, Any], oracle_result: dict[str, Any] | None) -> di
 # ----------------------------------------------------------------------------- report
 
 
+def _controller_cells(name: str, s: dict[str, Any], names: list[str]) -> list[str]:
+    """One controller's row of a case's table."""
+    settle = " / ".join(
+        "never" if s["phases"][n]["settling_frames"] is None
+        else str(s["phases"][n]["settling_frames"])
+        for n in names[1:]
+    )  # fmt: skip
+    return [
+        name,
+        f"{100 * s['hit_rate']:.1f} %",
+        f"{100 * s['hit_rate_steady']:.1f} %",
+        *(f"{100 * s['phases'][n]['hit_rate']:.1f} %" for n in names),
+        settle,
+        f"{s['switches_per_100_steady']:.2f}",
+        f"{s['mean_resolution']:.1f}",
+        "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
     lines = [
@@ -373,35 +399,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"D = {case['deadline_ms']:.3g} ms = {GUARD} × p99 of fixed:{case['mid']} quietly; "
             f"the load slowed fixed:{case['mid']} by {case['load_slowdown']:.2f}× (median))",
             "",
-            "| controller | hits | hits steady | "
-            + " | ".join(f"hits {n}" for n in names)
-            + " | settle load / recovered / tight | switches/100 steady | mean px | accuracy |",
-            "|---|---:|---:|" + "---:|" * len(names) + "---|---:|---:|---:|",
         ]
-        for name, s in case["controllers"].items():
-            settle = " / ".join(
-                "never" if s["phases"][n]["settling_frames"] is None
-                else str(s["phases"][n]["settling_frames"])
-                for n in names[1:]
-            )  # fmt: skip
-            accuracy = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %"
-            lines.append(
-                f"| {name} | {100 * s['hit_rate']:.1f} % | {100 * s['hit_rate_steady']:.1f} % | "
-                + " | ".join(f"{100 * s['phases'][n]['hit_rate']:.1f} %" for n in names)
-                + f" | {settle} | {s['switches_per_100_steady']:.2f} | "
-                f"{s['mean_resolution']:.1f} | {accuracy} |"
-            )
+        header = [
+            "controller",
+            "hits",
+            "hits steady",
+            *(f"hits {n}" for n in names),
+            "settle load / recovered / tight",
+            "switches/100 steady",
+            "mean px",
+            "accuracy",
+        ]
+        cells = [_controller_cells(name, s, names) for name, s in case["controllers"].items()]
         if case["oracle"] is not None:
             o = case["oracle"]
             picks = ", ".join(
                 f"{n}: {v['resolution']} px" + ("" if v["meets"] else " (none meets)")
                 for n, v in o["per_phase"].items()
             )
-            lines.append(
-                f"| oracle (best fixed per phase: {picks}) | | | "
-                + " | " * len(names)
-                + f" | | | {100 * o['accuracy']:.2f} % |"
-            )
+            oracle = f"oracle (best fixed per phase: {picks})"
+            cells.append([oracle, *[""] * (len(header) - 2), f"{100 * o['accuracy']:.2f} %"])
+        lines += markdown_table(header, cells, "lrr" + "r" * len(names) + "lrrr")
         lines += ["", "Targets for `predictive`:"]
         for key, t in case["targets"].items():
             value = t["value"]

@@ -70,7 +70,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmarks._common import RESULTS_DIR, ROOT, environment, write_json, write_markdown
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
 from vitres.data import load_fashion_mnist
 from vitres.measure import TimingConfig
 from vitres.measure.http_load import poisson_schedule, run_load
@@ -680,6 +687,48 @@ def verdict_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+RATE_TABLE_HEADER = (
+    "rate (req/s)",
+    "controller",
+    "answered",
+    "shed",
+    "no resp.",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "server p99 ms",
+    "503 p99 ms",
+    "SLO att.",
+    "thr. (req/s)",
+    "accuracy",
+    "mean res",
+    "mean batch",
+    "server CPU ms/req",
+    "client CPU ms/req",
+)
+
+
+def _rate_row_cells(row: dict) -> list[str]:
+    """The cells of one controller at one rate, after its rate and name."""
+    return [
+        _fmt(row["answered_fraction"], ".1%"),
+        _fmt(row["shed_fraction"], ".1%"),
+        no_answer(row),
+        _fmt(row["p50_ms"], ".1f"),
+        _fmt(row["p95_ms"], ".1f"),
+        _fmt(row["p99_ms"], ".1f"),
+        _fmt(row["server_p99_ms"], ".1f"),
+        _fmt(row["shed_p99_ms"], ".1f"),
+        _fmt(row["slo_attainment"], ".1%"),
+        _fmt(row["throughput_rps"], ".0f"),
+        _fmt(row["accuracy"], ".3f"),
+        _fmt(row["mean_resolution"], ".1f"),
+        _fmt(row["mean_batch"], ".1f"),
+        _fmt(row["server_cpu_ms_per_request"], ".2f"),
+        _fmt(row["client_cpu_ms_per_request"], ".2f"),
+    ]
+
+
 def markdown(result: dict) -> str:
     slo = result["slo_ms"]
     env = result["environment"]
@@ -705,28 +754,16 @@ def markdown(result: dict) -> str:
         f"{result['plan']['eval_limit']}): "
         + ", ".join(f"{k} px {v:.1%}" for k, v in sorted(result["sweep_accuracy"].items())),
         "",
-        "| rate (req/s) | controller | answered | shed | no resp. | p50 ms | p95 ms | p99 ms "
-        "| server p99 ms | 503 p99 ms | SLO att. | thr. (req/s) | accuracy | mean res "
-        "| mean batch | server CPU ms/req | client CPU ms/req |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cells = []
     for rate in result["rates"]:
         best = best_fixed(result["rows"], rate)
         for row in sorted(
             (r for r in result["rows"] if r["rate"] == rate), key=lambda r: r["controller"]
         ):
             name = row["controller"] + (" (best fixed)" if row is best else "")
-            lines.append(
-                f"| {rate:g} | {name} | {_fmt(row['answered_fraction'], '.1%')} | "
-                f"{_fmt(row['shed_fraction'], '.1%')} | {no_answer(row)} | "
-                f"{_fmt(row['p50_ms'], '.1f')} | {_fmt(row['p95_ms'], '.1f')} | "
-                f"{_fmt(row['p99_ms'], '.1f')} | {_fmt(row['server_p99_ms'], '.1f')} | "
-                f"{_fmt(row['shed_p99_ms'], '.1f')} | {_fmt(row['slo_attainment'], '.1%')} | "
-                f"{_fmt(row['throughput_rps'], '.0f')} | {_fmt(row['accuracy'], '.3f')} | "
-                f"{_fmt(row['mean_resolution'], '.1f')} | {_fmt(row['mean_batch'], '.1f')} | "
-                f"{_fmt(row['server_cpu_ms_per_request'], '.2f')} | "
-                f"{_fmt(row['client_cpu_ms_per_request'], '.2f')} |"
-            )
+            cells.append([f"{rate:g}", name, *_rate_row_cells(row)])
+    lines += markdown_table(RATE_TABLE_HEADER, cells, "rl" + "r" * 15)
     lines += [
         "",
         "Answered = 200 with a prediction, and shed = 503 (Retry-After), as fractions of the "
