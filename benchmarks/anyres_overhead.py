@@ -93,10 +93,15 @@ def main() -> None:
                 f"overhead {100 * overhead:+.2f} %  (max |diff| {diff:.1e})",
                 flush=True,
             )
+    write_results(rows, args.threads)
+
+
+def write_results(rows: list[dict], threads: int) -> None:
+    """``anyres_overhead.{json,md}`` in the results folder; prints the table."""
     report = {
         "benchmark": "anyres_overhead",
         "target_pct": 2.0,
-        "env": env_fingerprint(args.threads),
+        "env": env_fingerprint(threads),
         "rows": rows,
     }
     write_json(RESULTS_DIR / "anyres_overhead.json", report)

@@ -402,6 +402,32 @@ def _budget_row(r: dict[str, Any]) -> tuple[str, ...]:
     )
 
 
+def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """The search that chose the tokenizer's settings, as Markdown (none: no lines)."""
+    lines: list[str] = []
+    if selection:
+        columns = list(next(iter(selection["accuracy"].values())))
+        lines += [
+            "",
+            f"Settings chosen on the first {selection['n']} training images (accuracy %, "
+            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}**, used for the "
+            "tables above (`QuadtreeTokenizer()`'s defaults are set from this search).",
+            "",
+        ]
+        ranked = sorted(selection["mean"], key=selection["mean"].get, reverse=True)
+        lines += markdown_table(
+            ["settings", *columns, "mean"],
+            (
+                [label]
+                + [f"{100 * selection['accuracy'][label][c]:.1f}" for c in columns]
+                + [f"{100 * selection['mean'][label]:.2f}"]
+                for label in ranked
+            ),
+            "l" + "r" * (len(columns) + 1),
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     t = result["tokenizer"]
@@ -463,27 +489,7 @@ def markdown(result: dict[str, Any]) -> str:
             "lrrrc",
         ),
     ]
-    selection = result.get("selection")
-    if selection:
-        columns = list(next(iter(selection["accuracy"].values())))
-        lines += [
-            "",
-            f"Settings chosen on the first {selection['n']} training images (accuracy %, "
-            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}**, used for the "
-            "tables above (`QuadtreeTokenizer()`'s defaults are set from this search).",
-            "",
-        ]
-        ranked = sorted(selection["mean"], key=selection["mean"].get, reverse=True)
-        lines += markdown_table(
-            ["settings", *columns, "mean"],
-            (
-                [label]
-                + [f"{100 * selection['accuracy'][label][c]:.1f}" for c in columns]
-                + [f"{100 * selection['mean'][label]:.2f}"]
-                for label in ranked
-            ),
-            "l" + "r" * (len(columns) + 1),
-        )
+    lines += _selection_lines(result.get("selection"))
     env = result["environment"]
     lines += [
         "",

@@ -310,6 +310,44 @@ def fmnist_real_accuracy_check(result: dict[str, Any]) -> str:
     )
 
 
+def _vit_s_table(vit: dict[str, Any], agree: dict[tuple, dict[str, Any]]) -> list[str]:
+    """ViT-S/16 with each merge on each backend: tokens, latency, agreement."""
+    lat = {(r["backend"], r["batch"], r["merge"]): r for r in vit["latency"]}
+    cells = []
+    for backend in VIT_BACKENDS:
+        for merge in dict.fromkeys(r["merge"] for r in vit["latency"]):
+            one, eight = lat[(backend, 1, merge)], lat[(backend, max(BATCHES), merge)]
+            schedule = vit["schedules"][_label(merge)]
+            a = agree[(backend, merge)]
+            cells.append(
+                (
+                    backend,
+                    _label(merge),
+                    f"{vit['tokens']} → {vit['tokens'] - sum(schedule)}",
+                    f"{one['median_ms']:.1f}",
+                    f"{one['speedup_vs_unmerged_same_backend']:.2f}x",
+                    f"{eight['median_ms']:.0f}",
+                    f"{eight['throughput_ips']:.1f}",
+                    f"{eight['speedup_vs_unmerged_same_backend']:.2f}x",
+                    f"{100 * a['top1_agreement']:.1f} %",
+                    f"{a['logit_cosine']:.4f}",
+                )
+            )
+    header = (
+        "backend",
+        "merge",
+        "patch tokens, first → last block",
+        "b1 ms",
+        "b1 speed-up",
+        "b8 ms",
+        "b8 img/s",
+        "b8 speed-up",
+        "top-1 agreement",
+        "logit cosine",
+    )
+    return markdown_table(header, cells, "lll" + "r" * 7)
+
+
 def render_merge(result: dict[str, Any]) -> list[str]:
     lines = ["## Token merging (ToMe)", ""]
     rows = result["fmnist_accuracy"]
@@ -367,40 +405,7 @@ def render_merge(result: dict[str, Any]) -> list[str]:
         "classes), and the mean cosine similarity of the logits.",
         "",
     ]
-    lat = {(r["backend"], r["batch"], r["merge"]): r for r in vit["latency"]}
-    cells = []
-    for backend in VIT_BACKENDS:
-        for merge in dict.fromkeys(r["merge"] for r in vit["latency"]):
-            one, eight = lat[(backend, 1, merge)], lat[(backend, max(BATCHES), merge)]
-            schedule = vit["schedules"][_label(merge)]
-            a = agree[(backend, merge)]
-            cells.append(
-                (
-                    backend,
-                    _label(merge),
-                    f"{vit['tokens']} → {vit['tokens'] - sum(schedule)}",
-                    f"{one['median_ms']:.1f}",
-                    f"{one['speedup_vs_unmerged_same_backend']:.2f}x",
-                    f"{eight['median_ms']:.0f}",
-                    f"{eight['throughput_ips']:.1f}",
-                    f"{eight['speedup_vs_unmerged_same_backend']:.2f}x",
-                    f"{100 * a['top1_agreement']:.1f} %",
-                    f"{a['logit_cosine']:.4f}",
-                )
-            )
-    header = (
-        "backend",
-        "merge",
-        "patch tokens, first → last block",
-        "b1 ms",
-        "b1 speed-up",
-        "b8 ms",
-        "b8 img/s",
-        "b8 speed-up",
-        "top-1 agreement",
-        "logit cosine",
-    )
-    lines += markdown_table(header, cells, "lll" + "r" * 7)
+    lines += _vit_s_table(vit, agree)
     lines += [
         "",
         "Speed-ups are against the same backend unmerged. ToMe is not exported (ONNX / "
