@@ -5,10 +5,12 @@
 "Quantization and Training of Neural Networks for Efficient Integer-Arithmetic-Only
 Inference"). They share:
 
-* :class:`CalibrationSpec`: which images (data, split, count, sizes) and how ranges are
-  fixed (method, percentile). Its defaults are the :class:`~vitres.export.spec.ExportSpec`
-  ones, and :func:`calibrated_export_spec` writes a backend's calibration arguments into
-  its export spec, so ``vitres export`` and the sweep quantise the same way.
+* :class:`~vitres.export.calibration.CalibrationSpec`: which images (data, split,
+  count, sizes) and how ranges are fixed (method, percentile), with the
+  :class:`~vitres.export.spec.ExportSpec` defaults;
+  :func:`~vitres.export.calibration.calibrated_export_spec` writes a backend's
+  calibration arguments into its export spec, so ``vitres export`` and the sweep
+  quantise the same way (both re-exported here).
 * :class:`CalibratedBackend`: the sequence -- pick the sizes, name the cached file by
   the settings, and only when it is missing draw the calibration images, quantise into a
   partial file and give it the final name; the time it took is ``quantize_time_s``.
@@ -19,154 +21,20 @@ The quantiser itself (ONNX Runtime or NNCF) stays with each backend.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from vitres.export.calibration import CalibrationSpec, calibrated_export_spec
 from vitres.export.spec import ExportSpec
 
 __all__ = ["CalibratedBackend", "CalibrationSpec", "calibrated_export_spec"]
 
-_DEFAULTS = ExportSpec()
-#: The percentile left out of cache names (the default before it was configurable).
-_UNTAGGED_PERCENTILE = 99.999
-
 Size = tuple[int, int]
 #: ``quantise(calibration_batches_or_None, output_path) -> facts`` (facts hold ``"seconds"``)
 Quantiser = Callable[[list[np.ndarray] | None, Path], dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class CalibrationSpec:
-    """The real images static INT8 calibrates on, and how activation ranges are fixed.
-
-    Values are checked by :class:`~vitres.export.spec.ExportSpec`'s rules (the one place
-    they live), so a bad method or a non-positive image count fails here too.
-
-    Attributes:
-        method: ``"minmax"``, ``"entropy"`` or ``"percentile"``.
-        percentile: With ``percentile``: the kept percentile of ``|x|``.
-        images: Number of calibration images.
-        data: Dataset name or image folder the images come from.
-        split: The split of ``data`` (train, so the test set stays unseen).
-        resolutions: ``(H, W)`` sizes to calibrate at; ``None`` = the build size.
-        data_dir: Folder of a named dataset's files (``None``: the dataset's default).
-    """
-
-    method: str = _DEFAULTS.calib_method
-    percentile: float = _DEFAULTS.calib_percentile
-    images: int = _DEFAULTS.calib_images
-    data: str = _DEFAULTS.calib_data
-    split: str = _DEFAULTS.calib_split
-    resolutions: tuple[Size, ...] | None = None
-    data_dir: str | None = None
-
-    def __post_init__(self) -> None:
-        checked = ExportSpec(**self.export_fields())  # raises ValueError, saying what was wrong
-        object.__setattr__(self, "resolutions", checked.calib_resolutions)
-        object.__setattr__(self, "percentile", checked.calib_percentile)
-
-    @classmethod
-    def from_export_spec(cls, spec: ExportSpec, data_dir: str | None = None) -> CalibrationSpec:
-        """The calibration part of ``spec`` (plus where a named dataset's files are)."""
-        return cls(
-            method=spec.calib_method,
-            percentile=spec.calib_percentile,
-            images=spec.calib_images,
-            data=spec.calib_data,
-            split=spec.calib_split,
-            resolutions=spec.calib_resolutions,
-            data_dir=data_dir,
-        )
-
-    def export_fields(self) -> dict[str, Any]:
-        """The :class:`~vitres.export.spec.ExportSpec` fields this spec sets."""
-        return {
-            "calib_method": self.method,
-            "calib_percentile": self.percentile,
-            "calib_images": self.images,
-            "calib_data": self.data,
-            "calib_split": self.split,
-            "calib_resolutions": self.resolutions,
-        }
-
-    def sizes_for(self, image_size: Sequence[int], dynamic: bool = True) -> list[Size]:
-        """The ``(H, W)`` sizes to calibrate a graph built at ``image_size`` on: the
-        spec's resolutions, or the build size alone (always, for a static graph, which
-        takes one size only)."""
-        build = (int(image_size[0]), int(image_size[1]))
-        if not dynamic or self.resolutions is None:
-            return [build]
-        return list(self.resolutions)
-
-    def cache_tag(
-        self, sizes: Sequence[Size], *, method: bool = True, percentile: bool = True
-    ) -> str:
-        """The settings as a file-name part: ``[method-]data-split-images-HxW_HxW[-pP]``.
-
-        Only the last part of ``data`` is used (graphs never mix datasets). ``method``
-        leaves out the method (OpenVINO's NNCF names its preset instead); ``percentile``
-        appends a non-default percentile of the ``percentile`` method.
-        """
-        data = Path(self.data).name or "data"
-        names = "_".join(f"{h}x{w}" for h, w in sizes)
-        tag = f"{data}-{self.split}-{self.images}-{names}"
-        if method:
-            tag = f"{self.method}-{tag}"
-        if percentile and self.method == "percentile" and self.percentile != _UNTAGGED_PERCENTILE:
-            tag += f"-p{self.percentile:g}"
-        return tag
-
-    def batches(self, model: nn.Module, sizes: Sequence[Size]) -> list[np.ndarray]:
-        """Model-ready calibration images at each size (:func:`vitres.export.calibration_batches`)."""
-        import vitres.export as export  # looked up per call (tests substitute it)
-
-        return export.calibration_batches(
-            model,
-            self.data,
-            list(sizes),
-            num_images=self.images,
-            split=self.split,
-            data_dir=self.data_dir,
-        )
-
-
-def calibrated_export_spec(
-    spec: ExportSpec | None,
-    int8: str,
-    *,
-    method: str | None = None,
-    data: str | None = None,
-    images: int | None = None,
-    split: str | None = None,
-    resolutions: Sequence[Sequence[int]] | None = None,
-    **other: Any,
-) -> ExportSpec:
-    """``spec`` (or the shared defaults) with a backend's INT8 mode and calibration
-    arguments; arguments left ``None`` keep the spec's values.
-
-    Args:
-        spec: The export spec the arguments override.
-        int8: ``"dynamic"`` or ``"static"``.
-        method: Calibration method.
-        data: Dataset name or image folder.
-        images: Number of calibration images.
-        split: Their split.
-        resolutions: ``(H, W)`` sizes to calibrate at.
-        **other: Further :class:`~vitres.export.spec.ExportSpec` fields (``None`` keeps).
-    """
-    return (spec or ExportSpec()).with_overrides(
-        int8=int8,
-        calib_method=method,
-        calib_data=data,
-        calib_images=images,
-        calib_split=split,
-        calib_resolutions=None if resolutions is None else tuple(tuple(r) for r in resolutions),
-        **other,
-    )
 
 
 class CalibratedBackend:
