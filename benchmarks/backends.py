@@ -621,6 +621,67 @@ def summary_table(result: dict[str, Any]) -> list[str]:
     return markdown_table(header, cells, "lrrrrlrrlrrr")
 
 
+def accuracy_table(result: dict[str, Any]) -> list[str]:
+    """Accuracy of the reference model per resolution and backend (none measured: no lines)."""
+    lines: list[str] = []
+    if result["accuracy"]:
+        names = list(dict.fromkeys(r["backend"] for r in result["accuracy"]))
+        n_eval = result["accuracy"][0]["n_eval"]
+        lines += [
+            "",
+            f"Accuracy (%) of {result['reference_model']} on the Fashion-MNIST test set "
+            f"({n_eval} images) per backend; in brackets the drop vs eager fp32 in points.",
+            "",
+        ]
+        # the first record of each (resolution, backend)
+        by_key = {(r["resolution"], r["backend"]): r for r in reversed(result["accuracy"])}
+        lines += markdown_table(
+            ["res", *names],
+            (
+                [resolution]
+                + [
+                    f"{100 * by_key[resolution, n]['accuracy']:.2f} "
+                    f"({by_key[resolution, n]['drop_points']:+.2f})"
+                    for n in names
+                ]
+                for resolution in sorted({r["resolution"] for r in result["accuracy"]})
+            ),
+            "r" * (len(names) + 1),
+        )
+    return lines
+
+
+def calibration_table(result: dict[str, Any]) -> list[str]:
+    """Accuracy of static INT8 per calibration method (none measured: no lines)."""
+    lines: list[str] = []
+    calibration = result.get("calibration_methods")
+    if calibration:
+        eager = {
+            r["resolution"]: r["accuracy"] for r in result["accuracy"] if r["backend"] == "eager"
+        }
+        lines += [
+            "",
+            "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
+            "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
+            "",
+        ]
+        lines += markdown_table(
+            ["method", *(f"{r} px" for r in LADDER)],
+            (
+                [method]
+                + [
+                    f"{100 * r['accuracy']:.2f} "
+                    f"({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
+                    for r in calibration
+                    if r["method"] == method
+                ]
+                for method in ("minmax", "entropy", "percentile")
+            ),
+            "l" + "r" * len(LADDER),
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     env, ceil = result["env"], result["ceilings_gflops"]
     per_threads = result.get("ceilings_by_threads") or {}
@@ -658,30 +719,7 @@ def markdown(result: dict[str, Any]) -> str:
             "Peers compute the same function (max |logit difference| vs the vitres model): "
             + "; ".join(f"{k} {v:.1e}" for k, v in parity.items()),
         ]
-    if result["accuracy"]:
-        names = list(dict.fromkeys(r["backend"] for r in result["accuracy"]))
-        n_eval = result["accuracy"][0]["n_eval"]
-        lines += [
-            "",
-            f"Accuracy (%) of {result['reference_model']} on the Fashion-MNIST test set "
-            f"({n_eval} images) per backend; in brackets the drop vs eager fp32 in points.",
-            "",
-        ]
-        # the first record of each (resolution, backend)
-        by_key = {(r["resolution"], r["backend"]): r for r in reversed(result["accuracy"])}
-        lines += markdown_table(
-            ["res", *names],
-            (
-                [resolution]
-                + [
-                    f"{100 * by_key[resolution, n]['accuracy']:.2f} "
-                    f"({by_key[resolution, n]['drop_points']:+.2f})"
-                    for n in names
-                ]
-                for resolution in sorted({r["resolution"] for r in result["accuracy"]})
-            ),
-            "r" * (len(names) + 1),
-        )
+    lines += accuracy_table(result)
     lines += claims_table(result)
     lines += [
         "",
@@ -703,31 +741,7 @@ def markdown(result: dict[str, Any]) -> str:
                 for name, count in counts.items()
             ),
         ]
-    calibration = result.get("calibration_methods")
-    if calibration:
-        eager = {
-            r["resolution"]: r["accuracy"] for r in result["accuracy"] if r["backend"] == "eager"
-        }
-        lines += [
-            "",
-            "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
-            "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
-            "",
-        ]
-        lines += markdown_table(
-            ["method", *(f"{r} px" for r in LADDER)],
-            (
-                [method]
-                + [
-                    f"{100 * r['accuracy']:.2f} "
-                    f"({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
-                    for r in calibration
-                    if r["method"] == method
-                ]
-                for method in ("minmax", "entropy", "percentile")
-            ),
-            "l" + "r" * len(LADDER),
-        )
+    lines += calibration_table(result)
     bf16 = result.get("bf16_investigation")
     if bf16:
         lines += [

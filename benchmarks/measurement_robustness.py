@@ -81,6 +81,27 @@ def _sweep(out_dir: Path, limit: int | None) -> tuple[float, object]:
     return time.perf_counter() - start, result
 
 
+def config_table(rows: list[dict]) -> list[str]:
+    """Each config's quiet and loaded latency, and whether the loaded one was flagged."""
+    return markdown_table(
+        ["config", "quiet median ms", "loaded (stored) ms", "ratio", "flagged", "unstable"]
+        + ["attempts"],
+        (
+            (
+                r["key"],
+                f"{r['quiet_ms']:.3f}",
+                f"{r['loaded_ms']:.3f}",
+                f"{r['ratio']:.2f}",
+                "yes" if r["flagged"] else "no",
+                "yes" if r["unstable"] else "no",
+                r["attempts"],
+            )
+            for r in sorted(rows, key=lambda r: r["key"])
+        ),
+        "lrrrccr",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,23 +179,7 @@ def main() -> None:
         f"loaded sweep {loaded_s:.0f} s with one busy process from {args.load_start:g} s for "
         f"{args.load_seconds:g} s.",
         "",
-        *markdown_table(
-            ["config", "quiet median ms", "loaded (stored) ms", "ratio", "flagged", "unstable"]
-            + ["attempts"],
-            (
-                (
-                    r["key"],
-                    f"{r['quiet_ms']:.3f}",
-                    f"{r['loaded_ms']:.3f}",
-                    f"{r['ratio']:.2f}",
-                    "yes" if r["flagged"] else "no",
-                    "yes" if r["unstable"] else "no",
-                    r["attempts"],
-                )
-                for r in sorted(rows, key=lambda r: r["key"])
-            ),
-            "lrrrccr",
-        ),
+        *config_table(rows),
     ]
     md += [
         "",
