@@ -24,32 +24,28 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from vitres.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
-from vitres.explain import (  # noqa: E402
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
+from vitres.data import FASHION_MNIST_CLASSES, load_fashion_mnist
+from vitres.explain import (
     OVERLAP_RULE_THRESHOLD,
     analyse_resolutions,
     analysis_table,
     explain_image,
     tsne_embedding,
 )
-from vitres.explain.metrics import average_ranks  # noqa: E402
-from vitres.explain.plots import attention_figure, ood_figure, tsne_figure  # noqa: E402
-from vitres.models.checkpoint import load_model  # noqa: E402
+from vitres.explain.metrics import average_ranks
+from vitres.explain.plots import attention_figure, ood_figure, tsne_figure
+from vitres.models.checkpoint import load_model
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 RESOLUTIONS = (16, 20, 28, 40, 56)
 MODELS = {"single": "fmnist-vit-single", "multires": "fmnist-vit-multires"}
 TSNE_RESOLUTIONS = ("16", "28", "56")
@@ -58,17 +54,6 @@ TARGET_RESOLUTION = "28"
 TARGET_AUROC = 0.9
 HELP_MARGIN = 0.01  # a lower resolution at least 1 point more accurate
 RELATIVE_MARGIN = 0.05  # a lower resolution overlapping at least 5 points less
-
-
-def _cpu() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return platform.processor()
-    for line in text.splitlines():
-        if line.startswith("Model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _spearman(x: list[float], y: list[float]) -> float:
@@ -192,12 +177,7 @@ def run(args: argparse.Namespace) -> dict:
         "rule_check": rule_check(results),
         "targets": targets,
         "seconds": seconds,
-        "environment": {
-            "cpu": _cpu(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": torch.get_num_threads(),
-        },
+        "environment": environment(),
         "_analyses": analyses,
     }
 
@@ -213,12 +193,15 @@ def to_markdown(result: dict) -> str:
         "",
         analysis_table(result["_analyses"]),
         "",
-        "| target | method | value | met |",
-        "| --- | --- | ---: | :---: |",
+        *markdown_table(
+            ("target", "method", "value", "met"),
+            (
+                (name, t["method"], f"{t['value']:.3f}", "yes" if t["met"] else "**no**")
+                for name, t in result["targets"].items()
+            ),
+            "llrc",
+        ),
     ]
-    for name, target in result["targets"].items():
-        met = "yes" if target["met"] else "**no**"
-        lines.append(f"| {name} | {target['method']} | {target['value']:.3f} | {met} |")
     check = result["rule_check"]
     lines += [
         "",
@@ -228,22 +211,39 @@ def to_markdown(result: dict) -> str:
         f"point more accurate. Relative rule: a lower resolution overlaps ≥ "
         f"{check['relative_margin'] * 100:.0f} points less.",
         "",
-        "| model | high res | overlap | accuracy | best lower res (accuracy) | lowering helps "
-        "| seed rule fires | right | relative rule fires | right |",
-        "| --- | --- | ---: | ---: | --- | :---: | :---: | :---: | :---: | :---: |",
     ]
 
     def yes(flag: bool, bold_no: bool = False) -> str:
         return "yes" if flag else ("**no**" if bold_no else "no")
 
-    for case in check["cases"]:
-        lines.append(
-            f"| {case['model']} | {case['high_res']} px | {case['overlap'] * 100:.1f} % | "
-            f"{case['accuracy'] * 100:.1f} % | {case['best_lower_res']} px "
-            f"({case['best_lower_accuracy'] * 100:.1f} %) | {yes(case['lowering_helps'])} | "
-            f"{yes(case['rule_fires'])} | {yes(case['rule_right'], True)} | "
-            f"{yes(case['relative_rule_fires'])} | {yes(case['relative_rule_right'], True)} |"
+    header = (
+        "model",
+        "high res",
+        "overlap",
+        "accuracy",
+        "best lower res (accuracy)",
+        "lowering helps",
+        "seed rule fires",
+        "right",
+        "relative rule fires",
+        "right",
+    )
+    cells = (
+        (
+            case["model"],
+            f"{case['high_res']} px",
+            f"{case['overlap'] * 100:.1f} %",
+            f"{case['accuracy'] * 100:.1f} %",
+            f"{case['best_lower_res']} px ({case['best_lower_accuracy'] * 100:.1f} %)",
+            yes(case["lowering_helps"]),
+            yes(case["rule_fires"]),
+            yes(case["rule_right"], True),
+            yes(case["relative_rule_fires"]),
+            yes(case["relative_rule_right"], True),
         )
+        for case in check["cases"]
+    )
+    lines += markdown_table(header, cells, "llrrlccccc")
     lines += [
         "",
         f"Seed rule right in {check['rule_right']} of {check['cases_total']} cases, relative "
@@ -273,8 +273,8 @@ def main() -> int:
     result = run(args)
     markdown = to_markdown(result)
     result.pop("_analyses")
-    (RESULTS_DIR / "analysis.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS_DIR / "analysis.md").write_text(markdown)
+    write_json(RESULTS_DIR / "analysis.json", result)
+    write_markdown(RESULTS_DIR / "analysis.md", markdown)
     print(markdown)
     return 0
 

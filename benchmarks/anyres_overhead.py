@@ -17,32 +17,22 @@ Writes benchmarks/results/anyres_overhead.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
-from pathlib import Path
 
 import torch
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
 import vitres
+from benchmarks._common import (
+    RESULTS_DIR,
+    interleaved_timing,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
 from vitres.measure import env_fingerprint, latency_stats, set_threads
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def interleaved_medians(fns: list, x: torch.Tensor, rounds: int, warmup: int) -> list:
-    """Times each function ``rounds`` times, alternating between them every call."""
-    samples: list[list[float]] = [[] for _ in fns]
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns:
-                fn(x)
-        for _ in range(rounds):
-            for index, fn in enumerate(fns):
-                start = time.perf_counter()
-                fn(x)
-                samples[index].append(time.perf_counter() - start)
-    return [latency_stats(s) for s in samples], samples
 
 
 def main() -> None:
@@ -71,7 +61,16 @@ def main() -> None:
             with torch.inference_mode():
                 diff = (anyres(x) - native(x)).abs().max().item()
             rounds = max(20, args.rounds // batch) if batch > 1 else args.rounds
-            (a, n), (a_s, n_s) = interleaved_medians([anyres, native], x, rounds, args.warmup)
+            with torch.inference_mode():  # A/B/A/B, the same order every round
+                samples = interleaved_timing(
+                    {"anyres": anyres, "native": native},
+                    x,
+                    rounds,
+                    warmup_calls=args.warmup,
+                    rotate=False,
+                )
+            a_s, n_s = samples["anyres"], samples["native"]
+            a, n = latency_stats(a_s), latency_stats(n_s)
             # each round times both back to back: the median of per-round ratios cancels drift
             overhead = statistics.median(ta / tn for ta, tn in zip(a_s, n_s)) - 1
             rows.append(
@@ -94,24 +93,39 @@ def main() -> None:
                 f"overhead {100 * overhead:+.2f} %  (max |diff| {diff:.1e})",
                 flush=True,
             )
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    write_results(rows, args.threads)
+
+
+def write_results(rows: list[dict], threads: int) -> None:
+    """``anyres_overhead.{json,md}`` in the results folder; prints the table."""
     report = {
         "benchmark": "anyres_overhead",
         "target_pct": 2.0,
-        "env": env_fingerprint(args.threads),
+        "env": env_fingerprint(threads),
         "rows": rows,
     }
-    (RESULTS / "anyres_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "| resolution | batch | any-res median (ms) | native median (ms) | overhead | logits max abs diff |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['resolution']} | {r['batch']} | {r['anyres_median_ms']:.2f} | {r['native_median_ms']:.2f} | "
-            f"{r['overhead_pct']:+.2f} % | {r['max_abs_logit_diff']:.1e} |"
+    write_json(RESULTS_DIR / "anyres_overhead.json", report)
+    header = (
+        "resolution",
+        "batch",
+        "any-res median (ms)",
+        "native median (ms)",
+        "overhead",
+        "logits max abs diff",
+    )
+    cells = [
+        (
+            r["resolution"],
+            r["batch"],
+            f"{r['anyres_median_ms']:.2f}",
+            f"{r['native_median_ms']:.2f}",
+            f"{r['overhead_pct']:+.2f} %",
+            f"{r['max_abs_logit_diff']:.1e}",
         )
-    (RESULTS / "anyres_overhead.md").write_text("\n".join(lines) + "\n")
+        for r in rows
+    ]
+    lines = markdown_table(header, cells, "rrrrrr")
+    write_markdown(RESULTS_DIR / "anyres_overhead.md", lines)
     print("\n".join(lines))
 
 

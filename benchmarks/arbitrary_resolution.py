@@ -53,33 +53,39 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from scripts.flexify_reference import CONFIG as FLEXIFY_RECIPE  # noqa: E402
-from scripts.flexify_reference import EVAL_SIZES, cpu_name, forward_macs  # noqa: E402
-from scripts.train_reference_models import BASE as TRAIN_RECIPE  # noqa: E402
-from vitres.data import get_dataset  # noqa: E402
-from vitres.data.transforms import resize  # noqa: E402
-from vitres.evaluate import accuracy_at  # noqa: E402
-from vitres.layers.sizes import size_label  # noqa: E402
-from vitres.models.checkpoint import checkpoint_digest, load_model  # noqa: E402
-from vitres.train import MODEL_FILE, flexify, token_count, train  # noqa: E402
-from vitres.train.checkpoint import atomic_write_text  # noqa: E402
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
+from scripts.flexify_reference import CONFIG as FLEXIFY_RECIPE
+from scripts.flexify_reference import EVAL_SIZES, cpu_name, forward_macs
+from scripts.train_reference_models import BASE as TRAIN_RECIPE
+from vitres.data import get_dataset
+from vitres.data.transforms import resize
+from vitres.evaluate import accuracy_at
+from vitres.layers.sizes import size_label
+from vitres.models.checkpoint import checkpoint_digest, load_model
+from vitres.train import MODEL_FILE, flexify, token_count, train
+from vitres.train.checkpoint import atomic_write_text
 
 RUNS_DIR = ROOT / "runs" / "arbitrary_resolution"
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 NAME = "arbitrary_resolution"
 NATIVE = 28
 MULTI_RESOLUTIONS = tuple(range(12, 57, 4))
@@ -439,6 +445,29 @@ def signed(value: float) -> str:
     return "+0.0" if text == "-0.0" else text
 
 
+def _approach_cells(row: dict, keys: list[str]) -> list[str]:
+    """One approach's row: accuracy per size, its mean (bold) and its cost."""
+    cost = row["cost"]
+    return [
+        row["approach"],
+        row["regime"],
+        *("" if row["accuracy"][k] is None else f"{row['accuracy'][k]:.2f}" for k in keys),
+        "" if row["mean"] is None else f"**{row['mean']:.2f}**",
+        f"{cost['train_minutes']:.1f}",
+        f"{cost['cpu_minutes']:.1f}",
+        str(cost["steps"]),
+        f"{cost['gmacs']:.0f}",
+    ]
+
+
+def _interpolation_cell(facts: dict, size: str) -> str:
+    """Change in points against the model's own 28 px / the best other regime's row."""
+    own = signed(-facts["loss_by_size"][size])
+    if size in facts["behind_best_other_regime"]:
+        return f"{own} / {signed(-facts['behind_best_other_regime'][size])}"
+    return own
+
+
 def to_markdown(result: dict) -> str:
     keys = result["sizes"]
     lines = [
@@ -448,24 +477,11 @@ def to_markdown(result: dict) -> str:
         f"CPU: {result['cpu']}, {result['threads']} thread, fp32. Budget: "
         f"{result['budget_text']}",
         "",
-        "| approach | regime | "
-        + " | ".join(f"{k}" for k in keys)
-        + " | mean | train min | CPU min | steps | GMACs |",
-        "| --- | --- | "
-        + " | ".join("---:" for _ in keys)
-        + " | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for row in result["rows"]:
-        cells = ["" if row["accuracy"][k] is None else f"{row['accuracy'][k]:.2f}" for k in keys]
-        mean = "" if row["mean"] is None else f"**{row['mean']:.2f}**"
-        cost = row["cost"]
-        lines.append(
-            f"| {row['approach']} | {row['regime']} | "
-            + " | ".join(cells)
-            + f" | {mean} | {cost['train_minutes']:.1f} | {cost['cpu_minutes']:.1f} | "
-            f"{cost['steps']} | {cost['gmacs']:.0f} |"
-        )
-    lines += [
+        *markdown_table(
+            ["approach", "regime", *keys, "mean", "train min", "CPU min", "steps", "GMACs"],
+            map(_approach_cells, result["rows"], [keys] * len(result["rows"])),
+            "ll" + "r" * (len(keys) + 5),
+        ),
         "",
         "Train minutes are wall-clock training time (evaluation excluded; building the "
         "recipe and flexify's teacher cache included); flexified rows include their 28 px "
@@ -479,48 +495,44 @@ def to_markdown(result: dict) -> str:
     ]
     interpolation = result["findings"]["interpolation"]
     if interpolation:
-        lines += [
-            "## Does interpolation lose 3-5 %?",
-            "",
-            "Each cell: the change in points against the same model at 28 px / against the "
-            "best multi-res or flexified row at that size (negative: interpolation is worse).",
-            "",
-            "| 28 px model | at 28 | "
-            + " | ".join(k for k in keys if k != str(NATIVE))
-            + " | mean change |",
-            "| --- | ---: | " + " | ".join("---:" for k in keys if k != str(NATIVE)) + " | ---: |",
-        ]
         worst = max(max(f["loss_by_size"].values()) for f in interpolation.values())
         least = min(min(f["loss_by_size"].values()) for f in interpolation.values())
         means = [f["mean_loss"] for f in interpolation.values()]
         holds = all(3.0 <= m <= 5.0 for m in means)
-        lines[-4:-4] = [
+        others = [k for k in keys if k != str(NATIVE)]
+        lines += [
+            "## Does interpolation lose 3-5 %?",
+            "",
             f"Answer: {'yes' if holds else 'no'}. Off the native grid the interpolated table "
             f"loses {least:.1f} to {worst:.1f} points (mean {min(means):.1f}-{max(means):.1f} "
             "over the modes) against its own 28 px accuracy" + ("." if holds else ", not 3-5."),
             "",
+            "Each cell: the change in points against the same model at 28 px / against the "
+            "best multi-res or flexified row at that size (negative: interpolation is worse).",
+            "",
+            *markdown_table(
+                ["28 px model", "at 28", *others, "mean change"],
+                (
+                    [label, f"{facts['at_28']:.2f}"]
+                    + [_interpolation_cell(facts, k) for k in others]
+                    + [signed(-facts["mean_loss"])]
+                    for label, facts in interpolation.items()
+                ),
+                "lr" + "r" * (len(others) + 1),
+            ),
+            "",
         ]
-        for label, facts in interpolation.items():
-            cells = [
-                f"{signed(-facts['loss_by_size'][k])} / "
-                f"{signed(-facts['behind_best_other_regime'][k])}"
-                if k in facts["behind_best_other_regime"]
-                else signed(-facts["loss_by_size"][k])
-                for k in keys
-                if k != str(NATIVE)
-            ]
-            lines.append(
-                f"| {label} | {facts['at_28']:.2f} | "
-                + " | ".join(cells)
-                + f" | {signed(-facts['mean_loss'])} |"
-            )
-        lines.append("")
     best = result["findings"]["best"]
     if best:
-        lines += ["## Best row per size", "", "| size | approach | regime | accuracy |"]
-        lines += ["| --- | --- | --- | ---: |"]
-        for k, top in best.items():
-            lines.append(f"| {k} | {top['approach']} | {top['regime']} | {top['accuracy']:.2f} |")
+        lines += ["## Best row per size", ""]
+        lines += markdown_table(
+            ("size", "approach", "regime", "accuracy"),
+            (
+                (k, top["approach"], top["regime"], f"{top['accuracy']:.2f}")
+                for k, top in best.items()
+            ),
+            "lllr",
+        )
         lines.append("")
         if "mean" in best:
             lines += [
@@ -591,11 +603,8 @@ def report(
         "dataset": "fashion-mnist/test",
         "n": n,
         "sizes": [size_label(s) for s in eval_sizes()],
-        "cpu": cpu_name(),
+        **environment(cpu=cpu_name(), threads=1),
         "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else [],
-        "threads": 1,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
         "budget": dataclasses.asdict(budget),
         "budget_text": budget_text(budget),
         "recipe": TRAIN_RECIPE.to_dict(),
@@ -610,9 +619,8 @@ def report(
             sum(sum(r.get("cell_cpu_seconds", {}).values()) for r in records) / 60, 1
         ),
     }
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    results.with_suffix(".md").write_text(to_markdown(result))
+    write_json(results.with_suffix(".json"), result, indent=1)
+    write_markdown(results.with_suffix(".md"), to_markdown(result))
     plot(result, results.with_suffix(".png"))
     return result
 

@@ -52,41 +52,29 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from benchmarks.peers import (  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, ROOT, markdown_table, write_json, write_markdown
+from benchmarks.peers import (
     hf_twin,
     huggingface_sdpa,
     max_abs_diff,
     onnxruntime_on_file,
     openvino_direct,
 )
-from vitres.backends import get_backend  # noqa: E402
-from vitres.data import eval_batches, load_fashion_mnist  # noqa: E402
-from vitres.export import check_parity  # noqa: E402
-from vitres.measure import analytic_flops, env_fingerprint, interleaved_latency  # noqa: E402
+from vitres.backends import AUTO_ORDER, get_backend
+from vitres.data import eval_batches, load_fashion_mnist
+from vitres.export import check_parity
+from vitres.measure import analytic_flops, env_fingerprint, interleaved_latency
 
-RESULTS = ROOT / "benchmarks" / "results"
 DOC = ROOT / "docs" / "deployment.md"
-DEFAULT_OUT = RESULTS / "backends"
+DEFAULT_OUT = RESULTS_DIR / "backends"
 LADDER = (16, 20, 28, 40, 56)
 REFERENCE_NAMES = ("fmnist-vit-multires", "fmnist-vit-single")
-ALL_BACKENDS = (
-    "eager",
-    "eager-bf16",
-    "compile",
-    "compile-bf16",
-    "onnxruntime",
-    "onnxruntime-fused",
-    "onnxruntime-int8",
-    "onnxruntime-int8-static",
-    "onnxruntime-fused-int8-static",
-    "openvino",
-    "openvino-bf16",
-    "openvino-int8",
-)
+# every CPU backend, in `--backend auto` order (TensorRT is GPU-only: benchmarks/gpu_backends.py)
+ALL_BACKENDS = tuple(name for name in AUTO_ORDER if not name.startswith("tensorrt"))
 # case -> (resolutions, batches); the quick smoke case is tiny and runs once
 CASES = {
     "fmnist": (LADDER, (1, 8)),
@@ -518,25 +506,43 @@ def latency_table(result: dict[str, Any]) -> list[str]:
     drops = {
         (r["resolution"], r["backend"]): r["drop_points"] for r in result.get("accuracy") or []
     }
-    lines = [
-        "| model | res | batch | threads | backend | median ms | speed-up vs eager fp32 | "
-        "vs best peer | % fp32 ceiling | % bf16 ceiling | build s | acc. drop (pts) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    header = (
+        "model",
+        "res",
+        "batch",
+        "threads",
+        "backend",
+        "median ms",
+        "speed-up vs eager fp32",
+        "vs best peer",
+        "% fp32 ceiling",
+        "% bf16 ceiling",
+        "build s",
+        "acc. drop (pts)",
+    )
+    rows = []
     for row in result["latency"]:
         name = row["backend"] if row.get("kind", "vitres") == "vitres" else f"*{row['backend']}*"
         noisy = " (noisy)" if row.get("noisy") else ""
         drop = drops.get((row["resolution"], row["backend"]))
         build = row.get("build_time_s")
-        lines.append(
-            f"| {row['case']} | {row['resolution']} | {row['batch']} | "
-            f"{row.get('threads', result['env'].get('torch_threads'))} | {name} | "
-            f"{row['median_ms']:.2f}{noisy} | {_times(row['speedup_vs_eager'])} | "
-            f"{_times(row.get('ratio_to_best_peer'))} | {_pct(row['frac_fp32_ceiling'])} | "
-            f"{_pct(row['frac_bf16_ceiling'])} | {'–' if build is None else f'{build:.1f}'} | "
-            f"{'–' if drop is None else f'{drop:+.2f}'} |"
+        rows.append(
+            (
+                row["case"],
+                row["resolution"],
+                row["batch"],
+                row.get("threads", result["env"].get("torch_threads")),
+                name,
+                f"{row['median_ms']:.2f}{noisy}",
+                _times(row["speedup_vs_eager"]),
+                _times(row.get("ratio_to_best_peer")),
+                _pct(row["frac_fp32_ceiling"]),
+                _pct(row["frac_bf16_ceiling"]),
+                "–" if build is None else f"{build:.1f}",
+                "–" if drop is None else f"{drop:+.2f}",
+            )
         )
-    return lines
+    return markdown_table(header, rows, "lrrrlrrrrrrr")
 
 
 def claims_table(result: dict[str, Any]) -> list[str]:
@@ -547,22 +553,32 @@ def claims_table(result: dict[str, Any]) -> list[str]:
         "",
         "The seeds' claims beside what is measured here:",
         "",
-        "| claim | case | measured |",
-        "|---|---|---|",
+        *markdown_table(
+            ("claim", "case", "measured"),
+            ((row["claim"], row["case"], row["measured"]) for row in claims),
+        ),
     ]
-    for row in claims:
-        lines.append(f"| {row['claim']} | {row['case']} | {row['measured']} |")
     return lines
 
 
 def summary_table(result: dict[str, Any]) -> list[str]:
     """One row per (case, resolution, batch, threads): eager fp32, the fastest vitres
     backend and the fastest peer, side by side (the README's table)."""
-    lines = [
-        "| model | res | batch | threads | eager fp32 ms | fastest vitres | ms | speed-up "
-        "| fastest peer | ms | vitres / peer | % bf16 ceiling |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|",
-    ]
+    header = (
+        "model",
+        "res",
+        "batch",
+        "threads",
+        "eager fp32 ms",
+        "fastest vitres",
+        "ms",
+        "speed-up",
+        "fastest peer",
+        "ms",
+        "vitres / peer",
+        "% bf16 ceiling",
+    )
+    cells: list[list[str]] = []
     rows = result["latency"]
     keys = dict.fromkeys((r["case"], r["resolution"], r["batch"], r["threads"]) for r in rows)
     for case, res, batch, threads in keys:
@@ -588,23 +604,80 @@ def summary_table(result: dict[str, Any]) -> list[str]:
                 f"{peer['median_ms'] / best['median_ms']:.2f}×",
             ]
         )
-        lines.append(
-            "| "
-            + " | ".join(
-                [
-                    case,
-                    str(res),
-                    str(batch),
-                    str(threads),
-                    f"{eager['median_ms']:.2f}",
-                    best["backend"],
-                    f"{best['median_ms']:.2f}{noisy}",
-                    f"{eager['median_ms'] / best['median_ms']:.2f}×",
-                    *peer_cells,
-                    f"{100 * best['frac_bf16_ceiling']:.0f}%",
+        cells.append(
+            [
+                case,
+                str(res),
+                str(batch),
+                str(threads),
+                f"{eager['median_ms']:.2f}",
+                best["backend"],
+                f"{best['median_ms']:.2f}{noisy}",
+                f"{eager['median_ms'] / best['median_ms']:.2f}×",
+                *peer_cells,
+                f"{100 * best['frac_bf16_ceiling']:.0f}%",
+            ]
+        )
+    return markdown_table(header, cells, "lrrrrlrrlrrr")
+
+
+def accuracy_table(result: dict[str, Any]) -> list[str]:
+    """Accuracy of the reference model per resolution and backend (none measured: no lines)."""
+    lines: list[str] = []
+    if result["accuracy"]:
+        names = list(dict.fromkeys(r["backend"] for r in result["accuracy"]))
+        n_eval = result["accuracy"][0]["n_eval"]
+        lines += [
+            "",
+            f"Accuracy (%) of {result['reference_model']} on the Fashion-MNIST test set "
+            f"({n_eval} images) per backend; in brackets the drop vs eager fp32 in points.",
+            "",
+        ]
+        # the first record of each (resolution, backend)
+        by_key = {(r["resolution"], r["backend"]): r for r in reversed(result["accuracy"])}
+        lines += markdown_table(
+            ["res", *names],
+            (
+                [resolution]
+                + [
+                    f"{100 * by_key[resolution, n]['accuracy']:.2f} "
+                    f"({by_key[resolution, n]['drop_points']:+.2f})"
+                    for n in names
                 ]
-            )
-            + " |"
+                for resolution in sorted({r["resolution"] for r in result["accuracy"]})
+            ),
+            "r" * (len(names) + 1),
+        )
+    return lines
+
+
+def calibration_table(result: dict[str, Any]) -> list[str]:
+    """Accuracy of static INT8 per calibration method (none measured: no lines)."""
+    lines: list[str] = []
+    calibration = result.get("calibration_methods")
+    if calibration:
+        eager = {
+            r["resolution"]: r["accuracy"] for r in result["accuracy"] if r["backend"] == "eager"
+        }
+        lines += [
+            "",
+            "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
+            "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
+            "",
+        ]
+        lines += markdown_table(
+            ["method", *(f"{r} px" for r in LADDER)],
+            (
+                [method]
+                + [
+                    f"{100 * r['accuracy']:.2f} "
+                    f"({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
+                    for r in calibration
+                    if r["method"] == method
+                ]
+                for method in ("minmax", "entropy", "percentile")
+            ),
+            "l" + "r" * len(LADDER),
         )
     return lines
 
@@ -646,27 +719,7 @@ def markdown(result: dict[str, Any]) -> str:
             "Peers compute the same function (max |logit difference| vs the vitres model): "
             + "; ".join(f"{k} {v:.1e}" for k, v in parity.items()),
         ]
-    if result["accuracy"]:
-        names = list(dict.fromkeys(r["backend"] for r in result["accuracy"]))
-        n_eval = result["accuracy"][0]["n_eval"]
-        lines += [
-            "",
-            f"Accuracy (%) of {result['reference_model']} on the Fashion-MNIST test set "
-            f"({n_eval} images) per backend; in brackets the drop vs eager fp32 in points.",
-            "",
-            "| res | " + " | ".join(names) + " |",
-            "|---:|" + "---:|" * len(names),
-        ]
-        for resolution in sorted({r["resolution"] for r in result["accuracy"]}):
-            cells = []
-            for name in names:
-                row = next(
-                    r
-                    for r in result["accuracy"]
-                    if r["resolution"] == resolution and r["backend"] == name
-                )
-                cells.append(f"{100 * row['accuracy']:.2f} ({row['drop_points']:+.2f})")
-            lines.append(f"| {resolution} | " + " | ".join(cells) + " |")
+    lines += accuracy_table(result)
     lines += claims_table(result)
     lines += [
         "",
@@ -688,26 +741,7 @@ def markdown(result: dict[str, Any]) -> str:
                 for name, count in counts.items()
             ),
         ]
-    calibration = result.get("calibration_methods")
-    if calibration:
-        eager = {
-            r["resolution"]: r["accuracy"] for r in result["accuracy"] if r["backend"] == "eager"
-        }
-        lines += [
-            "",
-            "Static INT8 calibration methods (the same fp32 graph, 256 train images over the "
-            "ladder; accuracy % on the test set, drop vs eager fp32 in brackets):",
-            "",
-            "| method | " + " | ".join(f"{r} px" for r in LADDER) + " |",
-            "|---|" + "---:|" * len(LADDER),
-        ]
-        for method in ("minmax", "entropy", "percentile"):
-            cells = [
-                f"{100 * r['accuracy']:.2f} ({100 * (eager[r['resolution']] - r['accuracy']):+.2f})"
-                for r in calibration
-                if r["method"] == method
-            ]
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += calibration_table(result)
     bf16 = result.get("bf16_investigation")
     if bf16:
         lines += [
@@ -1025,9 +1059,9 @@ def remeasure_memory(path: Path) -> int:
     result["claims"], result["targets"] = claims_and_targets(
         result["latency"], result["accuracy"], result["memory"], amx
     )
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(path, result, default=str)
     table = markdown(result)
-    path.with_suffix(".md").write_text(table)
+    write_markdown(path.with_suffix(".md"), table)
     if path.with_suffix("").resolve() == DEFAULT_OUT.resolve():
         update_doc(table)
     print(table)
@@ -1087,7 +1121,7 @@ def main(argv: list[str] | None = None) -> int:
         return remeasure_memory(Path(args.memory_only))
     if args.render:
         table = markdown(json.loads(Path(args.render).read_text()))
-        Path(args.render).with_suffix(".md").write_text(table)
+        write_markdown(Path(args.render).with_suffix(".md"), table)
         if Path(args.render).with_suffix("").resolve() == DEFAULT_OUT.resolve():
             update_doc(table)
         print(table)
@@ -1188,10 +1222,9 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_start_end": [load_start, list(os.getloadavg())],
     }
     out_path = Path(args.out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.with_suffix(".json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_json(out_path.with_suffix(".json"), result, default=str)
     table = markdown(result)
-    out_path.with_suffix(".md").write_text(table)
+    write_markdown(out_path.with_suffix(".md"), table)
     if out_path.resolve() == DEFAULT_OUT.resolve() and not args.quick:
         update_doc(table)  # only canonical full results go in the docs
     print(table)

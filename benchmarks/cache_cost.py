@@ -10,15 +10,16 @@ which a forward pass reads anyway. Writes ``benchmarks/results/cache_cost.{json,
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import argparse
 
 import torch
 
-import vitres
-from vitres.layers import cache as cache_module
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import vitres
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
+from vitres.layers import cache as cache_module
 
 CASES = [
     ("vit_base_patch16", {"num_classes": 1000}, (320, 240), None),
@@ -74,25 +75,38 @@ def measure(name: str, overrides: dict, size: tuple[int, int], patch: int | None
 
 
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     torch.set_num_threads(1)
     rows = [measure(*case) for case in CASES]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "cache_cost.json").write_text(json.dumps(rows, indent=2) + "\n")
+    write_json(RESULTS_DIR / "cache_cost.json", rows)
+    header = (
+        "model",
+        "input",
+        "patch",
+        "params MB",
+        "compared per forward MB (× params)",
+        "snapshots MB (× params)",
+    )
+    cells = [
+        (
+            r["model"]
+            + (f" ({r['overrides']['pos_embed']})" if "pos_embed" in r["overrides"] else ""),
+            f"{r['input'][0]}x{r['input'][1]}",
+            r["patch_size"],
+            f"{r['param_bytes'] / 1e6:.1f}",
+            f"{r['compared_bytes_per_forward'] / 1e6:.2f} ({r['compared_fraction_of_params']:.3f})",
+            f"{r['snapshot_bytes'] / 1e6:.2f} ({r['snapshot_fraction_of_params']:.3f})",
+        )
+        for r in rows
+    ]
     lines = [
         "# Cache cost: bytes compared per forward and snapshot memory (not a timing)",
         "",
-        "| model | input | patch | params MB | compared per forward MB (× params) | snapshots MB (× params) |",
-        "|---|---|---|---|---|---|",
+        *markdown_table(header, cells),
     ]
-    for r in rows:
-        extra = f" ({r['overrides']['pos_embed']})" if "pos_embed" in r["overrides"] else ""
-        lines.append(
-            f"| {r['model']}{extra} | {r['input'][0]}x{r['input'][1]} | {r['patch_size']} | "
-            f"{r['param_bytes'] / 1e6:.1f} | {r['compared_bytes_per_forward'] / 1e6:.2f} "
-            f"({r['compared_fraction_of_params']:.3f}) | {r['snapshot_bytes'] / 1e6:.2f} "
-            f"({r['snapshot_fraction_of_params']:.3f}) |"
-        )
-    (RESULTS / "cache_cost.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / "cache_cost.md", lines)
     print("\n".join(lines))
 
 

@@ -37,7 +37,6 @@ Writes ``benchmarks/results/gpu_backends.{json,md}`` (``--out`` changes the stem
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -48,15 +47,16 @@ from typing import Any
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from vitres.backends import backend_class, get_backend  # noqa: E402
-from vitres.backends.eager import EagerBackend  # noqa: E402
-from vitres.measure import interleaved_latency  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
+from vitres.backends import backend_class, get_backend
+from vitres.backends.eager import EagerBackend
+from vitres.measure import interleaved_latency
 
-DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_backends"
+DEFAULT_OUT = RESULTS_DIR / "gpu_backends"
 MODEL = "vit_base_patch16"
 RESOLUTIONS = (224, 384)
 BATCHES = (1, 32)
@@ -227,6 +227,48 @@ def run_case(
     return rows
 
 
+HEADER = (
+    "model",
+    "res",
+    "batch",
+    "backend",
+    "median ms",
+    "p90 ms",
+    "speed-up vs eager fp32",
+    "images/s",
+    "build s",
+    "max abs diff",
+    "rel. error",
+    "top-1 agree",
+    "torch peak MiB",
+    "device held MiB",
+)
+
+
+def _row_cells(r: dict[str, Any]) -> list[str]:
+    """One row of the results table (a skipped case: its reason, one line, no ``|``)."""
+
+    def f(value: Any, spec: str) -> str:
+        return "–" if value is None else format(value, spec)
+
+    head = [r["model"], str(r["resolution"]), str(r["batch"]), r["backend"]]
+    if "skipped" in r:
+        reason = " ".join(str(r["skipped"]).split()).replace("|", "/")
+        return head + [f"skipped: {reason}"] + [""] * (len(HEADER) - len(head) - 1)
+    return head + [
+        f(r.get("median_ms"), ".3f"),
+        f(r.get("p90_ms"), ".3f"),
+        f"{f(r.get('speedup_vs_eager_fp32'), '.2f')}×",
+        f(r.get("images_per_s"), ".0f"),
+        f"{r['build_s']:.1f}",
+        f"{r['max_abs_diff']:.2e}",
+        f"{r['relative_error']:.2e}",
+        f"{r['top1_agreement']:.3f}",
+        f(r["torch_peak_mb"], ".0f"),
+        f(r["device_held_mb"], ".0f"),
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
     lines = [
@@ -236,29 +278,11 @@ def markdown(result: dict[str, Any]) -> str:
         f"TensorRT {env['tensorrt'] or 'not installed'}; {result['rounds']} interleaved rounds "
         f"of {result['calls']} calls. Target: TensorRT >= {TARGET_SPEEDUP:g}x eager fp32.",
         "",
-        "| model | res | batch | backend | median ms | p90 ms | speed-up vs eager fp32 | "
-        "images/s | build s | max abs diff | rel. error | top-1 agree | torch peak MiB | "
-        "device held MiB |",
-        "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *markdown_table(HEADER, map(_row_cells, result["rows"]), "lrrlrrrrrrrrrr"),
+        "",
+        *result["verdicts"],
+        "",
     ]
-
-    def f(value: Any, spec: str) -> str:
-        return "–" if value is None else format(value, spec)
-
-    for r in result["rows"]:
-        head = f"| {r['model']} | {r['resolution']} | {r['batch']} | {r['backend']} |"
-        if "skipped" in r:
-            reason = " ".join(str(r["skipped"]).split()).replace("|", "/")
-            lines.append(f"{head} skipped: {reason} ||||||||||")
-            continue
-        lines.append(
-            f"{head} {f(r.get('median_ms'), '.3f')} | {f(r.get('p90_ms'), '.3f')} | "
-            f"{f(r.get('speedup_vs_eager_fp32'), '.2f')}× | {f(r.get('images_per_s'), '.0f')} | "
-            f"{r['build_s']:.1f} | {r['max_abs_diff']:.2e} | {r['relative_error']:.2e} | "
-            f"{r['top1_agreement']:.3f} | {f(r['torch_peak_mb'], '.0f')} | "
-            f"{f(r['device_held_mb'], '.0f')} |"
-        )
-    lines += ["", *result["verdicts"], ""]
     return "\n".join(lines)
 
 
@@ -302,18 +326,13 @@ def write_results(
         "rounds": rounds,
         "calls": calls,
         "wall_s": round(time.time() - start, 1),
-        "env": {
-            "gpu": gpu,
-            "host": platform.processor(),
-            "torch": torch.__version__,
-            "tensorrt": trt_version,
-        },
+        "env": environment(gpu=gpu, host=platform.processor(), tensorrt=trt_version),
         "rows": rows,
         "verdicts": verdicts(rows),
     }
-    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    write_json(out.with_suffix(".json"), result, indent=1, newline=False)
     table = markdown(result)
-    out.with_suffix(".md").write_text(table)
+    write_markdown(out.with_suffix(".md"), table)
     return table
 
 

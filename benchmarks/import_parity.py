@@ -23,7 +23,6 @@ Writes ``benchmarks/results/import_parity.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -34,10 +33,13 @@ import torch
 import transformers as T
 from tqdm.auto import tqdm
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
 import vitres
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.layers.pos_embed import to_grid
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARITY_SIZES = [(56, 56), (84, 56), (75, 101), (34, 46)]  # native, non-square, indivisible, smaller
 
 
@@ -182,9 +184,8 @@ def timing(sizes: list[tuple[int, int]], warmup: int, repeats: int) -> list[dict
 
 
 def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     document = {"env": env, "parity": parity_rows, "timing": timing_rows}
-    (RESULTS / "import_parity.json").write_text(json.dumps(document, indent=2) + "\n")
+    write_json(RESULTS_DIR / "import_parity.json", document)
     sizes = list(parity_rows[0]["max_abs_diff"])
     lines = [
         "# Imported families: vitres against the source (transformers)",
@@ -193,12 +194,15 @@ def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) ->
         "",
         "## Parity: max |diff| (random tiny models, width 64, 4 layers, 56 px native, patch 14)",
         "",
-        "| family | output | " + " | ".join(sizes) + " |",
-        "|---|---|" + "---|" * len(sizes),
+        *markdown_table(
+            ["family", "output", *sizes],
+            (
+                [row["family"], f"`{row['output']}`"]
+                + [f"{row['max_abs_diff'][s]:.1e}" for s in sizes]
+                for row in parity_rows
+            ),
+        ),
     ]
-    for row in parity_rows:
-        cells = " | ".join(f"{row['max_abs_diff'][s]:.1e}" for s in sizes)
-        lines.append(f"| {row['family']} | `{row['output']}` | {cells} |")
     lines += ["", "## Any-resolution overhead against the source's own interpolating forward", ""]
     if not timing_rows:
         lines.append("Not measured in this run (pass `--timing` on an idle machine).")
@@ -206,15 +210,21 @@ def write(parity_rows: list[dict], timing_rows: list[dict] | None, env: dict) ->
         lines += [
             f"ViT-B/16 width, batch 1, {env['threads']} thread(s), median of {env['repeats']} runs.",
             "",
-            "| family | size | source ms | vitres ms | overhead |",
-            "|---|---|---|---|---|",
+            *markdown_table(
+                ["family", "size", "source ms", "vitres ms", "overhead"],
+                (
+                    (
+                        row["family"],
+                        f"{row['size'][0]}x{row['size'][1]}",
+                        f"{row['source_ms']:.2f}",
+                        f"{row['vitres_ms']:.2f}",
+                        f"{row['overhead'] * 100:+.1f} %",
+                    )
+                    for row in timing_rows
+                ),
+            ),
         ]
-        for row in timing_rows:
-            lines.append(
-                f"| {row['family']} | {row['size'][0]}x{row['size'][1]} | {row['source_ms']:.2f} | "
-                f"{row['vitres_ms']:.2f} | {row['overhead'] * 100:+.1f} % |"
-            )
-    (RESULTS / "import_parity.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / "import_parity.md", lines)
     print("\n".join(lines))
 
 

@@ -22,7 +22,6 @@ busy: the quiet sweep is the reference.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import shutil
@@ -31,11 +30,13 @@ import threading
 import time
 from pathlib import Path
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import env_fingerprint
 from vitres.report.pipeline import DEFAULT_BACKENDS, DEFAULT_MODEL, DEFAULT_RESOLUTIONS, tune
 from vitres.tune.records import latest_by_key, read_results
-
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def _busy(stop_at: float) -> None:
@@ -78,6 +79,27 @@ def _sweep(out_dir: Path, limit: int | None) -> tuple[float, object]:
         progress=True,
     )
     return time.perf_counter() - start, result
+
+
+def config_table(rows: list[dict]) -> list[str]:
+    """Each config's quiet and loaded latency, and whether the loaded one was flagged."""
+    return markdown_table(
+        ["config", "quiet median ms", "loaded (stored) ms", "ratio", "flagged", "unstable"]
+        + ["attempts"],
+        (
+            (
+                r["key"],
+                f"{r['quiet_ms']:.3f}",
+                f"{r['loaded_ms']:.3f}",
+                f"{r['ratio']:.2f}",
+                "yes" if r["flagged"] else "no",
+                "yes" if r["unstable"] else "no",
+                r["attempts"],
+            )
+            for r in sorted(rows, key=lambda r: r["key"])
+        ),
+        "lrrrccr",
+    )
 
 
 def main() -> None:
@@ -151,22 +173,14 @@ def main() -> None:
         "work_dir": str(work),
         "load_started_unix": t0,
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "measurement_robustness.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS_DIR / "measurement_robustness.json", result)
     md = [
         f"CPU: {env.get('cpu')} ({os.cpu_count()} logical cores). Quiet sweep {quiet_s:.0f} s; "
         f"loaded sweep {loaded_s:.0f} s with one busy process from {args.load_start:g} s for "
         f"{args.load_seconds:g} s.",
         "",
-        "| config | quiet median ms | loaded (stored) ms | ratio | flagged | unstable | attempts |",
-        "|---|---:|---:|---:|:---:|:---:|---:|",
+        *config_table(rows),
     ]
-    for r in sorted(rows, key=lambda r: r["key"]):
-        md.append(
-            f"| {r['key']} | {r['quiet_ms']:.3f} | {r['loaded_ms']:.3f} | {r['ratio']:.2f} | "
-            f"{'yes' if r['flagged'] else 'no'} | {'yes' if r['unstable'] else 'no'} | "
-            f"{r['attempts']} |"
-        )
     md += [
         "",
         f"Quiet answer: {result['quiet_answer']}",
@@ -176,11 +190,13 @@ def main() -> None:
         f"Disturbed timing windows seen: {disturbed_attempts}; configs re-measured: "
         f"{result['remeasured_configs']}.",
         "",
-        "| target | met |",
-        "|---|:---:|",
+        *markdown_table(
+            ["target", "met"],
+            ((name, "yes" if ok else "**no**") for name, ok in targets.items()),
+            "lc",
+        ),
     ]
-    md += [f"| {name} | {'yes' if ok else '**no**'} |" for name, ok in targets.items()]
-    (OUT / "measurement_robustness.md").write_text("\n".join(md) + "\n")
+    write_markdown(RESULTS_DIR / "measurement_robustness.md", md)
     print("\n".join(md))
 
 

@@ -44,29 +44,27 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import platform
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import torch
+from tqdm.auto import tqdm
 
-from vitres.data import eval_batches, load_fashion_mnist, prepare_batch  # noqa: E402
-from vitres.data.transforms import resize  # noqa: E402
-from vitres.measure import count_flops  # noqa: E402
-from vitres.models.checkpoint import load_model  # noqa: E402
-from vitres.tokens import forward_plan, quadtree_plan  # noqa: E402
-from vitres.tokens.quadtree import QuadtreeTokenizer  # noqa: E402
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
+from vitres.data import eval_batches, load_fashion_mnist, prepare_batch
+from vitres.data.transforms import resize
+from vitres.measure import count_flops
+from vitres.models.checkpoint import load_model
+from vitres.tokens import forward_plan, quadtree_plan
+from vitres.tokens.quadtree import QuadtreeTokenizer
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 MODELS = ("fmnist-vit-single", "fmnist-vit-multires", "fmnist-vit-flex")
 INPUT_SIZES = (28, 56)
 FRACTIONS = (0.25, 0.5, 0.75)
@@ -305,13 +303,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "selection": selection,
         "picture": picture,
         "seconds": round(time.time() - start, 1),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "processor": platform.processor() or None,
-            "threads": torch.get_num_threads(),
-        },
+        "environment": environment(processor=platform.processor() or None),
     }
 
 
@@ -395,6 +387,48 @@ def draw_picture(path: Path, tokenizer: QuadtreeTokenizer, index: int = 0) -> Pa
     return path
 
 
+def _budget_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """One row of the mixed-against-uniform table."""
+    return (
+        r["model"],
+        f"{r['input_px']} px",
+        f"{r['budget']} of {r['native_tokens']} ({100 * r['fraction']:.0f} %)",
+        f"{r['uniform_px']} px",
+        f"{100 * r['uniform_accuracy']:.2f}",
+        f"{100 * r['mixed_accuracy']:.2f}",
+        f"{r['gain_points']:+.2f}",
+        f"{r['mixed_tokens']:.1f} ({r.get('mixed_fine_tokens', math.nan):.1f})",
+        f"{r['uniform_flops'] / 1e6:.2f}",
+        f"{r['mixed_flops'] / 1e6:.2f}",
+    )
+
+
+def _selection_lines(selection: dict[str, Any] | None) -> list[str]:
+    """The search that chose the tokenizer's settings, as Markdown (none: no lines)."""
+    lines: list[str] = []
+    if selection:
+        columns = list(next(iter(selection["accuracy"].values())))
+        lines += [
+            "",
+            f"Settings chosen on the first {selection['n']} training images (accuracy %, "
+            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}**, used for the "
+            "tables above (`QuadtreeTokenizer()`'s defaults are set from this search).",
+            "",
+        ]
+        ranked = sorted(selection["mean"], key=selection["mean"].get, reverse=True)
+        lines += markdown_table(
+            ["settings", *columns, "mean"],
+            (
+                [label]
+                + [f"{100 * selection['accuracy'][label][c]:.1f}" for c in columns]
+                + [f"{100 * selection['mean'][label]:.2f}"]
+                for label in ranked
+            ),
+            "l" + "r" * (len(columns) + 1),
+        )
+    return lines
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The results as Markdown tables."""
     t = result["tokenizer"]
@@ -408,62 +442,55 @@ def markdown(result: dict[str, Any]) -> str:
         "mixed tokens that are single 4 px patches (0: no split, a uniform coarse grid). "
         "FLOPs per image (FlopCounterMode), not timings.",
         "",
-        "| model | input | tokens (of native) | uniform size | uniform % | mixed % | "
-        "mixed − uniform (points) | mixed tokens used (fine) | uniform MFLOPs | mixed MFLOPs |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['model']} | {r['input_px']} px | {r['budget']} of {r['native_tokens']} "
-            f"({100 * r['fraction']:.0f} %) "
-            f"| {r['uniform_px']} px | {100 * r['uniform_accuracy']:.2f} "
-            f"| {100 * r['mixed_accuracy']:.2f} | {r['gain_points']:+.2f} "
-            f"| {r['mixed_tokens']:.1f} ({r.get('mixed_fine_tokens', math.nan):.1f}) "
-            f"| {r['uniform_flops'] / 1e6:.2f} | {r['mixed_flops'] / 1e6:.2f} |"
-        )
+    header = (
+        "model",
+        "input",
+        "tokens (of native)",
+        "uniform size",
+        "uniform %",
+        "mixed %",
+        "mixed − uniform (points)",
+        "mixed tokens used (fine)",
+        "uniform MFLOPs",
+        "mixed MFLOPs",
+    )
+    lines += markdown_table(header, map(_budget_row, result["rows"]), "l" + "r" * 9)
     lines += ["", "All native tokens, for reference:", ""]
-    lines += [
-        "| model | input | tokens | accuracy % | MFLOPs |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
-    for r in result["native"]:
-        lines.append(
-            f"| {r['model']} | {r['input_px']} px | {r['tokens']} | {100 * r['accuracy']:.2f} "
-            f"| {r['flops'] / 1e6:.2f} |"
-        )
+    lines += markdown_table(
+        ("model", "input", "tokens", "accuracy %", "MFLOPs"),
+        (
+            (
+                r["model"],
+                f"{r['input_px']} px",
+                r["tokens"],
+                f"{100 * r['accuracy']:.2f}",
+                f"{r['flops'] / 1e6:.2f}",
+            )
+            for r in result["native"]
+        ),
+        "lrrrr",
+    )
     lines += [
         "",
         f"Target: mixed beats uniform by ≥ {TARGET_POINTS:g} points at 25 % and 50 % tokens.",
         "",
-        "| model | input | gain at 25 % | gain at 50 % | met |",
-        "| --- | ---: | ---: | ---: | :---: |",
+        *markdown_table(
+            ("model", "input", "gain at 25 %", "gain at 50 %", "met"),
+            (
+                (
+                    r["model"],
+                    f"{r['input_px']} px",
+                    f"{r['gains'].get(0.25, math.nan):+.2f}",
+                    f"{r['gains'].get(0.5, math.nan):+.2f}",
+                    "yes" if r["met"] else "**no**",
+                )
+                for r in result["targets"]
+            ),
+            "lrrrc",
+        ),
     ]
-    for r in result["targets"]:
-        gains = r["gains"]
-        lines.append(
-            f"| {r['model']} | {r['input_px']} px | {gains.get(0.25, math.nan):+.2f} "
-            f"| {gains.get(0.5, math.nan):+.2f} | {'yes' if r['met'] else '**no**'} |"
-        )
-    selection = result.get("selection")
-    if selection:
-        columns = list(next(iter(selection["accuracy"].values())))
-        lines += [
-            "",
-            f"Settings chosen on the first {selection['n']} training images (accuracy %, "
-            f"budgets of 25 % and 50 %); best by mean: **{selection['best']}**, used for the "
-            "tables above (`QuadtreeTokenizer()`'s defaults are set from this search).",
-            "",
-            "| settings | " + " | ".join(columns) + " | mean |",
-            "| --- | " + " | ".join("---:" for _ in columns) + " | ---: |",
-        ]
-        ranked = sorted(selection["mean"], key=selection["mean"].get, reverse=True)
-        for label in ranked:
-            values = selection["accuracy"][label]
-            lines.append(
-                f"| {label} | "
-                + " | ".join(f"{100 * values[c]:.1f}" for c in columns)
-                + f" | {100 * selection['mean'][label]:.2f} |"
-            )
+    lines += _selection_lines(result.get("selection"))
     env = result["environment"]
     lines += [
         "",
@@ -500,10 +527,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     result = run(args)
     stem = "mixed_tokens_quick" if args.quick else "mixed_tokens"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(RESULTS_DIR / f"{stem}.json", result)
     text = markdown(result)
-    (RESULTS_DIR / f"{stem}.md").write_text(text)
+    write_markdown(RESULTS_DIR / f"{stem}.md", text)
     print(text)
     return 0
 

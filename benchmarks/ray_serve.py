@@ -44,9 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
 import os
-import platform
 import signal
 import tempfile
 import threading
@@ -60,14 +58,16 @@ import psutil
 import torch
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from serve_load import QUICK, ServerProcess, drive, free_port, sweep_records
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
+from benchmarks.serve_load import QUICK, ServerProcess, drive, free_port, sweep_records
 from vitres.data import load_fashion_mnist
-from vitres.measure import cpu_info
 from vitres.serve.metrics import REPLICA_LABEL
 from vitres.tune.ray_executor import physical_cores
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL = "fmnist-vit-multires"
 MAX_BATCH = 8
 
@@ -370,23 +370,19 @@ def main() -> int:
         "exit_codes": exits,
         "all_checks_pass": all(all(d["checks"].values()) for d in deployments),
         "multi_node_notes": MULTI_NODE_NOTES,
-        "environment": {
-            "cpu": cpu_info().get("cpu"),
-            "physical_cores_usable": cores,
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "ray": __import__("ray").__version__,
-            "load_average_1min_before_after": [
+        "environment": environment(
+            physical_cores_usable=cores,
+            ray=__import__("ray").__version__,
+            load_average_1min_before_after=[
                 round(load_before[0], 2),
                 round(os.getloadavg()[0], 2),
             ],
-        },
+        ),
         "wall_s": time.time() - started,
         "command": "python benchmarks/ray_serve.py" + (" --quick" if args.quick else ""),
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{plan.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS_DIR / f"{plan.name}.md").write_text(markdown(result))
+    write_json(RESULTS_DIR / f"{plan.name}.json", result)
+    write_markdown(RESULTS_DIR / f"{plan.name}.md", markdown(result))
     print(f"all checks pass: {result['all_checks_pass']}")
     print(f"wrote {RESULTS_DIR / plan.name}.{{json,md}}; server logs in {logs}")
     return 0 if result["all_checks_pass"] else 1
@@ -403,21 +399,39 @@ def markdown(result: dict) -> str:
         f"up to {result['max_batch']}, 1 thread per server or replica. Client, servers and Ray "
         "share these cores: the numbers show what the layers cost here, not a cluster.",
         "",
-        "| server | rate /s | answered | shed | no response | p50 ms | p99 ms | throughput /s "
-        "| mean res | mean batch |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
 
     def num(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['controller']} | {r['rate']:g} | {num(r['answered_fraction'], '.1%')} | "
-            f"{num(r['shed_fraction'], '.1%')} | {r['no_response']} | {num(r['p50_ms'], '.1f')} "
-            f"| {num(r['p99_ms'], '.1f')} | {num(r['throughput_rps'], '.1f')} | "
-            f"{num(r['mean_resolution'], '.1f')} | {num(r['mean_batch'], '.2f')} |"
+    header = (
+        "server",
+        "rate /s",
+        "answered",
+        "shed",
+        "no response",
+        "p50 ms",
+        "p99 ms",
+        "throughput /s",
+        "mean res",
+        "mean batch",
+    )
+    cells = (
+        (
+            r["controller"],
+            f"{r['rate']:g}",
+            num(r["answered_fraction"], ".1%"),
+            num(r["shed_fraction"], ".1%"),
+            r["no_response"],
+            num(r["p50_ms"], ".1f"),
+            num(r["p99_ms"], ".1f"),
+            num(r["throughput_rps"], ".1f"),
+            num(r["mean_resolution"], ".1f"),
+            num(r["mean_batch"], ".2f"),
         )
+        for r in result["rows"]
+    )
+    lines += markdown_table(header, cells, "l" + "r" * 9)
     lines += ["", "## Checks", ""]
     for d in result["deployments"]:
         passed = ", ".join(f"{k}: {'pass' if v else 'FAIL'}" for k, v in d["checks"].items())

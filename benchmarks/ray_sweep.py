@@ -27,7 +27,6 @@ so on a 2-core box the Ray run's latencies are those of two configs timed at onc
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
@@ -35,15 +34,18 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.grid import build_grid
 from vitres.tune.ray_executor import RayExecutor
 from vitres.tune.recommend import Budget, recommend
 from vitres.tune.records import read_results
 from vitres.tune.sweep import run_sweep
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 # What changes on a real multi-node cluster (Ray documentation, docs.ray.io: "Resources",
 # "Environment Dependencies", "Task Fault Tolerance", "Fault tolerance").
@@ -79,6 +81,89 @@ def native_key(records: dict, keys: list[str]) -> str:
 def same_choice(choices: dict) -> bool:
     picked = [c.key if c is not None else None for c in choices.values()]
     return picked[0] is not None and len(set(picked)) == 1
+
+
+def markdown_lines(
+    report: dict[str, Any], label: dict[str, str], relative: dict[str, str], quick: bool
+) -> list[str]:
+    """The report as Markdown: local against Ray, measure by measure.
+
+    Args:
+        report: What :func:`main` writes as JSON.
+        label: ``{"local", "ray"}`` -> the recommended resolution under the absolute budget.
+        relative: The same under the budget relative to each run's native latency.
+        quick: Whether the timing was the quick one.
+    """
+
+    def seconds(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f} s"
+
+    per, wall, ratios = (
+        report["per_config_s"],
+        report["wall_s"],
+        report["latency_ratio_ray_over_local"],
+    )
+    agree, agree_relative = (
+        report["same_recommendation"],
+        report["same_recommendation_relative_budget"],
+    )
+    return [
+        f"{report['model']}, {report['configs']} configs ({report['resolutions']} px), "
+        f"{report['threads_per_config']} thread(s) each, "
+        f"{'quick' if quick else 'full'} timing; CPU: {report['env']['cpu']}",
+        "",
+        *markdown_table(
+            ("measure", "local", "Ray (head + 1 worker node)"),
+            [
+                (
+                    "wall time",
+                    seconds(wall["local"]),
+                    f"{seconds(wall['ray'])} (+ {seconds(wall['cluster_start'])} cluster start)",
+                ),
+                ("wall per config", seconds(per["local_wall"]), seconds(per["ray_wall"])),
+                ("task time per config (in the task)", "-", seconds(per["ray_task_mean"])),
+                (
+                    "Ray overhead per task: submit→result minus task time (median / max)",
+                    "-",
+                    f"{seconds(per['ray_overhead_median'])} / {seconds(per['ray_overhead_max'])}",
+                ),
+                ("slot time not measuring, per config", "-", seconds(per["ray_slot_overhead"])),
+                ("tasks per node", "-", report["tasks_per_node"]),
+                (
+                    "accuracy identical per config",
+                    "-",
+                    "yes" if report["same_accuracy_every_config"] else "NO",
+                ),
+                (
+                    "latency Ray/local (median over configs)",
+                    "-",
+                    f"{statistics.median(ratios.values()):.2f}×",
+                )
+                if ratios
+                else ("latency Ray/local", "-", "-"),
+                (
+                    f"recommendation (max latency {report['budget_max_latency_ms']:.3f} ms)",
+                    label["local"],
+                    f"{label['ray']} ({'same' if agree else 'DIFFERENT'})",
+                ),
+                (
+                    f"recommendation, budget {report['relative_budget_fraction_of_native']:.2f}× "
+                    "each run's own native latency",
+                    relative["local"],
+                    f"{relative['ray']} ({'same' if agree_relative else 'DIFFERENT'})",
+                ),
+                (
+                    "configs in the same latency order",
+                    "-",
+                    "yes" if report["same_latency_order"] else "NO",
+                ),
+            ],
+        ),
+        "",
+        "On a real multi-node cluster (from Ray's documentation):",
+        "",
+        *[f"- {note}" for note in report["multi_node_notes"]],
+    ]
 
 
 def main() -> None:
@@ -199,48 +284,14 @@ def main() -> None:
         "env": env_fingerprint(args.threads),
     }
     name = "ray_sweep_quick" if args.quick else "ray_sweep"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(RESULTS_DIR / f"{name}.json", report)
 
-    def seconds(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f} s"
-
-    per = report["per_config_s"]
     label = {n: (f"{c.config.resolution[0]} px" if c else "none") for n, c in choices.items()}
     label_relative = {
         n: (f"{c.config.resolution[0]} px" if c else "none") for n, c in relative.items()
     }
-    lines = [
-        f"{args.model}, {len(configs)} configs ({args.res} px), {args.threads} thread(s) each, "
-        f"{'quick' if args.quick else 'full'} timing; CPU: {report['env']['cpu']}",
-        "",
-        "| measure | local | Ray (head + 1 worker node) |",
-        "|---|---|---|",
-        f"| wall time | {seconds(local_wall)} | {seconds(ray_wall)} "
-        f"(+ {seconds(cluster_start)} cluster start) |",
-        f"| wall per config | {seconds(per['local_wall'])} | {seconds(per['ray_wall'])} |",
-        f"| task time per config (in the task) | - | {seconds(per['ray_task_mean'])} |",
-        f"| Ray overhead per task: submit→result minus task time (median / max) | - | "
-        f"{seconds(per['ray_overhead_median'])} / {seconds(per['ray_overhead_max'])} |",
-        f"| slot time not measuring, per config | - | {seconds(slot_overhead)} |",
-        f"| tasks per node | - | {report['tasks_per_node']} |",
-        f"| accuracy identical per config | - | {'yes' if same_accuracy else 'NO'} |",
-        f"| latency Ray/local (median over configs) | - | "
-        f"{statistics.median(ratios.values()):.2f}× |"
-        if ratios
-        else "| latency Ray/local | - | - |",
-        f"| recommendation (max latency {budget.max_latency_ms:.3f} ms) | {label['local']} | "
-        f"{label['ray']} ({'same' if agree else 'DIFFERENT'}) |",
-        f"| recommendation, budget {ratio:.2f}× each run's own native latency | "
-        f"{label_relative['local']} | {label_relative['ray']} "
-        f"({'same' if agree_relative else 'DIFFERENT'}) |",
-        f"| configs in the same latency order | - | {'yes' if same_order else 'NO'} |",
-        "",
-        "On a real multi-node cluster (from Ray's documentation):",
-        "",
-        *[f"- {note}" for note in MULTI_NODE_NOTES],
-    ]
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    lines = markdown_lines(report, label, label_relative, args.quick)
+    write_markdown(RESULTS_DIR / f"{name}.md", lines)
     print("\n".join(lines))
 
 

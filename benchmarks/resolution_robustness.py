@@ -28,21 +28,27 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import torch  # noqa: E402
+import torch
 
-from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.evaluate import accuracy_at  # noqa: E402
-from vitres.models.checkpoint import load_model  # noqa: E402
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
+from vitres.data import load_fashion_mnist
+from vitres.evaluate import accuracy_at
+from vitres.models.checkpoint import load_model
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 CACHE = ROOT / "runs" / "resolution_robustness.cache.jsonl"
 RESOLUTIONS = (16, 20, 28, 40, 56)
 MODES = ("nearest", "bilinear", "bicubic", "area", "fourier")
@@ -154,12 +160,7 @@ def run(
         "models": models_meta,
         "targets": targets(table) if len(table) == len(variants()) else {},
         "seconds": round(time.time() - start, 1),
-        "environment": {
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "threads": torch.get_num_threads(),
-        },
+        "environment": environment(),
     }
 
 
@@ -202,16 +203,28 @@ def to_markdown(result: dict) -> str:
     lines = [
         f"Top-1 accuracy (%) on {result['dataset']} (n = {result['n']}), by input resolution.",
         "",
-        "| model | " + " | ".join(f"{r} px" for r in res) + " |",
-        "| --- | " + " | ".join("---:" for _ in res) + " |",
+        *markdown_table(
+            ["model", *(f"{r} px" for r in res)],
+            (
+                [label, *(f"{100 * accuracy[str(r)]:.2f}" for r in res)]
+                for label, accuracy in result["accuracy"].items()
+            ),
+            "l" + "r" * len(res),
+        ),
+        "",
+        *markdown_table(
+            ("target", "numbers", "met"),
+            (
+                (
+                    name,
+                    ", ".join(f"{k} {v}" for k, v in check.items() if k != "met"),
+                    "yes" if check["met"] else "**no**",
+                )
+                for name, check in result["targets"].items()
+            ),
+            "llc",
+        ),
     ]
-    for label, accuracy in result["accuracy"].items():
-        cells = [f"{100 * accuracy[str(r)]:.2f}" for r in res]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| target | numbers | met |", "| --- | --- | :---: |"]
-    for name, check in result["targets"].items():
-        numbers = ", ".join(f"{k} {v}" for k, v in check.items() if k != "met")
-        lines.append(f"| {name} | {numbers} | {'yes' if check['met'] else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -280,11 +293,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.limit is None else f".limit{args.limit}"
-    (RESULTS_DIR / f"resolution_robustness{suffix}.json").write_text(
-        json.dumps(result, indent=2) + "\n"
-    )
+    write_json(RESULTS_DIR / f"resolution_robustness{suffix}.json", result)
     markdown = to_markdown(result)
-    (RESULTS_DIR / f"resolution_robustness{suffix}.md").write_text(markdown)
+    write_markdown(RESULTS_DIR / f"resolution_robustness{suffix}.md", markdown)
     plot(result, RESULTS_DIR / f"resolution_robustness{suffix}.png")
     print(markdown)
     return 0

@@ -52,31 +52,36 @@ Usage (on a quiet machine; it pins itself to one CPU)::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from tqdm.auto import tqdm  # noqa: E402
+import numpy as np
+import torch
+from tqdm.auto import tqdm
 
-import vitres  # noqa: E402
-from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.measure import TimingConfig, cpu_info  # noqa: E402
-from vitres.runtime import LatencyModel  # noqa: E402
-from vitres.runtime.runner import AdaptiveRunner  # noqa: E402
-from vitres.tune.sweep import run_sweep  # noqa: E402
+import vitres
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
+from vitres.data import load_fashion_mnist
+from vitres.measure import TimingConfig
+from vitres.runtime import LatencyModel
+from vitres.runtime.runner import AdaptiveRunner
+from vitres.tune.sweep import run_sweep
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 RUNS_DIR = ROOT / "runs"
 SETTLE = 20  # frames after each change excluded from the steady-state numbers
 TIGHT = 0.75  # the deadline change: D -> 0.75 D
@@ -357,6 +362,25 @@ def targets(summary: dict[str, Any], oracle_result: dict[str, Any] | None) -> di
 # ----------------------------------------------------------------------------- report
 
 
+def _controller_cells(name: str, s: dict[str, Any], names: list[str]) -> list[str]:
+    """One controller's row of a case's table."""
+    settle = " / ".join(
+        "never" if s["phases"][n]["settling_frames"] is None
+        else str(s["phases"][n]["settling_frames"])
+        for n in names[1:]
+    )  # fmt: skip
+    return [
+        name,
+        f"{100 * s['hit_rate']:.1f} %",
+        f"{100 * s['hit_rate_steady']:.1f} %",
+        *(f"{100 * s['phases'][n]['hit_rate']:.1f} %" for n in names),
+        settle,
+        f"{s['switches_per_100_steady']:.2f}",
+        f"{s['mean_resolution']:.1f}",
+        "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %",
+    ]
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result["env"]
     lines = [
@@ -375,35 +399,27 @@ def markdown(result: dict[str, Any]) -> str:
             f"D = {case['deadline_ms']:.3g} ms = {GUARD} × p99 of fixed:{case['mid']} quietly; "
             f"the load slowed fixed:{case['mid']} by {case['load_slowdown']:.2f}× (median))",
             "",
-            "| controller | hits | hits steady | "
-            + " | ".join(f"hits {n}" for n in names)
-            + " | settle load / recovered / tight | switches/100 steady | mean px | accuracy |",
-            "|---|---:|---:|" + "---:|" * len(names) + "---|---:|---:|---:|",
         ]
-        for name, s in case["controllers"].items():
-            settle = " / ".join(
-                "never" if s["phases"][n]["settling_frames"] is None
-                else str(s["phases"][n]["settling_frames"])
-                for n in names[1:]
-            )  # fmt: skip
-            accuracy = "n/a" if s["accuracy"] is None else f"{100 * s['accuracy']:.2f} %"
-            lines.append(
-                f"| {name} | {100 * s['hit_rate']:.1f} % | {100 * s['hit_rate_steady']:.1f} % | "
-                + " | ".join(f"{100 * s['phases'][n]['hit_rate']:.1f} %" for n in names)
-                + f" | {settle} | {s['switches_per_100_steady']:.2f} | "
-                f"{s['mean_resolution']:.1f} | {accuracy} |"
-            )
+        header = [
+            "controller",
+            "hits",
+            "hits steady",
+            *(f"hits {n}" for n in names),
+            "settle load / recovered / tight",
+            "switches/100 steady",
+            "mean px",
+            "accuracy",
+        ]
+        cells = [_controller_cells(name, s, names) for name, s in case["controllers"].items()]
         if case["oracle"] is not None:
             o = case["oracle"]
             picks = ", ".join(
                 f"{n}: {v['resolution']} px" + ("" if v["meets"] else " (none meets)")
                 for n, v in o["per_phase"].items()
             )
-            lines.append(
-                f"| oracle (best fixed per phase: {picks}) | | | "
-                + " | " * len(names)
-                + f" | | | {100 * o['accuracy']:.2f} % |"
-            )
+            oracle = f"oracle (best fixed per phase: {picks})"
+            cells.append([oracle, *[""] * (len(header) - 2), f"{100 * o['accuracy']:.2f} %"])
+        lines += markdown_table(header, cells, "lrr" + "r" * len(names) + "lrrr")
         lines += ["", "Targets for `predictive`:"]
         for key, t in case["targets"].items():
             value = t["value"]
@@ -569,13 +585,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "mode": "quick" if args.quick else "full",
-        "env": {
-            "cpu": cpu_info().get("cpu") or platform.processor(),
-            "pinned_cpu": cpu,
-            "torch": torch.__version__,
-            "load_start": load_start,
-            "load_end": os.getloadavg()[0],
-        },
+        "env": environment(
+            pinned_cpu=cpu,
+            load_start=load_start,
+            load_end=os.getloadavg()[0],
+        ),
         "settle_window": SETTLE,
         "load_duty": args.load_duty,
         "tight_factor": TIGHT,
@@ -583,9 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         "cases": cases,
     }
     plot(result, RESULTS_DIR / f"{stem}.png")
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=1, default=_json))
+    write_json(RESULTS_DIR / f"{stem}.json", result, indent=1, default=_json, newline=False)
     table = markdown(result)
-    (RESULTS_DIR / f"{stem}.md").write_text(table)
+    write_markdown(RESULTS_DIR / f"{stem}.md", table)
     print(table)
     return 0
 

@@ -53,7 +53,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -63,20 +62,27 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
+import httpx
+import numpy as np
+import torch
+from PIL import Image
 
-from vitres.data import load_fashion_mnist  # noqa: E402
-from vitres.measure import TimingConfig, cpu_info  # noqa: E402
-from vitres.measure.http_load import poisson_schedule, run_load  # noqa: E402
-from vitres.tune.records import read_results  # noqa: E402
+from benchmarks._common import (
+    RESULTS_DIR,
+    ROOT,
+    environment,
+    markdown_table,
+    write_json,
+    write_markdown,
+)
+from vitres.data import load_fashion_mnist
+from vitres.measure import TimingConfig
+from vitres.measure.http_load import poisson_schedule, run_load
+from vitres.tune.records import read_results
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
 RUNS_DIR = ROOT / "runs" / "serve_load"
 DEFAULT_MODEL = "fmnist-vit-multires"
 
@@ -600,27 +606,24 @@ def main() -> int:
         "server_timeout_s": SERVER_TIMEOUT_S,
         "exit_codes": exits,
         "targets": targets,
-        "environment": {
-            "cpu": cpu_info().get("cpu"),
-            "cores": os.cpu_count(),
+        "environment": environment(
+            cores=os.cpu_count(),
             # the cores this run may use (e.g. under taskset), shared by client and server
-            "cores_usable": len(os.sched_getaffinity(0))
+            cores_usable=len(os.sched_getaffinity(0))
             if hasattr(os, "sched_getaffinity")
             else os.cpu_count(),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "server_threads": 1,
-            "load_average_1min_before_after": [
+            server_threads=1,
+            load_average_1min_before_after=[
                 round(load_before[0], 2),
                 round(os.getloadavg()[0], 2),
             ],
-        },
+        ),
         "wall_s": time.time() - started,
         "command": "python benchmarks/serve_load.py" + (" --quick" if args.quick else ""),
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{plan.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS_DIR / f"{plan.name}.md").write_text(markdown(result))
+    write_json(RESULTS_DIR / f"{plan.name}.json", result)
+    write_markdown(RESULTS_DIR / f"{plan.name}.md", markdown(result))
     plot(result, RESULTS_DIR / f"{plan.name}.png")
     print(verdict_text(result))
     print(f"wrote {RESULTS_DIR / plan.name}.{{json,md,png}}; server logs in {logs}")
@@ -684,6 +687,48 @@ def verdict_text(result: dict) -> str:
     return "\n".join(lines)
 
 
+RATE_TABLE_HEADER = (
+    "rate (req/s)",
+    "controller",
+    "answered",
+    "shed",
+    "no resp.",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "server p99 ms",
+    "503 p99 ms",
+    "SLO att.",
+    "thr. (req/s)",
+    "accuracy",
+    "mean res",
+    "mean batch",
+    "server CPU ms/req",
+    "client CPU ms/req",
+)
+
+
+def _rate_row_cells(row: dict) -> list[str]:
+    """The cells of one controller at one rate, after its rate and name."""
+    return [
+        _fmt(row["answered_fraction"], ".1%"),
+        _fmt(row["shed_fraction"], ".1%"),
+        no_answer(row),
+        _fmt(row["p50_ms"], ".1f"),
+        _fmt(row["p95_ms"], ".1f"),
+        _fmt(row["p99_ms"], ".1f"),
+        _fmt(row["server_p99_ms"], ".1f"),
+        _fmt(row["shed_p99_ms"], ".1f"),
+        _fmt(row["slo_attainment"], ".1%"),
+        _fmt(row["throughput_rps"], ".0f"),
+        _fmt(row["accuracy"], ".3f"),
+        _fmt(row["mean_resolution"], ".1f"),
+        _fmt(row["mean_batch"], ".1f"),
+        _fmt(row["server_cpu_ms_per_request"], ".2f"),
+        _fmt(row["client_cpu_ms_per_request"], ".2f"),
+    ]
+
+
 def markdown(result: dict) -> str:
     slo = result["slo_ms"]
     env = result["environment"]
@@ -709,28 +754,16 @@ def markdown(result: dict) -> str:
         f"{result['plan']['eval_limit']}): "
         + ", ".join(f"{k} px {v:.1%}" for k, v in sorted(result["sweep_accuracy"].items())),
         "",
-        "| rate (req/s) | controller | answered | shed | no resp. | p50 ms | p95 ms | p99 ms "
-        "| server p99 ms | 503 p99 ms | SLO att. | thr. (req/s) | accuracy | mean res "
-        "| mean batch | server CPU ms/req | client CPU ms/req |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    cells = []
     for rate in result["rates"]:
         best = best_fixed(result["rows"], rate)
         for row in sorted(
             (r for r in result["rows"] if r["rate"] == rate), key=lambda r: r["controller"]
         ):
             name = row["controller"] + (" (best fixed)" if row is best else "")
-            lines.append(
-                f"| {rate:g} | {name} | {_fmt(row['answered_fraction'], '.1%')} | "
-                f"{_fmt(row['shed_fraction'], '.1%')} | {no_answer(row)} | "
-                f"{_fmt(row['p50_ms'], '.1f')} | {_fmt(row['p95_ms'], '.1f')} | "
-                f"{_fmt(row['p99_ms'], '.1f')} | {_fmt(row['server_p99_ms'], '.1f')} | "
-                f"{_fmt(row['shed_p99_ms'], '.1f')} | {_fmt(row['slo_attainment'], '.1%')} | "
-                f"{_fmt(row['throughput_rps'], '.0f')} | {_fmt(row['accuracy'], '.3f')} | "
-                f"{_fmt(row['mean_resolution'], '.1f')} | {_fmt(row['mean_batch'], '.1f')} | "
-                f"{_fmt(row['server_cpu_ms_per_request'], '.2f')} | "
-                f"{_fmt(row['client_cpu_ms_per_request'], '.2f')} |"
-            )
+            cells.append([f"{rate:g}", name, *_rate_row_cells(row)])
+    lines += markdown_table(RATE_TABLE_HEADER, cells, "rl" + "r" * 15)
     lines += [
         "",
         "Answered = 200 with a prediction, and shed = 503 (Retry-After), as fractions of the "

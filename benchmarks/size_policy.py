@@ -17,14 +17,15 @@ beside other work.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, environment, markdown_table, write_json, write_markdown
 from vitres.data import get_dataset
 from vitres.evaluate import accuracy_at
 from vitres.models.checkpoint import load_model
@@ -33,7 +34,6 @@ MODELS = ("fmnist-vit-single", "fmnist-vit-multires")
 POLICIES = ("pad", "crop", "resize")
 SIZES = (26, 30, 34, 42, 50)
 CONTROL = (28, 40)
-OUT = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -75,33 +75,26 @@ def main() -> None:
         "best_policy_per_size": best,
         "mean_accuracy_non_divisible": mean,
         "winner": winner,
-        "cpu": platform.processor() or platform.machine(),
+        **environment(),
         "seconds": round(time.time() - start, 1),
     }
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "size_policy.json").write_text(json.dumps(result, indent=2) + "\n")
-    header = (
-        "| model | policy | "
-        + " | ".join(f"{s} px" for s in SIZES + CONTROL)
-        + " | mean (non-divisible) |"
-    )
+    write_json(RESULTS_DIR / "size_policy.json", result)
+    header = ["model", "policy", *(f"{s} px" for s in SIZES + CONTROL), "mean (non-divisible)"]
+    cells = [
+        [name, policy]
+        + [f"{100 * table[name][policy][str(s)]:.2f}" for s in SIZES + CONTROL]
+        + [f"{100 * mean[name][policy]:.2f}"]
+        for name in MODELS
+        for policy in POLICIES
+    ]
     lines = [
         f"Top-1 accuracy (%) on fashion-mnist/test (n = {n}) by size policy; 28 and 40 px are "
         "divisible by the patch (4), where every policy is the same.",
         "",
-        header,
-        "|---|---|" + "---:|" * (len(SIZES) + len(CONTROL) + 1),
+        *markdown_table(header, cells, "ll" + "r" * (len(SIZES) + len(CONTROL) + 1)),
     ]
-    for name in MODELS:
-        for policy in POLICIES:
-            cells = [f"{100 * table[name][policy][str(s)]:.2f}" for s in SIZES + CONTROL]
-            lines.append(
-                f"| {name} | {policy} | "
-                + " | ".join(cells)
-                + f" | {100 * mean[name][policy]:.2f} |"
-            )
     lines += ["", f"Most accurate on average over the non-divisible sizes: **{winner}**."]
-    (OUT / "size_policy.md").write_text("\n".join(lines) + "\n")
+    write_markdown(RESULTS_DIR / "size_policy.md", lines)
     print("\n".join(lines))
 
 

@@ -52,7 +52,6 @@ import copy
 import json
 import math
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,20 +60,20 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
 
-import vitres  # noqa: E402
-from benchmarks.backends import case_model  # noqa: E402
-from vitres.backends import get_backend  # noqa: E402
-from vitres.data import load_fashion_mnist, match_channels, normalize, resize, to_float  # noqa: E402
-from vitres.evaluate import accuracy_at  # noqa: E402
-from vitres.measure import env_fingerprint, interleaved_latency  # noqa: E402
-from vitres.tokens import TokenMode, forward_packed, merged_forward, model_merge_schedule  # noqa: E402
-from vitres.tokens.merge import merge_label  # noqa: E402
-from vitres.tokens.pack import StrategyChooser  # noqa: E402
+import vitres
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
+from benchmarks.backends import case_model
+from vitres.backends import get_backend
+from vitres.data import load_fashion_mnist, match_channels, normalize, resize, to_float
+from vitres.evaluate import accuracy_at
+from vitres.measure import env_fingerprint, interleaved_latency
+from vitres.tokens import TokenMode, forward_packed, merged_forward, model_merge_schedule
+from vitres.tokens.merge import merge_label
+from vitres.tokens.pack import StrategyChooser
 
-RESULTS = ROOT / "benchmarks" / "results"
 NAME = "token_adaptivity"
 
 FMNIST_MODELS = ("fmnist-vit-multires", "fmnist-vit-flex")
@@ -312,6 +311,44 @@ def fmnist_real_accuracy_check(result: dict[str, Any]) -> str:
     )
 
 
+def _vit_s_table(vit: dict[str, Any], agree: dict[tuple, dict[str, Any]]) -> list[str]:
+    """ViT-S/16 with each merge on each backend: tokens, latency, agreement."""
+    lat = {(r["backend"], r["batch"], r["merge"]): r for r in vit["latency"]}
+    cells = []
+    for backend in VIT_BACKENDS:
+        for merge in dict.fromkeys(r["merge"] for r in vit["latency"]):
+            one, eight = lat[(backend, 1, merge)], lat[(backend, max(BATCHES), merge)]
+            schedule = vit["schedules"][_label(merge)]
+            a = agree[(backend, merge)]
+            cells.append(
+                (
+                    backend,
+                    _label(merge),
+                    f"{vit['tokens']} → {vit['tokens'] - sum(schedule)}",
+                    f"{one['median_ms']:.1f}",
+                    f"{one['speedup_vs_unmerged_same_backend']:.2f}x",
+                    f"{eight['median_ms']:.0f}",
+                    f"{eight['throughput_ips']:.1f}",
+                    f"{eight['speedup_vs_unmerged_same_backend']:.2f}x",
+                    f"{100 * a['top1_agreement']:.1f} %",
+                    f"{a['logit_cosine']:.4f}",
+                )
+            )
+    header = (
+        "backend",
+        "merge",
+        "patch tokens, first → last block",
+        "b1 ms",
+        "b1 speed-up",
+        "b8 ms",
+        "b8 img/s",
+        "b8 speed-up",
+        "top-1 agreement",
+        "logit cosine",
+    )
+    return markdown_table(header, cells, "lll" + "r" * 7)
+
+
 def render_merge(result: dict[str, Any]) -> list[str]:
     lines = ["## Token merging (ToMe)", ""]
     rows = result["fmnist_accuracy"]
@@ -322,36 +359,43 @@ def render_merge(result: dict[str, Any]) -> list[str]:
         "the last block. `keep q` keeps a share q of the patch tokens at any size; `r4` "
         "merges 4 per block.",
         "",
-        "| model | px | " + " | ".join(_label(m) for m in merges) + " |",
-        "|---|---:|" + "---:|" * len(merges),
     ]
-    for model, res in dict.fromkeys((r["model"], r["resolution"]) for r in rows):
-        cells = []
-        for merge in merges:
-            row = next(
-                r for r in rows if (r["model"], r["resolution"], r["merge"]) == (model, res, merge)
-            )
-            cells.append(f"{100 * row['accuracy']:.2f} ({row['tokens_after_last_block']})")
-        lines.append(f"| {model} | {res} | " + " | ".join(cells) + " |")
+    # the first record of each (model, resolution, merge)
+    by_key = {(r["model"], r["resolution"], r["merge"]): r for r in reversed(rows)}
+    lines += markdown_table(
+        ["model", "px", *(_label(m) for m in merges)],
+        (
+            [model, res]
+            + [
+                f"{100 * by_key[model, res, m]['accuracy']:.2f} "
+                f"({by_key[model, res, m]['tokens_after_last_block']})"
+                for m in merges
+            ]
+            for model, res in dict.fromkeys((r["model"], r["resolution"]) for r in rows)
+        ),
+        "lr" + "r" * len(merges),
+    )
     timing = result["fmnist_throughput"]
     if timing:
         lines += [
             "",
             f"{TIMED_FMNIST} throughput (images/s, speed-up over no merging), one thread:",
             "",
-            "| batch | px | " + " | ".join(_label(m) for m in merges) + " |",
-            "|---:|---:|" + "---:|" * len(merges),
         ]
-        for batch, res in dict.fromkeys((r["batch"], r["resolution"]) for r in timing):
-            cells = []
-            for merge in merges:
-                row = next(
-                    r
-                    for r in timing
-                    if (r["batch"], r["resolution"], r["merge"]) == (batch, res, merge)
-                )
-                cells.append(f"{row['throughput_ips']:.0f} ({row['speedup']:.2f}x)")
-            lines.append(f"| {batch} | {res} | " + " | ".join(cells) + " |")
+        timed = {(r["batch"], r["resolution"], r["merge"]): r for r in reversed(timing)}
+        lines += markdown_table(
+            ["batch", "px", *(_label(m) for m in merges)],
+            (
+                [batch, res]
+                + [
+                    f"{timed[batch, res, m]['throughput_ips']:.0f} "
+                    f"({timed[batch, res, m]['speedup']:.2f}x)"
+                    for m in merges
+                ]
+                for batch, res in dict.fromkeys((r["batch"], r["resolution"]) for r in timing)
+            ),
+            "rr" + "r" * len(merges),
+        )
     vit = result["vit_s"]
     agree = {(r["backend"], r["merge"]): r for r in vit["agreement"]}
     lines += [
@@ -361,23 +405,8 @@ def render_merge(result: dict[str, Any]) -> list[str]:
         f"real images ({vit['agreement'][0]['distinct_reference_classes']} distinct reference "
         "classes), and the mean cosine similarity of the logits.",
         "",
-        "| backend | merge | patch tokens, first → last block | b1 ms | b1 speed-up | b8 ms | b8 img/s "
-        "| b8 speed-up | top-1 agreement | logit cosine |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    lat = {(r["backend"], r["batch"], r["merge"]): r for r in vit["latency"]}
-    for backend in VIT_BACKENDS:
-        for merge in dict.fromkeys(r["merge"] for r in vit["latency"]):
-            one, eight = lat[(backend, 1, merge)], lat[(backend, max(BATCHES), merge)]
-            schedule = vit["schedules"][_label(merge)]
-            tokens = f"{vit['tokens']} → {vit['tokens'] - sum(schedule)}"
-            a = agree[(backend, merge)]
-            lines.append(
-                f"| {backend} | {_label(merge)} | {tokens} | {one['median_ms']:.1f} | "
-                f"{one['speedup_vs_unmerged_same_backend']:.2f}x | {eight['median_ms']:.0f} | "
-                f"{eight['throughput_ips']:.1f} | {eight['speedup_vs_unmerged_same_backend']:.2f}x | "
-                f"{100 * a['top1_agreement']:.1f} % | {a['logit_cosine']:.4f} |"
-            )
+    lines += _vit_s_table(vit, agree)
     lines += [
         "",
         "Speed-ups are against the same backend unmerged. ToMe is not exported (ONNX / "
@@ -509,21 +538,29 @@ def render_pack(result: dict[str, Any]) -> list[str]:
         f"{result['tokens_total']} tokens in all ({result['tokens_if_padded_to_max']} padded to "
         "the largest). The first four give every image its own-size prediction.",
         "",
-        "| strategy | images/s | vs pad-to-max | top-1 | max abs logit diff vs loop | calls "
-        "| padding |",
-        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for row in result["rows"]:
-        name = "pad (to the longest, masked)" if row["strategy"] == "pad" else row["strategy"]
-        calls = "-" if row["calls"] is None else str(row["calls"])
-        padding = (
-            "-" if row["padding_fraction"] is None else f"{100 * row['padding_fraction']:.0f} %"
+    header = (
+        "strategy",
+        "images/s",
+        "vs pad-to-max",
+        "top-1",
+        "max abs logit diff vs loop",
+        "calls",
+        "padding",
+    )
+    cells = (
+        (
+            "pad (to the longest, masked)" if row["strategy"] == "pad" else row["strategy"],
+            f"{row['throughput_ips']:.0f}",
+            f"{row['speedup_vs_pad']:.2f}x",
+            f"{100 * row['accuracy']:.2f} %",
+            f"{row['max_abs_diff_vs_loop']:.1e}",
+            "-" if row["calls"] is None else str(row["calls"]),
+            "-" if row["padding_fraction"] is None else f"{100 * row['padding_fraction']:.0f} %",
         )
-        lines.append(
-            f"| {name} | {row['throughput_ips']:.0f} | {row['speedup_vs_pad']:.2f}x | "
-            f"{100 * row['accuracy']:.2f} % | {row['max_abs_diff_vs_loop']:.1e} | {calls} | "
-            f"{padding} |"
-        )
+        for row in result["rows"]
+    )
+    lines += markdown_table(header, cells, "l" + "r" * 6)
     auto = result["auto"]
     lines += [
         "",
@@ -555,11 +592,11 @@ def markdown(result: dict[str, Any]) -> str:
         if name in result["parts"]:
             lines += PARTS[name][1](result["parts"][name])
             targets += PARTS[name][2](result["parts"][name])
-    lines += ["## Targets", "", "| target | met | evidence |", "|---|---|---|"]
-    for target in targets:
-        lines.append(
-            f"| {target['target']} | {'met' if target['met'] else 'missed'} | {target['evidence']} |"
-        )
+    lines += ["## Targets", ""]
+    lines += markdown_table(
+        ("target", "met", "evidence"),
+        ((t["target"], "met" if t["met"] else "missed", t["evidence"]) for t in targets),
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -591,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
     args.vit_merges = (None, 4, 0.5) if quick else VIT_S_MERGES
     args.agreement_images = 16 if quick else 64
     args.pack_images = 64 if quick else PACK_IMAGES
-    out = args.out or RESULTS / (NAME + ("_quick" if quick else ""))
+    out = args.out or RESULTS_DIR / (NAME + ("_quick" if quick else ""))
     json_path = out.with_suffix(".json")
     previous = json.loads(json_path.read_text()) if json_path.exists() else {}
     result = {
@@ -614,9 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     result["targets"] = targets
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2, default=_json_default) + "\n")
+    write_json(json_path, result, default=_json_default)
     text = markdown(result)
-    out.with_suffix(".md").write_text(text)
+    write_markdown(out.with_suffix(".md"), text)
     print(text)
     return 0
 

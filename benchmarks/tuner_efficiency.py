@@ -22,18 +22,21 @@ Writes benchmarks/results/tuner_efficiency.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 from pathlib import Path
+from typing import Any
 
+if not __package__:  # run as `python benchmarks/x.py`: this checkout first on sys.path
+    import _common  # noqa: F401
+
+from benchmarks._common import RESULTS_DIR, markdown_table, write_json, write_markdown
 from vitres.measure import TimingConfig, env_fingerprint
 from vitres.tune.costmodel import fit_cost
 from vitres.tune.recommend import Budget, recommend
 from vitres.tune.records import read_results
 from vitres.tune.sweep import run_sweep
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "vit_small_patch16"
 
 
@@ -127,20 +130,35 @@ def main() -> None:
         "latency_ms": {m.config.resolution[0]: m.latency_ms for m in exhaustive},
         "env": env_fingerprint(args.threads),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tuner_efficiency.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [
-        "| measure | result | target |",
-        "|---|---|---|",
-        f"| recommendation (max latency {budget.max_latency_ms:.1f} ms) | exhaustive: "
-        f"{truth.config.resolution[0] if truth else '-'} px, adaptive: {choice.config.resolution[0] if choice else '-'} px "
-        f"({'same' if same else 'DIFFERENT'}) | same |",
-        f"| measurements | adaptive {len(measured)} of {n_total} ({100 * fraction:.0f} %) | <= 40 % |",
-        f"| live adaptive run (re-measured) | {live_choice.config.resolution[0] if live_choice else '-'} px "
-        f"with {len(live)} measurements | (informative) |",
-        f"| latency cost model ({fit.form}) median abs error, held-out resolutions | {median_error:.1f} % | <= 10 % |",
+    write_json(RESULTS_DIR / "tuner_efficiency.json", report)
+
+    def px(m: Any) -> str:
+        return f"{m.config.resolution[0]} px" if m else "- px"
+
+    rows = [
+        (
+            f"recommendation (max latency {budget.max_latency_ms:.1f} ms)",
+            f"exhaustive: {px(truth)}, adaptive: {px(choice)} ({'same' if same else 'DIFFERENT'})",
+            "same",
+        ),
+        (
+            "measurements",
+            f"adaptive {len(measured)} of {n_total} ({100 * fraction:.0f} %)",
+            "<= 40 %",
+        ),
+        (
+            "live adaptive run (re-measured)",
+            f"{px(live_choice)} with {len(live)} measurements",
+            "(informative)",
+        ),
+        (
+            f"latency cost model ({fit.form}) median abs error, held-out resolutions",
+            f"{median_error:.1f} %",
+            "<= 10 %",
+        ),
     ]
-    (RESULTS / "tuner_efficiency.md").write_text("\n".join(lines) + "\n")
+    lines = markdown_table(("measure", "result", "target"), rows)
+    write_markdown(RESULTS_DIR / "tuner_efficiency.md", lines)
     print("\n".join(lines))
 
 

@@ -11,7 +11,8 @@ Softmax, GELU, residual Adds and attention stay float (at the backends' opset 23
 attention is one fused float ``Attention`` operator). Quantised graphs are cached beside
 the fp32 export. ``quantize_time_s`` is part of ``build_time_s``. Calibration method,
 image count, split and data default to the shared
-:class:`~vitres.export.spec.ExportSpec` (percentile, 256 train images).
+:class:`~vitres.export.spec.ExportSpec` (percentile, 256 train images); the sequence and
+the cache names are :mod:`vitres.backends.calibration`'s.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from vitres.backends.base import register_backend
+from vitres.backends.calibration import CalibratedBackend, calibrated_export_spec
 from vitres.backends.onnx_backend import OnnxRuntimeBackend, exported_graph
 from vitres.export.spec import ExportSpec
 
 
 @register_backend
-class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
+class OnnxRuntimeInt8Backend(CalibratedBackend, OnnxRuntimeBackend):
     """ONNX Runtime, dynamic INT8.
 
     Every argument left ``None`` takes the :class:`~vitres.export.spec.ExportSpec` value
@@ -70,20 +73,18 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         opset: int | None = None,
         spec: ExportSpec | None = None,
     ) -> None:
-        spec = (spec or ExportSpec()).with_overrides(
-            int8=self.mode,
-            calib_method=calib_method,
-            calib_data=calibration_data,
-            calib_images=calib_images,
-            calib_split=calib_split,
-            calib_resolutions=None
-            if calib_resolutions is None
-            else tuple(tuple(r) for r in calib_resolutions),
+        spec = calibrated_export_spec(
+            spec,
+            self.mode,
+            method=calib_method,
+            data=calibration_data,
+            images=calib_images,
+            split=calib_split,
+            resolutions=calib_resolutions,
             quantize_attention_matmuls=quantize_attention_matmuls,
         )
         super().__init__(device, threads, cache_dir, opset=opset, spec=spec)
         self.calibration_data_dir = calibration_data_dir
-        self.quantize_time_s: float | None = None
 
     @property
     def calib_method(self) -> str:
@@ -94,50 +95,31 @@ class OnnxRuntimeInt8Backend(OnnxRuntimeBackend):
         return self.spec.calib_data
 
     def graph_for(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
-        from vitres.export import calibration_batches, quantize_onnx
+        from vitres.export import quantize_onnx
 
-        spec = self.spec
+        spec, calibration = self.spec, self.calibration
         fp32_path = self.float_graph(model, image_size)
         tag = f"int8-{self.mode}"
         if spec.quantize_attention_matmuls:
             tag += "-attn"
-        resolutions = list(spec.calib_resolutions or [tuple(image_size)])
-        if not self.build_info.get("dynamic", True):  # a static graph takes one size only
-            resolutions = [tuple(image_size)]
+        sizes = None
         if self.mode == "static":
-            data = Path(spec.calib_data).name or "data"
-            sizes = "_".join(f"{h}x{w}" for h, w in resolutions)
-            tag += f"-{spec.calib_method}-{data}-{spec.calib_split}-{spec.calib_images}-{sizes}"
-            if spec.calib_method == "percentile" and spec.calib_percentile != 99.999:
-                tag += f"-p{spec.calib_percentile:g}"
-        path = fp32_path.with_name(f"{fp32_path.stem}-{tag}.onnx")
-        self.quantize_time_s = 0.0
-        if not path.exists():
-            calibration = None
-            if self.mode == "static":
-                calibration = calibration_batches(
-                    model,
-                    spec.calib_data,
-                    resolutions,
-                    num_images=spec.calib_images,
-                    split=spec.calib_split,
-                    data_dir=self.calibration_data_dir,
-                )
-            partial = path.with_suffix(".partial.onnx")
-            facts: dict[str, Any] = quantize_onnx(
+            sizes = calibration.sizes_for(image_size, self.build_info.get("dynamic", True))
+            tag += f"-{calibration.cache_tag(sizes)}"
+
+        def quantise(batches: list[np.ndarray] | None, out: Path) -> dict[str, Any]:
+            return quantize_onnx(
                 fp32_path,
-                partial,
+                out,
                 self.mode,
-                calibration=calibration,
-                calib_method=spec.calib_method,
-                percentile=spec.calib_percentile,
+                calibration=batches,
+                calib_method=calibration.method,
+                percentile=calibration.percentile,
                 quantize_attention_matmuls=spec.quantize_attention_matmuls,
             )
-            partial.replace(path)
-            self.quantize_time_s = facts["seconds"]
-            self.build_info["quantization"] = {**facts, "path": str(path)}
-        self.build_info["quantize_time_s"] = self.quantize_time_s
-        return path
+
+        path = fp32_path.with_name(f"{fp32_path.stem}-{tag}.onnx")
+        return self.quantised_once(model, path, quantise, sizes)
 
 
 @register_backend

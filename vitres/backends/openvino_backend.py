@@ -38,10 +38,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vitres.backends.base import Backend, register_backend
+from vitres.backends.calibration import CalibratedBackend, calibrated_export_spec
 from vitres.backends.onnx_backend import DEFAULT_CACHE_DIR, exported_graph, model_fingerprint
 from vitres.export.spec import ExportSpec
 
@@ -277,7 +279,7 @@ class OpenVinoBF16Backend(OpenVinoBackend):
 
 
 @register_backend
-class OpenVinoInt8Backend(OpenVinoBackend):
+class OpenVinoInt8Backend(CalibratedBackend, OpenVinoBackend):
     """OpenVINO, INT8 by NNCF post-training quantisation on real calibration images.
 
     Calibration arguments left ``None`` take the export spec's values (shared defaults:
@@ -311,19 +313,17 @@ class OpenVinoInt8Backend(OpenVinoBackend):
         calib_resolutions: Sequence[tuple[int, int]] | None = None,
         preset: str = "mixed",
     ) -> None:
-        spec = (spec or ExportSpec()).with_overrides(
-            int8="static",
-            calib_data=calibration_data,
-            calib_images=calib_images,
-            calib_split=calib_split,
-            calib_resolutions=None
-            if calib_resolutions is None
-            else tuple(tuple(r) for r in calib_resolutions),
+        spec = calibrated_export_spec(
+            spec,
+            "static",
+            data=calibration_data,
+            images=calib_images,
+            split=calib_split,
+            resolutions=calib_resolutions,
         )
         super().__init__(device, threads, cache_dir, converter, spec)
         self.calibration_data_dir = calibration_data_dir
         self.preset = preset
-        self.quantize_time_s: float | None = None
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
@@ -332,40 +332,23 @@ class OpenVinoInt8Backend(OpenVinoBackend):
     def runtime_model(self, model: nn.Module, image_size: tuple[int, int]) -> Path:
         import openvino as ov
 
-        from vitres.export import calibration_batches
         from vitres.export.openvino_int8 import quantize_openvino
 
         float_path, facts = self.float_model(model, image_size)
         self.build_info.update(facts)
-        spec = self.spec
-        resolutions = list(spec.calib_resolutions or [tuple(image_size)])
-        if not facts["dynamic"]:
-            resolutions = [tuple(image_size)]
-        data = Path(spec.calib_data).name or "data"  # models never mix datasets
-        sizes = "_".join(f"{h}x{w}" for h, w in resolutions)
-        tag = f"int8-nncf-{self.preset}-{data}-{spec.calib_split}-{spec.calib_images}-{sizes}"
-        path = float_path.with_name(f"{float_path.stem}-{tag}.xml")
-        self.quantize_time_s = 0.0
-        if not path.exists():
-            batches = calibration_batches(
-                model,
-                spec.calib_data,
-                resolutions,
-                num_images=spec.calib_images,
-                split=spec.calib_split,
-                data_dir=self.calibration_data_dir,
-            )
+        calibration = self.calibration
+        sizes = calibration.sizes_for(image_size, facts["dynamic"])
+        tag = f"int8-nncf-{self.preset}-{calibration.cache_tag(sizes, method=False)}"
+
+        def quantise(batches: list[np.ndarray] | None, out: Path) -> dict[str, Any]:
             quantized, qfacts = quantize_openvino(
                 ov.Core().read_model(str(float_path)), batches, preset=self.preset
             )
-            partial = path.with_name(path.stem + ".partial.xml")
-            ov.save_model(quantized, str(partial), compress_to_fp16=False)
-            partial.with_suffix(".bin").replace(path.with_suffix(".bin"))
-            partial.replace(path)
-            self.quantize_time_s = qfacts["seconds"]
-            self.build_info["quantization"] = {**qfacts, "path": str(path)}
-        self.build_info["quantize_time_s"] = self.quantize_time_s
-        return path
+            ov.save_model(quantized, str(out), compress_to_fp16=False)
+            return qfacts
+
+        path = float_path.with_name(f"{float_path.stem}-{tag}.xml")
+        return self.quantised_once(model, path, quantise, sizes, sidecars=(".bin",))
 
 
 __all__ = ["OpenVinoBF16Backend", "OpenVinoBackend", "OpenVinoInt8Backend", "openvino_availability"]

@@ -25,10 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from vitres.backends.base import Backend, register_backend
+from vitres.backends.calibration import CalibratedBackend, calibrated_export_spec
 from vitres.backends.onnx_backend import DEFAULT_CACHE_DIR, exported_graph
 from vitres.export.spec import ExportSpec
 
@@ -202,7 +204,7 @@ class TensorRTBackend(Backend):
 
 
 @register_backend
-class TensorRTInt8Backend(TensorRTBackend):
+class TensorRTInt8Backend(CalibratedBackend, TensorRTBackend):
     """TensorRT from the static QDQ INT8 graph (calibrated on real images), FP16 elsewhere.
 
     Calibration arguments left ``None`` take the export spec's values (the shared
@@ -230,40 +232,33 @@ class TensorRTInt8Backend(TensorRTBackend):
         **kwargs: Any,
     ) -> None:
         super().__init__(device, **kwargs)
-        self.spec = self.spec.with_overrides(
-            int8="static",
-            calib_method=calib_method,
-            calib_data=calibration_data,
-            calib_images=calib_images,
+        self.spec = calibrated_export_spec(
+            self.spec,
+            "static",
+            method=calib_method,
+            data=calibration_data,
+            images=calib_images,
         )
         self.calibration_data_dir = calibration_data_dir
 
     def onnx_graph(self, model: nn.Module, image_size: tuple[int, int]) -> tuple[Path, bool]:
-        from vitres.export import calibration_batches, quantize_onnx
+        from vitres.export import quantize_onnx
 
-        spec = self.spec
         path, dynamic = super().onnx_graph(model, image_size)
-        data = Path(spec.calib_data).name or "data"  # graphs never mix datasets
-        qdq = path.with_name(
-            f"{path.stem}-int8-static-{spec.calib_method}-{data}-{spec.calib_split}-"
-            f"{spec.calib_images}-{image_size[0]}x{image_size[1]}-trt.onnx"
-        )
-        if not qdq.exists():
-            batches = calibration_batches(
-                model,
-                spec.calib_data,
-                [tuple(image_size)],
-                num_images=spec.calib_images,
-                split=spec.calib_split,
-                data_dir=self.calibration_data_dir,
-            )
-            quantize_onnx(
+        calibration = self.calibration
+        sizes = [(int(image_size[0]), int(image_size[1]))]  # the engine's build size only
+
+        def quantise(batches: list[np.ndarray] | None, out: Path) -> dict[str, Any]:
+            return quantize_onnx(
                 path,
-                qdq,
+                out,
                 "static",
                 calibration=batches,
-                calib_method=spec.calib_method,
-                percentile=spec.calib_percentile,
+                calib_method=calibration.method,
+                percentile=calibration.percentile,
                 target="tensorrt",
             )
-        return qdq, dynamic
+
+        tag = calibration.cache_tag(sizes, percentile=False)
+        qdq = path.with_name(f"{path.stem}-int8-static-{tag}-trt.onnx")
+        return self.quantised_once(model, qdq, quantise, sizes, record=False), dynamic

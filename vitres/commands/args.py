@@ -7,106 +7,25 @@
 - the budget flags, generated from :class:`vitres.tune.budget.Budget` with its docstring
   as help and its defaults shown, plus ``--task`` presets.
 
-Help text for dataclass-generated flags comes from the dataclass's Google-style
-``Attributes:`` section, so the library documents each option once.
+Dataclass-generated flags come from the one generator, :mod:`vitres.commands.flags`
+(help from the dataclass's Google-style ``Attributes:`` section).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import re
-import types
-import typing
 from typing import Any
+
+from vitres.commands.flags import DefaultsFormatter as DefaultsFormatter  # re-exported
+from vitres.commands.flags import add_dataclass_arguments
 
 MODEL_HELP = (
     "model: a bundled name (fmnist-vit-multires), a vitres checkpoint, a Hugging Face "
     "directory, a timm file or directory, a registry name (random weights) or module:factory"
 )
 RES_HELP = "resolutions: 16,20,28 | ranges 12:56:4 (start:stop:step) | height x width 28x40"
-
-
-class DefaultsFormatter(argparse.HelpFormatter):
-    """Help that shows each option's default (when it has a real one) after its text."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        default = action.default
-        if (
-            "default:" in text
-            or default in (None, False, "", argparse.SUPPRESS)
-            or not action.option_strings
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-def attribute_docs(cls: type) -> dict[str, str]:
-    """``{field: description}`` from the ``Attributes:`` section of ``cls``'s docstring."""
-    doc = inspect.getdoc(cls) or ""
-    match = re.search(r"^Attributes:\s*$(.*?)(?:^\S|\Z)", doc, re.M | re.S)
-    if not match:
-        return {}
-    out: dict[str, str] = {}
-    current = None
-    for line in match.group(1).splitlines():
-        item = re.match(r"^\s{4}(\w+)(?:\s*\([^)]*\))?:\s*(.*)$", line)
-        if item:
-            current = item.group(1)
-            out[current] = item.group(2).strip()
-        elif current and line.strip():
-            out[current] += " " + line.strip()
-    return {name: re.sub(r"``([^`]*)``", r"\1", text) for name, text in out.items()}
-
-
-def _optional(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        return None if text.lower() in ("none", "") else kind(text)
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def add_dataclass_arguments(
-    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
-    cls: type,
-    *,
-    skip: tuple[str, ...] = (),
-    defaults: Any = None,
-    help: dict[str, str] | None = None,
-) -> None:
-    """One ``--field-name`` flag per field of ``cls`` (bools as ``--x/--no-x``), its help
-    from the docstring and its default shown.
-
-    Args:
-        parser: Parser or argument group to add to.
-        cls: The dataclass.
-        skip: Fields not to expose.
-        defaults: An instance whose values are the defaults (default: ``cls()``).
-        help: Extra or overriding help texts per field.
-    """
-    docs = {**attribute_docs(cls), **(help or {})}
-    hints = typing.get_type_hints(cls)
-    defaults = defaults if defaults is not None else cls()
-    for field in dataclasses.fields(cls):
-        if field.name in skip:
-            continue
-        hint = hints[field.name]
-        args = typing.get_args(hint)
-        origin = typing.get_origin(hint)
-        optional = origin in (typing.Union, types.UnionType) and type(None) in args
-        if optional:
-            hint = next(a for a in args if a is not type(None))
-        default = getattr(defaults, field.name)
-        text = docs.get(field.name, "")
-        kwargs: dict[str, Any] = {"default": default, "help": text.replace("%", "%%")}
-        if hint is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        else:
-            kwargs["type"] = _optional(hint) if optional else hint
-        parser.add_argument("--" + field.name.replace("_", "-"), dest=field.name, **kwargs)
 
 
 def add_model_argument(
@@ -259,7 +178,7 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         help="start from a preset: "
         + "; ".join(f"{name}: {text}" for name, text in TASK_TEXT.items()),
     )
-    add_dataclass_arguments(group, Budget, skip=("task", "source"))
+    add_dataclass_arguments(group, Budget, skip=("task", "source"), defaults=Budget())
     group.add_argument(
         "--host",
         metavar="KIND",

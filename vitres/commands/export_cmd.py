@@ -37,6 +37,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--recommended it exports exactly the configuration a sweep measured. The export "
         "spec, vitres version, model and record key are written into the file's metadata.",
     )
+    _add_source_arguments(parser)
+    parser.add_argument(
+        "--out", required=True, help="output .onnx file (the INT8 graph with --int8)"
+    )
+    _add_spec_arguments(parser)
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help=f"parity tolerance vs eager, fp32 (default {_DEFAULTS.atol:g})",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    add_budget_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to export: ``--model``, or ``--from RESULTS`` with ``--key`` / ``--recommended``."""
     source = parser.add_argument_group("what to export")
     source.add_argument(
         "--model",
@@ -58,9 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="with --from: the config `vitres recommend` picks under the budget flags",
     )
-    parser.add_argument(
-        "--out", required=True, help="output .onnx file (the INT8 graph with --int8)"
-    )
+
+
+def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
+    """The export spec's flags (:data:`_SPEC_FLAGS`; refused with ``--from``)."""
     spec = parser.add_argument_group("export spec (not with --from: the record sets it)")
     spec.add_argument(
         "--opset", type=int, default=None, help=f"ONNX opset (>= 18; default {_DEFAULTS.opset})"
@@ -120,15 +139,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="calibration resolutions, e.g. 16,28,28x40 (default: the native one)",
     )
-    parser.add_argument(
-        "--atol",
-        type=float,
-        default=None,
-        help=f"parity tolerance vs eager, fp32 (default {_DEFAULTS.atol:g})",
-    )
-    parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
-    add_budget_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def spec_from_args(args: argparse.Namespace) -> ExportSpec:

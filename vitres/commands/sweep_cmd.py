@@ -79,6 +79,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_measurement_arguments(parser)
+    _add_ray_arguments(parser)
+    add_budget_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``, ``--ray-cpus`` and ``--ray-resources``: configs as Ray tasks."""
     ray = parser.add_argument_group("Ray (needs the ray extra: pip install 'vitres[ray]')")
     ray.add_argument(
         "--ray",
@@ -99,8 +106,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="custom resources every task needs, e.g. '{\"edge_box\": 1}' to run on nodes "
         "started with `ray start --resources '{\"edge_box\": 1}'`",
     )
-    add_budget_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

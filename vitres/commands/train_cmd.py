@@ -1,54 +1,12 @@
-"""`vitres train`: multi-resolution training; every :class:`TrainConfig` field is a flag."""
+"""`vitres train`: multi-resolution training; every :class:`TrainConfig` field is a flag,
+its help taken from the field's entry in the config's docstring."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from vitres.commands.config_flags import add_config_flags, config_from_args
-
-HELP = {
-    "model": "registry name of the architecture, e.g. vit_tiny_patch4",
-    "img_size": "native resolution of the model (learned position table size)",
-    "embed_dim": "width override (the named size's own when 'none')",
-    "depth": "depth override",
-    "num_heads": "attention heads override",
-    "pos_embed": "learned | sincos | rope | cpb | mlp | none",
-    "drop_path_rate": "stochastic depth rate",
-    "model_overrides": "any other model config field, KEY=VALUE (repeatable)",
-    "data": "fashion-mnist or an image folder",
-    "data_dir": "folder of the Fashion-MNIST files",
-    "in_chans": "input channels (from the data when omitted)",
-    "mean": "normalisation mean, comma-separated (data default when omitted)",
-    "std": "normalisation std, comma-separated",
-    "train_limit": "train on the first N examples only",
-    "resolutions": "training resolutions, one drawn per step, e.g. 12,16,20,...,56",
-    "patch_sizes": "patch sizes, one drawn per step (the model's own when empty)",
-    "crop_scale": "area range of the random resized crop, e.g. 0.8,1.0",
-    "random_crop": "random resized crop (else the whole image is resized)",
-    "hflip": "random horizontal flips",
-    "epochs": "epochs",
-    "batch_size": "examples per step",
-    "lr": "peak learning rate (AdamW)",
-    "min_lr": "final learning rate of the cosine decay",
-    "warmup_steps": "linear warm-up steps",
-    "weight_decay": "AdamW weight decay (not on norms, biases, position tables, tokens)",
-    "betas": "AdamW betas, e.g. 0.9,0.999",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "grad_clip": "max gradient norm (0 disables)",
-    "precision": "auto | bf16 | fp32 (auto: bf16 only on CPUs with AMX)",
-    "seed": "seed of initialisation, data order and augmentation",
-    "num_threads": "torch CPU threads (none: 1 or all cores, whichever a training step runs faster now)",
-    "eval_resolutions": "resolutions evaluated after each epoch",
-    "eval_limit": "evaluate on the first N test examples ('none' for all)",
-    "eval_batch_size": "evaluation batch size",
-    "out_dir": "folder of checkpoints, log.jsonl and model.safetensors",
-    "checkpoint_every_steps": "also checkpoint every N steps inside an epoch (0: per epoch)",
-    "log_every_steps": "write a step record to log.jsonl every N steps",
-    "progress": "tqdm progress bar",
-    "resume": "continue the run in --out-dir (--epochs may grow; other changes are refused)",
-    "overwrite": "delete the run already in --out-dir and start again",
-}
+from vitres.commands.flags import add_dataclass_arguments, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "with per-epoch checkpoints; --resume continues exactly where a run stopped.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_config_flags(parser, TrainConfig, HELP, flags={"model_overrides": ["--set"]})
+    add_dataclass_arguments(parser, TrainConfig, flags={"model_overrides": ["--set"]})
     parser.add_argument("--json", action="store_true", help="print the final record as JSON")
     parser.set_defaults(func=run)
 

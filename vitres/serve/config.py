@@ -53,31 +53,36 @@ class ServeConfig:
         model: Model reference (reference name, checkpoint path, registry name,
             ``module:factory``).
         slo_ms: Latency objective per request, arrival to answer, ms.
-        records: Sweep records (JSON lines) with latencies of this model and backend;
-            ``None`` runs a short calibration sweep at startup.
-        controller: ``predictive`` or ``fixed:R`` (see the module docstring).
+        records: Sweep records (JSON lines) with latencies of this model and backend,
+            ideally at several batch sizes; ``None`` (omitted) runs a short calibration
+            sweep at startup.
+        controller: ``predictive`` (batch x resolution under the SLO) or ``fixed:R`` /
+            ``fixed:native`` (one resolution, batches of what is queued, no SLO shedding).
         max_batch: Largest batch.
-        backend: Backend to serve on (dynamic batch sizes needed).
-        resolutions: Ladder, e.g. ``"16,20,28,40,56"``; default: the records'
-            resolutions (calibration: :func:`calibration_ladder`).
+        backend: Backend to serve on (dynamic batch sizes needed): eager, eager-bf16,
+            onnxruntime...
+        resolutions: Resolution ladder, e.g. ``16,20,28,40,56`` (default: the records'
+            resolutions; when calibrating, 0.5x to 2x the native size).
         patch_size: Patch size the records were measured at, when they hold several.
         threads: CPU threads (default: those the records were measured with).
         device: ``cpu`` or ``cuda``.
-        queue_limit: Most requests waiting (default ``4 * max_batch``).
+        queue_limit: Most requests waiting (default: 4 x the largest batch).
         batch_time_fraction: Most of the SLO one batch may take (predictive).
         safe_resolution: Rollback resolution (default: the ladder's smallest).
-        safe_backend: Rollback backend (default ``eager``, fp32).
-        rollback_window_s: Out of band for this long rolls back; ``0`` disables it.
-        latency_tolerance: Allowed median of served / sweep p95 latency.
-        max_error_rate: Allowed fraction of failed requests.
-        max_bytes: Largest image file accepted, bytes.
-        max_pixels: Largest image accepted, pixels.
-        request_timeout_s: Longest a request waits for its answer.
+        safe_backend: Rollback backend (``eager`` is fp32 PyTorch).
+        rollback_window_s: Seconds out of band before rolling back; ``0`` disables
+            monitoring.
+        latency_tolerance: Out of band above this median of served / sweep p95 latency.
+        max_error_rate: Out of band above this fraction of failed requests.
+        max_bytes: Largest image file accepted, bytes (413 above).
+        max_pixels: Largest image accepted, pixels (413 above).
+        request_timeout_s: Seconds a request may wait for its answer (504 after).
         max_in_flight: Most classify requests inside the server at once (default: twice
             the queue limit plus 64); more are shed before their body is read.
         backlog: Connections the kernel holds for the server before it accepts them.
         retry_after_s: ``Retry-After`` of a shed request, seconds.
-        save_calibration: Where to write the calibration records (reuse with ``records``).
+        save_calibration: Where to write the startup calibration's records (reuse them
+            as ``records``).
         host: Address to listen on.
         port: Port to listen on.
         progress: Show the calibration progress bar.

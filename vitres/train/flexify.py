@@ -62,6 +62,29 @@ class FlexifyConfig(RunConfig):
     other sizes get ``token_batch_size(...)`` examples, within ``[min_batch_size,
     max_batch_size]``. The learning rate and warm-up are smaller than for training from
     scratch, since the model starts trained.
+
+    Attributes:
+        resolutions: student resolutions, one drawn per step: 12:56:4 or 12,16,20
+        patch_sizes: student patch sizes, one drawn per step (the model's own when empty)
+        batch_size: examples per step at the native token count (scaled by tokens)
+        out_dir: folder of checkpoints, log.jsonl and the flexified model.safetensors
+        model: source model: bundled name, vitres checkpoint, Hugging Face / timm folder or
+            file, or registry name (random weights)
+        teacher: model distilled from, at its native size (the source when omitted)
+        model_overrides: config field for loading the source, KEY=VALUE (repeatable)
+        distill: kl (tempered KL to the teacher) | none (cross-entropy only)
+        temperature: distillation temperature T (the KL is scaled by T^2)
+        distill_weight: weight a of the distillation: (1 - a) CE + a T^2 KL
+        scale_consistency: also train a second resolution of the same images, with a KL of
+            the smaller view to the larger (ResFormer)
+        consistency_weight: weight of the scale-consistency KL
+        sampler: gap (sizes drawn in proportion to their KL gap to the teacher) | uniform
+        sampler_floor: share of the draws spread uniformly over the sizes
+        sampler_momentum: weight of the newest gap in each size's running average
+        min_batch_size: smallest batch (largest sizes)
+        max_batch_size: largest batch (smallest sizes)
+        teacher_cache: compute the teacher's outputs once per image and flip (needs
+            --no-random-crop)
     """
 
     model: str = "fmnist-vit-single"
