@@ -411,13 +411,16 @@ def test_auto_precision_is_stored_resolved_and_kept_on_resume(tmp_path, monkeypa
 
 
 def test_default_threads_are_chosen_by_measurement_and_logged(tmp_path):
-    """num_threads=None times a training step at 1 thread and at all cores, uses the
-    faster, logs the evidence, and leaves the run's results as with that count set."""
+    """num_threads=None with the measuring chooser (what `vitres train` passes) times a
+    training step at 1 thread and at all cores, uses the faster, logs the evidence, and
+    leaves the run's results as with that count set."""
     import json
+
+    from vitres.measure.threads import choose_threads
 
     before = torch.get_num_threads()
     try:
-        result = train(tiny(tmp_path, "auto", num_threads=None))
+        result = train(tiny(tmp_path, "auto", num_threads=None), thread_chooser=choose_threads)
         log = [json.loads(line) for line in open(result.out_dir / "log.jsonl")]
         (choice,) = [r for r in log if r.get("kind") == "threads"]
         medians = {int(k): v for k, v in choice["median_ms"].items()}

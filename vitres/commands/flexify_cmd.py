@@ -37,7 +37,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitres.measure.threads import choose_threads
     from vitres.train.flexify import FlexifyConfig, flexify
 
     config = config_from_args(FlexifyConfig, args)
-    return print_run_summary(flexify(config), as_json=args.json)
+    # "auto" threads (no --num-threads): a training step timed at 1 and at all cores
+    result = flexify(config, thread_chooser=choose_threads)
+    return print_run_summary(result, as_json=args.json)

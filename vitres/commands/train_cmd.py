@@ -25,10 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitres.measure.threads import choose_threads
     from vitres.train import TrainConfig, train
 
     config = config_from_args(TrainConfig, args)
-    return print_run_summary(train(config), as_json=args.json)
+    # "auto" threads (no --num-threads): a training step timed at 1 and at all cores
+    result = train(config, thread_chooser=choose_threads)
+    return print_run_summary(result, as_json=args.json)
 
 
 def print_run_summary(result, as_json: bool) -> int:  # noqa: ANN001 - a TrainResult

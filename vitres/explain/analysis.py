@@ -349,8 +349,7 @@ def analyse_resolutions(
         progress: show progress bars.
 
     Raises:
-        ValueError: for bad arguments, a model without a linear head, or data with no
-            readable images.
+        ValueError: bad arguments, a model without a linear head, or data with no images.
     """
     net, name = _model(model)
     head = linear_head(net)
@@ -358,77 +357,125 @@ def analyse_resolutions(
     sizes = [to_size(r if isinstance(r, int) else tuple(r)) for r in resolutions]
     if not sizes:
         raise ValueError("analyse_resolutions needs at least one resolution")
-    in_chans = net.config.in_chans
-    test_set = get_dataset(id_data, "test", data_dir=data_dir, in_chans=in_chans)
-    needs_train = any(m in FEATURE_METHODS for m in method_names)
-    train_set = (
-        get_dataset(id_data, "train", data_dir=data_dir, in_chans=in_chans) if needs_train else None
+    test_set, train_set, ood = _open_data(id_data, ood_data, data_dir, net, method_names)
+    run = _SizeAnalysis(
+        net=net,
+        head=head,
+        methods=method_names,
+        test_set=test_set,
+        train_set=train_set,
+        ood=ood,
+        common={"batch_size": batch_size, "patch_size": patch_size, "progress": progress},
+        limits=(limit, train_limit, ood_limit),
+        separability=separability,
+        k=k,
+        silhouette_sample=silhouette_sample,
+        principal_dim=principal_dim,
     )
-    ood = open_ood_data(ood_data, in_chans, data_dir) if ood_data is not None else None
-    results: list[ResolutionResult] = []
-    test_features: dict[str, FeatureSet] = {}
-    n_train = n_ood = n_id = 0
-    common = {"batch_size": batch_size, "patch_size": patch_size, "progress": progress}
-    for size in tqdm(sizes, desc="resolutions", unit="res", disable=not progress):
-        label = resolution_label(size)
-        test = extract_features(
-            net, test_set, size, limit=limit, description=f"{label} px test", **common
-        )
-        test_features[label] = test
-        n_id = len(test)
-        ood_metrics: dict[str, DetectionMetrics] = {}
-        if ood is not None:
-            train = None
-            if train_set is not None:
-                train = extract_features(
-                    net,
-                    train_set,
-                    size,
-                    limit=train_limit,
-                    description=f"{label} px train",
-                    **common,
-                )
-                n_train = len(train)
-            outliers = extract_features(
-                net, ood.dataset, size, limit=ood_limit, description=f"{label} px OOD", **common
-            )
-            n_ood = len(outliers)
-            detectors = OODDetectors.fit(method_names, train, head, principal_dim)
-            id_scores = detectors.scores(test)
-            ood_scores = detectors.scores(outliers)
-            ood_metrics = {
-                method: detection_metrics(id_scores[method], ood_scores[method])
-                for method in method_names
-            }
-        overlap = disagreement = silhouette_value = None
-        if separability:
-            measured = class_overlap(test.features, test.labels, k=k)
-            overlap, disagreement = measured.overlap, measured.disagreement
-            silhouette_value = silhouette(test.features, test.labels, sample_size=silhouette_sample)
-        results.append(
-            ResolutionResult(
-                resolution=size,
-                accuracy=test.accuracy,
-                ood=ood_metrics,
-                overlap=overlap,
-                disagreement=disagreement,
-                silhouette=silhouette_value,
-            )
-        )
+    bar = tqdm(sizes, desc="resolutions", unit="res", disable=not progress)
+    results = [run.at(size) for size in bar]
     return ResolutionAnalysis(
         model=name,
         id_data=str(getattr(test_set, "name", id_data)),
-        ood_data=ood.name if ood is not None else None,
-        ood_conversion=ood.conversion if ood is not None else None,
+        ood_data=run.ood.name if run.ood is not None else None,
+        ood_conversion=run.ood.conversion if run.ood is not None else None,
         methods=method_names,
-        n_train=n_train,
-        n_id=n_id,
-        n_ood=n_ood,
+        n_train=run.n_train,
+        n_id=run.n_id,
+        n_ood=run.n_ood,
         k=k,
         results=results,
         classes=tuple(getattr(test_set, "classes", ())),
-        test_features=test_features,
+        test_features=run.test_features,
     )
+
+
+def _open_data(
+    id_data: str,
+    ood_data: str | None,
+    data_dir: str | None,
+    net: nn.Module,
+    methods: tuple[str, ...],
+) -> tuple[Any, Any, Any]:
+    """The test split, the train split (only for feature-space OOD scores) and the OOD data."""
+    in_chans = net.config.in_chans
+    test_set = get_dataset(id_data, "test", data_dir=data_dir, in_chans=in_chans)
+    train_set = None
+    if any(m in FEATURE_METHODS for m in methods):
+        train_set = get_dataset(id_data, "train", data_dir=data_dir, in_chans=in_chans)
+    ood = open_ood_data(ood_data, in_chans, data_dir) if ood_data is not None else None
+    return test_set, train_set, ood
+
+
+@dataclass
+class _SizeAnalysis:
+    """What :func:`analyse_resolutions` measures at every size, and what it has counted.
+
+    ``limits`` is ``(test, train, OOD)`` images; ``common`` the feature-extraction options.
+    """
+
+    net: nn.Module
+    head: Any
+    methods: tuple[str, ...]
+    test_set: Any
+    train_set: Any
+    ood: Any
+    common: dict[str, Any]
+    limits: tuple[int | None, int | None, int | None]
+    separability: bool
+    k: int
+    silhouette_sample: int | None
+    principal_dim: int | None
+    test_features: dict[str, FeatureSet] = field(default_factory=dict)
+    n_train: int = 0
+    n_ood: int = 0
+    n_id: int = 0
+
+    def features(self, dataset: Any, size: tuple[int, int], limit: int | None, what: str) -> Any:
+        """The features of ``dataset`` at ``size``."""
+        description = f"{resolution_label(size)} px {what}"
+        return extract_features(
+            self.net, dataset, size, limit=limit, description=description, **self.common
+        )
+
+    def at(self, size: tuple[int, int]) -> ResolutionResult:
+        """Accuracy, OOD detection and separability at ``size``."""
+        test = self.features(self.test_set, size, self.limits[0], "test")
+        self.test_features[resolution_label(size)] = test
+        self.n_id = len(test)
+        ood_metrics = self.ood_metrics(size, test) if self.ood is not None else {}
+        overlap = disagreement = silhouette_value = None
+        if self.separability:
+            measured = class_overlap(test.features, test.labels, k=self.k)
+            overlap, disagreement = measured.overlap, measured.disagreement
+            silhouette_value = silhouette(
+                test.features, test.labels, sample_size=self.silhouette_sample
+            )
+        return ResolutionResult(
+            resolution=size,
+            accuracy=test.accuracy,
+            ood=ood_metrics,
+            overlap=overlap,
+            disagreement=disagreement,
+            silhouette=silhouette_value,
+        )
+
+    def ood_metrics(self, size: tuple[int, int], test: Any) -> dict[str, DetectionMetrics]:
+        """Each OOD score's detection metrics at ``size`` (the feature-space scores fitted
+        on the training features at that size)."""
+        train = None
+        if self.train_set is not None:
+            train = self.features(self.train_set, size, self.limits[1], "train")
+            self.n_train = len(train)
+        outliers = self.features(self.ood.dataset, size, self.limits[2], "OOD")
+        self.n_ood = len(outliers)
+        detectors = OODDetectors.fit(self.methods, train, self.head, self.principal_dim)
+        id_scores = detectors.scores(test)
+        ood_scores = detectors.scores(outliers)
+        return {
+            method: detection_metrics(id_scores[method], ood_scores[method])
+            for method in self.methods
+        }
 
 
 def ood_auroc_for_config(

@@ -102,70 +102,11 @@ def export_from_spec(
     float_path = fp32_path  # the float graph INT8 starts from
     fusion = None
     if spec.fused:
-        base, _ = unwrap_model(model)
         float_path = path if spec.int8 == "none" else path.with_name(path.stem + ".fused.onnx")
-        fusion = fuse_onnx(
-            fp32_path,
-            float_path,
-            num_heads=base.config.num_heads,
-            hidden_size=base.config.embed_dim,
-        )
-        sizes = default_check_sizes(base, result.example_size, result.patch_size, result.dynamic)
-        sizes = list(dict.fromkeys([*sizes, *(tuple(s) for s in extra_check_sizes)]))
-        fusion["parity"] = check_parity(
-            model, float_path, sizes, patch_size=result.patch_size, atol=spec.atol
-        )
-        write_export_metadata(
-            float_path,
-            {
-                **read_export_metadata(fp32_path),
-                "export_spec": replace(resolved, int8="none").to_json(),
-                "fp32_graph": fp32_path.name,
-            },
-        )
+        fusion = _fuse(model, result, resolved, float_path, extra_check_sizes)
     facts = None
     if spec.int8 != "none":
-        calibration = None
-        if spec.int8 == "static":
-            base, _ = unwrap_model(model)
-            resolutions = spec.calib_resolutions or (tuple(int(v) for v in base.config.img_size),)
-            if not result.dynamic:
-                if spec.calib_resolutions is not None and set(spec.calib_resolutions) != {
-                    result.example_size
-                }:
-                    raise ValueError(
-                        f"a static graph takes {result.example_size[0]}x"
-                        f"{result.example_size[1]} only; calibrating it at "
-                        f"{list(spec.calib_resolutions)} makes no sense. Drop the calibration "
-                        "resolutions or export a dynamic graph"
-                    )
-                resolutions = (result.example_size,)
-            resolved = replace(resolved, calib_resolutions=tuple(resolutions))
-            calibration = calibration_batches(
-                model,
-                spec.calib_data,
-                list(resolutions),
-                num_images=spec.calib_images,
-                split=spec.calib_split,
-                data_dir=calib_data_dir,
-            )
-        facts = quantize_onnx(
-            float_path,
-            path,
-            spec.int8,
-            calibration=calibration,
-            calib_method=spec.calib_method,
-            percentile=spec.calib_percentile,
-            quantize_attention_matmuls=spec.quantize_attention_matmuls,
-        )
-        write_export_metadata(
-            path,
-            {
-                **read_export_metadata(float_path),
-                "export_spec": resolved.to_json(),
-                "fp32_graph": float_path.name,
-            },
-        )
+        resolved, facts = _quantize(model, result, resolved, float_path, path, calib_data_dir)
     return ExportArtifact(
         path=path,
         spec=resolved,
@@ -174,3 +115,102 @@ def export_from_spec(
         fusion=fusion,
         metadata=read_export_metadata(path),
     )
+
+
+def _fuse(
+    model: nn.Module,
+    result: ExportResult,
+    resolved: ExportSpec,
+    fused_path: Path,
+    extra_check_sizes: Sequence[tuple[int, int]],
+) -> dict[str, Any]:
+    """Fuses the float32 graph into ``fused_path``, checks its parity against eager
+    PyTorch and writes its metadata; returns the fusion's facts (with ``parity``)."""
+    base, _ = unwrap_model(model)
+    fp32_path = result.path
+    fusion = fuse_onnx(
+        fp32_path,
+        fused_path,
+        num_heads=base.config.num_heads,
+        hidden_size=base.config.embed_dim,
+    )
+    sizes = default_check_sizes(base, result.example_size, result.patch_size, result.dynamic)
+    sizes = list(dict.fromkeys([*sizes, *(tuple(s) for s in extra_check_sizes)]))
+    fusion["parity"] = check_parity(
+        model, fused_path, sizes, patch_size=result.patch_size, atol=resolved.atol
+    )
+    write_export_metadata(
+        fused_path,
+        {
+            **read_export_metadata(fp32_path),
+            "export_spec": replace(resolved, int8="none").to_json(),
+            "fp32_graph": fp32_path.name,
+        },
+    )
+    return fusion
+
+
+def _calibration_resolutions(
+    spec: ExportSpec, model: nn.Module, result: ExportResult
+) -> tuple[tuple[int, int], ...]:
+    """The sizes static INT8 calibrates at: the spec's, else the native size; a static
+    graph's one size only.
+
+    Raises:
+        ValueError: a static graph with calibration resolutions other than its one size.
+    """
+    base, _ = unwrap_model(model)
+    resolutions = spec.calib_resolutions or (tuple(int(v) for v in base.config.img_size),)
+    if result.dynamic:
+        return tuple(resolutions)
+    if spec.calib_resolutions is not None and set(spec.calib_resolutions) != {result.example_size}:
+        raise ValueError(
+            f"a static graph takes {result.example_size[0]}x"
+            f"{result.example_size[1]} only; calibrating it at "
+            f"{list(spec.calib_resolutions)} makes no sense. Drop the calibration "
+            "resolutions or export a dynamic graph"
+        )
+    return (result.example_size,)
+
+
+def _quantize(
+    model: nn.Module,
+    result: ExportResult,
+    resolved: ExportSpec,
+    float_path: Path,
+    path: Path,
+    calib_data_dir: str | None,
+) -> tuple[ExportSpec, dict[str, Any]]:
+    """Quantises ``float_path`` into ``path`` as the spec says (static INT8 calibrates on
+    the spec's data first) and writes its metadata; returns the spec as carried out and
+    the quantisation's facts."""
+    calibration = None
+    if resolved.int8 == "static":
+        resolutions = _calibration_resolutions(resolved, model, result)
+        resolved = replace(resolved, calib_resolutions=resolutions)
+        calibration = calibration_batches(
+            model,
+            resolved.calib_data,
+            list(resolutions),
+            num_images=resolved.calib_images,
+            split=resolved.calib_split,
+            data_dir=calib_data_dir,
+        )
+    facts = quantize_onnx(
+        float_path,
+        path,
+        resolved.int8,
+        calibration=calibration,
+        calib_method=resolved.calib_method,
+        percentile=resolved.calib_percentile,
+        quantize_attention_matmuls=resolved.quantize_attention_matmuls,
+    )
+    write_export_metadata(
+        path,
+        {
+            **read_export_metadata(float_path),
+            "export_spec": resolved.to_json(),
+            "fp32_graph": float_path.name,
+        },
+    )
+    return resolved, facts

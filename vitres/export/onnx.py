@@ -186,11 +186,65 @@ def export_onnx(
     cfg = base.config
     patch = int(patch_size if patch_size is not None else (bound_patch or cfg.patch_size))
     check_exportable(base, dynamic, opset)
+    example_size = _example_size(cfg, patch, dynamic, example_size)
+    if example_batch < 2:
+        raise ValueError("example_batch must be >= 2 (batch 1 would be baked into the graph)")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(example_batch, cfg.in_chans, *example_size)
+    export_time = _run_exporter(base, patch, path, example, dynamic, opset)
+    graph_opset, antialiased = _check_graph(path, cfg, dynamic)
+    result = ExportResult(
+        path=path,
+        dynamic=dynamic,
+        patch_size=patch,
+        example_size=example_size,
+        size_rule=_size_rule(dynamic, cfg.size_policy, patch, example_size),
+        opset=graph_opset,
+        export_time_s=export_time,
+        antialias_resize=antialiased > 0,
+        spec=replace(spec, example_size=example_size, patch_size=patch),
+    )
+    _write_metadata(result, cfg, metadata)
+    if check:
+        if check_sizes is None:
+            check_sizes = default_check_sizes(base, example_size, patch, dynamic)
+        sizes = list(dict.fromkeys([*check_sizes, *(tuple(s) for s in extra_check_sizes)]))
+        result.parity = check_parity(base, path, sizes, patch_size=patch, atol=atol)
+    return result
+
+
+def _write_metadata(result: ExportResult, cfg: Any, metadata: Mapping[str, object] | None) -> None:
+    """Writes the export's vitres metadata into its file: the spec, the vitres version, the
+    patch size, size policy, channels and input rule, and ``metadata``."""
+    import vitres
+
+    entries: dict[str, object] = {
+        "export_spec": result.spec.to_json(),
+        "version": vitres.__version__,
+        "patch_size": result.patch_size,
+        "size_policy": cfg.size_policy,
+        "in_chans": cfg.in_chans,
+        "size_rule": result.size_rule,
+        **(metadata or {}),
+    }
+    write_export_metadata(result.path, entries)
+
+
+def _example_size(
+    cfg: Any, patch: int, dynamic: bool, example_size: tuple[int, int] | None
+) -> tuple[int, int]:
+    """The size to trace at: as given, else the default for the kind of export; checked.
+
+    Raises:
+        ValueError: a native or square size for a dynamic export, a size the ``error``
+            policy would refuse, or a size smaller than one patch.
+    """
     native = tuple(int(v) for v in cfg.img_size)
     if example_size is None:
         example_size = _default_example_size(native, patch) if dynamic else native
     example_size = (int(example_size[0]), int(example_size[1]))
-    policy = cfg.size_policy
     if dynamic:
         if example_size == native or example_size[0] == example_size[1]:
             raise ValueError(
@@ -198,23 +252,28 @@ def export_onnx(
                 f"{example_size}, native {native}): at the native size the exporter can fold "
                 "the position-table resampling away, and a square size lets it tie H to W"
             )
-        if policy == "error" and (example_size[0] % patch or example_size[1] % patch):
+        if cfg.size_policy == "error" and (example_size[0] % patch or example_size[1] % patch):
             raise ValueError(
                 f"size_policy='error' exports H and W as multiples of {patch}; the example "
                 f"size {example_size} is not"
             )
     if min(example_size) < patch:
         raise ValueError(f"example size {example_size} is smaller than one {patch}px patch")
-    if example_batch < 2:
-        raise ValueError("example_batch must be >= 2 (batch 1 would be baked into the graph)")
+    return example_size
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+
+def _run_exporter(
+    base: nn.Module, patch: int, path: Path, example: Tensor, dynamic: bool, opset: int
+) -> float:
+    """Traces ``base`` at ``patch`` on ``example`` into ``path``; returns the seconds taken.
+
+    Raises:
+        RuntimeError: the exporter failed (its message, and what was being exported).
+    """
     wrapper = exportable_wrapper(base, patch)
     was_training = base.training
     base.eval()
-    example = torch.randn(example_batch, cfg.in_chans, *example_size)
-    dims = size_dims(patch, policy, dynamic)
+    dims = size_dims(patch, base.config.size_policy, dynamic)
     param_bytes = sum(p.numel() * p.element_size() for p in base.parameters())
     start = time.perf_counter()
     try:
@@ -232,20 +291,30 @@ def export_onnx(
             )
     except Exception as error:  # the exporter raises many types; say what was exported
         raise RuntimeError(
-            f"ONNX export of {type(base).__name__} at {example_size} "
+            f"ONNX export of {type(base).__name__} at {tuple(example.shape[-2:])} "
             f"(dynamic={dynamic}, patch {patch}) failed: {type(error).__name__}: "
             f"{str(error)[:2000]}"
         ) from error
     finally:
         base.train(was_training)
-    export_time = time.perf_counter() - start
+    return time.perf_counter() - start
 
+
+def _check_graph(path: Path, cfg: Any, dynamic: bool) -> tuple[int, int]:
+    """The exported graph's opset and antialiased Resize nodes, the latter checked against
+    what the model resamples with antialias (the size policy ``resize`` and an
+    antialiased learned position table).
+
+    Raises:
+        ValueError: antialias is needed but the opset has no such attribute.
+        ExportParityError: the exporter dropped an antialias.
+    """
     import onnx
 
     proto = onnx.load(str(path), load_external_data=False)
     graph_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     antialiased = _antialias_resizes(proto)
-    expected = int(policy == "resize" and dynamic)
+    expected = int(cfg.size_policy == "resize" and dynamic)
     if (
         dynamic
         and getattr(cfg, "pos_embed", "") == "learned"
@@ -263,38 +332,7 @@ def export_onnx(
             f"the model resamples with antialias but the exported graph holds {antialiased} "
             f"Resize node(s) with antialias=1 (expected {expected}); the exporter dropped it"
         )
-    result = ExportResult(
-        path=path,
-        dynamic=dynamic,
-        patch_size=patch,
-        example_size=example_size,
-        size_rule=_size_rule(dynamic, policy, patch, example_size),
-        opset=graph_opset,
-        export_time_s=export_time,
-        antialias_resize=antialiased > 0,
-        spec=replace(spec, example_size=example_size, patch_size=patch),
-    )
-    import vitres
-
-    entries: dict[str, object] = {
-        "export_spec": result.spec.to_json(),
-        "version": vitres.__version__,
-        "patch_size": patch,
-        "size_policy": policy,
-        "in_chans": cfg.in_chans,
-        "size_rule": result.size_rule,
-        **(metadata or {}),
-    }
-    write_export_metadata(path, entries)
-    if check:
-        sizes = (
-            list(check_sizes)
-            if check_sizes is not None
-            else default_check_sizes(base, example_size, patch, dynamic)
-        )
-        sizes = list(dict.fromkeys([*sizes, *(tuple(s) for s in extra_check_sizes)]))
-        result.parity = check_parity(base, path, sizes, patch_size=patch, atol=atol)
-    return result
+    return graph_opset, antialiased
 
 
 def exportable_wrapper(

@@ -242,7 +242,7 @@ def convert_to_openvino(
         ExportParityError: the converted model disagrees with eager beyond ``atol``.
         RuntimeError: the direct conversion did not work and no ONNX fallback was allowed.
     """
-    import openvino as ov
+    import openvino  # noqa: F401 - without OpenVINO, fail before any work
 
     if converter not in CONVERTERS:
         raise ValueError(f"converter must be one of {CONVERTERS}, got {converter!r}")
@@ -253,65 +253,97 @@ def convert_to_openvino(
     patch = int(patch_size or bound_patch or cfg.patch_size)
     native = tuple(int(v) for v in cfg.img_size)
     build = tuple(int(v) for v in image_size) if image_size is not None else native
-    can_be_dynamic = _can_be_dynamic(base)
-    min_side = _two_token_side(patch, cfg.size_policy)
     was_training = base.training
     base.eval()
     reason = None
     start = time.perf_counter()
     try:
         if converter in ("auto", "pytorch"):
-            dynamic = can_be_dynamic and min(build) >= min_side
-            example = _default_example_size(native, patch) if dynamic else build
-            sizes = default_check_sizes(base, example, patch, dynamic)
-            if dynamic:
-                sizes = [*sizes, build, _half_size(native, min_side)]
-            sizes = [s for s in dict.fromkeys(sizes) if not dynamic or min(s) >= min_side]
-            sizes = _graph_sizes(base, sizes, patch)
-            try:
-                ov_model = _from_pytorch(base, patch, example, dynamic)
-                parity = openvino_parity(base, ov_model, sizes, patch_size=patch, atol=atol)
-                if parity.ok:
-                    return OpenVinoConversion(
-                        model=ov_model,
-                        converter="pytorch",
-                        dynamic=dynamic,
-                        patch_size=patch,
-                        min_side=min_side if dynamic else None,
-                        fallback_reason=None,
-                        convert_time_s=time.perf_counter() - start,
-                        parity=parity,
-                    )
-                reason = f"direct conversion disagrees with eager: {parity}"
-            except Exception as error:  # noqa: BLE001 - the frontend raises many types
-                reason = f"direct conversion failed: {type(error).__name__}: {str(error)[:500]}"
+            conversion, reason = _convert_directly(base, patch, build, atol, start)
+            if conversion is not None:
+                return conversion
             if converter == "pytorch" or onnx_graph is None:
                 raise RuntimeError(
                     f"OpenVINO's PyTorch conversion of {type(base).__name__} (patch {patch}) "
                     f"did not work: {reason}; use converter='onnx' or 'auto'"
                 )
-        onnx_path = onnx_graph()
-        with _quiet():
-            ov_model = ov.convert_model(str(onnx_path))
-        example = _default_example_size(native, patch) if can_be_dynamic else build
-        sizes = [*default_check_sizes(base, example, patch, can_be_dynamic), build]
-        if can_be_dynamic:
-            sizes.append(_half_size(native, patch))
-        sizes = _graph_sizes(base, list(dict.fromkeys(sizes)), patch)
-        parity = openvino_parity(base, ov_model, sizes, patch_size=patch, atol=atol)
-        if not parity.ok:
-            raise ExportParityError(
-                f"OpenVINO's conversion of {onnx_path} disagrees with eager PyTorch: {parity}"
-            )
-        return OpenVinoConversion(
-            model=ov_model,
-            converter="onnx",
-            dynamic=can_be_dynamic,
-            patch_size=patch,
-            min_side=None,
-            fallback_reason=reason,
-            convert_time_s=time.perf_counter() - start,
-            parity=parity,
-        )
+        return _convert_from_onnx(base, patch, build, onnx_graph(), atol, start, reason)
     finally:
         base.train(was_training)
+
+
+def _convert_directly(
+    base: nn.Module, patch: int, build: tuple[int, int], atol: float, start: float
+) -> tuple[OpenVinoConversion | None, str | None]:
+    """OpenVINO's PyTorch frontend on ``base``, checked against eager: the conversion,
+    or ``None`` and the reason it did not work."""
+    cfg = base.config
+    native = tuple(int(v) for v in cfg.img_size)
+    min_side = _two_token_side(patch, cfg.size_policy)
+    dynamic = _can_be_dynamic(base) and min(build) >= min_side
+    example = _default_example_size(native, patch) if dynamic else build
+    sizes = default_check_sizes(base, example, patch, dynamic)
+    if dynamic:
+        sizes = [*sizes, build, _half_size(native, min_side)]
+    sizes = [s for s in dict.fromkeys(sizes) if not dynamic or min(s) >= min_side]
+    sizes = _graph_sizes(base, sizes, patch)
+    try:
+        ov_model = _from_pytorch(base, patch, example, dynamic)
+        parity = openvino_parity(base, ov_model, sizes, patch_size=patch, atol=atol)
+    except Exception as error:  # noqa: BLE001 - the frontend raises many types
+        return None, f"direct conversion failed: {type(error).__name__}: {str(error)[:500]}"
+    if not parity.ok:
+        return None, f"direct conversion disagrees with eager: {parity}"
+    conversion = OpenVinoConversion(
+        model=ov_model,
+        converter="pytorch",
+        dynamic=dynamic,
+        patch_size=patch,
+        min_side=min_side if dynamic else None,
+        fallback_reason=None,
+        convert_time_s=time.perf_counter() - start,
+        parity=parity,
+    )
+    return conversion, None
+
+
+def _convert_from_onnx(
+    base: nn.Module,
+    patch: int,
+    build: tuple[int, int],
+    onnx_path: Path,
+    atol: float,
+    start: float,
+    reason: str | None,
+) -> OpenVinoConversion:
+    """OpenVINO's ONNX frontend on the model's checked ONNX graph, checked against eager.
+
+    Raises:
+        ExportParityError: the converted model disagrees with eager beyond ``atol``.
+    """
+    import openvino as ov
+
+    native = tuple(int(v) for v in base.config.img_size)
+    can_be_dynamic = _can_be_dynamic(base)
+    with _quiet():
+        ov_model = ov.convert_model(str(onnx_path))
+    example = _default_example_size(native, patch) if can_be_dynamic else build
+    sizes = [*default_check_sizes(base, example, patch, can_be_dynamic), build]
+    if can_be_dynamic:
+        sizes.append(_half_size(native, patch))
+    sizes = _graph_sizes(base, list(dict.fromkeys(sizes)), patch)
+    parity = openvino_parity(base, ov_model, sizes, patch_size=patch, atol=atol)
+    if not parity.ok:
+        raise ExportParityError(
+            f"OpenVINO's conversion of {onnx_path} disagrees with eager PyTorch: {parity}"
+        )
+    return OpenVinoConversion(
+        model=ov_model,
+        converter="onnx",
+        dynamic=can_be_dynamic,
+        patch_size=patch,
+        min_side=None,
+        fallback_reason=reason,
+        convert_time_s=time.perf_counter() - start,
+        parity=parity,
+    )

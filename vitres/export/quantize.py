@@ -166,6 +166,82 @@ def _weight_matmuls(proto: Any, op_types: Sequence[str]) -> tuple[list[str], lis
     return with_weight, activation_only
 
 
+def _checked_op_types(
+    mode: str,
+    calib_method: str,
+    target: str,
+    calibration: Iterable[np.ndarray] | None,
+    op_types: Sequence[str] | None,
+) -> Sequence[str]:
+    """The operators to quantise (``op_types``, else the mode's default), after refusing an
+    unknown mode, calibration method or target, and static INT8 without calibration
+    images."""
+    if mode not in QUANT_MODES:
+        raise ValueError(f"INT8 mode must be one of {QUANT_MODES}, got {mode!r}")
+    if calib_method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration method must be one of {CALIBRATION_METHODS}, got {calib_method!r}"
+        )
+    if target not in ("onnxruntime", "tensorrt"):
+        raise ValueError(f"target must be 'onnxruntime' or 'tensorrt', got {target!r}")
+    if mode == "static" and calibration is None:
+        raise ValueError(
+            "static INT8 needs calibration images: pass calibration=calibration_batches(...)"
+        )
+    if op_types is not None:
+        return op_types
+    return ("MatMul", "Gemm") if mode == "dynamic" else ("MatMul", "Gemm", "Conv")
+
+
+def _quantize_static(
+    prepared: Path,
+    dst: Path,
+    reader: Any,
+    op_types: list[str],
+    excluded: list[str],
+    *,
+    per_channel: bool,
+    calib_method: str,
+    percentile: float,
+    target: str,
+) -> None:
+    """Static (QDQ) INT8 of ``prepared`` into ``dst``, activation ranges calibrated on
+    ``reader``'s batches; TensorRT's form (symmetric int8 activations, a QDQ pair per
+    consumer) for ``target="tensorrt"``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    tensorrt = target == "tensorrt"
+    extra: dict[str, Any] = {
+        "ActivationSymmetric": tensorrt,
+        "WeightSymmetric": True,
+        "CalibMovingAverage": False,
+        "CalibTensorRangeSymmetric": tensorrt,
+        "CalibStridedMinMax": 1,  # one batch at a time (bounded memory)
+    }
+    if calib_method == "percentile":
+        extra["CalibPercentile"] = percentile
+    if tensorrt:
+        extra.update({"DedicatedQDQPair": True, "AddQDQPairToWeight": True})
+    quantize_static(
+        str(prepared),
+        str(dst),
+        reader,
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=op_types,
+        per_channel=per_channel,
+        activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=excluded,
+        calibrate_method=methods[calib_method],
+        extra_options=extra,
+    )
+
+
 def quantize_onnx(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -208,28 +284,9 @@ def quantize_onnx(
         preprocessing used, seconds taken.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if mode not in QUANT_MODES:
-        raise ValueError(f"INT8 mode must be one of {QUANT_MODES}, got {mode!r}")
-    if calib_method not in CALIBRATION_METHODS:
-        raise ValueError(
-            f"calibration method must be one of {CALIBRATION_METHODS}, got {calib_method!r}"
-        )
-    if target not in ("onnxruntime", "tensorrt"):
-        raise ValueError(f"target must be 'onnxruntime' or 'tensorrt', got {target!r}")
-    if mode == "static" and calibration is None:
-        raise ValueError(
-            "static INT8 needs calibration images: pass calibration=calibration_batches(...)"
-        )
-    if op_types is None:
-        op_types = ("MatMul", "Gemm") if mode == "dynamic" else ("MatMul", "Gemm", "Conv")
+    op_types = _checked_op_types(mode, calib_method, target, calibration, op_types)
     start = time.perf_counter()
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -238,53 +295,24 @@ def quantize_onnx(
         prep_method = _preprocess_for_quantization(src, prepared)
         proto = onnx.load(str(prepared))
         weighted, activation_only = _weight_matmuls(proto, op_types)
-        excluded = list(nodes_to_exclude)
-        if not quantize_attention_matmuls:
-            excluded += activation_only
+        # the activation-by-activation matmuls stay float unless asked for
+        excluded = [*nodes_to_exclude, *([] if quantize_attention_matmuls else activation_only)]
         input_name = proto.graph.input[0].name
         del proto
         with _quiet_quantizer():
             if mode == "dynamic":
                 quantize_dynamic(
-                    str(prepared),
-                    str(dst),
-                    op_types_to_quantize=list(op_types),
-                    per_channel=per_channel,
-                    weight_type=QuantType.QInt8,
+                    str(prepared), str(dst), op_types_to_quantize=list(op_types),
+                    per_channel=per_channel, weight_type=QuantType.QInt8,
                     nodes_to_exclude=excluded,
                     extra_options={"MatMulConstBOnly": not quantize_attention_matmuls},
-                )
+                )  # fmt: skip
             else:
-                methods = {
-                    "minmax": CalibrationMethod.MinMax,
-                    "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile,
-                }
-                tensorrt = target == "tensorrt"
-                extra: dict[str, Any] = {
-                    "ActivationSymmetric": tensorrt,
-                    "WeightSymmetric": True,
-                    "CalibMovingAverage": False,
-                    "CalibTensorRangeSymmetric": tensorrt,
-                    "CalibStridedMinMax": 1,  # one batch at a time (bounded memory)
-                }
-                if calib_method == "percentile":
-                    extra["CalibPercentile"] = percentile
-                if tensorrt:
-                    extra.update({"DedicatedQDQPair": True, "AddQDQPairToWeight": True})
-                quantize_static(
-                    str(prepared),
-                    str(dst),
-                    _CalibrationReader(calibration, input_name),
-                    quant_format=QuantFormat.QDQ,
-                    op_types_to_quantize=list(op_types),
-                    per_channel=per_channel,
-                    activation_type=QuantType.QInt8 if tensorrt else QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=excluded,
-                    calibrate_method=methods[calib_method],
-                    extra_options=extra,
-                )
+                reader = _CalibrationReader(calibration, input_name)
+                _quantize_static(
+                    prepared, dst, reader, list(op_types), excluded, per_channel=per_channel,
+                    calib_method=calib_method, percentile=percentile, target=target,
+                )  # fmt: skip
     return {
         "mode": mode,
         "calib_method": calib_method if mode == "static" else None,

@@ -233,91 +233,114 @@ async def drive_load(
             f"timeout_s and idle_expiry_s must be positive and max_in_flight at least 1; got "
             f"{timeout_s}, {idle_expiry_s}, {max_in_flight}"
         )
-    loop = asyncio.get_running_loop()
     prefix = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
     ).encode("latin-1")
     requests = [prefix + b"Content-Length: %d\r\n\r\n" % len(body) + body for body in bodies]
-    results: list[RequestResult | None] = [None] * len(schedule)
-    idle: deque[_Connection] = deque()
-    opened = 0
-    in_flight = 0
+    driver = _LoadDriver(host, port, requests, len(schedule), timeout_s, idle_expiry_s)
+    return await driver.run(schedule, max_in_flight)
 
-    async def connection() -> tuple[_Connection, bool]:
-        nonlocal opened
-        now = loop.time()
-        while idle:
-            conn = idle.pop()  # the most recently used: the warmest
-            if now - conn.idle_since < idle_expiry_s and not conn.reader.at_eof():
+
+class _LoadDriver:
+    """The state of one open-loop load run: the connections, what is in flight, and one
+    result slot per scheduled request."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        requests: list[bytes],
+        count: int,
+        timeout_s: float,
+        idle_expiry_s: float,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.host, self.port, self.requests = host, port, requests
+        self.timeout_s, self.idle_expiry_s = timeout_s, idle_expiry_s
+        self.results: list[RequestResult | None] = [None] * count
+        self.idle: deque[_Connection] = deque()
+        self.opened = 0
+        self.in_flight = 0
+        self.start = 0.0
+
+    async def run(self, schedule: Sequence[ScheduledRequest], max_in_flight: int) -> LoadRun:
+        """Sends every request at its due time (or marks it ``not_sent`` when
+        ``max_in_flight`` are outstanding) and waits for all of them."""
+        loop = self.loop
+        cpu_start = time.process_time()
+        self.start = start = loop.time() + 0.05
+        tasks: set[asyncio.Task] = set()
+        for index, item in enumerate(schedule):
+            due = start + item.due_s
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self.in_flight >= max_in_flight:
+                self.results[index] = RequestResult(index, item.due_s, "not_sent")
+                continue
+            self.in_flight += 1
+            task = loop.create_task(self.one(index, due, item.body))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        while tasks:
+            await asyncio.wait(set(tasks))
+        wall = loop.time() - start
+        for conn in self.idle:
+            conn.close()
+        finished = [r for r in self.results if r is not None]
+        if len(finished) != len(schedule):  # every path above stores one; a bug if not
+            raise RuntimeError(f"{len(schedule) - len(finished)} requests have no recorded outcome")
+        return LoadRun(finished, wall, time.process_time() - cpu_start, self.opened)
+
+    async def connection(self) -> tuple[_Connection, bool]:
+        """A warm idle connection (the most recently used), else a new one; and whether
+        it was reused."""
+        now = self.loop.time()
+        while self.idle:
+            conn = self.idle.pop()  # the most recently used: the warmest
+            if now - conn.idle_since < self.idle_expiry_s and not conn.reader.at_eof():
                 return conn, True
             conn.close()
-        reader, writer = await asyncio.open_connection(host, port)
-        opened += 1
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        self.opened += 1
         return _Connection(reader, writer), False
 
-    async def one(index: int, due: float, body: int) -> None:
-        nonlocal in_flight
+    async def one(self, index: int, due: float, body: int) -> None:
+        """Sends request ``index`` and records its outcome."""
+        loop = self.loop
         conn: _Connection | None = None
         # timers fire up to a clock tick early (uvloop: 1 ms), which is no lag at all
         send_lag = max(0.0, loop.time() - due)
-        result = RequestResult(index, due - start, "timeout", send_lag_s=send_lag)
+        result = RequestResult(index, due - self.start, "timeout", send_lag_s=send_lag)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout(self.timeout_s):
                 try:
-                    conn, _ = await connection()
+                    conn, _ = await self.connection()
                 except OSError as error:
                     result.outcome, result.error = "refused", f"{type(error).__name__}: {error}"
                     return
-                conn.writer.write(requests[body])
+                conn.writer.write(self.requests[body])
                 await conn.writer.drain()
                 status, head, content, keep_alive = await _read_response(conn.reader)
-            result.outcome, result.status, result.body, result.headers = (
-                "response",
-                status,
-                content,
-                head,
-            )
+            result.outcome, result.status = "response", status
+            result.body, result.headers = content, head
             if keep_alive:
                 conn.idle_since = loop.time()
-                idle.append(conn)
+                self.idle.append(conn)
                 conn = None
         except TimeoutError:
-            result.outcome, result.error = "timeout", f"no complete response in {timeout_s:g} s"
+            result.outcome = "timeout"
+            result.error = f"no complete response in {self.timeout_s:g} s"
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as error:
             result.outcome, result.error = "closed", f"{type(error).__name__}: {error}"
         except (_Protocol, ValueError) as error:
             result.outcome, result.error = "protocol_error", str(error)
         finally:
-            in_flight -= 1
+            self.in_flight -= 1
             result.latency_s = max(0.0, loop.time() - due)
-            results[index] = result
+            self.results[index] = result
             if conn is not None:
                 conn.close()
-
-    cpu_start = time.process_time()
-    start = loop.time() + 0.05
-    tasks: set[asyncio.Task] = set()
-    for index, item in enumerate(schedule):
-        due = start + item.due_s
-        delay = due - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if in_flight >= max_in_flight:
-            results[index] = RequestResult(index, item.due_s, "not_sent")
-            continue
-        in_flight += 1
-        task = loop.create_task(one(index, due, item.body))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-    while tasks:
-        await asyncio.wait(set(tasks))
-    wall = loop.time() - start
-    for conn in idle:
-        conn.close()
-    finished = [r for r in results if r is not None]
-    if len(finished) != len(schedule):  # every path above stores one; a bug if not
-        raise RuntimeError(f"{len(schedule) - len(finished)} requests have no recorded outcome")
-    return LoadRun(finished, wall, time.process_time() - cpu_start, opened)
 
 
 def run_load(*args: object, **kwargs: object) -> LoadRun:

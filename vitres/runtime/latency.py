@@ -3,7 +3,9 @@ call at (resolution, batch size) is expected to cost, and how that expectation f
 the machine's load while running.
 
 :class:`LatencyModel` is built from the sweep's records (:mod:`vitres.tune.records`) of one
-model, backend and precision. Where a (resolution, batch) point was measured, its
+model, backend and precision (:meth:`LatencyModel.from_records`), or from plain per-size
+measurements such as a run-time calibration's (:meth:`LatencyModel.from_points`,
+:mod:`vitres.runtime.calibration`). Where a (resolution, batch) point was measured, its
 recorded median and p95 are the prediction. Elsewhere the tuner's cost model
 (:func:`vitres.tune.costmodel.fit_latency`, median latency against patch tokens ``N``, one fit
 per batch size) predicts the median; a batch size with no fit of its own is predicted
@@ -20,15 +22,15 @@ Systems*, 2008, ch. 12). Each observed ratio is clipped to within a factor ``cli
 the current estimate before it enters the average, so a single outlier (a page fault,
 a garbage collection) moves the factor by at most ``clip ** alpha``.
 
-This module fits nothing new where the tuner already fitted: it reads records and
-calls :mod:`vitres.tune.costmodel`.
+This module fits nothing new where the tuner already fitted: it reads records or points
+and calls :mod:`vitres.tune.costmodel`.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from vitres.tune.costmodel import CostFit, fit_cost, fit_latency
@@ -97,10 +99,78 @@ class _Point:
     tokens: int | None
 
 
+@dataclass(frozen=True)
+class LatencyPoint:
+    """One measured (size, batch) point of a latency model.
+
+    Attributes:
+        size: ``(height, width)`` in pixels.
+        batch: Images per call.
+        median_ms: Median latency of one call, milliseconds.
+        p95_ms: 95th percentile, milliseconds.
+        tokens: Patch tokens at ``size`` (``None`` if unknown).
+        accuracy: Top-1 accuracy at ``size`` (fraction), where measured.
+    """
+
+    size: tuple[int, int]
+    batch: int
+    median_ms: float
+    p95_ms: float
+    tokens: int | None = None
+    accuracy: float | None = None
+
+
+def _chosen_records(records: list[Measurement], wanted: dict[str, object]) -> list[Measurement]:
+    """The usable records matching ``wanted`` (``None`` values match anything), which
+    must then describe one model, backend, precision, device, thread count and patch.
+
+    Raises:
+        ValueError: no usable record, none matches a filter, or the rest mix configurations.
+    """
+    usable = [
+        m
+        for m in latest_by_key(records)
+        # the run-time ladder changes resolution only: merged and token-budget records
+        # stay out (the run-time paths neither merge tokens nor use a token budget)
+        if m.ok
+        and m.latency is not None
+        and m.latency.median_ms > 0
+        and m.config.merge is None
+        and m.config.token_budget is None
+    ]
+    if not usable:
+        raise ValueError(
+            f"no measured records with a latency among {len(records)} record(s); run "
+            "`vitres sweep` first (records with status error or predicted are not used)"
+        )
+
+    def value(m: Measurement, name: str) -> object:
+        return m.patch_size if name == "patch_size" else getattr(m.config, name)
+
+    chosen = usable
+    for name, want in wanted.items():
+        if want is not None:
+            chosen = [m for m in chosen if value(m, name) == want]
+            if not chosen:
+                present = sorted({str(value(m, name)) for m in usable})
+                raise ValueError(
+                    f"no measured record with {name}={want!r}; the records have {name} in {present}"
+                )
+    for name in wanted:
+        values = sorted({str(value(m, name)) for m in chosen})
+        if len(values) > 1:
+            raise ValueError(
+                f"the records mix {name}s {values}; choose one with {name}=... (the "
+                "latency model describes one model, backend and precision)"
+            )
+    return chosen
+
+
 class LatencyModel:
     """Predicted latency per (resolution, batch size) of one model / backend / precision.
 
-    Build it with :meth:`from_records`. Predictions are those of the quiet machine the
+    Build it with :meth:`from_records` (sweep records) or :meth:`from_points` (plain
+    per-size measurements, e.g. a run-time calibration). Predictions are those of the quiet machine the
     sweep ran on; wrap the model in :class:`OnlineCorrection` to follow the load.
 
     Attributes:
@@ -124,6 +194,7 @@ class LatencyModel:
         tail_ratio_all: float,
         accuracy: dict[tuple[int, int], float],
         records: Sequence[Measurement],
+        tokens_at: Callable[[tuple[int, int]], int | None] | None = None,
     ) -> None:
         self.model = config.model
         self.backend = config.backend
@@ -139,6 +210,7 @@ class LatencyModel:
         self.accuracy = accuracy
         self._records = list(records)
         self._config = config
+        self._tokens_at = tokens_at
 
     # ------------------------------------------------------------------ building
 
@@ -173,84 +245,124 @@ class LatencyModel:
             ValueError: no usable record, or the records mix configurations.
         """
         records = list(records)
-        usable = [
-            m
-            for m in latest_by_key(records)
-            # the run-time ladder changes resolution only: merged and token-budget records
-            # stay out (the run-time paths neither merge tokens nor use a token budget)
-            if m.ok
-            and m.latency is not None
-            and m.latency.median_ms > 0
-            and m.config.merge is None
-            and m.config.token_budget is None
-        ]
-        if not usable:
-            raise ValueError(
-                f"no measured records with a latency among {len(records)} record(s); run "
-                "`vitres sweep` first (records with status error or predicted are not used)"
+        chosen = _chosen_records(
+            records,
+            {
+                "model": model,
+                "backend": backend,
+                "precision": precision,
+                "device": device,
+                "threads": threads,
+                "patch_size": patch_size,
+            },
+        )
+        points = [
+            LatencyPoint(
+                tuple(m.config.resolution),
+                m.config.batch_size,
+                m.latency.median_ms,
+                m.latency.p95_ms,
+                m.tokens,
+                m.accuracy,
             )
-        wanted = {
-            "model": model,
-            "backend": backend,
-            "precision": precision,
-            "device": device,
-            "threads": threads,
-            "patch_size": patch_size,
-        }
-
-        def value(m: Measurement, name: str) -> object:
-            return m.patch_size if name == "patch_size" else getattr(m.config, name)
-
-        chosen = usable
-        for name, want in wanted.items():
-            if want is not None:
-                chosen = [m for m in chosen if value(m, name) == want]
-                if not chosen:
-                    present = sorted({str(value(m, name)) for m in usable})
-                    raise ValueError(
-                        f"no measured record with {name}={want!r}; the records have "
-                        f"{name} in {present}"
-                    )
-        for name in wanted:
-            values = sorted({str(value(m, name)) for m in chosen})
-            if len(values) > 1:
-                raise ValueError(
-                    f"the records mix {name}s {values}; choose one with {name}=... (the "
-                    "latency model describes one model, backend and precision)"
-                )
+            for m in chosen
+        ]
+        fits = {key.batch_size: fit for key, fit in fit_latency(chosen).items()}
         first = chosen[0]
+        return cls._from_points(first.config, first.patch_size, points, fits, chosen)
+
+    @classmethod
+    def from_points(
+        cls,
+        points: Sequence[LatencyPoint],
+        *,
+        model: str,
+        backend: str,
+        precision: str = "fp32",
+        device: str = "cpu",
+        threads: int | None = None,
+        patch_size: int | None = None,
+        tokens_at: Callable[[tuple[int, int]], int | None] | None = None,
+    ) -> LatencyModel:
+        """The latency model of plain per-(size, batch) measurements, e.g. a run-time
+        calibration's (:func:`vitres.runtime.calibration.calibrate`); no records needed.
+
+        Args:
+            points: The measured points (one model, backend, precision, device, threads).
+            model, backend, precision, device, threads: What the points measured.
+            patch_size: The patch size used.
+            tokens_at: Patch tokens of a size not measured (for predicting it); without
+                it only measured sizes can be predicted.
+
+        Raises:
+            ValueError: no point with a positive latency.
+        """
+        points = [p for p in points if p.median_ms > 0]
+        if not points:
+            raise ValueError(
+                "no measured point with a positive latency; time at least one size (see "
+                "vitres.runtime.calibration.calibrate) or run `vitres sweep`"
+            )
+        by_batch: dict[int, list[LatencyPoint]] = {}
+        for p in points:
+            if p.tokens is not None:
+                by_batch.setdefault(p.batch, []).append(p)
+        fits = {
+            batch: fit_cost([p.tokens for p in group], [p.median_ms for p in group])
+            for batch, group in by_batch.items()
+            if len(group) >= 2
+        }
+        config = SweepConfig(
+            model,
+            points[0].size,
+            patch_size,
+            1,
+            precision,
+            backend,
+            threads,
+            device,
+        )
+        return cls._from_points(config, patch_size, points, fits, [], tokens_at)
+
+    @classmethod
+    def _from_points(
+        cls,
+        config: SweepConfig,
+        patch_size: int | None,
+        points: Sequence[LatencyPoint],
+        fits: dict[int, CostFit],
+        records: Sequence[Measurement],
+        tokens_at: Callable[[tuple[int, int]], int | None] | None = None,
+    ) -> LatencyModel:
+        """The model of measured points and their per-batch fits: tail ratios, the pooled
+        fit over ``tokens × batch`` and the accuracy per size."""
         measured: dict[tuple[tuple[int, int], int], _Point] = {}
         accuracy_sum: dict[tuple[int, int], list[float]] = {}
         ratios: dict[int, list[float]] = {}
-        for m in chosen:
-            size, batch = tuple(m.config.resolution), m.config.batch_size
-            measured[(size, batch)] = _Point(m.latency.p95_ms, m.latency.median_ms, m.tokens)
-            ratios.setdefault(batch, []).append(m.latency.p95_ms / m.latency.median_ms)
-            if m.accuracy is not None:
-                accuracy_sum.setdefault(size, []).append(m.accuracy)
+        for p in points:
+            measured[(p.size, p.batch)] = _Point(p.p95_ms, p.median_ms, p.tokens)
+            ratios.setdefault(p.batch, []).append(p.p95_ms / p.median_ms)
+            if p.accuracy is not None:
+                accuracy_sum.setdefault(p.size, []).append(p.accuracy)
         tail_ratio = {b: statistics.median(r) for b, r in ratios.items()}
         tail_ratio_all = statistics.median([r for rs in ratios.values() for r in rs])
-        fits = {key.batch_size: fit for key, fit in fit_latency(chosen).items()}
-        pooled_points = [
-            (m.tokens * m.config.batch_size, m.latency.median_ms)
-            for m in chosen
-            if m.tokens is not None
-        ]
+        pooled_points = [(p.tokens * p.batch, p.median_ms) for p in points if p.tokens is not None]
         pooled = None
         if pooled_points:
             tokens, values = zip(*pooled_points)
             pooled = fit_cost(tokens, values)
         accuracy = {size: statistics.fmean(a) for size, a in accuracy_sum.items()}
         return cls(
-            first.config,
-            first.patch_size,
+            config,
+            patch_size,
             measured,
             fits,
             pooled,
             tail_ratio,
             tail_ratio_all,
             accuracy,
-            chosen,
+            records,
+            tokens_at,
         )
 
     # ------------------------------------------------------------------ queries
@@ -272,6 +384,8 @@ class LatencyModel:
         for (measured_size, _), point in self.measured.items():
             if measured_size == size and point.tokens is not None:
                 return point.tokens
+        if self._tokens_at is not None:
+            return self._tokens_at(size)
         from vitres.tune.grid import estimate_tokens
 
         config = replace(self._config, resolution=size, patch_size=self.patch_size)

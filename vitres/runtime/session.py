@@ -1,7 +1,8 @@
 """One adaptive run from references: the library side of ``vitres run``.
 
 :func:`run_session` resolves the model, chooses the ladder, gets a latency model (from
-the given sweep records, or from a short calibration sweep it runs first and says so),
+the given sweep records, or from a short calibration it runs first and says so:
+:func:`vitres.runtime.calibration.calibrate`, timed with :mod:`vitres.measure`),
 builds an :class:`~vitres.runtime.runner.AdaptiveRunner`, streams the source through it
 (:func:`vitres.runtime.stream.run_stream`) and returns the report.
 """
@@ -18,15 +19,20 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitres.runtime.calibration import CALIBRATION_TIMING, calibrate
 from vitres.runtime.latency import LatencyModel
 from vitres.runtime.runner import AdaptiveRunner, deadline_from
 from vitres.runtime.sources import open_source
 from vitres.runtime.stream import StreamReport, run_stream
 from vitres.tune.records import Measurement, read_results
 
-#: Timing of the calibration sweep run when no records are given: short, so the run
-#: starts within seconds; a real sweep (``vitres sweep``) measures for longer.
-CALIBRATION_TIMING = {"warmup_calls": 5, "warmup_s": 0.1, "min_calls": 20, "min_s": 0.3}
+__all__ = [
+    "CALIBRATION_TIMING",
+    "SessionResult",
+    "default_ladder",
+    "latency_model_for",
+    "run_session",
+]
 
 
 def default_ladder(model: nn.Module, records: Sequence[Measurement] | None = None) -> list[int]:
@@ -50,32 +56,6 @@ def default_ladder(model: nn.Module, records: Sequence[Measurement] | None = Non
 
 def _square(m: Measurement) -> bool:
     return m.config.resolution[0] == m.config.resolution[1]
-
-
-def calibration_sweep(
-    model_ref: str,
-    ladder: Sequence[int],
-    backend: str,
-    out_path: str | os.PathLike[str],
-    *,
-    threads: int | None = None,
-    progress: bool = True,
-) -> list[Measurement]:
-    """A short in-process sweep of the ladder at batch 1 (speed only, no accuracy)."""
-    from vitres.measure import TimingConfig
-    from vitres.tune.sweep import run_sweep
-
-    return run_sweep(
-        model_ref,
-        out_path=out_path,
-        resolutions=list(ladder),
-        backends=(backend,),
-        threads=threads,
-        data=None,
-        isolate=False,
-        timing=TimingConfig(**CALIBRATION_TIMING),
-        progress=progress,
-    )
 
 
 def latency_model_for(
@@ -139,7 +119,7 @@ def run_session(
         target_fps: Frames per second to keep, or
         max_latency_ms: the per-frame deadline.
         controller: ``predictive``, ``step`` or ``fixed:R``.
-        records: Sweep results file; without it a short calibration sweep runs first.
+        records: Sweep results file; without it a short calibration runs first.
         frames: Stop after this many frames.
         trace_path: Where to write the per-frame trace (JSON lines).
         backend: Backend name.
@@ -149,7 +129,7 @@ def run_session(
         labels: Labels file for a video (one class index per line).
         data_dir: Folder of the dataset files.
         split: Dataset split.
-        calibration_path: Where the calibration sweep's records go (default: beside the
+        calibration_path: Where the calibration's records go (default: beside the
             trace, else a temporary file).
         threads: CPU threads for the run (and the calibration); torch's default if ``None``.
             Restored afterwards.
@@ -170,62 +150,75 @@ def run_session(
     threads_before = torch.get_num_threads()
     set_threads(threads)
     try:
-        return _run_session(
-            model_ref,
-            source,
-            deadline_ms=deadline_ms,
-            controller=controller,
-            records=records,
-            frames=frames,
-            trace_path=trace_path,
-            backend=backend,
-            ladder=ladder,
-            escalate_below=escalate_below,
-            step=step,
-            labels=labels,
-            data_dir=data_dir,
-            split=split,
-            calibration_path=calibration_path,
-            threads=threads,
-            progress=progress,
-            log=log,
+        model = _resolve(model_ref)
+        stream = open_source(
+            source, in_chans=model.config.in_chans, labels=labels, split=split, data_dir=data_dir
         )
+        setup = _latency_setup(
+            model_ref, model, records, ladder, backend, threads, progress, log,
+            _calibration_file(calibration_path, trace_path),
+        )  # fmt: skip
+        runner = AdaptiveRunner(
+            model, setup.sizes, max_latency_ms=deadline_ms, controller=controller,
+            records=setup.latency, backend=backend, escalate_below=escalate_below, step=step,
+        )  # fmt: skip
+        infeasible = _say_if_infeasible(runner, setup.latency, deadline_ms, log)
+        report = run_stream(runner, stream, frames=frames, trace_path=trace_path, progress=progress)
     finally:
         set_threads(threads_before)
+    return SessionResult(report, deadline_ms, setup.calibrated, setup.records_path, infeasible)
 
 
-def _run_session(
-    model_ref: str,
-    source: str,
-    *,
-    deadline_ms: float,
-    controller: str,
-    records: str | os.PathLike[str] | None,
-    frames: int | None,
-    trace_path: str | os.PathLike[str] | None,
-    backend: str,
-    ladder: Sequence[int] | None,
-    escalate_below: float | None,
-    step: int | None,
-    labels: str | os.PathLike[str] | None,
-    data_dir: str | None,
-    split: str,
-    calibration_path: str | os.PathLike[str] | None,
-    threads: int | None,
-    progress: bool,
-    log: Callable[[str], None],
-) -> SessionResult:
+@dataclass
+class _LatencySetup:
+    """Where a run's latency model came from, and the ladder it chose."""
+
+    latency: LatencyModel
+    sizes: list[int]
+    records_path: str | None
+    calibrated: bool
+
+
+def _resolve(model_ref: str) -> nn.Module:
+    """The model behind ``model_ref``, which must be a vitres model (it has a config)."""
     from vitres.models.resolve import resolve_model
 
     model = resolve_model(model_ref)
     if not hasattr(model, "config"):
         raise ValueError(f"{model_ref!r} resolved to a model without a vitres config")
-    stream = open_source(
-        source, in_chans=model.config.in_chans, labels=labels, split=split, data_dir=data_dir
-    )
-    measured: list[Measurement] | None = None
-    records_path: str | None = None
-    calibrated = False
+    return model
+
+
+def _calibration_file(
+    calibration_path: str | os.PathLike[str] | None, trace_path: str | os.PathLike[str] | None
+) -> Callable[[], str]:
+    """Where a calibration's records go: as given, else beside the trace, else a
+    temporary folder (made only when a calibration runs)."""
+
+    def path() -> str:
+        if calibration_path is not None:
+            return os.fspath(calibration_path)
+        if trace_path is not None:
+            return os.fspath(trace_path) + ".calibration.jsonl"
+        return os.path.join(tempfile.mkdtemp(prefix="vitres-run-"), "calibration.jsonl")
+
+    return path
+
+
+def _latency_setup(
+    model_ref: str,
+    model: nn.Module,
+    records: str | os.PathLike[str] | None,
+    ladder: Sequence[int] | None,
+    backend: str,
+    threads: int | None,
+    progress: bool,
+    log: Callable[[str], None],
+    calibration_file: Callable[[], str],
+) -> _LatencySetup:
+    """The latency model and ladder of a run: from ``records``, else from a calibration
+    timed now (its records written to ``calibration_file()``)."""
+    patch_size = model.config.patch_size
     if records is not None:
         if not os.path.exists(records):
             raise FileNotFoundError(
@@ -233,52 +226,46 @@ def _run_session(
                 "--out FILE`, or leave --records out to calibrate first"
             )
         measured = read_results(records)
-        records_path = os.fspath(records)
-    sizes = list(ladder) if ladder else default_ladder(model, measured)
-    if measured is None:
-        if calibration_path is None:
-            calibration_path = (
-                os.fspath(trace_path) + ".calibration.jsonl"
-                if trace_path is not None
-                else os.path.join(tempfile.mkdtemp(prefix="vitres-run-"), "calibration.jsonl")
-            )
-        if os.path.exists(calibration_path):
-            os.remove(calibration_path)
-        log(
-            f"no --records: calibrating {backend} at {', '.join(map(str, sizes))} px with a short "
-            f"sweep (about {CALIBRATION_TIMING['min_s']} s per size, speed only) -> "
-            f"{calibration_path}; for accurate predictions and accuracy per size, run "
-            "`vitres sweep --data ...` and pass --records"
-        )
-        measured = calibration_sweep(
-            model_ref, sizes, backend, calibration_path, threads=threads, progress=progress
-        )
-        records_path = os.fspath(calibration_path)
-        calibrated = True
-    latency = latency_model_for(measured, backend, model_ref, model.config.patch_size, threads)
-    runner = AdaptiveRunner(
-        model,
-        sizes,
-        max_latency_ms=deadline_ms,
-        controller=controller,
-        records=latency,
-        backend=backend,
-        escalate_below=escalate_below,
-        step=step,
+        sizes = list(ladder) if ladder else default_ladder(model, measured)
+        latency = latency_model_for(measured, backend, model_ref, patch_size, threads)
+        return _LatencySetup(latency, sizes, os.fspath(records), False)
+    sizes = list(ladder) if ladder else default_ladder(model)
+    path = calibration_file()
+    if os.path.exists(path):
+        os.remove(path)
+    log(
+        f"no --records: calibrating {backend} at {', '.join(map(str, sizes))} px with a short "
+        f"sweep (about {CALIBRATION_TIMING['min_s']} s per size, speed only) -> "
+        f"{path}; for accurate predictions and accuracy per size, run "
+        "`vitres sweep --data ...` and pass --records"
     )
+    calibration = calibrate(model, sizes, backend=backend, threads=threads, progress=progress)
+    calibration.write(path, model_ref)
+    if not calibration.ok:
+        errors = "; ".join(f"{p.size[0]} px: {p.error}" for p in calibration.points)
+        raise ValueError(
+            f"the calibration of {backend} failed at every size ({errors}); try another "
+            "--backend, or pass --records from `vitres sweep`"
+        )
+    return _LatencySetup(calibration.latency_model(model_ref), sizes, path, True)
+
+
+def _say_if_infeasible(
+    runner: AdaptiveRunner, latency: LatencyModel, deadline_ms: float, log: Callable[[str], None]
+) -> bool:
+    """Says so when even the smallest ladder size is predicted over the deadline."""
     smallest = min(latency.p95_ms(s) for s in runner.ladder)
-    infeasible = smallest > deadline_ms
-    if infeasible:
-        fixed = getattr(runner.controller, "resolution", None)
-        action = (
-            f"keeping the fixed {fixed} px asked for"
-            if fixed is not None
-            else f"running at the smallest size, {runner.ladder[0]} px"
-        )
-        log(
-            f"no ladder size meets {deadline_ms:.3g} ms per frame: the smallest "
-            f"({runner.ladder[0]} px) is predicted at p95 {smallest:.3g} ms; {action} "
-            "(every frame is still traced)"
-        )
-    report = run_stream(runner, stream, frames=frames, trace_path=trace_path, progress=progress)
-    return SessionResult(report, deadline_ms, calibrated, records_path, infeasible)
+    if smallest <= deadline_ms:
+        return False
+    fixed = getattr(runner.controller, "resolution", None)
+    action = (
+        f"keeping the fixed {fixed} px asked for"
+        if fixed is not None
+        else f"running at the smallest size, {runner.ladder[0]} px"
+    )
+    log(
+        f"no ladder size meets {deadline_ms:.3g} ms per frame: the smallest "
+        f"({runner.ladder[0]} px) is predicted at p95 {smallest:.3g} ms; {action} "
+        "(every frame is still traced)"
+    )
+    return True

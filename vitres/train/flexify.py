@@ -41,7 +41,14 @@ from torch import Tensor, nn
 from vitres.data import get_dataset, take_batch
 from vitres.data.transforms import match_channels, normalize, resize, sample_crop_box, to_float
 from vitres.train.config import RunConfig, TrainResult
-from vitres.train.loop import StepOutput, StepShape, autocast, eval_accuracies, run_recipe
+from vitres.train.loop import (
+    StepOutput,
+    StepShape,
+    ThreadChooser,
+    autocast,
+    eval_accuracies,
+    run_recipe,
+)
 from vitres.train.losses import distillation_loss, scale_consistency_loss
 from vitres.train.sampling import GapSampler, token_batch_size, token_count
 
@@ -471,6 +478,7 @@ def flexify(
     config: FlexifyConfig,
     callback: Callable[[dict], None] | None = None,
     until_epoch: int | None = None,
+    thread_chooser: ThreadChooser | None = None,
 ) -> TrainResult:
     """Fine-tunes ``config.model`` to be accurate at every size in ``config.resolutions``.
 
@@ -484,6 +492,9 @@ def flexify(
         config: the run.
         callback: called after every optimisation step with the step record.
         until_epoch: stop cleanly after this many epochs (resume later).
+        thread_chooser: with ``config.num_threads`` unset, chooses 1 thread or all cores
+            by timing a training step (:func:`vitres.measure.threads.choose_threads`, as
+            the CLI passes); without it torch's current thread count is kept.
 
     Returns:
         A :class:`vitres.train.TrainResult` whose model is the flexified student.
@@ -496,4 +507,5 @@ def flexify(
         lambda precision: FlexifyRecipe(config, precision),
         callback=callback,
         until_epoch=until_epoch,
+        thread_chooser=thread_chooser,
     )

@@ -38,21 +38,17 @@ from torch import Tensor, nn
 
 from vitres.data import Dataset, epoch_order, take_batch
 from vitres.train.checkpoint import (
-    CHECKPOINT_FILE,
     LOG_FILE,
     MODEL_FILE,
     atomic_write_text,
-    clear_run,
     decode_rng,
-    load_checkpoint,
-    remove_stale_files,
-    run_files,
     save_checkpoint,
 )
 from vitres.train.config import RunConfig, TrainResult, resolve_precision
+from vitres.train.run_dir import check_resume, prepare_out_dir
 from vitres.train.schedule import STREAM_TORCH, lr_at, mix_seed, step_generator
 
-__all__ = ["Recipe", "StepOutput", "StepShape", "autocast", "run_recipe"]
+__all__ = ["Recipe", "StepOutput", "StepShape", "ThreadChooser", "autocast", "run_recipe"]
 
 
 @dataclass(frozen=True)
@@ -138,95 +134,12 @@ def _zero_sums() -> dict:
     return {"loss_sum": 0.0, "seen": 0, "correct": 0, "seconds": 0.0, "terms": {}}
 
 
-def _describe_run(out_dir: Path) -> str:
-    checkpoint = out_dir / CHECKPOINT_FILE
-    if (out_dir / MODEL_FILE).exists():
-        return "a finished run"
-    if checkpoint.exists():
-        try:
-            document = json.loads(checkpoint.read_text())
-            return (
-                f"a partial run ({document['epoch']} of "
-                f"{document['train_config']['epochs']} epochs done)"
-            )
-        except (ValueError, KeyError, TypeError):
-            return "a partial run"
-    return "files of a run"
+class ThreadChooser(Protocol):
+    """Chooses the thread count by timing a call (e.g.
+    :func:`vitres.measure.threads.choose_threads`); returns an object with ``threads``
+    and ``to_dict()``."""
 
-
-def _prepare_out_dir(config: RunConfig, out_dir: Path) -> dict | None:
-    """Guards ``out_dir`` and returns the checkpoint to resume from, if any."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if config.overwrite:
-        clear_run(out_dir)
-        return None
-    remove_stale_files(out_dir)
-    checkpoint = load_checkpoint(out_dir) if config.resume else None
-    if checkpoint is None:
-        # a log alone (a run killed before its first checkpoint) holds nothing to resume
-        existing = [p for p in run_files(out_dir) if p.name != LOG_FILE]
-        if existing:
-            names = ", ".join(sorted({p.name for p in existing})[:4])
-            found = f"{_describe_run(out_dir)} ({names})"
-            if config.resume:
-                raise ValueError(
-                    f"cannot resume {out_dir}: it has no checkpoint.json but holds {found}; "
-                    "pass --overwrite (overwrite=True) to delete it and start again, or "
-                    "choose another --out-dir"
-                )
-            raise ValueError(
-                f"{out_dir} already holds {found}; pass --resume (resume=True) to continue "
-                "it, --overwrite (overwrite=True) to delete it and start again, or choose "
-                "another --out-dir"
-            )
-    return checkpoint
-
-
-def _stored_precision(checkpoint: dict) -> str | None:
-    if "precision" in checkpoint:
-        return checkpoint["precision"]
-    # version-1 checkpoints: the epoch records say what was used
-    for entry in reversed(checkpoint.get("log", [])):
-        if entry.get("kind") == "epoch" and entry.get("precision"):
-            return entry["precision"]
-    saved = checkpoint["train_config"].get("precision")
-    return saved if saved in ("bf16", "fp32") else None
-
-
-def _check_resume(config: RunConfig, checkpoint: dict, recipe_name: str, out_dir: Path) -> str:
-    """Refuses a resume that would not continue the same run; returns its precision."""
-    saved_recipe = checkpoint.get("recipe", "train")
-    if saved_recipe != recipe_name:
-        raise ValueError(
-            f"cannot resume {out_dir}: it holds a {saved_recipe!r} run, not {recipe_name!r}; "
-            "use another --out-dir"
-        )
-    saved = type(config).from_dict(checkpoint["train_config"]).to_dict()
-    current = config.to_dict()
-    ignored = set(config.RESUME_FREE) | {"epochs", "precision"}
-    diff = sorted(k for k in current if k not in ignored and saved.get(k) != current[k])
-    if diff:
-        details = "; ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in diff)
-        raise ValueError(
-            f"cannot resume {out_dir}: the config differs from the checkpoint's in {diff} "
-            f"({details}); a resume must use the same settings (only epochs may change), "
-            "or start a new run with another --out-dir"
-        )
-    done = checkpoint["epoch"] + (1 if checkpoint["step_in_epoch"] else 0)
-    if config.epochs < done:
-        raise ValueError(
-            f"cannot resume {out_dir} with epochs={config.epochs}: the checkpoint is in "
-            f"or past epoch {done}; give --epochs {done} or more"
-        )
-    stored = _stored_precision(checkpoint)
-    if stored is None:
-        return resolve_precision(config.precision)
-    if config.precision not in ("auto", stored):
-        raise ValueError(
-            f"cannot resume {out_dir} with precision={config.precision!r}: the run trains "
-            f"in {stored!r}; resume with --precision {stored} or auto"
-        )
-    return stored
+    def __call__(self, fn: Callable[[], Any], *, rounds: int, calls: int) -> Any: ...
 
 
 def run_recipe(
@@ -235,6 +148,7 @@ def run_recipe(
     make_recipe: Callable[[str], Recipe],
     callback: Callable[[dict], None] | None = None,
     until_epoch: int | None = None,
+    thread_chooser: ThreadChooser | None = None,
 ) -> TrainResult:
     """Runs a recipe as ``config`` says and returns the model with its history.
 
@@ -255,251 +169,326 @@ def run_recipe(
         until_epoch: stop cleanly once this many epochs are done (checkpoint written,
             no final model), to continue later with ``resume=True``; ``None`` runs to
             ``config.epochs``.
+        thread_chooser: with ``config.num_threads`` unset, times a training step at 1
+            thread and at all cores and sets the faster (the CLI passes
+            :func:`vitres.measure.threads.choose_threads`); without it torch's current
+            thread count is kept.
 
     Returns:
         A :class:`vitres.train.TrainResult`.
     """
-    from vitres.models.checkpoint import save_model
-    from vitres.train.optim import build_optimizer
-
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     out_dir = Path(config.out_dir)
-    checkpoint = _prepare_out_dir(config, out_dir)
+    checkpoint = prepare_out_dir(config, out_dir)
     if checkpoint is None:
         precision = resolve_precision(config.precision)
     else:
-        precision = _check_resume(config, checkpoint, recipe_name, out_dir)
-    # the config as run: "auto" replaced by what it resolved to on the first start
-    run_config = dataclasses.replace(config, precision=precision).to_dict()
-
+        precision = check_resume(config, checkpoint, recipe_name, out_dir)
     setup_start, setup_cpu_start = time.perf_counter(), time.process_time()
     recipe = make_recipe(precision)
     # building the recipe (loading the data and models) is part of the cost
-    setup_seconds = time.perf_counter() - setup_start
-    setup_cpu_seconds = time.process_time() - setup_cpu_start
-    model, train_set = recipe.model, recipe.train_set
-    thread_choice = None if config.num_threads else _choose_training_threads(model, config)
-    optimizer = build_optimizer(model, config)
-    total_images = recipe.images_per_epoch * config.epochs
-    order_limit = config.train_limit
+    setup = (time.perf_counter() - setup_start, time.process_time() - setup_cpu_start)
+    thread_choice = None
+    if not config.num_threads and thread_chooser is not None:
+        thread_choice = _choose_training_threads(recipe.model, config, thread_chooser)
+    run = _Run(config, recipe_name, recipe, precision, out_dir)
+    run.restore(checkpoint)
+    if thread_choice is not None:
+        run.log.append(
+            {"kind": "threads", "global_step": run.global_step, **thread_choice.to_dict()}
+        )
+    run.train_seconds += setup[0]
+    run.cpu_seconds += setup[1]
+    last_epoch = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
+    run.train(last_epoch, callback)
+    result = TrainResult(
+        recipe.model,
+        run.history,
+        out_dir,
+        run.train_seconds,
+        precision,
+        run.global_step,
+        run.cpu_seconds,
+    )
+    if last_epoch >= config.epochs:  # not stopped early by until_epoch: save the model
+        run.save_final_model()
+    return result
 
-    start_epoch, step_in_epoch, images_in_epoch = 0, 0, 0
-    global_step, images_done, train_seconds, cpu_seconds, log = 0, 0, 0.0, 0.0, []
-    sums = _zero_sums()
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model_state"])
-        optimizer.load_state_dict(checkpoint["optimizer_state"])
+
+class _Run:
+    """One run of a recipe: its position, its log and its running sums, and the loop
+    over epochs and steps that advances them."""
+
+    def __init__(
+        self,
+        config: RunConfig,
+        recipe_name: str,
+        recipe: Recipe,
+        precision: str,
+        out_dir: Path,
+    ) -> None:
+        from vitres.train.optim import build_optimizer
+
+        self.config, self.recipe_name, self.recipe = config, recipe_name, recipe
+        self.precision, self.out_dir = precision, out_dir
+        self.model = recipe.model
+        self.optimizer = build_optimizer(self.model, config)
+        # the config as run: "auto" replaced by what it resolved to on the first start
+        self.run_config = dataclasses.replace(config, precision=precision).to_dict()
+        self.total_images = recipe.images_per_epoch * config.epochs
+        self.start_epoch, self.step_in_epoch, self.images_in_epoch = 0, 0, 0
+        self.global_step, self.images_done = 0, 0
+        self.train_seconds, self.cpu_seconds = 0.0, 0.0
+        self.log: list[dict] = []
+        self.history: list[dict] = []
+        self.sums = _zero_sums()
+        self.bar: Any = None
+        self.log_handle: Any = None
+        self.segment_start, self.cpu_start = 0.0, 0.0  # of the current timing segment
+
+    def lr(self) -> float:
+        """The learning rate of the next step."""
+        config = self.config
+        steps_done = self.images_done / config.batch_size
+        return lr_at(steps_done, self.total_images / config.batch_size, config)
+
+    def restore(self, checkpoint: dict | None) -> None:
+        """Continues from ``checkpoint`` (weights, optimiser, random state, position)."""
+        if checkpoint is None:
+            return
+        self.model.load_state_dict(checkpoint["model_state"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         torch.set_rng_state(decode_rng(checkpoint["rng"]["torch"]))
-        recipe.load_state_dict(checkpoint.get("recipe_state", {}))
-        start_epoch, step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
-        images_in_epoch = checkpoint["images_in_epoch"]
-        global_step, images_done = checkpoint["global_step"], checkpoint["images_done"]
-        train_seconds, log = checkpoint["train_seconds"], checkpoint["log"]
-        cpu_seconds = checkpoint.get("cpu_seconds", 0.0)
-        sums = checkpoint.get("epoch_sums") or _zero_sums()
+        self.recipe.load_state_dict(checkpoint.get("recipe_state", {}))
+        self.start_epoch, self.step_in_epoch = checkpoint["epoch"], checkpoint["step_in_epoch"]
+        self.images_in_epoch = checkpoint["images_in_epoch"]
+        self.global_step, self.images_done = checkpoint["global_step"], checkpoint["images_done"]
+        self.train_seconds, self.log = checkpoint["train_seconds"], checkpoint["log"]
+        self.cpu_seconds = checkpoint.get("cpu_seconds", 0.0)
+        self.sums = checkpoint.get("epoch_sums") or _zero_sums()
         saved_epochs = checkpoint["train_config"]["epochs"]
-        if saved_epochs != config.epochs:
-            log.append(
+        if saved_epochs != self.config.epochs:
+            self.log.append(
                 {
                     "kind": "resume",
-                    "global_step": global_step,
+                    "global_step": self.global_step,
                     "epochs_before": saved_epochs,
-                    "epochs": config.epochs,
-                    "lr_next": lr_at(
-                        images_done / config.batch_size, total_images / config.batch_size, config
-                    ),
+                    "epochs": self.config.epochs,
+                    "lr_next": self.lr(),
                 }
             )
-    if thread_choice is not None:
-        log.append({"kind": "threads", "global_step": global_step, **thread_choice.to_dict()})
-    # log.jsonl mirrors the checkpoint's log: records of lost steps are dropped.
-    atomic_write_text(out_dir / LOG_FILE, "".join(json.dumps(r) + "\n" for r in log))
-    log_handle = open(out_dir / LOG_FILE, "a")
 
-    def record(entry: dict) -> None:
-        log.append(entry)
-        log_handle.write(json.dumps(entry) + "\n")
-        log_handle.flush()
+    def record(self, entry: dict) -> None:
+        """Appends ``entry`` to the log and to ``log.jsonl``."""
+        self.log.append(entry)
+        self.log_handle.write(json.dumps(entry) + "\n")
+        self.log_handle.flush()
 
-    def position(next_epoch: int, next_step: int, next_images: int, epoch_sums: dict) -> dict:
+    def position(self, next_epoch: int, next_step: int, next_images: int) -> dict:
+        """Where a checkpoint taken now resumes."""
         return {
             "epoch": next_epoch,
             "step_in_epoch": next_step,
             "images_in_epoch": next_images,
-            "global_step": global_step,
-            "images_done": images_done,
-            "train_seconds": train_seconds,
-            "cpu_seconds": cpu_seconds,
-            "epoch_sums": epoch_sums,
+            "global_step": self.global_step,
+            "images_done": self.images_done,
+            "train_seconds": self.train_seconds,
+            "cpu_seconds": self.cpu_seconds,
+            "epoch_sums": self.sums,
         }
 
-    def checkpoint_now(pos: dict) -> None:
-        extra = {"recipe": recipe_name, "precision": precision}
-        extra["recipe_state"] = recipe.state_dict()
-        save_checkpoint(out_dir, model, optimizer, pos, run_config, log, extra)
-
-    train_seconds += setup_seconds
-    cpu_seconds += setup_cpu_seconds
-    history = [r for r in log if r.get("kind") == "epoch"]
-    bar = None
-    if config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total_images,
-            initial=min(images_done, total_images),
-            unit="img",
-            unit_scale=True,
-            dynamic_ncols=True,
+    def checkpoint(self, position: dict) -> None:
+        """Writes a checkpoint at ``position``."""
+        extra = {"recipe": self.recipe_name, "precision": self.precision}
+        extra["recipe_state"] = self.recipe.state_dict()
+        save_checkpoint(
+            self.out_dir, self.model, self.optimizer, position, self.run_config, self.log, extra
         )
-    last_epoch = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
-    patch_default = model.config.patch_size
-    try:
-        for epoch in range(start_epoch, last_epoch):
-            model.train()
-            segment_start, cpu_start = time.perf_counter(), time.process_time()
-            order = epoch_order(
-                len(train_set), shuffle=True, seed=config.seed, epoch=epoch, limit=order_limit
+
+    def train(self, last_epoch: int, callback: Callable[[dict], None] | None) -> None:
+        """Trains epochs ``start_epoch .. last_epoch - 1``, logging and checkpointing."""
+        # log.jsonl mirrors the checkpoint's log: records of lost steps are dropped.
+        log_path = self.out_dir / LOG_FILE
+        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in self.log))
+        self.log_handle = open(log_path, "a")
+        self.history = [r for r in self.log if r.get("kind") == "epoch"]
+        if self.config.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(
+                total=self.total_images,
+                initial=min(self.images_done, self.total_images),
+                unit="img",
+                unit_scale=True,
+                dynamic_ncols=True,
             )
-            while True:
-                generator = step_generator(config.seed, epoch, step_in_epoch)
-                torch.manual_seed(mix_seed(config.seed, epoch, step_in_epoch, STREAM_TORCH))
-                shape = recipe.plan_step(epoch, step_in_epoch, generator)
-                if images_in_epoch + shape.batch_size > len(order):
-                    break  # the last partial batch is dropped
-                indices = order[images_in_epoch : images_in_epoch + shape.batch_size]
-                images, labels = take_batch(train_set, indices)
-                images_in_epoch += shape.batch_size
-                step_in_epoch += 1
-                if len(labels) == 0:
-                    continue  # every file of the batch was unreadable
-                lr = lr_at(
-                    images_done / config.batch_size, total_images / config.batch_size, config
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(precision):
-                    output = recipe.step_loss(images, labels, indices, shape, generator)
-                optimizer.zero_grad(set_to_none=True)
-                output.loss.backward()
-                if config.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-                recipe.after_step(shape, output)
-                global_step += 1
-                images_done += len(labels)
-                loss_value = float(output.loss.detach())
-                sums["loss_sum"] += loss_value * len(labels)
-                sums["seen"] += len(labels)
-                sums["correct"] += int((output.logits.detach().argmax(-1) == labels).sum())
-                for name, value in output.terms.items():
-                    sums["terms"][name] = sums["terms"].get(name, 0.0) + value * len(labels)
-                info = {
-                    "kind": "step",
-                    "epoch": epoch,
-                    "step_in_epoch": step_in_epoch - 1,
-                    "global_step": global_step,
-                    "loss": round(loss_value, 5),
-                    "lr": lr,
-                    "resolution": shape.resolution,
-                    "patch_size": shape.patch_size or patch_default,
-                    "batch_size": len(labels),
-                    **{name: round(value, 5) for name, value in output.terms.items()},
-                }
-                if bar is not None:
-                    elapsed = sums["seconds"] + time.perf_counter() - segment_start
-                    bar.set_postfix(
-                        epoch=epoch,
-                        loss=f"{loss_value:.3f}",
-                        res=shape.resolution,
-                        img_s=f"{sums['seen'] / max(elapsed, 1e-9):.0f}",
-                    )
-                    bar.update(len(labels))
-                if config.log_every_steps and global_step % config.log_every_steps == 0:
-                    record(info)
-                epoch_continues = len(order) - images_in_epoch >= recipe.min_batch_size
-                if (
-                    config.checkpoint_every_steps
-                    and global_step % config.checkpoint_every_steps == 0
-                    and epoch_continues
-                ):
-                    now, cpu_now = time.perf_counter(), time.process_time()
-                    train_seconds += now - segment_start
-                    cpu_seconds += cpu_now - cpu_start
-                    sums["seconds"] += now - segment_start
-                    segment_start, cpu_start = now, cpu_now
-                    checkpoint_now(position(epoch, step_in_epoch, images_in_epoch, sums))
-                if callback is not None:
-                    callback(info)
-            segment = time.perf_counter() - segment_start
-            train_seconds += segment
-            cpu_seconds += time.process_time() - cpu_start
-            epoch_seconds = sums["seconds"] + segment
-            eval_start = time.perf_counter()
-            evaluation = recipe.evaluate(precision)
-            seen = max(sums["seen"], 1)
-            entry = {
-                "kind": "epoch",
-                "epoch": epoch,
-                "global_step": global_step,
-                "loss": round(sums["loss_sum"] / seen, 5),
-                "train_accuracy": round(sums["correct"] / seen, 5),
-                "images": sums["seen"],
-                **{name: round(total / seen, 5) for name, total in sums["terms"].items()},
-                "lr": optimizer.param_groups[0]["lr"],
-                **evaluation,
-                "eval_limit": config.eval_limit,
-                "epoch_seconds": round(epoch_seconds, 2),
-                "images_per_second": round(sums["seen"] / max(epoch_seconds, 1e-9), 1),
-                "eval_seconds": round(time.perf_counter() - eval_start, 2),
-                "train_seconds": round(train_seconds, 2),
-                "cpu_seconds": round(cpu_seconds, 2),
-                "precision": precision,
-            }
-            record(entry)
-            history.append(entry)
-            if bar is not None:
-                bar.write(json.dumps({k: entry[k] for k in ("epoch", "loss", "accuracy")}))
-            step_in_epoch, images_in_epoch, sums = 0, 0, _zero_sums()
-            checkpoint_now(position(epoch + 1, 0, 0, sums))
-    finally:
-        log_handle.close()
-        if bar is not None:
-            bar.close()
+        try:
+            for epoch in range(self.start_epoch, last_epoch):
+                self.train_epoch(epoch, callback)
+        finally:
+            self.log_handle.close()
+            if self.bar is not None:
+                self.bar.close()
+        self.model.eval()
 
-    model.eval()
-    result = TrainResult(
-        model, history, out_dir, train_seconds, precision, global_step, cpu_seconds
-    )
-    if last_epoch < config.epochs:  # stopped early by until_epoch: no final model yet
-        return result
-    save_model(
-        model,
-        out_dir / MODEL_FILE,
-        metadata={
-            **recipe.model_metadata(),
-            "recipe": recipe_name,
-            "train_config": run_config,
-            "train_seconds": round(train_seconds, 1),
-            "cpu_seconds": round(cpu_seconds, 1),
-            "precision": precision,
-            "steps": global_step,
-            "history": history,
-        },
-    )
-    return result
+    def train_epoch(self, epoch: int, callback: Callable[[dict], None] | None) -> None:
+        """One epoch from the current position: its steps, evaluation, and checkpoint."""
+        config, recipe = self.config, self.recipe
+        self.model.train()
+        self.segment_start, self.cpu_start = time.perf_counter(), time.process_time()
+        order = epoch_order(
+            len(recipe.train_set),
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            limit=config.train_limit,
+        )
+        while True:
+            generator = step_generator(config.seed, epoch, self.step_in_epoch)
+            torch.manual_seed(mix_seed(config.seed, epoch, self.step_in_epoch, STREAM_TORCH))
+            shape = recipe.plan_step(epoch, self.step_in_epoch, generator)
+            if self.images_in_epoch + shape.batch_size > len(order):
+                break  # the last partial batch is dropped
+            indices = order[self.images_in_epoch : self.images_in_epoch + shape.batch_size]
+            images, labels = take_batch(recipe.train_set, indices)
+            self.images_in_epoch += shape.batch_size
+            self.step_in_epoch += 1
+            if len(labels) == 0:
+                continue  # every file of the batch was unreadable
+            info = self.step(epoch, images, labels, indices, shape, generator)
+            if config.log_every_steps and self.global_step % config.log_every_steps == 0:
+                self.record(info)
+            epoch_continues = len(order) - self.images_in_epoch >= recipe.min_batch_size
+            every = config.checkpoint_every_steps
+            if every and self.global_step % every == 0 and epoch_continues:
+                now, cpu_now = time.perf_counter(), time.process_time()
+                self.train_seconds += now - self.segment_start
+                self.cpu_seconds += cpu_now - self.cpu_start
+                self.sums["seconds"] += now - self.segment_start
+                self.segment_start, self.cpu_start = now, cpu_now
+                self.checkpoint(self.position(epoch, self.step_in_epoch, self.images_in_epoch))
+            if callback is not None:
+                callback(info)
+        self.finish_epoch(epoch)
+
+    def step(
+        self,
+        epoch: int,
+        images: Tensor | list[Tensor],
+        labels: Tensor,
+        indices: Tensor,
+        shape: StepShape,
+        generator: torch.Generator,
+    ) -> dict:
+        """One optimisation step; returns its log record."""
+        lr = self.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(self.precision):
+            output = self.recipe.step_loss(images, labels, indices, shape, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        output.loss.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.recipe.after_step(shape, output)
+        self.global_step += 1
+        self.images_done += len(labels)
+        loss_value = float(output.loss.detach())
+        sums = self.sums
+        sums["loss_sum"] += loss_value * len(labels)
+        sums["seen"] += len(labels)
+        sums["correct"] += int((output.logits.detach().argmax(-1) == labels).sum())
+        for name, value in output.terms.items():
+            sums["terms"][name] = sums["terms"].get(name, 0.0) + value * len(labels)
+        if self.bar is not None:
+            elapsed = sums["seconds"] + time.perf_counter() - self.segment_start
+            self.bar.set_postfix(
+                epoch=epoch,
+                loss=f"{loss_value:.3f}",
+                res=shape.resolution,
+                img_s=f"{sums['seen'] / max(elapsed, 1e-9):.0f}",
+            )
+            self.bar.update(len(labels))
+        return {
+            "kind": "step",
+            "epoch": epoch,
+            "step_in_epoch": self.step_in_epoch - 1,
+            "global_step": self.global_step,
+            "loss": round(loss_value, 5),
+            "lr": lr,
+            "resolution": shape.resolution,
+            "patch_size": shape.patch_size or self.model.config.patch_size,
+            "batch_size": len(labels),
+            **{name: round(value, 5) for name, value in output.terms.items()},
+        }
+
+    def finish_epoch(self, epoch: int) -> None:
+        """Evaluates, records the epoch and checkpoints at the start of the next one."""
+        segment = time.perf_counter() - self.segment_start
+        self.train_seconds += segment
+        self.cpu_seconds += time.process_time() - self.cpu_start
+        sums = self.sums
+        epoch_seconds = sums["seconds"] + segment
+        eval_start = time.perf_counter()
+        evaluation = self.recipe.evaluate(self.precision)
+        seen = max(sums["seen"], 1)
+        entry = {
+            "kind": "epoch",
+            "epoch": epoch,
+            "global_step": self.global_step,
+            "loss": round(sums["loss_sum"] / seen, 5),
+            "train_accuracy": round(sums["correct"] / seen, 5),
+            "images": sums["seen"],
+            **{name: round(total / seen, 5) for name, total in sums["terms"].items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            **evaluation,
+            "eval_limit": self.config.eval_limit,
+            "epoch_seconds": round(epoch_seconds, 2),
+            "images_per_second": round(sums["seen"] / max(epoch_seconds, 1e-9), 1),
+            "eval_seconds": round(time.perf_counter() - eval_start, 2),
+            "train_seconds": round(self.train_seconds, 2),
+            "cpu_seconds": round(self.cpu_seconds, 2),
+            "precision": self.precision,
+        }
+        self.record(entry)
+        self.history.append(entry)
+        if self.bar is not None:
+            self.bar.write(json.dumps({k: entry[k] for k in ("epoch", "loss", "accuracy")}))
+        self.step_in_epoch, self.images_in_epoch, self.sums = 0, 0, _zero_sums()
+        self.checkpoint(self.position(epoch + 1, 0, 0))
+
+    def save_final_model(self) -> None:
+        """Writes ``model.safetensors`` + ``model.json`` with the run's metadata."""
+        from vitres.models.checkpoint import save_model
+
+        save_model(
+            self.model,
+            self.out_dir / MODEL_FILE,
+            metadata={
+                **self.recipe.model_metadata(),
+                "recipe": self.recipe_name,
+                "train_config": self.run_config,
+                "train_seconds": round(self.train_seconds, 1),
+                "cpu_seconds": round(self.cpu_seconds, 1),
+                "precision": self.precision,
+                "steps": self.global_step,
+                "history": self.history,
+            },
+        )
 
 
-def _choose_training_threads(model: torch.nn.Module, config: Any) -> Any:
+def _choose_training_threads(
+    model: torch.nn.Module, config: Any, thread_chooser: ThreadChooser
+) -> Any:
     """Sets torch's threads to the faster of 1 and all cores for a training step of this
-    model, timed now under the load present (:func:`vitres.measure.threads.choose_threads`).
+    model, timed now under the load present by ``thread_chooser``.
 
     The probe runs forward and backward in eval mode on its own random generator and
     clears the gradients after, so it leaves the run's random state and results alone.
     """
     from vitres.layers.pos_embed import to_grid
-    from vitres.measure.threads import choose_threads
 
     cfg = model.config
     size = to_grid(cfg.img_size)
@@ -513,7 +502,7 @@ def _choose_training_threads(model: torch.nn.Module, config: Any) -> Any:
         model(x).float().sum().backward()
 
     try:
-        choice = choose_threads(step, rounds=2, calls=2)
+        choice = thread_chooser(step, rounds=2, calls=2)
     finally:
         model.zero_grad(set_to_none=True)
         model.train(was_training)

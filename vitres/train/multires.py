@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from vitres.data import FASHION_MNIST_ALIASES, FMNIST_MEAN, FMNIST_STD, get_dataset, prepare_batch
 from vitres.train.config import TrainConfig, TrainResult
-from vitres.train.loop import StepOutput, StepShape, eval_accuracies, run_recipe
+from vitres.train.loop import StepOutput, StepShape, ThreadChooser, eval_accuracies, run_recipe
 from vitres.train.sampling import sample_step_shape
 
 __all__ = ["build_model", "train"]
@@ -144,6 +144,7 @@ def train(
     config: TrainConfig,
     callback: Callable[[dict], None] | None = None,
     until_epoch: int | None = None,
+    thread_chooser: ThreadChooser | None = None,
 ) -> TrainResult:
     """Trains a model from scratch as ``config`` says and returns it with its history.
 
@@ -165,6 +166,9 @@ def train(
         until_epoch: stop cleanly once this many epochs are done (checkpoint written,
             no final model), to continue later with ``resume=True``; ``None`` runs to
             ``config.epochs``.
+        thread_chooser: with ``config.num_threads`` unset, chooses 1 thread or all cores
+            by timing a training step (:func:`vitres.measure.threads.choose_threads`, as
+            the CLI passes); without it torch's current thread count is kept.
 
     Returns:
         A :class:`TrainResult`.
@@ -177,4 +181,5 @@ def train(
         lambda precision: MultiResRecipe(config, precision),
         callback=callback,
         until_epoch=until_epoch,
+        thread_chooser=thread_chooser,
     )

@@ -63,47 +63,16 @@ def adaptive_candidates(
     boundary: list[tuple[float, Measurement]] = []
     surely_feasible: list[Measurement] = []
     for p in predicted:
-        e = band(p)
-        distances: list[float] = []
-        reachable = True
-        for limit, value, is_upper in (
-            (budget.max_latency_ms, p.latency_ms, True),
-            (budget.min_fps, p.throughput_ips, False),
-            (budget.max_memory_mb, p.peak_mem_mb, True),
-        ):
-            if limit is None or value is None:
-                continue
-            if value * (1 - e) <= limit <= value * (1 + e):
-                distances.append(abs(value - limit) / limit)
-            elif (value > limit) == is_upper:
-                reachable = False  # outside the band on the wrong side
-        if not reachable:
-            continue
-        if distances:
-            boundary.append((min(distances), p))
+        distance = _limit_distance(p, budget, band(p))
+        if distance is None:
+            continue  # outside the band on the wrong side of a limit
+        if distance < math.inf:
+            boundary.append((distance, p))
         else:
             surely_feasible.append(p)
-
     accuracy_points: list[tuple[float, Measurement]] = []
     if choice is not None and choice.accuracy is not None:
-        by_group: dict[tuple, list[Measurement]] = {}
-        for m in ok:
-            by_group.setdefault(group_key(m), []).append(m)
-        for p in surely_feasible:
-            group = by_group.get(group_key(p), [])
-            feasible = [m for m in group if budget.feasible(m) and m.accuracy is not None]
-            if not feasible:
-                continue
-            best = max(feasible, key=rank_key)
-            if best.accuracy < choice.accuracy:
-                continue
-            sides = sorted(_side(m) for m in group)
-            below = [s for s in sides if s < _side(best)]
-            above = [s for s in sides if s > _side(best)]
-            low = below[-1] if below else -math.inf
-            high = above[0] if above else math.inf
-            if low < _side(p) < high:
-                accuracy_points.append((abs(_side(p) - _side(best)), p))
+        accuracy_points = _accuracy_points(ok, surely_feasible, budget, choice.accuracy)
     boundary.sort(key=lambda t: t[0])
     accuracy_points.sort(key=lambda t: t[0])
     seen, out = set(), []
@@ -112,6 +81,60 @@ def adaptive_candidates(
             seen.add(p.key)
             out.append(p)
     return out
+
+
+def _limit_distance(p: Measurement, budget: Budget, band: float) -> float | None:
+    """How close a predicted config lies to a budget limit it may or may not meet.
+
+    Returns:
+        The smallest relative distance to a limit whose error band contains it;
+        ``math.inf`` when every limit is met even at the edge of the band; ``None`` when
+        a limit is missed even at the edge of the band.
+    """
+    distances: list[float] = []
+    for limit, value, is_upper in (
+        (budget.max_latency_ms, p.latency_ms, True),
+        (budget.min_fps, p.throughput_ips, False),
+        (budget.max_memory_mb, p.peak_mem_mb, True),
+    ):
+        if limit is None or value is None:
+            continue
+        if value * (1 - band) <= limit <= value * (1 + band):
+            distances.append(abs(value - limit) / limit)
+        elif (value > limit) == is_upper:
+            return None
+    return min(distances) if distances else math.inf
+
+
+def _accuracy_points(
+    ok: list[Measurement],
+    surely_feasible: list[Measurement],
+    budget: Budget,
+    chosen_accuracy: float,
+) -> list[tuple[float, Measurement]]:
+    """Surely feasible predicted configs between the measured neighbours of their group's
+    best feasible config, when that best is at least as accurate as the current choice;
+    each with its distance (in side length) to that best."""
+    by_group: dict[tuple, list[Measurement]] = {}
+    for m in ok:
+        by_group.setdefault(group_key(m), []).append(m)
+    points: list[tuple[float, Measurement]] = []
+    for p in surely_feasible:
+        group = by_group.get(group_key(p), [])
+        feasible = [m for m in group if budget.feasible(m) and m.accuracy is not None]
+        if not feasible:
+            continue
+        best = max(feasible, key=rank_key)
+        if best.accuracy < chosen_accuracy:
+            continue
+        sides = sorted(_side(m) for m in group)
+        below = [s for s in sides if s < _side(best)]
+        above = [s for s in sides if s > _side(best)]
+        low = below[-1] if below else -math.inf
+        high = above[0] if above else math.inf
+        if low < _side(p) < high:
+            points.append((abs(_side(p) - _side(best)), p))
+    return points
 
 
 def _groups(configs: Iterable[SweepConfig]) -> dict[tuple, list[SweepConfig]]:

@@ -18,9 +18,8 @@ import functools
 import multiprocessing
 import os
 import sys
-import warnings
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -35,24 +34,17 @@ from vitres.measure import (
     run_isolated,
     set_threads,
 )
-from vitres.measure.interference import Interference, reassess
+from vitres.measure.interference import reassess
 from vitres.measure.threads import ThreadChoice, choose_threads
-from vitres.models.checkpoint import checkpoint_digest
 from vitres.models.resolve import resolve_model
 from vitres.tune.adaptive import run_adaptive
-from vitres.tune.costmodel import latency_outliers
 from vitres.tune.grid import ModelRef, build_grid
 from vitres.tune.hostkind import HOST_KIND_KEY, host_fingerprint
 from vitres.tune.measurement import measure_config
 from vitres.tune.recommend import Budget
-from vitres.tune.records import (
-    Measurement,
-    SweepConfig,
-    append_result,
-    latest_by_key,
-    read_results,
-    repair_results,
-)
+from vitres.tune.records import Measurement, SweepConfig, append_result
+from vitres.tune.sweep_local import RetryPolicy, keep_cleanest, measure_all
+from vitres.tune.sweep_plan import SweepPlan, best_reference, plan_sweep
 
 _DATASETS: dict[tuple, Any] = {}
 
@@ -181,6 +173,58 @@ def error_record(config: SweepConfig, message: str) -> Measurement:
     )
 
 
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class MeasureOptions:
+    """How each config is measured.
+
+    Attributes:
+        timing: Warm-up and measurement windows.
+        isolate: Measure each config in a fresh child process (CPU memory peaks are then
+            per config, and crashes are contained). Without it a hard crash (e.g. the
+            out-of-memory killer) ends the sweep; exceptions are still recorded.
+        timeout_s: Per-config time limit (isolated runs only).
+        model_overrides: Keyword overrides for the model factory/loader.
+        measure: Replaces the measurement of one config: called in this process as
+            ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
+            model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
+            results when comparing sweep strategies on identical numbers).
+    """
+
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    isolate: bool = True
+    timeout_s: float | None = None
+    model_overrides: dict[str, Any] | None = None
+    measure: Callable[..., Measurement] | None = None
+
+    def task(self) -> Callable[..., Measurement]:
+        """The picklable function an executor calls as ``task(*make_args(config))``:
+        ``measure``, else :func:`measure_one` (in a child process when ``isolate``)."""
+        if self.measure is not None:
+            return self.measure
+        if self.isolate:
+            return functools.partial(run_isolated, measure_one, timeout_s=self.timeout_s)
+        return measure_one
+
+
+@dataclass(frozen=True)
+class AdaptiveOptions:
+    """The adaptive mode (:mod:`vitres.tune.adaptive`): anchors first, then only the
+    configs that could change the recommendation.
+
+    Attributes:
+        budget: Budget the adaptive mode refines the recommendation for.
+        anchors: Anchor resolutions per group.
+        per_round: Configs measured per adaptive round.
+    """
+
+    budget: Budget = field(default_factory=Budget)
+    anchors: int = 4
+    per_round: int = 2
+
+
 # --------------------------------------------------------------------------- sweep
 
 
@@ -240,309 +284,291 @@ def run_sweep(
         configs: The grid (:func:`build_grid`); or give ``resolutions`` (+ ``patch_sizes``,
             ``batch_sizes``, ``backends``, ``threads``, ``device``, ``merges``,
             ``token_budgets``) to build it here.
-        out_path: JSON-lines results file, appended to and resumed from; ``None`` keeps
-            results in memory only. A config is skipped when its key (which names the
-            model, resolution, patch, batch, backend, precision, threads and device, but not
-            the data or timing) is already recorded ``ok``: use a new file to re-measure
-            with other data or timing.
-        data: Dataset name or folder for accuracy (:func:`vitres.data.get_dataset`);
-            ``None`` measures speed and memory only.
-        split: Dataset split.
-        data_dir: Folder of dataset files.
-        eval_limit: Evaluate on the first ``eval_limit`` examples only.
-        eval_batch_size: Batch size for accuracy evaluation (backends built for one batch
-            size evaluate in chunks of the config's batch size).
-        timing: Warm-up and measurement windows.
-        isolate: Measure each config in a fresh child process (CPU memory peaks are then
-            per config, and crashes are contained). Without it a hard crash (e.g. the
-            out-of-memory killer) ends the sweep; exceptions are still recorded.
-        timeout_s: Per-config time limit (isolated runs only).
-        adaptive: Measure anchors, then only uncertain configs (see the module docstring).
-        budget: Budget the adaptive mode refines the recommendation for.
-        anchors: Anchor resolutions per group in adaptive mode.
-        per_round: Configs measured per adaptive round.
-        model_overrides: Keyword overrides for the model factory/loader.
+        out_path: JSON-lines results file, appended to and resumed from
+            (:func:`vitres.tune.sweep_plan.plan_sweep`); ``None`` keeps results in memory.
+            A config is skipped when its key (model, resolution, patch, batch, backend,
+            precision, threads, device; not data or timing) is already recorded ``ok``.
+        data: Dataset name or folder for accuracy (:class:`DatasetEval`, with ``split``,
+            ``data_dir``, ``eval_limit``, ``eval_batch_size`` and ``ood``, which adds the
+            best OOD AUROC per record); ``None`` measures speed and memory only.
+        timing, isolate, timeout_s, model_overrides, measure: See :class:`MeasureOptions`.
+        adaptive: Measure anchors, then only uncertain configs (``budget``, ``anchors``,
+            ``per_round``: see :class:`AdaptiveOptions`).
         progress: Show a progress bar.
-        measure: Replaces the measurement of one config: called in this process as
-            ``measure(model_ref, config, dataset, timing, known_accuracy, isolate,
-            model_overrides)`` and returning a ``Measurement`` (e.g. to replay recorded
-            results when comparing sweep strategies on identical numbers).
         executor: Measures the configs elsewhere, e.g. as Ray tasks
             (:class:`vitres.tune.ray_executor.RayExecutor`): called once as
-            ``executor(configs, measure, make_args)`` with the configs still to measure, a
-            picklable measure function (``measure``, else :func:`measure_one`, run in a
-            child process when ``isolate``) and ``make_args(config)`` giving its arguments;
-            it yields ``(config, Measurement)`` as each finishes, and this process alone
-            appends them to ``out_path``. Not with ``adaptive``; "auto" threads run at the
-            task's CPUs (Ray sets one thread per requested CPU).
-        ood: Out-of-distribution data (``digits`` or an image folder): each record also
-            carries the best OOD AUROC at its resolution (``ood_auroc``), which
-            ``Budget.min_ood_auroc`` can constrain.
-        keep_unstable: On resume, keep records flagged ``unstable`` or with interference
-            (by default they are measured again).
-        max_attempts: Measurements of one config at most: a config whose timing window
-            shows interference (:mod:`vitres.measure.interference`), or that is more than
-            ``outlier_ratio`` times what the cost model of its neighbours predicts, is
-            measured again after its neighbours, and the cleanest attempt is kept.
-        outlier_ratio: See ``max_attempts``.
+            ``executor(configs, task, make_args)`` with the configs still to measure,
+            :meth:`MeasureOptions.task` and ``make_args(config)`` giving its arguments; it
+            yields ``(config, Measurement)`` as each finishes, and this process alone
+            appends them to ``out_path``. Not with ``adaptive``.
+        keep_unstable, max_attempts, outlier_ratio: See :class:`RetryPolicy`.
         log: Where the sweep's messages go (default: above the progress bar).
 
     Returns:
         One record per config, in grid order: measured (``ok``/``error``) or ``predicted``.
     """
-    if configs is None:
-        if resolutions is None:
-            raise ValueError("give either configs (see build_grid) or resolutions")
-        configs = build_grid(
-            model_ref,
-            resolutions,
-            patch_sizes,
-            batch_sizes,
-            backends,
-            threads=threads,
-            device=device,
-            merges=merges,
-            token_budgets=token_budgets,
-        )
-    if isolate and getattr(multiprocessing.current_process(), "_inheriting", False):
+    grid = (patch_sizes, batch_sizes, backends, threads, device, merges, token_budgets)
+    configs = _grid(model_ref, configs, resolutions, *grid)
+    options = MeasureOptions(timing or TimingConfig(), isolate, timeout_s, model_overrides, measure)
+    configs = _checked_configs(model_ref, configs, options, adaptive, executor)
+    dataset = _dataset_eval(data, split, data_dir, eval_limit, eval_batch_size, ood)
+    retry = RetryPolicy(keep_unstable, max_attempts, outlier_ratio)
+    plan = plan_sweep(model_ref, configs, out_path, keep_unstable=retry.keep_unstable)
+    sweep = _SweepRun(model_ref, plan, dataset, options, out_path, progress, log)
+    adaptive_options = AdaptiveOptions(budget or Budget(), anchors, per_round) if adaptive else None
+    sweep.measure(executor, adaptive_options, retry)
+    return [plan.results[c.key()] for c in plan.configs if c.key() in plan.results]
+
+
+def _grid(
+    model_ref: ModelRef,
+    configs: Sequence[SweepConfig] | None,
+    resolutions: str | Sequence[Any] | None,
+    patch_sizes: Sequence[int | None],
+    batch_sizes: Sequence[int],
+    backends: Sequence[str],
+    threads: int | None,
+    device: str,
+    merges: Sequence[int | float | None],
+    token_budgets: Sequence[int | None],
+) -> Sequence[SweepConfig]:
+    """``configs`` when given, else the grid of the axes (:func:`build_grid`).
+
+    Raises:
+        ValueError: neither configs nor resolutions.
+    """
+    if configs is not None:
+        return configs
+    if resolutions is None:
+        raise ValueError("give either configs (see build_grid) or resolutions")
+    return build_grid(
+        model_ref,
+        resolutions,
+        patch_sizes,
+        batch_sizes,
+        backends,
+        threads=threads,
+        device=device,
+        merges=merges,
+        token_budgets=token_budgets,
+    )
+
+
+def _checked_configs(
+    model_ref: ModelRef,
+    configs: Sequence[SweepConfig],
+    options: MeasureOptions,
+    adaptive: bool,
+    executor: object | None,
+) -> list[SweepConfig]:
+    """The grid without duplicates, after refusing combinations that cannot run.
+
+    Raises:
+        RuntimeError: an isolated sweep started while a child process imports ``__main__``.
+        ValueError: no configs; an adaptive executor; a model object with ``isolate``.
+    """
+    if options.isolate and getattr(multiprocessing.current_process(), "_inheriting", False):
         raise RuntimeError(
             "run_sweep was called while a child process was importing the main module; put "
             "the sweep under `if __name__ == '__main__':` (or pass isolate=False)"
         )
-    configs = list(dict.fromkeys(configs))
-    if not configs:
+    unique = list(dict.fromkeys(configs))
+    if not unique:
         raise ValueError("the sweep has no configs")
     if adaptive and executor is not None:
         raise ValueError("an executor (--ray) runs the whole grid; it cannot be adaptive")
-    if isolate and isinstance(model_ref, nn.Module):
+    if options.isolate and isinstance(model_ref, nn.Module):
         raise ValueError(
             "isolate=True needs a model name, path or module-level factory, not a model object"
         )
-    timing = timing or TimingConfig()
-    dataset = (
-        None
-        if data is None
-        else DatasetEval(
-            data,
-            split=split,
-            data_dir=data_dir,
-            limit=eval_limit,
-            batch_size=eval_batch_size,
-            ood=ood,
-        )
-    )
+    return unique
+
+
+def _dataset_eval(
+    data: str | None,
+    split: str,
+    data_dir: str | None,
+    limit: int | None,
+    batch_size: int,
+    ood: str | None,
+) -> DatasetEval | None:
+    """The accuracy evaluation of a sweep, or ``None`` without data.
+
+    Raises:
+        ValueError: ``ood`` without ``data``.
+    """
     if ood is not None and data is None:
         raise ValueError("ood needs data: OOD scores compare the data's test split with it")
-    existing: list[Measurement] = []
-    if out_path is not None:
-        repair_results(out_path)
-        existing = read_results(out_path)
-    # Records keyed by model *name* must not outlive the weights they measured.
-    digest = checkpoint_digest(model_ref) if isinstance(model_ref, (str, os.PathLike)) else None
-    fresh = {
-        m.key: m
-        for m in latest_by_key(existing)
-        if m.ok and (digest is None or m.model_digest == digest)
-    }
-    stale = {m.key for m in existing if m.ok and m.key not in fresh}
-    if stale:
-        warnings.warn(
-            f"{len(stale)} result(s) in {out_path} were measured with other weights than "
-            f"{model_ref}'s current file (digest {digest}); measuring them again",
-            stacklevel=2,
-        )
-    wanted = {c.key() for c in configs}
-    done = {k: m for k, m in fresh.items() if keep_unstable or not m.suspect}
-    results: dict[str, Measurement] = {c.key(): done[c.key()] for c in configs if c.key() in done}
-    accuracies: dict[tuple, tuple[float, int]] = {}
-    threads_before = torch.get_num_threads()
-    bar = tqdm(
-        total=len(configs),
-        initial=len(results),
-        disable=not progress,
-        unit="config",
-        desc="sweep",
-        dynamic_ncols=True,
+    if data is None:
+        return None
+    return DatasetEval(
+        data, split=split, data_dir=data_dir, limit=limit, batch_size=batch_size, ood=ood
     )
-    say = log or (lambda text: bar.write(text, file=sys.stderr))
-    suspects = sorted(k for k in fresh if k in wanted and k not in done)
-    if suspects:
-        say(
-            f"{len(suspects)} recorded config(s) were flagged unstable or disturbed; measuring "
-            "them again (keep_unstable / --keep-unstable keeps them)"
+
+
+class _SweepRun:
+    """The measuring loop of one sweep: measures configs, keeps and appends their records.
+
+    Holds what the loop learns as it goes: the attempts per config, accuracies already
+    measured (passed on to configs that share them), the fastest reference-kernel time,
+    and the thread choice for "auto" configs.
+    """
+
+    def __init__(
+        self,
+        model_ref: ModelRef,
+        plan: SweepPlan,
+        dataset: DatasetEval | None,
+        options: MeasureOptions,
+        out_path: str | os.PathLike[str] | None,
+        progress: bool,
+        log: Callable[[str], None] | None,
+    ) -> None:
+        self.model_ref, self.plan, self.dataset = model_ref, plan, dataset
+        self.options, self.out_path = options, out_path
+        self.results = plan.results
+        self.accuracies: dict[tuple, tuple[float, int]] = {}
+        self.attempts: dict[str, list[Measurement]] = {}
+        self.warned: set[str] = set()
+        self.choice: ThreadChoice | None = None
+        self.threads_before = torch.get_num_threads()
+        self.bar = tqdm(
+            total=len(plan.configs),
+            initial=len(plan.results),
+            disable=not progress,
+            unit="config",
+            desc="sweep",
+            dynamic_ncols=True,
         )
-    todo = [c for c in configs if c.key() not in results]
-    if not todo:
-        say(
-            f"all {len(configs)} configs are already measured in {out_path}: nothing to "
-            "measure (a new --out file, or deleting lines, measures again)"
-        )
-    elif len(results):
-        say(f"resuming: {len(results)} of {len(configs)} configs already measured in {out_path}")
+        self.say = log or (lambda text: self.bar.write(text, file=sys.stderr))
+        for line in plan.messages(out_path):
+            self.say(line)
+        self.reference_best = best_reference(plan.existing)
 
-    choice: ThreadChoice | None = None
-    if todo and measure is None and executor is None and any(c.threads is None for c in todo):
-        choice = choose_sweep_threads(model_ref, todo, model_overrides)
-        say(f"threads: {choice.reason}")
-    reference_best = _best_reference(existing)
-    attempts: dict[str, list[Measurement]] = {}
-    warned: set[str] = set()
+    def measure(
+        self,
+        executor: Callable[..., Iterable[tuple[SweepConfig, Measurement]]] | None,
+        adaptive: AdaptiveOptions | None,
+        retry: RetryPolicy,
+    ) -> None:
+        """Measures the plan's configs: with ``executor`` when given, else here, adaptively
+        when ``adaptive`` is given; then closes the progress bar.
 
-    def make_args(config: SweepConfig) -> tuple:
-        known = accuracies.get(_accuracy_key(config))
-        return (model_ref, config, dataset, timing, known, isolate, model_overrides)
-
-    def run(config: SweepConfig) -> Measurement:
-        bar.set_postfix_str(config.key(), refresh=True)
+        Args:
+            executor: Measures the configs elsewhere (see :func:`run_sweep`).
+            adaptive: The adaptive mode's options, or ``None`` to measure every config.
+            retry: When a config measured here is measured again.
+        """
         try:
-            args = make_args(config)
+            self.choose_threads(executor is None)
+            if executor is not None:
+                self.run_executor(executor)
+            elif adaptive is None:
+                self.run_local(retry)
+            else:
+                self.run_adaptive(adaptive)
+        finally:
+            self.close()
+
+    def choose_threads(self, local: bool) -> None:
+        """Times the thread count for "auto" configs, when this process measures them."""
+        todo = self.plan.todo
+        if todo and local and self.options.measure is None and any(c.threads is None for c in todo):
+            self.choice = choose_sweep_threads(self.model_ref, todo, self.options.model_overrides)
+            self.say(f"threads: {self.choice.reason}")
+
+    def make_args(self, config: SweepConfig) -> tuple:
+        """The positional arguments of :func:`measure_one` (and of a ``measure`` override)."""
+        known = self.accuracies.get(_accuracy_key(config))
+        o = self.options
+        return (self.model_ref, config, self.dataset, o.timing, known, o.isolate, o.model_overrides)
+
+    def run(self, config: SweepConfig) -> Measurement:
+        """Measures ``config`` here (in a child process when isolated) and keeps the record;
+        a failure becomes an ``error`` record."""
+        self.bar.set_postfix_str(config.key(), refresh=True)
+        o = self.options
+        try:
+            args = self.make_args(config)
             extra = {
-                "threads": None if choice is None else choice.threads,
-                "reference_best_ms": reference_best,
+                "threads": None if self.choice is None else self.choice.threads,
+                "reference_best_ms": self.reference_best,
             }
-            if measure is not None:
-                m = measure(*args)
-            elif isolate:
-                m = run_isolated(measure_one, *args, timeout_s=timeout_s, **extra)
+            if o.measure is not None:
+                m = o.measure(*args)
+            elif o.isolate:
+                m = run_isolated(measure_one, *args, timeout_s=o.timeout_s, **extra)
             else:
                 m = measure_one(*args, **extra)
         except IsolatedRunError as error:
             m = error_record(config, str(error))
         except Exception as error:  # noqa: BLE001 - a failing config must not end the sweep
             m = error_record(config, f"{type(error).__name__}: {error}")
-        return keep(config, m)
+        return self.keep(config, m)
 
-    def keep(config: SweepConfig, m: Measurement) -> Measurement:
-        nonlocal reference_best
+    def keep(self, config: SweepConfig, m: Measurement) -> Measurement:
+        """Completes a record (host kind, weight digest, thread choice, interference verdict),
+        appends it to the results file and counts it on the progress bar."""
         m.env.setdefault(HOST_KIND_KEY, host_fingerprint(m.env))
-        if digest is not None:
-            m.model_digest = digest
-        if choice is not None and config.threads is None:
-            m.env["thread_choice"] = choice.to_dict()
-        tries = attempts.setdefault(config.key(), [])
+        if self.plan.digest is not None:
+            m.model_digest = self.plan.digest
+        if self.choice is not None and config.threads is None:
+            m.env["thread_choice"] = self.choice.to_dict()
+        tries = self.attempts.setdefault(config.key(), [])
         tries.append(m)
         if m.ok and m.interference is not None:
-            reference_best = _best_reference([m], reference_best)
+            self.reference_best = best_reference([m], self.reference_best)
             verdict = reassess(
                 m.interference,
-                reference_best,
+                self.reference_best,
                 int(m.env.get("torch_threads") or 1),
                 m.env.get("usable_cores"),
             )
             verdict.attempts = verdict.kept = len(tries)
             m.interference = verdict.to_dict()
         if m.ok and m.accuracy is not None:
-            accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
+            self.accuracies[_accuracy_key(config)] = (m.accuracy, m.n_eval)
         if not m.ok:
-            bar.write(f"config {config.key()} failed: {m.error}")
+            self.bar.write(f"config {config.key()} failed: {m.error}")
         for warning in m.data_warnings:
-            if warning not in warned:
-                warned.add(warning)
-                say(f"warning: {warning}")
-        if out_path is not None:
-            append_result(out_path, m)
-        results[config.key()] = m
+            if warning not in self.warned:
+                self.warned.add(warning)
+                self.say(f"warning: {warning}")
+        if self.out_path is not None:
+            append_result(self.out_path, m)
+        self.results[config.key()] = m
         if len(tries) == 1:
-            bar.update(1)
+            self.bar.update(1)
         return m
 
-    try:
-        if executor is not None:
-            task = measure or (
-                functools.partial(run_isolated, measure_one, timeout_s=timeout_s)
-                if isolate
-                else measure_one
-            )
-            for config, m in executor(todo, task, make_args) if todo else ():
-                keep(config, m)
-        elif not adaptive:
-            _measure_all(todo, results, attempts, run, max_attempts, outlier_ratio, say)
-            _keep_cleanest(attempts, results, out_path, say)
-        else:
-            run_adaptive(
-                configs, results, run, budget or Budget(), anchors, per_round, out_path, bar
-            )
-    finally:
-        bar.close()
-        if not isolate:
-            set_threads(threads_before)
-    return [results[c.key()] for c in configs if c.key() in results]
+    def run_executor(
+        self, executor: Callable[..., Iterable[tuple[SweepConfig, Measurement]]]
+    ) -> None:
+        """Hands the configs still to measure to ``executor`` and keeps what it yields."""
+        todo = self.plan.todo
+        for config, m in executor(todo, self.options.task(), self.make_args) if todo else ():
+            self.keep(config, m)
 
+    def run_local(self, retry: RetryPolicy) -> None:
+        """Measures every config here, disturbed ones again (:func:`measure_all`)."""
+        measure_all(self.plan.todo, self.results, self.attempts, self.run, retry, self.say)
+        keep_cleanest(self.attempts, self.results, self.out_path, self.say)
 
-def _best_reference(records: Iterable[Measurement], best: float | None = None) -> float | None:
-    """The fastest reference-kernel time in ``records``' interference evidence."""
-    for m in records:
-        times = (m.interference or {}).get("reference_ms")
-        if m.ok and times:
-            low = min(times)
-            best = low if best is None else min(best, low)
-    return best
-
-
-def _measure_all(
-    todo: list[SweepConfig],
-    results: dict[str, Measurement],
-    attempts: dict[str, list[Measurement]],
-    run: Callable[[SweepConfig], Measurement],
-    max_attempts: int,
-    outlier_ratio: float,
-    say: Callable[[str], None],
-) -> None:
-    """Measures every config; a disturbed one again after its next two neighbours, and,
-    once all are measured, the ones slower than their neighbours' cost model predicts."""
-    queue = deque(todo)
-    by_key = {c.key(): c for c in todo}
-    checked_outliers = False
-    while queue or not checked_outliers:
-        if not queue:
-            checked_outliers = True
-            for key, ratio in latency_outliers(results.values(), outlier_ratio).items():
-                if key in by_key and len(attempts.get(key, [])) < max_attempts:
-                    m = results[key]
-                    reason = f"latency {ratio:.2f}× what its neighbours' cost model predicts"
-                    evidence = dict(m.interference or {})
-                    evidence["flagged"] = True
-                    evidence["reasons"] = [*evidence.get("reasons", []), reason]
-                    m.interference = evidence
-                    say(f"{key}: {reason}; measuring again")
-                    queue.append(by_key[key])
-            continue
-        config = queue.popleft()
-        m = run(config)
-        if m.ok and m.flagged and len(attempts[config.key()]) < max_attempts:
-            reasons = "; ".join((m.interference or {}).get("reasons", []))
-            say(f"{config.key()}: interference ({reasons}); measuring again after its neighbours")
-            queue.insert(min(2, len(queue)), config)
-
-
-def _keep_cleanest(
-    attempts: dict[str, list[Measurement]],
-    results: dict[str, Measurement],
-    out_path: str | os.PathLike[str] | None,
-    say: Callable[[str], None],
-) -> None:
-    """For a config measured more than once, keeps the cleanest attempt (least evidence of
-    interference, then the lowest median) and records which one it was."""
-    remeasured, still = 0, []
-    for key, tries in attempts.items():
-        ok = [m for m in tries if m.ok and m.interference is not None]
-        if len(tries) < 2 or not ok:
-            continue
-        remeasured += 1
-
-        def cleanliness(m: Measurement) -> tuple:
-            return (m.flagged, Interference.from_dict(m.interference).score(), m.latency_ms)
-
-        best = min(ok, key=cleanliness)
-        index = tries.index(best) + 1
-        best.interference = {**best.interference, "attempts": len(tries), "kept": index}
-        if best is not tries[-1] and out_path is not None:
-            append_result(out_path, best)  # the last line of a key is the one that counts
-        results[key] = best
-        if best.flagged:
-            still.append(key)
-    if remeasured:
-        say(
-            f"re-measured {remeasured} disturbed config(s), kept the cleanest attempt of each"
-            + (f"; still disturbed after every attempt: {', '.join(still)}" if still else "")
+    def run_adaptive(self, adaptive: AdaptiveOptions) -> None:
+        """Measures anchors, then only the configs that could change the recommendation."""
+        run_adaptive(
+            self.plan.configs,
+            self.results,
+            self.run,
+            adaptive.budget,
+            adaptive.anchors,
+            adaptive.per_round,
+            self.out_path,
+            self.bar,
         )
+
+    def close(self) -> None:
+        """Closes the progress bar and restores this process's thread count."""
+        self.bar.close()
+        if not self.options.isolate:
+            set_threads(self.threads_before)
