@@ -72,3 +72,36 @@ def test_calibrate_times_every_size_and_leaves_the_model_alone(tmp_path):
     again = LatencyModel.from_records(back)
     assert again.predict(16).median_ms == latency.predict(16).median_ms
     assert again.predict(28).median_ms == pytest.approx(latency.predict(28).median_ms)
+
+
+def test_server_calibration_times_every_size_and_batch_and_saves_them(tmp_path):
+    from vitres.serve.config import ServeConfig
+    from vitres.serve.launch import load_records
+
+    saved = tmp_path / "calibration.jsonl"
+    config = ServeConfig(
+        model=MODEL,
+        resolutions="12,20",
+        max_batch=2,
+        safe_resolution="12",
+        safe_backend="onnxruntime",
+        save_calibration=str(saved),
+        progress=False,
+        threads=1,
+    )
+    lines: list[str] = []
+    records = load_records(config, log=lines.append)
+    points = sorted((m.config.backend, m.config.resolution, m.config.batch_size) for m in records)
+    assert points == [
+        ("eager", (12, 12), 1),
+        ("eager", (12, 12), 2),
+        ("eager", (20, 20), 1),
+        ("eager", (20, 20), 2),
+        ("onnxruntime", (12, 12), 1),
+        ("onnxruntime", (12, 12), 2),
+    ]
+    assert all(m.ok and m.latency.median_ms > 0 and m.accuracy is None for m in records)
+    assert [m.to_dict() for m in read_results(saved)] == [m.to_dict() for m in records]
+    assert "6 configs" in lines[0] and "6 ok, 0 failed" in lines[-1]
+    model = LatencyModel.from_records([m for m in records if m.config.backend == "eager"])
+    assert model.predict(20, 2).median_ms > model.predict(12, 1).median_ms

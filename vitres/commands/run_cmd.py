@@ -14,7 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Streams frames through the model; a controller (predictive, the seed's "
         "step rule, or fixed:R) chooses each frame's resolution from a ladder. Every ladder "
         "size is warmed up before the first frame. Writes one JSON line per frame to --trace "
-        "and prints a summary. Without --records a short calibration sweep runs first.",
+        "and prints a summary. Without --records a short speed-only calibration runs first.",
     )
     parser.add_argument(
         "--model",
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="folder of the dataset files")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    parser.add_argument("--calibration-out", help="where the calibration sweep's records go")
+    parser.add_argument("--calibration-out", help="where the calibration's records go")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.set_defaults(func=run)
 

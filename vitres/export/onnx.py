@@ -243,7 +243,7 @@ def _example_size(
     """
     native = tuple(int(v) for v in cfg.img_size)
     if example_size is None:
-        example_size = _default_example_size(native, patch) if dynamic else native
+        example_size = default_example_size(native, patch) if dynamic else native
     example_size = (int(example_size[0]), int(example_size[1]))
     if dynamic:
         if example_size == native or example_size[0] == example_size[1]:
@@ -375,7 +375,7 @@ def size_dims(patch: int, policy: str, dynamic: bool, *, min_grid: int = 1) -> d
     return dims
 
 
-def _default_example_size(native: tuple[int, int], patch: int) -> tuple[int, int]:
+def default_example_size(native: tuple[int, int], patch: int) -> tuple[int, int]:
     """Non-native and non-square: two patches taller, one patch wider than native."""
     return (native[0] + 2 * patch, native[1] + patch)
 

@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from vitres.export.exportable import check_exportable, unwrap_model
-from vitres.export.onnx import _default_example_size, exportable_wrapper, size_dims
+from vitres.export.onnx import default_example_size, exportable_wrapper, size_dims
 from vitres.export.parity import ExportParityError, ParityReport, default_check_sizes
 
 __all__ = [
@@ -281,7 +281,7 @@ def _convert_directly(
     native = tuple(int(v) for v in cfg.img_size)
     min_side = _two_token_side(patch, cfg.size_policy)
     dynamic = _can_be_dynamic(base) and min(build) >= min_side
-    example = _default_example_size(native, patch) if dynamic else build
+    example = default_example_size(native, patch) if dynamic else build
     sizes = default_check_sizes(base, example, patch, dynamic)
     if dynamic:
         sizes = [*sizes, build, _half_size(native, min_side)]
@@ -327,7 +327,7 @@ def _convert_from_onnx(
     can_be_dynamic = _can_be_dynamic(base)
     with _quiet():
         ov_model = ov.convert_model(str(onnx_path))
-    example = _default_example_size(native, patch) if can_be_dynamic else build
+    example = default_example_size(native, patch) if can_be_dynamic else build
     sizes = [*default_check_sizes(base, example, patch, can_be_dynamic), build]
     if can_be_dynamic:
         sizes.append(_half_size(native, patch))

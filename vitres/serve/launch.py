@@ -1,5 +1,5 @@
 """What ``vitres serve`` runs: the model, its latency model (from the sweep's records, or
-from a short calibration sweep at startup), the batching policy, a safe configuration to
+from a short calibration at startup (timed with vitres.measure)), the batching policy, a safe configuration to
 roll back to, and uvicorn on top.
 
 :func:`build_worker` assembles everything up to the worker (tests and benchmarks use
@@ -35,8 +35,9 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from vitres.measure import TimingConfig, set_threads
+from vitres.runtime.calibration import CALIBRATION_TIMING
 from vitres.runtime.latency import LatencyModel, OnlineCorrection
-from vitres.runtime.session import CALIBRATION_TIMING, default_ladder
+from vitres.runtime.session import default_ladder
 from vitres.serve.app import ServerApp, create_app
 from vitres.serve.batching import FixedBatchingPolicy, SloBatchingPolicy
 from vitres.serve.config import ServeConfig
@@ -44,7 +45,7 @@ from vitres.serve.engine import ServingEngine
 from vitres.serve.metrics import ServerMetrics
 from vitres.serve.monitor import BandMonitor
 from vitres.serve.worker import BatchingWorker, CorrectedPredictor, ServingMode
-from vitres.tune.records import Measurement, read_results
+from vitres.tune.records import Measurement, append_result, read_results
 
 Size = tuple[int, int]
 
@@ -86,7 +87,7 @@ def parse_controller(spec: str, native: Size) -> Size | None:
 
 
 def calibration_ladder(model: nn.Module) -> list[Size]:
-    """Resolutions a calibration sweep measures when none are given: the stream runner's
+    """Resolutions the start-up calibration times when none are given: the stream runner's
     default (:func:`vitres.runtime.session.default_ladder`, about 0.4x the native size up
     to it). Without measured accuracy a larger size is taken to be more accurate, which
     holds up to the size a model was trained at, not necessarily above it."""
@@ -94,7 +95,7 @@ def calibration_ladder(model: nn.Module) -> list[Size]:
 
 
 def calibration_batches(max_batch: int) -> list[int]:
-    """Batch sizes a calibration sweep measures: powers of two up to ``max_batch``, and it."""
+    """Batch sizes the start-up calibration times: powers of two up to ``max_batch``, and it."""
     sizes = {1, max_batch}
     size = 2
     while size < max_batch:
@@ -105,49 +106,45 @@ def calibration_batches(max_batch: int) -> list[int]:
 
 def _calibrate(
     config: ServeConfig,
+    model: nn.Module,
     ladder: Sequence[Size],
     safe: Size,
     log: Callable[[str], None],
 ) -> list[Measurement]:
-    from vitres.tune.grid import build_grid
-    from vitres.tune.sweep import run_sweep
+    """Times the ladder (and the safe size on the safe backend) at every calibration batch
+    with :func:`vitres.runtime.calibration.calibrate`, speed only, and returns the points as
+    records (written to ``config.save_calibration`` when set)."""
+    from vitres.runtime.calibration import calibrate
 
     batches = calibration_batches(config.max_batch)
-    patch = [config.patch_size]
-    configs = build_grid(
-        config.model,
-        list(ladder),
-        patch,
-        batches,
-        [config.backend],
-        threads=config.threads,
-        device=config.device,
-    )
+    runs = [(config.backend, list(ladder))]
     if config.safe_backend != config.backend:
-        configs += build_grid(
-            config.model,
-            [safe],
-            patch,
-            batches,
-            [config.safe_backend],
-            threads=config.threads,
-            device=config.device,
-        )
+        runs.append((config.safe_backend, [safe]))
+    count = sum(len(sizes) for _, sizes in runs) * len(batches)
     log(
         f"vitres serve: no --records given: calibrating first, a short speed-only sweep of "
-        f"{len(configs)} configs ({len(ladder)} resolutions x batches {batches} on "
+        f"{count} configs ({len(ladder)} resolutions x batches {batches} on "
         f"{config.backend}); pass --records FILE (a `vitres sweep` results file) to skip this"
     )
     start = time.perf_counter()
-    records = run_sweep(
-        config.model,
-        configs,
-        config.save_calibration,
-        None,
-        isolate=False,
-        timing=TimingConfig(**CALIBRATION_TIMING),
-        progress=config.progress,
-    )
+    records: list[Measurement] = []
+    for backend, sizes in runs:
+        calibration = calibrate(
+            model,
+            sizes,
+            backend=backend,
+            batches=batches,
+            device=config.device,
+            threads=config.threads,
+            patch_size=config.patch_size,
+            timing=TimingConfig(**CALIBRATION_TIMING),
+            progress=config.progress,
+            log=log,
+        )
+        records += calibration.records(config.model)
+    if config.save_calibration:
+        for record in records:
+            append_result(config.save_calibration, record)
     failed = [m for m in records if not m.ok]
     log(
         f"vitres serve: calibration done in {time.perf_counter() - start:.1f} s "
@@ -198,7 +195,7 @@ def load_records(
     config: ServeConfig, model: nn.Module | None = None, log: Callable[[str], None] = print
 ) -> list[Measurement]:
     """The latency records to serve with: ``config.records`` read, or (without it) a short
-    calibration sweep of ``model`` (default: resolved from ``config.model``) on this machine.
+    calibration of ``model`` (default: resolved from ``config.model``) on this machine.
 
     Raises:
         FileNotFoundError: ``config.records`` does not exist.
@@ -228,7 +225,7 @@ def load_records(
     )
     if fixed is not None and fixed not in ladder:
         ladder = [*ladder, fixed]
-    return _calibrate(config, ladder, _safe_size(config, ladder), log)
+    return _calibrate(config, model, ladder, _safe_size(config, ladder), log)
 
 
 def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int | None:
