@@ -1,5 +1,6 @@
-"""The shape of the code base (issue 23): small modules, short functions, one block loop,
-and no module reaching into another's private names.
+"""The shape of the code base (issue 23): small modules, short functions, and no module
+importing another's private names (the token pipeline's own checks are in
+``test_token_pipeline.py``, the import direction in ``make test``'s import-linter run).
 
 A function may run over the limit only with a comment right above its ``def`` (or its
 first decorator) that starts with ``# long:`` and says why.
@@ -77,59 +78,6 @@ def test_the_length_check_catches_a_long_function(tmp_path):
         assert long_functions(marked) == []
 
 
-def _block_loops(tree: ast.AST) -> int:
-    """``for`` loops (and comprehensions) over ``<something>.blocks``."""
-
-    def over_blocks(iterable: ast.expr) -> bool:
-        for node in ast.walk(iterable):
-            if isinstance(node, ast.Attribute) and node.attr == "blocks":
-                return True
-        return False
-
-    count = 0
-    for node in ast.walk(tree):
-        if isinstance(node, ast.For) and over_blocks(node.iter):
-            count += 1
-        elif isinstance(node, ast.comprehension) and over_blocks(node.iter):
-            count += 1
-    return count
-
-
-def test_one_block_loop_in_the_vit_and_none_in_token_kinds():
-    _, vit = _parse(PACKAGE / "models" / "vit.py")
-    assert _block_loops(vit) == 1
-    for path in sorted((PACKAGE / "tokens").rglob("*.py")):
-        _, tree = _parse(path)
-        assert _block_loops(tree) == 0, f"{path.name} runs its own loop over the blocks"
-
-
-def _private_uses(tree: ast.AST) -> list[str]:
-    """Private names imported from another module, or read off an object other than
-    ``self`` / ``cls`` (``model._embed``)."""
-    found = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            found += [
-                f"import {alias.name}"
-                for alias in node.names
-                if alias.name.startswith("_") and not alias.name.startswith("__")
-            ]
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            if node.attr.startswith("__") and node.attr.endswith("__"):
-                continue
-            owner = node.value
-            if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
-                continue
-            found.append(f"{ast.unparse(node)} (line {node.lineno})")
-    return found
-
-
-def test_token_kinds_use_only_the_public_model_api():
-    for path in sorted((PACKAGE / "tokens").rglob("*.py")):
-        _, tree = _parse(path)
-        assert not _private_uses(tree), f"{path.name}: {_private_uses(tree)}"
-
-
 def test_no_module_imports_a_private_name_of_another():
     found = []
     for path in SOURCES:
@@ -142,8 +90,3 @@ def test_no_module_imports_a_private_name_of_another():
                     if alias.name.startswith("_") and not alias.name.startswith("__")
                 ]
     assert not found, f"private names imported across modules: {found}"
-
-
-def test_the_private_check_catches_a_reach_in():
-    tree = ast.parse("from vitres.models.vit import _x\ny = model._embed(x)\nz = self._ok\n")
-    assert _private_uses(tree) == ["import _x", "model._embed (line 2)"]
