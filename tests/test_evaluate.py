@@ -180,3 +180,20 @@ def test_merge_or_pack_with_a_token_budget_is_refused(saved_model, capsys):
     args = ["eval", "--model", str(saved_model), "--res", "16", "--limit", "5"]
     assert main([*args, "--merge", "2", "--token-budget", "8"]) == 2
     assert "cannot be combined yet" in capsys.readouterr().err
+
+
+def test_evaluate_returns_a_typed_frozen_result():
+    from dataclasses import FrozenInstanceError
+
+    from vitres.evaluate import EvaluationResult, ResolutionAccuracy
+    from vitres.tokens import TokenMode
+
+    result = evaluate(tiny_model(), load_fashion_mnist("test"), "12,16x20", limit=20, merge=2)
+    assert isinstance(result, EvaluationResult) and result.token_mode == TokenMode(merge=2)
+    assert all(isinstance(row, ResolutionAccuracy) for row in result.rows)
+    assert [(row.label, row.n) for row in result.rows] == [("12", 20), ("16x20", 20)]
+    assert result.accuracy == {row.label: row.accuracy for row in result.rows}
+    check_schema(result.to_dict(), ["12", "16x20"], 20)
+    assert result.to_dict()["merge"] == 2 and result.to_dict()["token_budget"] is None
+    with pytest.raises(FrozenInstanceError):
+        result.model = "other"  # type: ignore[misc]
