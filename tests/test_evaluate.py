@@ -61,10 +61,10 @@ def test_evaluate_schema_and_values():
     model = tiny_model()
     data = load_fashion_mnist("test")
     result = evaluate(model, data, [12, 16, 22], batch_size=50, limit=100)
-    check_schema(result, [12, 16, 22], 100)
-    assert result["model"] == "<in-memory>" and result["data"] == "fashion-mnist/test"
-    assert result["pos_embed_mode"] == "bicubic" and result["size_policy"] == "resize"
-    assert result["patch_size"] == 4
+    check_schema(result.to_dict(), [12, 16, 22], 100)
+    assert result.model == "<in-memory>" and result.data == "fashion-mnist/test"
+    assert result.pos_embed_mode == "bicubic" and result.size_policy == "resize"
+    assert result.patch_size == 4
 
 
 def test_accuracy_matches_a_manual_count():
@@ -83,7 +83,7 @@ def test_overrides_on_a_model_object_apply_then_restore():
     data = load_fashion_mnist("test")
     before = model.config
     nearest = evaluate(model, data, [40], limit=60, pos_embed_mode="nearest", size_policy="crop")
-    assert nearest["pos_embed_mode"] == "nearest" and nearest["size_policy"] == "crop"
+    assert nearest.pos_embed_mode == "nearest" and nearest.size_policy == "crop"
     assert model.config is before
     mixer = vitres.create_model("mixer_tiny16", img_size=16, in_chans=1, num_classes=10)
     with pytest.raises(ValueError, match="no config field"):
@@ -92,13 +92,13 @@ def test_overrides_on_a_model_object_apply_then_restore():
 
 def test_non_learned_position_reports_no_mode():
     result = evaluate(tiny_model(pos_embed="rope"), "fashion-mnist", "16", limit=20)
-    assert result["pos_embed_mode"] is None
+    assert result.pos_embed_mode is None
 
 
 def test_evaluate_by_path_with_mode_override(saved_model):
     result = evaluate(str(saved_model), "fashion-mnist", "12,20", limit=40, pos_embed_mode="area")
-    check_schema(result, [12, 20], 40)
-    assert result["model"] == str(saved_model) and result["pos_embed_mode"] == "area"
+    check_schema(result.to_dict(), [12, 20], 40)
+    assert result.model == str(saved_model) and result.pos_embed_mode == "area"
 
 
 def test_cli_eval_json(saved_model, capsys):
@@ -161,8 +161,8 @@ def test_unreadable_files_and_class_mismatch_are_reported(tmp_path, capsys):
         (root / "class0" / f"broken{j}.png").write_bytes(b"not a png at all")
     model = vitres.load_model("fmnist-vit-single")
     result = evaluate(model, str(root), "28")
-    assert result["n"] == kept
-    unreadable, mismatch = result["warnings"]
+    assert result.n == kept
+    unreadable, mismatch = result.warnings
     assert "5 of" in unreadable and "files unreadable" in unreadable
     assert "broken0.png" in unreadable and "and 2 more" in unreadable
     assert "has 3 classes but the model predicts 10" in mismatch
@@ -180,3 +180,20 @@ def test_merge_or_pack_with_a_token_budget_is_refused(saved_model, capsys):
     args = ["eval", "--model", str(saved_model), "--res", "16", "--limit", "5"]
     assert main([*args, "--merge", "2", "--token-budget", "8"]) == 2
     assert "cannot be combined yet" in capsys.readouterr().err
+
+
+def test_evaluate_returns_a_typed_frozen_result():
+    from dataclasses import FrozenInstanceError
+
+    from vitres.evaluate import EvaluationResult, ResolutionAccuracy
+    from vitres.tokens import TokenMode
+
+    result = evaluate(tiny_model(), load_fashion_mnist("test"), "12,16x20", limit=20, merge=2)
+    assert isinstance(result, EvaluationResult) and result.token_mode == TokenMode(merge=2)
+    assert all(isinstance(row, ResolutionAccuracy) for row in result.rows)
+    assert [(row.label, row.n) for row in result.rows] == [("12", 20), ("16x20", 20)]
+    assert result.accuracy == {row.label: row.accuracy for row in result.rows}
+    check_schema(result.to_dict(), ["12", "16x20"], 20)
+    assert result.to_dict()["merge"] == 2 and result.to_dict()["token_budget"] is None
+    with pytest.raises(FrozenInstanceError):
+        result.model = "other"  # type: ignore[misc]

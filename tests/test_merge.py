@@ -305,7 +305,7 @@ def test_evaluate_with_merge():
     plain = evaluate(model, data, [16], batch_size=50, limit=100)
     none = evaluate(model, data, [16], batch_size=50, limit=100, merge=1.0)
     merged = evaluate(model, data, [16], batch_size=50, limit=100, merge=4)
-    assert none["accuracy"] == plain["accuracy"] and merged["merge"] == 4
+    assert none.accuracy == plain.accuracy and merged.token_mode.merge == 4
     with torch.no_grad():
         from vitres.data import eval_batches
 
@@ -315,4 +315,4 @@ def test_evaluate_with_merge():
                 data, 16, 50, mean=model.config.mean, std=model.config.std, in_chans=1, limit=100
             )
         )
-    assert merged["accuracy"]["16"] == correct / 100
+    assert merged.accuracy["16"] == correct / 100

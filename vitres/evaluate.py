@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,20 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset, native_batches
-from vitres.layers.patch_embed import canonical_patch
+from vitres.layers.patch_embed import PatchSize, canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
 from vitres.tokens.mode import TokenMode
 from vitres.tokens.pack import run_plan
 from vitres.tokens.quadtree import QuadtreeTokenizer
 
-__all__ = ["accuracy_at", "accuracy_packed", "evaluate", "parse_resolutions"]
+__all__ = [
+    "EvaluationResult",
+    "ResolutionAccuracy",
+    "accuracy_at",
+    "accuracy_packed",
+    "evaluate",
+    "parse_resolutions",
+]
 
 
 def _autocast(precision: str) -> contextlib.AbstractContextManager:
@@ -145,6 +153,87 @@ def accuracy_packed(
     return correct / total, total, used
 
 
+@dataclass(frozen=True)
+class ResolutionAccuracy:
+    """Top-1 accuracy at one input size.
+
+    Attributes:
+        label: the size as the JSON keys write it: ``"16"``, ``"28x40"``, or ``"native"``
+            (every image at its own size, with ``pack``).
+        accuracy: top-1 accuracy in [0, 1].
+        n: examples scored at this size.
+    """
+
+    label: str
+    accuracy: float
+    n: int
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate` measured, and under which settings.
+
+    Attributes:
+        model: checkpoint path / bundled name, or ``"<in-memory>"``.
+        data: dataset name, e.g. ``"fashion-mnist/test"``.
+        patch_size: patch size used (an int, or ``(h, w)`` when rectangular).
+        rows: one :class:`ResolutionAccuracy` per size, in the order asked for.
+        pos_embed_mode: the learned table's resampling mode (``None`` for models
+            without a learned table).
+        size_policy: the size policy in effect.
+        precision: ``"fp32"`` or ``"bf16"``.
+        token_mode: how the model tokenised (merge, token budget, packing).
+        pack_used: packing strategy -> batches run with it (with ``pack``).
+        warnings: unreadable files, class-count mismatch.
+    """
+
+    model: str
+    data: str
+    patch_size: PatchSize
+    rows: tuple[ResolutionAccuracy, ...]
+    pos_embed_mode: str | None
+    size_policy: str
+    precision: str
+    token_mode: TokenMode = field(default_factory=TokenMode)
+    pack_used: Mapping[str, int] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def n(self) -> int:
+        """Examples scored at each size (those of the last size; all sizes score the same)."""
+        return self.rows[-1].n if self.rows else 0
+
+    @property
+    def accuracy(self) -> dict[str, float]:
+        """``{label: accuracy}`` in the order of :attr:`rows`."""
+        return {row.label: row.accuracy for row in self.rows}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dict ``vitres eval --json`` prints::
+
+        {"model": str, "data": str, "n": int, "patch_size": int | [h, w],
+         "accuracy": {"16": 0.81, "28x40": 0.90, ...}, "pos_embed_mode": str | None,
+         "size_policy": str, "precision": str, "merge": int | float | None,
+         "pack": str | None, "pack_used": {str: int}, "token_budget": int | None,
+         "warnings": [str]}
+        """
+        return {
+            "model": self.model,
+            "data": self.data,
+            "n": self.n,
+            "patch_size": self.patch_size,
+            "accuracy": self.accuracy,
+            "pos_embed_mode": self.pos_embed_mode,
+            "size_policy": self.size_policy,
+            "precision": self.precision,
+            "merge": self.token_mode.merge,
+            "pack": self.token_mode.pack,
+            "pack_used": dict(self.pack_used),
+            "token_budget": self.token_mode.token_budget,
+            "warnings": list(self.warnings),
+        }
+
+
 def evaluate(
     model: nn.Module | str | Path,
     dataset: Dataset | str,
@@ -162,13 +251,12 @@ def evaluate(
     pack: str | None = None,
     token_budget: int | None = None,
     quadtree_levels: int | None = None,
-) -> dict:
+) -> EvaluationResult:
     """Scores a model at several input resolutions, or at each image's own size.
 
     Args:
         model: a vitres model, or any model reference :func:`vitres.resolve_model`
-            accepts: a bundled name, a vitres checkpoint, a Hugging Face directory, a
-            timm file or directory, a registry name (random weights).
+            accepts (bundled name, checkpoint, Hugging Face / timm directory, ...).
         dataset: a dataset object, or a name / folder for :func:`vitres.data.get_dataset`
             (its ``"test"`` split is used).
         resolutions: input sizes in the grammar of :func:`vitres.layers.sizes.parse_resolutions`
@@ -178,9 +266,8 @@ def evaluate(
         limit: score only the first ``limit`` examples (all when ``None``).
         patch_size: patch size for every call (the model's own when ``None``).
         pos_embed_mode: override of the learned-table resampling mode (``nearest``,
-            ``bilinear``, ``bicubic``, ``area``, ``fourier``); for a model object the
-            config is replaced in place for the duration of the call.
-        size_policy: override of the size policy (``pad``, ``crop``, ``resize``, ``error``).
+            ``bilinear``, ``bicubic``, ``area``, ``fourier``); on a model object, for the
+            call only. ``size_policy`` likewise (``pad``, ``crop``, ``resize``, ``error``).
         data_dir: folder of the Fashion-MNIST files when ``dataset`` is a name.
         precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
         threads: torch CPU threads for the call (``None``: leave as set).
@@ -190,125 +277,149 @@ def evaluate(
         pack: score every image at its own size, images of different sizes run together
             by this packing strategy (``loop``, ``pad``, ``bucket``, ``pack``, ``auto``;
             :func:`vitres.pack`) instead of resizing to ``resolutions``. The accuracy is
-            reported under the key ``"native"``.
-        token_budget: Mixed-resolution tokens at every resolution: at most this many
-            patch tokens per image, in a quadtree of fine and coarse patches
-            (:mod:`vitres.tokens.quadtree`); ``None``: one patch size.
+            reported under the label ``"native"``.
+        token_budget: Mixed-resolution tokens: at most this many patch tokens per image,
+            in a quadtree of fine and coarse patches (:mod:`vitres.tokens.quadtree`).
         quadtree_levels: Levels of that quadtree (``None``: ``QuadtreeTokenizer()``'s).
 
     Returns:
-        A JSON-ready dict::
-
-            {
-              "model": str,             # checkpoint path / bundled name, or "<in-memory>"
-              "data": str,              # dataset name, e.g. "fashion-mnist/test"
-              "n": int,                 # examples scored at each resolution
-              "patch_size": int,        # patch size used ((h, w) when rectangular)
-              "accuracy": {"16": 0.81, "28x40": 0.90, ...},  # top-1 in [0, 1]; keys "H" or "HxW"
-              "pos_embed_mode": str | None,  # None for models without a learned table
-              "size_policy": str,
-              "precision": str,
-              "merge": int | float | None,  # the token-merging setting
-              "pack": str | None,       # the packing strategy asked for (with pack)
-              "pack_used": {str: int},  # strategy -> batches run with it (with pack)
-              "token_budget": int | None,  # mixed-resolution tokens per image, at most
-              "warnings": [str],        # unreadable files, class-count mismatch
-            }
+        An :class:`EvaluationResult`; ``result.to_dict()`` is the JSON-ready dict.
     """
+    mode = _token_mode(resolutions, merge, token_budget, quadtree_levels, pack)
+    overrides = {"pos_embed_mode": pos_embed_mode, "size_policy": size_policy}
+    net, previous = _load_model(model, {k: v for k, v in overrides.items() if v is not None})
+    data = dataset
+    if isinstance(dataset, str):
+        data = get_dataset(dataset, "test", data_dir=data_dir, in_chans=net.config.in_chans)
+    sizes = parse_resolutions(resolutions) if pack is None else []
+    mode.check_model(net)
+    settings = _Settings(batch_size, limit, patch_size, precision)
+    try:
+        with _torch_threads(threads):
+            used = net.config  # the config in effect, overrides included
+            rows, pack_used = _score(net, data, sizes, mode, settings, progress)
+    finally:
+        if previous is not None:
+            net.config = previous
+    learned = getattr(used, "pos_embed", None) == "learned"
+    return EvaluationResult(
+        model=str(model) if not isinstance(model, nn.Module) else "<in-memory>",
+        data=getattr(data, "name", type(data).__name__),
+        patch_size=canonical_patch(patch_size or used.patch_size),
+        rows=tuple(rows),
+        pos_embed_mode=used.pos_embed_mode if learned else None,
+        size_policy=used.size_policy,
+        precision=precision,
+        token_mode=mode,
+        pack_used=pack_used,
+        warnings=tuple(data_problems(data, getattr(used, "num_classes", None))),
+    )
+
+
+def _token_mode(
+    resolutions: object,
+    merge: int | float | None,
+    token_budget: int | None,
+    quadtree_levels: int | None,
+    pack: str | None,
+) -> TokenMode:
+    """The token mode of a call (:class:`TokenMode` checks the settings); resolutions
+    are given unless packing, which scores every image at its own size."""
     if pack is None and resolutions is None:
         raise ValueError("give the resolutions to score at, or pack=STRATEGY for native sizes")
     if pack is not None and resolutions is not None:
         raise ValueError(
             "pack scores every image at its own size; it does not take resolutions (drop one)"
         )
-    mode = TokenMode.of(merge, token_budget, quadtree_levels, pack)  # checks the settings
-    name = str(model) if not isinstance(model, nn.Module) else "<in-memory>"
-    overrides = {}
-    if pos_embed_mode is not None:
-        overrides["pos_embed_mode"] = pos_embed_mode
-    if size_policy is not None:
-        overrides["size_policy"] = size_policy
+    return TokenMode.of(merge, token_budget, quadtree_levels, pack)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The per-call settings every size is scored with."""
+
+    batch_size: int
+    limit: int | None
+    patch_size: int | None
+    precision: str
+
+
+def _load_model(model: nn.Module | str | Path, overrides: dict[str, str]) -> tuple[nn.Module, Any]:
+    """The model to score, with ``overrides`` applied, and the config to restore after
+    the call (``None`` when the model was loaded here)."""
     if not isinstance(model, nn.Module):
         from vitres.models.resolve import resolve_model
 
         net = resolve_model(model, **overrides)
-        previous = None
         if not hasattr(net, "config"):
             raise ValueError(
                 f"{model!r} resolved to a {type(net).__name__} without a vitres config"
             )
-    else:
-        net = model
-        previous = net.config
-        if overrides:
-            known = {f.name for f in dataclasses.fields(previous)}
-            unknown = sorted(set(overrides) - known)
-            if unknown:
-                raise ValueError(
-                    f"{type(net).__name__} has no config field(s) {unknown}; "
-                    f"settable: {sorted(known)}"
-                )
-            net.config = dataclasses.replace(previous, **overrides)
-    if isinstance(dataset, str):
-        data = get_dataset(dataset, "test", data_dir=data_dir, in_chans=net.config.in_chans)
-    else:
-        data = dataset
-    sizes = parse_resolutions(resolutions) if pack is None else []
-    mode.check_model(net)
-    quadtree = mode.quadtree
+        return net, None
+    previous = model.config
+    if overrides:
+        known = {f.name for f in dataclasses.fields(previous)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"{type(model).__name__} has no config field(s) {unknown}; "
+                f"settable: {sorted(known)}"
+            )
+        model.config = dataclasses.replace(previous, **overrides)
+    return model, previous
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Torch CPU threads set to ``threads`` (``None``: unchanged) inside, restored after."""
     threads_before = torch.get_num_threads()
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
         torch.set_num_threads(threads)
     try:
-        used = net.config  # the config in effect, overrides included
-        accuracy: dict[str, float] = {}
-        n = 0
-        pack_used: dict[str, int] = {}
-        per_size = len(data) if limit is None else min(limit, len(data))
-        with tqdm(
-            total=per_size * max(len(sizes), 1), disable=not progress, unit="img", desc="eval"
-        ) as bar:
-            for res in sizes:
-                bar.set_postfix_str(f"{size_label(res)} px")
-                acc, n = accuracy_at(
-                    net,
-                    data,
-                    res,
-                    batch_size,
-                    limit,
-                    patch_size,
-                    precision,
-                    progress=bar,
-                    merge=merge,
-                    token_budget=token_budget,
-                    quadtree=quadtree,
-                )
-                accuracy[size_label(res)] = acc
-            if pack is not None:
-                bar.set_postfix_str(f"native sizes, {pack}")
-                acc, n, pack_used = accuracy_packed(
-                    net, data, pack, batch_size, limit, patch_size, precision, progress=bar
-                )
-                accuracy["native"] = acc
+        yield
     finally:
         torch.set_num_threads(threads_before)
-        if previous is not None:
-            net.config = previous
-    learned = getattr(used, "pos_embed", None) == "learned"
-    return {
-        "model": name,
-        "data": getattr(data, "name", type(data).__name__),
-        "n": n,
-        "patch_size": canonical_patch(patch_size or used.patch_size),  # int, or [h, w]
-        "accuracy": accuracy,
-        "pos_embed_mode": used.pos_embed_mode if learned else None,
-        "size_policy": used.size_policy,
-        "precision": precision,
-        "merge": merge,
-        "pack": pack,
-        "pack_used": pack_used,
-        "token_budget": token_budget,
-        "warnings": data_problems(data, getattr(used, "num_classes", None)),
-    }
+
+
+def _score(
+    net: nn.Module,
+    data: Dataset,
+    sizes: list[tuple[int, int]],
+    mode: TokenMode,
+    settings: _Settings,
+    progress: bool,
+) -> tuple[list[ResolutionAccuracy], dict[str, int]]:
+    """One row per size in ``sizes`` (then one ``"native"`` row when packing), and the
+    packing strategies used."""
+    rows: list[ResolutionAccuracy] = []
+    pack_used: dict[str, int] = {}
+    batch_size, limit, patch_size, precision = dataclasses.astuple(settings)
+    per_size = len(data) if limit is None else min(limit, len(data))
+    with tqdm(
+        total=per_size * max(len(sizes), 1), disable=not progress, unit="img", desc="eval"
+    ) as bar:
+        for res in sizes:
+            bar.set_postfix_str(f"{size_label(res)} px")
+            acc, n = accuracy_at(
+                net,
+                data,
+                res,
+                batch_size,
+                limit,
+                patch_size,
+                precision,
+                progress=bar,
+                merge=mode.merge,
+                token_budget=mode.token_budget,
+                quadtree=mode.quadtree,
+            )
+            rows.append(ResolutionAccuracy(size_label(res), acc, n))
+        if mode.pack is not None:
+            bar.set_postfix_str(f"native sizes, {mode.pack}")
+            acc, n, pack_used = accuracy_packed(
+                net, data, mode.pack, batch_size, limit, patch_size, precision, progress=bar
+            )
+            rows.append(ResolutionAccuracy("native", acc, n))
+    return rows, pack_used

@@ -96,23 +96,24 @@ def run(args: argparse.Namespace) -> int:
         token_budget=args.token_budget,
         quadtree_levels=args.quadtree_levels,
     )
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_dict()))
         return 0
-    extra = "" if result["merge"] is None else f", merge={result['merge']}"
-    if result["pack"] is not None:
-        used = ", ".join(f"{k} x{v}" for k, v in result["pack_used"].items())
-        extra += f", pack={result['pack']} ({used} batches)"
+    mode = result.token_mode
+    extra = "" if mode.merge is None else f", merge={mode.merge}"
+    if mode.pack is not None:
+        used = ", ".join(f"{k} x{v}" for k, v in result.pack_used.items())
+        extra += f", pack={mode.pack} ({used} batches)"
     print(
-        f"{result['model']} on {result['data']} (n={result['n']}, patch {result['patch_size']}, "
-        f"pos_embed_mode={result['pos_embed_mode']}, size_policy={result['size_policy']}{extra}"
-        + ("" if args.token_budget is None else f", token budget {args.token_budget}")
+        f"{result.model} on {result.data} (n={result.n}, patch {result.patch_size}, "
+        f"pos_embed_mode={result.pos_embed_mode}, size_policy={result.size_policy}{extra}"
+        + ("" if mode.token_budget is None else f", token budget {mode.token_budget}")
         + ")"
     )
     print(f"{'resolution':>10}  {'accuracy':>8}")
-    for res, acc in result["accuracy"].items():
+    for res, acc in result.accuracy.items():
         label = "own size" if res == "native" else res + " px"
         print(f"{label:>10}  {acc * 100:7.2f}%")
     return 0

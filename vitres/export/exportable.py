@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import nn
 
 from vitres.export.spec import MIN_OPSET
+from vitres.tokens.mode import BoundTokenMode
 
 __all__ = ["check_exportable", "is_mixer", "unwrap_model"]
 
@@ -24,14 +25,12 @@ def unwrap_model(module: nn.Module) -> tuple[nn.Module, int | None]:
     """The vitres model inside ``module`` and the patch size bound to it, if any.
 
     Accepts a model, or a wrapper that binds a patch size (``vitres.measure.FixedPatchSize``:
-    attributes ``model`` and ``patch_size``, no ``config``).
+    attributes ``model`` and ``patch_size``, no ``config``) or a token mode
+    (:class:`~vitres.tokens.BoundTokenMode`, refused when the mode does not export:
+    :meth:`~vitres.tokens.TokenMode.check_exportable`).
     """
-    if getattr(module, "merge", None) is not None:
-        raise ValueError(
-            f"token merging (merge={module.merge!r}) does not export: its matching sorts and "
-            "scatters tokens by their values, which no exported graph here holds. Run merged "
-            "models with the eager, eager-bf16 or compile backends"
-        )
+    if isinstance(module, BoundTokenMode):  # a bound token mode says if it exports
+        module.mode.check_exportable()
     if getattr(module, "config", None) is None:
         inner = getattr(module, "model", None)
         if isinstance(inner, nn.Module) and getattr(inner, "config", None) is not None:

@@ -110,6 +110,15 @@ class TokenMode:
                 "mixes one grid of equal patches"
             )
 
+    def check_exportable(self) -> None:
+        """``ValueError`` if no exported graph can hold this mode (token merging)."""
+        if self.merge is not None:
+            raise ValueError(
+                f"token merging (merge={self.merge!r}) does not export: its matching sorts "
+                "and scatters tokens by their values, which no exported graph here holds. "
+                "Run merged models with the eager, eager-bf16 or compile backends"
+            )
+
     def forward(
         self,
         model: nn.Module,

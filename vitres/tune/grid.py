@@ -18,6 +18,7 @@ from vitres.layers.patch_embed import token_grid
 from vitres.layers.sizes import parse_int_list, parse_resolutions
 from vitres.models.resolve import ModelRef
 from vitres.tokens.merge import MergeSpec
+from vitres.tokens.mode import TokenMode
 
 __all__ = [
     "anchor_resolutions",
@@ -72,32 +73,16 @@ def build_grid(
             quadtree is chosen per image at run time, which an exported or compiled
             graph cannot do); other backends get the budget-free configs only, with a
             warning.
-        A config has token merging or a token budget, not both (they cannot be
-            combined yet); such pairs are skipped with a warning.
+        A config's merge and token budget are those :class:`~vitres.tokens.TokenMode`
+            accepts together: merging and a budget cannot be combined yet, so such pairs
+            are skipped with a warning.
     """
     sizes = parse_resolutions(resolutions)
-    merges = list(dict.fromkeys(merges)) or [None]
-    budgets = list(dict.fromkeys(token_budgets)) or [None]
-    if any(m is not None for m in merges) and any(b is not None for b in budgets):
-        warnings.warn(
-            "merge and token_budget cannot be combined yet: the grid measures each merge "
-            "setting without a budget and each budget without merging",
-            stacklevel=2,
-        )
+    pairs = _token_pairs(merges, token_budgets)
     name = model_ref_name(model)
-    usable = []
-    for backend in backends:
-        ok, why = backend_class(backend).availability()
-        if ok:
-            usable.append(backend)
-        else:  # e.g. TensorRT without a GPU: skipped with the reason, not N error records
-            warnings.warn(f"skipping backend {backend!r}: {why}", stacklevel=2)
-    if backends and not usable:
-        raise ValueError(
-            f"none of the backends {list(backends)} is available here; see the warnings"
-        )
+    usable = _usable_backends(backends)
     unmergeable = [b for b in usable if not backend_class(b).token_merging]
-    if unmergeable and any(m is not None for m in merges):
+    if unmergeable and any(merge is not None for merge in merges):
         warnings.warn(
             f"token merging does not run on {unmergeable} (they export the model, and no "
             "exported graph holds the merging); measuring them without merging only",
@@ -106,44 +91,94 @@ def build_grid(
     configs = []
     for backend in usable:
         precision = backend_class(backend).precision
-        allowed = budgets
-        if not issubclass(backend_class(backend), EagerBackend):
-            allowed = [b for b in budgets if b is None]
-            if len(allowed) < len(budgets):
-                warnings.warn(
-                    f"token budgets run on the eager backends only (the quadtree is chosen "
-                    f"per image at run time); backend {backend!r} gets no budgeted configs",
-                    stacklevel=2,
-                )
-        for merge in merges:
-            if merge is not None and backend in unmergeable:
-                continue
-            for budget in allowed:
-                if merge is not None and budget is not None:
-                    continue
-                for batch in batch_sizes:
-                    for patch in patch_sizes:
-                        for size in sizes:
-                            configs.append(
-                                SweepConfig(
-                                    name,
-                                    size,
-                                    patch,
-                                    int(batch),
-                                    precision,
-                                    backend,
-                                    threads,
-                                    device,
-                                    merge=merge,
-                                    token_budget=budget,
-                                )
+        budgeted = any(budget is not None for budget in token_budgets)
+        for merge, budget in _backend_pairs(backend, pairs, backend in unmergeable, budgeted):
+            for batch in batch_sizes:
+                for patch in patch_sizes:
+                    for size in sizes:
+                        configs.append(
+                            SweepConfig(
+                                name,
+                                size,
+                                patch,
+                                int(batch),
+                                precision,
+                                backend,
+                                threads,
+                                device,
+                                merge=merge,
+                                token_budget=budget,
                             )
+                        )
     if not configs:
         raise ValueError(
             "the grid is empty: token budgets need an eager backend (--backend eager); "
             "add 'none' to --token-budget for the other backends"
         )
     return list(dict.fromkeys(configs))
+
+
+def _token_pairs(
+    merges: Sequence[MergeSpec | None], token_budgets: Sequence[int | None]
+) -> list[tuple[MergeSpec | None, int | None]]:
+    """The ``(merge, token budget)`` pairs the grid measures, merge varying slowest:
+    those :class:`~vitres.tokens.TokenMode` accepts. Pairs it refuses for combining
+    (merging with a budget) are dropped with one warning."""
+    pairs = []
+    refused = False
+    for merge in list(dict.fromkeys(merges)) or [None]:
+        for budget in list(dict.fromkeys(token_budgets)) or [None]:
+            try:
+                TokenMode(merge, budget)
+            except ValueError:
+                TokenMode(merge)  # an invalid setting alone still raises
+                TokenMode(token_budget=budget)
+                refused = True
+                continue
+            pairs.append((merge, budget))
+    if refused:
+        warnings.warn(
+            "merge and token_budget cannot be combined yet: the grid measures each merge "
+            "setting without a budget and each budget without merging",
+            stacklevel=3,
+        )
+    return pairs
+
+
+def _usable_backends(backends: Sequence[str]) -> list[str]:
+    """The backends available here; the others are skipped with a warning saying why."""
+    usable = []
+    for backend in backends:
+        ok, why = backend_class(backend).availability()
+        if ok:
+            usable.append(backend)
+        else:  # e.g. TensorRT without a GPU: skipped with the reason, not N error records
+            warnings.warn(f"skipping backend {backend!r}: {why}", stacklevel=3)
+    if backends and not usable:
+        raise ValueError(
+            f"none of the backends {list(backends)} is available here; see the warnings"
+        )
+    return usable
+
+
+def _backend_pairs(
+    backend: str,
+    pairs: list[tuple[MergeSpec | None, int | None]],
+    unmergeable: bool,
+    budgeted: bool,
+) -> list[tuple[MergeSpec | None, int | None]]:
+    """The token pairs ``backend`` runs: no merging on an ``unmergeable`` backend, and
+    token budgets on the eager backends only (warned when the grid has budgets)."""
+    if budgeted and not issubclass(backend_class(backend), EagerBackend):
+        warnings.warn(
+            f"token budgets run on the eager backends only (the quadtree is chosen "
+            f"per image at run time); backend {backend!r} gets no budgeted configs",
+            stacklevel=3,
+        )
+        pairs = [(merge, budget) for merge, budget in pairs if budget is None]
+    if unmergeable:
+        pairs = [(merge, budget) for merge, budget in pairs if merge is None]
+    return pairs
 
 
 def anchor_resolutions(

@@ -8,6 +8,7 @@ its :class:`~vitres.tune.records.Measurement`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from vitres.backends import backend_class, get_backend
 from vitres.layers.pos_embed import to_grid
 from vitres.measure import (
+    LatencyStats,
     PeakMemoryTracker,
     TimingConfig,
     analytic_flops,
@@ -112,37 +114,116 @@ def measure_config(
         reference_best_ms: The fastest reference-kernel time seen so far in the sweep,
             for the interference verdict (:mod:`vitres.measure.interference`).
     """
-    timing = timing or TimingConfig()
     threads = set_threads(config.threads if config.threads is not None else threads)
-    device = torch.device(config.device)
-    tracker = PeakMemoryTracker(device, isolated=isolated)
+    tracker = PeakMemoryTracker(torch.device(config.device), isolated=isolated)
     tracker.start()
     model = build_model().eval()
-    model_config = getattr(model, "config", None)
-    in_chans = int(getattr(model_config, "in_chans", 3))
-    native_patch = getattr(model_config, "patch_size", None)
-    native_patch = None if native_patch is None else to_grid(native_patch)[0]
-    native_res = getattr(model_config, "img_size", None)
-    native_res = None if native_res is None else to_grid(native_res)
-    height, width = config.resolution
+    facts = _ModelFacts.of(model)
+    runnable = _runnable(model, config)
+    backend = get_backend(config.backend, **backend_options(config, calibration))
+    shape = (config.batch_size, facts.in_chans, *config.resolution)
+    backend.prepare(runnable, shape)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(config.device)  # untimed
+    stats, evidence = _time_backend(backend, x, timing, threads, reference_best_ms)
+    peak = tracker.peak_mb()
+    accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
+    if eval_data is not None and known_accuracy is None:
+        accuracy, n_eval = _backend_accuracy(backend, model, config, eval_data)
+    warnings = list(eval_data.problems(model)) if hasattr(eval_data, "problems") else []
+    ood_auroc = eval_data.ood_auroc(model, config) if hasattr(eval_data, "ood_auroc") else None
+    grid, tokens = _grid_and_tokens(model, config, x)
+    flops, flops_analytic = _flops(model, runnable, config, x, grid) if with_flops else (None,) * 2
+    median_s = stats.median_ms / 1000.0
+    return Measurement(
+        config=config,
+        status="ok",
+        accuracy=accuracy,
+        n_eval=n_eval,
+        data=data_name if accuracy is not None else None,
+        latency=stats,
+        throughput_ips=config.batch_size / median_s if stats.median_ms > 0 else None,
+        peak_mem_mb=peak,
+        mem_method=tracker.method,
+        flops=flops,
+        flops_analytic=flops_analytic,
+        tokens=tokens,
+        grid=grid,
+        **facts.record_fields(model),
+        build_time_s=backend.build_time_s,
+        env=env_fingerprint(threads, config.device),
+        interference=evidence.to_dict(),
+        data_warnings=warnings,
+        ood_auroc=ood_auroc,
+    )
 
+
+@dataclass(frozen=True)
+class _ModelFacts:
+    """What a record says about the model: its config, channels, native patch and size."""
+
+    config: Any
+    in_chans: int
+    native_patch_size: int | None
+    native_resolution: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _ModelFacts:
+        config = getattr(model, "config", None)
+        patch = getattr(config, "patch_size", None)
+        size = getattr(config, "img_size", None)
+        return cls(
+            config,
+            int(getattr(config, "in_chans", 3)),
+            None if patch is None else to_grid(patch)[0],
+            None if size is None else to_grid(size),
+        )
+
+    def record_fields(self, model: nn.Module) -> dict[str, Any]:
+        """The :class:`Measurement` fields that describe the model."""
+        return {
+            "params": sum(p.numel() for p in model.parameters()),
+            "num_prefix_tokens": getattr(model, "num_prefix_tokens", None),
+            "native_resolution": self.native_resolution,
+            "native_patch_size": self.native_patch_size,
+            "embed_dim": getattr(self.config, "embed_dim", None),
+        }
+
+
+def _backend_accuracy(
+    backend: Any, model: nn.Module, config: SweepConfig, eval_data: EvalData
+) -> tuple[float, int]:
+    """Accuracy and example count through ``backend`` (padded to the batch size for a
+    backend built for one)."""
+    pad_to = None if backend.dynamic_batch else config.batch_size
+    return evaluate_accuracy(backend.run, eval_data(model, config), pad_to=pad_to)
+
+
+def _runnable(model: nn.Module, config: SweepConfig) -> nn.Module:
+    """``model`` as the backend runs it: the config's token mode and patch size bound."""
     mode = TokenMode.of(config.merge, config.token_budget)  # the one place the rules live
     mode.check_model(model)
-    runnable: nn.Module = model
-    if config.merge is not None or config.token_budget is not None:
-        runnable = mode.bind(model, config.patch_size)
-    elif config.patch_size is not None:
-        runnable = FixedPatchSize(model, config.patch_size)
-    backend = get_backend(config.backend, **backend_options(config, calibration))
-    shape = (config.batch_size, in_chans, height, width)
-    backend.prepare(runnable, shape)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device)  # no copy timed
+    if mode.merge is not None or mode.token_budget is not None:
+        return mode.bind(model, config.patch_size)
+    if config.patch_size is not None:
+        return FixedPatchSize(model, config.patch_size)
+    return model
+
+
+def _time_backend(
+    backend: Any,
+    x: Tensor,
+    timing: TimingConfig | None,
+    threads: int,
+    reference_best_ms: float | None,
+) -> tuple[LatencyStats, Any]:
+    """Latency statistics of ``backend.run(x)`` and the interference verdict of the run
+    (``timing``: the default :class:`TimingConfig` when ``None``)."""
+    timing = timing or TimingConfig()
     reference_before = reference_kernel_ms(threads)
     before = sample_cpu()
     samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
     after = sample_cpu()
     reference = (reference_before, reference_kernel_ms(threads))
-    peak = tracker.peak_mb()
     stats = latency_stats(samples)
     evidence = assess(
         other=other_cores(before, after),
@@ -152,57 +233,44 @@ def measure_config(
         tail_ratio=stats.tail_ratio,
         threads=threads,
     )
+    return stats, evidence
 
-    accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
-    if eval_data is not None and known_accuracy is None:
-        pad_to = None if backend.dynamic_batch else config.batch_size
-        accuracy, n_eval = evaluate_accuracy(backend.run, eval_data(model, config), pad_to=pad_to)
-    warnings = list(eval_data.problems(model)) if hasattr(eval_data, "problems") else []
-    ood_auroc = eval_data.ood_auroc(model, config) if hasattr(eval_data, "ood_auroc") else None
 
-    grid = tokens = flops = flops_analytic = None
-    if hasattr(model, "grid_size"):
-        grid = tuple(int(g) for g in model.grid_size((height, width), patch_size=config.patch_size))
-        tokens = grid[0] * grid[1]
-        if config.token_budget is not None:  # the quadtrees of the timed batch
-            _, plan = quadtree_plan(model, x, config.token_budget, config.patch_size)
-            tokens = round(sum(plan.counts) / len(plan.counts))
-            grid = plan.grid
-    if with_flops:
-        first = next(model.parameters(), None)
-        dtype = first.dtype if first is not None else torch.float32
-        flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
-        if model_config is not None and config.merge is None and config.token_budget is None:
-            try:
-                flops_analytic = analytic_flops(
-                    model_config, (height, width), config.patch_size, grid=grid
-                )
-            except (AttributeError, TypeError, ValueError):
-                flops_analytic = None
-    return Measurement(
-        config=config,
-        status="ok",
-        accuracy=accuracy,
-        n_eval=n_eval,
-        data=data_name if accuracy is not None else None,
-        latency=stats,
-        throughput_ips=config.batch_size / (stats.median_ms / 1000.0)
-        if stats.median_ms > 0
-        else None,
-        peak_mem_mb=peak,
-        mem_method=tracker.method,
-        flops=flops,
-        flops_analytic=flops_analytic,
-        params=sum(p.numel() for p in model.parameters()),
-        tokens=tokens,
-        grid=grid,
-        num_prefix_tokens=getattr(model, "num_prefix_tokens", None),
-        native_resolution=native_res,
-        native_patch_size=native_patch,
-        embed_dim=getattr(model_config, "embed_dim", None),
-        build_time_s=backend.build_time_s,
-        env=env_fingerprint(threads, config.device),
-        interference=evidence.to_dict(),
-        data_warnings=warnings,
-        ood_auroc=ood_auroc,
-    )
+def _grid_and_tokens(
+    model: nn.Module, config: SweepConfig, x: Tensor
+) -> tuple[tuple[int, ...] | None, int | None]:
+    """The token grid and patch-token count of a config (with a token budget: those of
+    the quadtrees of the timed batch ``x``); ``(None, None)`` for a model without a grid."""
+    if not hasattr(model, "grid_size"):
+        return None, None
+    height, width = config.resolution
+    grid = tuple(int(g) for g in model.grid_size((height, width), patch_size=config.patch_size))
+    tokens = grid[0] * grid[1]
+    if config.token_budget is not None:
+        _, plan = quadtree_plan(model, x, config.token_budget, config.patch_size)
+        tokens = round(sum(plan.counts) / len(plan.counts))
+        grid = plan.grid
+    return grid, tokens
+
+
+def _flops(
+    model: nn.Module,
+    runnable: nn.Module,
+    config: SweepConfig,
+    x: Tensor,
+    grid: tuple[int, ...] | None,
+) -> tuple[int | None, int | None]:
+    """Counted FLOPs of one image through ``runnable``, and the analytic count (uniform
+    tokens only; ``None`` where the formula does not apply)."""
+    device = torch.device(config.device)
+    first = next(model.parameters(), None)
+    dtype = first.dtype if first is not None else torch.float32
+    flops = count_flops(runnable, x[:1].to(device=device, dtype=dtype))
+    model_config = getattr(model, "config", None)
+    if model_config is None or config.merge is not None or config.token_budget is not None:
+        return flops, None
+    try:
+        size = tuple(config.resolution)
+        return flops, analytic_flops(model_config, size, config.patch_size, grid=grid)
+    except (AttributeError, TypeError, ValueError):
+        return flops, None
