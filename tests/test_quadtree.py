@@ -522,3 +522,15 @@ def test_grid_never_pairs_merge_with_a_budget():
     with pytest.warns(UserWarning, match="cannot be combined yet"):
         configs = build_grid("m", "28", merges=(None, 8), token_budgets=(None, 16))
     assert {(c.merge, c.token_budget) for c in configs} == {(None, None), (8, None), (None, 16)}
+
+
+def test_a_bound_token_budget_is_refused_by_export_not_exported_as_a_uniform_grid():
+    from vitres.export import unwrap_model
+    from vitres.tokens import TokenMode
+
+    model = VisionTransformer(
+        img_size=16, patch_size=4, embed_dim=16, depth=1, num_heads=2, num_classes=3
+    )
+    assert unwrap_model(TokenMode().bind(model)) is not None
+    with pytest.raises(ValueError, match="do not export"):
+        unwrap_model(TokenMode(token_budget=8).bind(model))

@@ -111,12 +111,20 @@ class TokenMode:
             )
 
     def check_exportable(self) -> None:
-        """``ValueError`` if no exported graph can hold this mode (token merging)."""
+        """``ValueError`` if no exported graph can hold this mode (token merging, a token
+        budget)."""
         if self.merge is not None:
             raise ValueError(
                 f"token merging (merge={self.merge!r}) does not export: its matching sorts "
                 "and scatters tokens by their values, which no exported graph here holds. "
                 "Run merged models with the eager, eager-bf16 or compile backends"
+            )
+        if self.token_budget is not None:
+            raise ValueError(
+                f"mixed-resolution tokens (token_budget={self.token_budget}) do not export: "
+                "the quadtree chooses its regions from the pixels at run time, which a traced "
+                "graph cannot do. Export the model without a token budget, or run it with "
+                "the eager, eager-bf16 or compile backends"
             )
 
     def forward(
