@@ -9,7 +9,7 @@ change of speed that comes with a change of result shows.
 
 Cases: ViT-S/16 (random weights, seed 0) at 224 px batch 1 and 8 and at 320 px (the
 any-resolution path), ToMe merging inside the blocks, and the bundled Fashion-MNIST
-model on a uniform batch, a packed batch of mixed sizes and mixed-resolution (quadtree)
+model on a uniform batch (1 and 64 images), a packed batch of mixed sizes and mixed-resolution (quadtree)
 tokens.
 
 Target: no case more than 2 % slower.
@@ -41,6 +41,7 @@ CASES = (
     "vit_s_224_b8",
     "vit_s_320_b1",
     "vit_s_224_merge8_b1",
+    "fmnist_28_b1",
     "fmnist_28_b64",
     "fmnist_packed_64",
     "fmnist_quadtree_56_b16",
@@ -65,8 +66,8 @@ def _build_case(name: str):  # noqa: ANN202 - returns (callable, input)
             return _merged_call(model, 8), x
         return model, x
     model = vitres.load_model("fmnist-vit-multires").eval()
-    if name == "fmnist_28_b64":
-        return model, torch.rand(64, 1, 28, 28, generator=generator)
+    if name in ("fmnist_28_b1", "fmnist_28_b64"):
+        return model, torch.rand(int(name.rsplit("_b", 1)[1]), 1, 28, 28, generator=generator)
     if name == "fmnist_packed_64":
         sizes = torch.randint(12, 57, (64, 2), generator=generator).tolist()
         images = [torch.rand(1, h, w, generator=generator) for h, w in sizes]
@@ -167,14 +168,21 @@ def checkout(ref: str, into: Path) -> Path:
     return into
 
 
-def compare(base: Path, current: Path, rounds: int, calls: int) -> list[dict[str, Any]]:
+def compare(
+    base: Path,
+    current: Path,
+    rounds: int,
+    calls: int,
+    cases: tuple[str, ...] = CASES,
+    warmup: int = 10,
+) -> list[dict[str, Any]]:
     workers = {"base": Worker(base), "current": Worker(current)}
     rows = []
     try:
-        for case in CASES:
+        for case in cases:
             samples: dict[str, list[float]] = {"base": [], "current": []}
             ratios = []
-            first = {name: w.run(case, 2) for name, w in workers.items()}  # build and warm up
+            first = {name: w.run(case, warmup) for name, w in workers.items()}  # build, warm up
             diff = max(
                 (abs(a - b) for a, b in zip(first["base"]["logits"], first["current"]["logits"])),
                 default=0.0,
@@ -212,6 +220,7 @@ def main() -> None:
     parser.add_argument("--base", help="the earlier commit to compare with (required)")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--calls", type=int, default=3, help="timed calls per round")
+    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated cases")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -224,7 +233,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="vitres-base-") as tmp:
         base = checkout(args.base, Path(tmp))
-        rows = compare(base, REPO, args.rounds, args.calls)
+        rows = compare(base, REPO, args.rounds, args.calls, tuple(args.cases.split(",")))
     result = {
         "base": args.base,
         "current": subprocess.run(
