@@ -111,8 +111,8 @@ def test_no_budget_means_most_accurate_config_the_rule_accepts():
     assert rec.choice.key == good.key and rec.accepted is True
     assert rec.budget.limits() == [] and "no limits" in rec.budget.source
     assert rec.sentence() == (
-        "Deploy 20 px fp32 eager: 92.5 % (-0.5 %), 2.00× faster than 28 px fp32 eager "
-        "— accepted by the rule."
+        "Deploy 20 px fp32 eager: 92.5 % (ΔAcc +0.54 %, a loss of 0.50 points), 2.00× faster "
+        "than 28 px fp32 eager — accepted by the rule."
     )
 
 
@@ -124,8 +124,9 @@ def test_none_passes_names_the_closest_and_by_how_much():
     assert rec.choice is None and rec.status == "none-passes"
     assert rec.closest.key == almost.key
     assert rec.message.startswith("ΔSpeed misses by 5.0 %")
-    assert rec.sentence().startswith(
-        "Nothing passes the acceptance rule; closest: 24 px fp32 eager"
+    assert rec.sentence() == (
+        "Keep 28 px fp32 eager: no other config passes the rule (the closest, 24 px fp32 "
+        "eager, saves only 20 % of the time per image)."
     )
     assert "None passes" in format_recommendation(rec)
     data = rec.to_dict()

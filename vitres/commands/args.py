@@ -186,6 +186,12 @@ def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
         "results file holds several",
     )
     group.add_argument(
+        "--for-model",
+        metavar="NAME",
+        help="the model whose records to decide on, when a results file holds several: "
+        "its --model as given to `vitres sweep`, or the first 6+ digits of its weights digest",
+    )
+    group.add_argument(
         "--baseline",
         metavar="CONFIGKEY",
         help="config key to compare against (default: native resolution, fp32 eager, "

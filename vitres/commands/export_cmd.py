@@ -76,6 +76,12 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --from: the config `vitres recommend` picks under the budget flags",
     )
+    source.add_argument(
+        "--no-accuracy-ok",
+        action="store_true",
+        help="with --recommended: export the pick of a results file without measured "
+        "accuracy (the fastest config within the limits, not accepted by the rule)",
+    )
 
 
 def _add_spec_arguments(parser: argparse.ArgumentParser) -> None:
@@ -182,9 +188,15 @@ def _record(args: argparse.Namespace):  # noqa: ANN202 - a Measurement, imported
     records = read_results(args.from_results)
     if args.key:
         return find_record(records, args.key)
-    rec = recommend(records, budget_from_args(args), args.baseline, args.host)
+    rec = recommend(records, budget_from_args(args), args.baseline, args.host, args.for_model)
     if rec.choice is None:
         raise ValueError(f"nothing to export from {args.from_results}: {rec.sentence()}")
+    if rec.choice.accuracy is None and not args.no_accuracy_ok:
+        raise ValueError(
+            f"{args.from_results} has no measured accuracy, so the acceptance rule accepted "
+            f"nothing ({rec.sentence()}); sweep with --data DIR to measure it, or pass "
+            "--no-accuracy-ok to export the pick anyway"
+        )
     return rec.choice
 
 

@@ -35,7 +35,9 @@ def load_recommendation(path: str, args: argparse.Namespace):  # noqa: ANN201 - 
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"no results file at {path}; run `vitres sweep --out {path}` first")
-    return recommend(read_results(path), budget_from_args(args), args.baseline, args.host)
+    return recommend(
+        read_results(path), budget_from_args(args), args.baseline, args.host, args.for_model
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         records = read_results(args.results)
         kinds = split_by_host(m for m in records if m.ok)
         if len(kinds) > 1:  # one recommendation per machine kind, never mixed
-            per = recommend_per_host(records, budget_from_args(args), args.baseline)
+            per = recommend_per_host(records, budget_from_args(args), args.baseline, args.for_model)
             if args.json:
                 print(json.dumps({k: r.to_dict() for k, r in per.items()}, indent=2))
             else:

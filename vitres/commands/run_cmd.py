@@ -41,7 +41,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--frames", type=int, help="stop after N frames")
     parser.add_argument("--trace", help="per-frame trace, JSON lines (e.g. trace.jsonl)")
-    parser.add_argument("--backend", default="eager", help="backend (default eager)")
+    parser.add_argument(
+        "--backend",
+        default=None,
+        help="backend (default: with --records, the backend of the config they recommend; "
+        "else eager)",
+    )
     parser.add_argument(
         "--ladder",
         help="sizes to choose from, e.g. 16,20,24,28 or 96:224:32 (default: the records' "

@@ -88,6 +88,6 @@ def tune(
         keep_unstable=keep_unstable,
         max_attempts=max_attempts,
     )
-    rec = recommend(read_results(results_path), budget, baseline)
+    rec = recommend(read_results(results_path), budget, baseline, model=model)
     html, md = write_report(rec, out_dir / "report.html", title=f"vitres: {model}")
     return TuneResult(results_path, Path(html), Path(md) if md else None, rec)

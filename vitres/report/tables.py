@@ -8,6 +8,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from vitres.tune.intervals import wilson_interval
 from vitres.tune.recommend import MemoryCeiling
 from vitres.tune.records import Measurement
 
@@ -62,6 +63,8 @@ RESULT_COLUMNS = (
     "backend",
     "precision",
     "accuracy %",
+    "95 % interval",
+    "images",
     "median ms",
     "IQR ms",
     "p95 ms",
@@ -74,6 +77,14 @@ RESULT_COLUMNS = (
     "GFLOPs (analytic)",
     "error",
 )
+
+
+def _interval_text(m: Measurement) -> str:
+    """The accuracy's 95 % Wilson interval in percent, ``-`` without accuracy or size."""
+    if m.accuracy is None or m.n_eval < 1:
+        return "-"
+    low, high = wilson_interval(m.accuracy, m.n_eval)
+    return f"{100 * low:.2f}–{100 * high:.2f}"
 
 
 def result_rows(records: Sequence[Measurement]) -> list[list[str]]:
@@ -92,6 +103,8 @@ def result_rows(records: Sequence[Measurement]) -> list[list[str]]:
                 m.config.backend,
                 m.config.precision,
                 format_value(None if m.accuracy is None else 100 * m.accuracy, 4),
+                _interval_text(m),
+                format_value(m.n_eval or None),
                 format_value(None if lat is None else lat.median_ms),
                 format_value(None if lat is None or m.status == "predicted" else lat.iqr_ms),
                 format_value(None if lat is None or m.status == "predicted" else lat.p95_ms),

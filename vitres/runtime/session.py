@@ -19,11 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitres.models.checkpoint import checkpoint_digest
 from vitres.runtime.calibration import CALIBRATION_TIMING, calibrate
 from vitres.runtime.latency import LatencyModel
 from vitres.runtime.runner import AdaptiveRunner, deadline_from
 from vitres.runtime.sources import open_source
 from vitres.runtime.stream import StreamReport, run_stream
+from vitres.tune.deployment import DEFAULT_BACKEND, recommended_backend, records_of_model
 from vitres.tune.records import Measurement, read_results
 
 __all__ = [
@@ -99,7 +101,7 @@ def run_session(
     records: str | os.PathLike[str] | None = None,
     frames: int | None = None,
     trace_path: str | os.PathLike[str] | None = None,
-    backend: str = "eager",
+    backend: str | None = None,
     ladder: Sequence[int] | None = None,
     escalate_below: float | None = None,
     step: int | None = None,
@@ -122,7 +124,8 @@ def run_session(
         records: Sweep results file; without it a short calibration runs first.
         frames: Stop after this many frames.
         trace_path: Where to write the per-frame trace (JSON lines).
-        backend: Backend name.
+        backend: Backend name; ``None``: with ``records``, the backend of the config the
+            records recommend (said in the log), else ``eager``.
         ladder: Sizes to choose from (default :func:`default_ladder`).
         escalate_below: Escalation threshold on the top softmax probability.
         step: Pixels per change of the step controller.
@@ -143,7 +146,7 @@ def run_session(
     from vitres.measure import set_threads
 
     deadline_ms = deadline_from(target_fps, max_latency_ms)
-    if backend not in list_backends():
+    if backend is not None and backend not in list_backends():
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be a positive number, got {threads}")
@@ -160,7 +163,7 @@ def run_session(
         )  # fmt: skip
         runner = AdaptiveRunner(
             model, setup.sizes, max_latency_ms=deadline_ms, controller=controller,
-            records=setup.latency, backend=backend, escalate_below=escalate_below, step=step,
+            records=setup.latency, backend=setup.backend, escalate_below=escalate_below, step=step,
         )  # fmt: skip
         infeasible = _say_if_infeasible(runner, setup.latency, deadline_ms, log)
         report = run_stream(runner, stream, frames=frames, trace_path=trace_path, progress=progress)
@@ -177,6 +180,7 @@ class _LatencySetup:
     sizes: list[int]
     records_path: str | None
     calibrated: bool
+    backend: str
 
 
 def _resolve(model_ref: str) -> nn.Module:
@@ -210,7 +214,7 @@ def _latency_setup(
     model: nn.Module,
     records: str | os.PathLike[str] | None,
     ladder: Sequence[int] | None,
-    backend: str,
+    backend: str | None,
     threads: int | None,
     progress: bool,
     log: Callable[[str], None],
@@ -225,10 +229,16 @@ def _latency_setup(
                 f"records file {os.fspath(records)} does not exist; make one with `vitres sweep "
                 "--out FILE`, or leave --records out to calibrate first"
             )
-        measured = read_results(records)
+        measured = records_of_model(
+            read_results(records), model_ref, checkpoint_digest(model_ref), os.fspath(records)
+        )
+        if backend is None:
+            backend, why = recommended_backend(measured, lambda name: _no_frames(measured, name))
+            log(f"backend: {why}")
         sizes = list(ladder) if ladder else default_ladder(model, measured)
         latency = latency_model_for(measured, backend, model_ref, patch_size, threads)
-        return _LatencySetup(latency, sizes, os.fspath(records), False)
+        return _LatencySetup(latency, sizes, os.fspath(records), False, backend)
+    backend = backend or DEFAULT_BACKEND
     sizes = list(ladder) if ladder else default_ladder(model)
     path = calibration_file()
     if os.path.exists(path):
@@ -247,7 +257,14 @@ def _latency_setup(
             f"the calibration of {backend} failed at every size ({errors}); try another "
             "--backend, or pass --records from `vitres sweep`"
         )
-    return _LatencySetup(calibration.latency_model(model_ref), sizes, path, True)
+    return _LatencySetup(calibration.latency_model(model_ref), sizes, path, True, backend)
+
+
+def _no_frames(records: Sequence[Measurement], backend: str) -> str | None:
+    """Why ``backend`` cannot run frames one at a time from these records (``None``: it can)."""
+    if any(m.config.backend == backend and m.config.batch_size == 1 for m in records):
+        return None
+    return "the records have no batch-1 latencies of it"
 
 
 def _say_if_infeasible(

@@ -60,7 +60,8 @@ class ServeConfig:
             ``fixed:native`` (one resolution, batches of what is queued, no SLO shedding).
         max_batch: Largest batch.
         backend: Backend to serve on (dynamic batch sizes needed): eager, eager-bf16,
-            onnxruntime...
+            onnxruntime...; default: with ``records``, the backend of the config they
+            recommend (when they time it at several batch sizes), else eager.
         resolutions: Resolution ladder, e.g. ``16,20,28,40,56`` (default: the records'
             resolutions; when calibrating, 0.5x to 2x the native size).
         patch_size: Patch size the records were measured at, when they hold several.
@@ -93,7 +94,7 @@ class ServeConfig:
     records: str | None = None
     controller: str = "predictive"
     max_batch: int = 32
-    backend: str = "eager"
+    backend: str | None = None
     resolutions: str | None = None
     patch_size: int | None = None
     threads: int | None = None

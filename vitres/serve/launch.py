@@ -23,6 +23,7 @@ rollback is a pointer swap.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import re
@@ -35,6 +36,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from vitres.measure import TimingConfig, set_threads
+from vitres.models.checkpoint import checkpoint_digest
 from vitres.runtime.calibration import CALIBRATION_TIMING
 from vitres.runtime.latency import LatencyModel, OnlineCorrection
 from vitres.runtime.session import default_ladder
@@ -45,6 +47,7 @@ from vitres.serve.engine import ServingEngine
 from vitres.serve.metrics import ServerMetrics
 from vitres.serve.monitor import BandMonitor
 from vitres.serve.worker import BatchingWorker, CorrectedPredictor, ServingMode
+from vitres.tune.deployment import DEFAULT_BACKEND, recommended_backend, records_of_model
 from vitres.tune.records import Measurement, append_result, read_results
 
 Size = tuple[int, int]
@@ -157,26 +160,40 @@ def _calibrate(
 def _latency_model(
     records: Sequence[Measurement], config: ServeConfig, backend: str, log: Callable[[str], None]
 ) -> LatencyModel:
-    models = sorted({m.config.model for m in records if m.ok})
-    name = config.model if config.model in models else None
-    if name is None and len(models) == 1 and backend == config.backend:
-        log(
-            f"vitres serve: the records measured {models[0]!r}, not {config.model!r}; using them "
-            "as this model's latencies (they must be the same weights)"
-        )
-    elif name is None and len(models) > 1:
-        raise ValueError(
-            f"the records hold several models {models} and none is {config.model!r}; pass "
-            "--model exactly as it was given to `vitres sweep`"
-        )
+    mine = records_of_model(
+        records, config.model, checkpoint_digest(config.model), config.records or "the records"
+    )
     return LatencyModel.from_records(
-        records,
+        mine,
         backend=backend,
-        model=name,
         device=config.device,
         threads=config.threads,
         patch_size=config.patch_size,
     )
+
+
+def with_backend(
+    config: ServeConfig, records: Sequence[Measurement] | None, log: Callable[[str], None]
+) -> ServeConfig:
+    """``config`` with its backend set: as given, else the backend of the config the
+    records recommend when they can predict it at every batch size served, else eager."""
+    if config.backend is not None:
+        return config
+    if records is None:
+        return dataclasses.replace(config, backend=DEFAULT_BACKEND)
+    mine = records_of_model(
+        records, config.model, checkpoint_digest(config.model), config.records or "the records"
+    )
+
+    def usable(backend: str) -> str | None:
+        batches = {m.config.batch_size for m in mine if m.config.backend == backend}
+        if len(batches) < 2 and config.max_batch > 1:
+            return f"the records time it at batch {sorted(batches)} only; a server batches"
+        return None
+
+    backend, why = recommended_backend(mine, usable)
+    log(f"vitres serve: backend {why}")
+    return dataclasses.replace(config, backend=backend)
 
 
 def _check_predictable(model: LatencyModel, sizes: Sequence[Size], max_batch: int) -> None:
@@ -209,10 +226,11 @@ def load_records(
         if not os.path.exists(config.records):
             raise FileNotFoundError(
                 f"no results file {config.records}; run `vitres sweep --model {config.model} "
-                f"--backend {config.backend} --batch 1,8,32 ... --out {config.records}` first, "
+                f"--backend {config.backend or DEFAULT_BACKEND} --batch 1,8,32 ... --out {config.records}` first, "
                 "or leave out --records to calibrate at startup"
             )
         return read_results(config.records)
+    config = with_backend(config, None, log)
     if model is None:
         from vitres.models.resolve import resolve_model
 
@@ -237,6 +255,7 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
     """
     if config.threads is not None:
         return config.threads
+    config = with_backend(config, records, lambda line: None)
     return _latency_model(records, config, config.backend, lambda line: None).threads
 
 
@@ -395,6 +414,9 @@ def build_worker(
     fixed = parse_controller(config.controller, native)
     ladder_given = None if config.resolutions is None else parse_resolutions(config.resolutions)
 
+    if records is None and config.records is not None:
+        records = load_records(config, model, log)
+    config = with_backend(config, records, log)
     if records is None:
         records = load_records(config, model, log)
 

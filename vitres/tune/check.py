@@ -495,7 +495,7 @@ def format_check(result: CheckResult) -> str:
     """The verdict as a text table with a one-line summary."""
     policy = result.policy
     header = ("config", "baseline", "current", "change", f"{policy.confidence:.0%} CI diff")
-    header += ("acc Δ pts", "verdict")
+    header += ("ΔAcc pts", "verdict")
     rows = []
     for v in result.configs:
         interval = "-"
@@ -503,7 +503,8 @@ def format_check(result: CheckResult) -> str:
             low, high = v.interval_ms
             interval = "n/a" if not math.isfinite(high - low) else f"[{low:+.3g}, {high:+.3g}]"
         change = "-" if v.change is None else f"{v.change:+.1%}"
-        acc = "-" if v.acc_drop_points is None else f"{0.0 - v.acc_drop_points:+.2f}"
+        # ΔAcc's one sign (vitres.tune.rule): baseline − current, positive is a loss
+        acc = "-" if v.acc_drop_points is None else f"{v.acc_drop_points:+.2f}"
         label = v.verdict.upper() if v.regression else v.verdict
         rows.append((v.key, _ms(v.baseline_ms), _ms(v.current_ms), change, interval, acc, label))
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -523,7 +524,7 @@ def format_check(result: CheckResult) -> str:
     verdict = "PASS" if result.passed else "FAIL"
     lines.append(
         f"{verdict}: {len(result.regressions)} regression(s) in {len(result.configs)} common "
-        f"config(s) (latency +{policy.max_latency_regression:.0%} beyond noise, accuracy "
-        f"-{policy.max_acc_drop:g} points)"
+        f"config(s) (latency +{policy.max_latency_regression:.0%} beyond noise, ΔAcc "
+        f"> {policy.max_acc_drop:g} points, positive is a loss)"
     )
     return "\n".join(lines)

@@ -30,6 +30,7 @@ from typing import Any
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit, fit_latency, fit_memory, memory_ceiling, naive_max_side
 from vitres.tune.hostkind import describe_host, records_for_host, split_by_host
+from vitres.tune.modelkind import check_one_model, records_for_model
 from vitres.tune.recommendation import (
     MemoryCeiling,
     Recommendation,
@@ -253,8 +254,13 @@ def recommend(
     budget: Budget | None = None,
     baseline: str | Measurement | None = None,
     host: str | None = None,
+    model: str | None = None,
 ) -> Recommendation:
     """The most accurate feasible config that the acceptance rule accepts (ties: fastest).
+
+    No accuracy, no acceptance: when the sweep measured no accuracy for the baseline or
+    for any other feasible config, nothing is "accepted"; the answer is the fastest
+    config within the limits, with status ``"no-accuracy"``, and says so.
 
     Args:
         measurements: Sweep records; for a key recorded several times the last ``ok``
@@ -264,16 +270,25 @@ def recommend(
         host: The machine kind (:func:`vitres.tune.hostkind.host_fingerprint`, or a
             unique prefix) whose records to use. Records of several kinds are never mixed:
             without ``host`` they must all be of one kind (see :func:`recommend_per_host`).
+        model: The model whose records to use (a reference as given to the sweep, or a
+            weights digest prefix, :mod:`vitres.tune.modelkind`). Records of several models
+            are never ranked against each other: without ``model`` they must be of one.
 
     Raises:
-        ValueError: the records come from several machine kinds and no ``host`` is given.
+        ValueError: the records come from several machine kinds and no ``host`` is given,
+            or from several models and no ``model`` is given.
 
     Returns:
         The :class:`Recommendation`; its ``choice`` is ``None`` when nothing is feasible
         or nothing passes the rule (``message`` then says what is closest).
     """
     budget = budget or Budget()
-    records = latest_by_key(_one_host(list(measurements), host))
+    records = _one_host(list(measurements), host)
+    if model is not None:
+        records = records_for_model(records, model)
+    else:
+        check_one_model(records)
+    records = latest_by_key(records)
     ok = [m for m in records if m.ok]
     base = select_baseline(ok, baseline)
     lat_fits, mem_fits = fit_latency(ok), fit_memory(ok)
@@ -349,16 +364,13 @@ def _apply_rule(
     budget: Budget,
     common: dict[str, Any],
 ) -> Recommendation:
-    """The most accurate feasible config the acceptance rule accepts, else the closest miss."""
-    # A config passes when no half of the rule fails and its speed gain is known; when the
-    # sweep measured no accuracy at all, the speed half alone decides (and says so).
-    eligible = [
-        m
-        for m in feasible
-        if judged[m.key].accepted or (judged[m.key].acc_ok is None and judged[m.key].speed_ok)
-    ]
+    """The most accurate feasible config the acceptance rule accepts, else the closest miss;
+    without measured accuracy, the fastest feasible config, never called accepted."""
+    others = [m for m in feasible if m.key != base.key]
+    if base.accuracy is None or not any(m.accuracy is not None for m in others):
+        return _speed_only(feasible, base, judged, budget, common)
+    eligible = [m for m in feasible if judged[m.key].accepted]
     if not eligible:
-        others = [m for m in feasible if m.key != base.key]
         if not others:
             message = "only the baseline itself meets the limits"
             return Recommendation(
@@ -390,13 +402,40 @@ def _apply_rule(
     )
 
 
+def _speed_only(
+    feasible: list[Measurement],
+    base: Measurement,
+    judged: dict[str, Judgement],
+    budget: Budget,
+    common: dict[str, Any],
+) -> Recommendation:
+    """No accuracy to judge: the fastest feasible config per image, marked as such."""
+    choice = min(feasible, key=lambda m: (per_image_ms(m) or math.inf, -(m.tokens or 0)))
+    message = (
+        "accuracy not measured: the rule cannot accept any config; sweep with --data DIR "
+        "to measure accuracy"
+    )
+    return Recommendation(
+        budget,
+        choice,
+        base,
+        judged[choice.key],
+        "no-accuracy",
+        message,
+        feasible=feasible,
+        eligible=[],
+        **common,
+    )
+
+
 def recommend_per_host(
     measurements: Iterable[Measurement],
     budget: Budget | None = None,
     baseline: str | Measurement | None = None,
+    model: str | None = None,
 ) -> dict[str, Recommendation]:
     """One :func:`recommend` per machine kind in the records: ``{kind: Recommendation}``."""
     return {
-        kind: recommend(group, budget, baseline, host=kind)
+        kind: recommend(group, budget, baseline, host=kind, model=model)
         for kind, group in split_by_host(list(measurements)).items()
     }

@@ -14,6 +14,7 @@ from typing import Any
 from vitres.tokens.merge import merge_label
 from vitres.tune.budget import Budget
 from vitres.tune.costmodel import CostFit
+from vitres.tune.intervals import wilson_interval
 from vitres.tune.records import GroupKey, Measurement
 from vitres.tune.rule import Judgement
 
@@ -64,6 +65,8 @@ class Recommendation:
         judgement: The acceptance rule applied to the choice (``None`` without a choice
             or a baseline).
         status: ``"accepted"``, ``"limits-only"`` (``budget.apply_rule`` off),
+            ``"no-accuracy"`` (accuracy not measured: the fastest config within the
+            limits, never accepted by the rule),
             ``"unjudged"`` (no baseline to apply the rule to),
             ``"none-passes"`` (feasible configs exist, the rule accepts none),
             ``"infeasible"`` (nothing meets the limits) or ``"empty"`` (no ok records).
@@ -125,33 +128,61 @@ class Recommendation:
         return None if self.judgement is None else self.judgement.speedup
 
     def sentence(self) -> str:
-        """The answer in one plain sentence."""
+        """The answer in one plain sentence: it names the resolution to deploy, or the
+        baseline to keep, and says when accuracy was not measured or is within noise."""
         if self.choice is None:
-            limits = self.budget.limits()
-            what = "meets " + ", ".join(limits) if limits else "passes the acceptance rule"
-            closest = ""
-            if self.closest is not None:
-                closest = f"; closest: {short_label(self.closest)}"
-                if self.message:
-                    closest += f" ({self.message})"
-            elif self.message:
-                closest = f": {self.message}"
-            return f"Nothing {what}{closest}."
-        c = self.choice
-        acc = "" if c.accuracy is None else f": {100 * c.accuracy:.1f} %"
-        j, b = self.judgement, self.baseline
-        if j is not None and b is not None:
-            change = "" if j.delta_acc is None else f" ({-100 * j.delta_acc:+.1f} %)"
-            speed = "" if j.speedup is None else f", {j.speedup:.2f}× faster than {short_label(b)}"
-            if self.status == "limits-only":
-                verdict = "the rule was not applied; it would " + (
-                    "accept it" if j.accepted else "not accept it"
-                )
-                return (
-                    f"Deploy {short_label(c)}{acc}{change}{speed} — within the limits ({verdict})."
-                )
-            return f"Deploy {short_label(c)}{acc}{change}{speed} — accepted by the rule."
-        return f"Deploy {short_label(c)}{acc} — not judged by the rule: no baseline was measured."
+            return self._no_choice_sentence()
+        c, j, b = self.choice, self.judgement, self.baseline
+        if self.status == "no-accuracy":
+            speed = (
+                ""
+                if j is None or j.speedup is None
+                else f", {j.speedup:.2f}× faster than {short_label(b)}"
+            )
+            return (
+                f"Fastest within the budget: {short_label(c)}{speed} — accuracy not measured, "
+                "so the rule accepts nothing; sweep with --data DIR before deploying it."
+            )
+        acc = "" if c.accuracy is None else f": {accuracy_text(c)}"
+        if j is None or b is None:
+            return (
+                f"Best within the budget: {short_label(c)}{acc} — not judged by the rule: no "
+                "baseline was measured."
+            )
+        speed = "" if j.speedup is None else f", {j.speedup:.2f}× faster than {short_label(b)}"
+        change = "" if j.delta_acc is None else f" ({delta_acc_words(j)})"
+        head = deploy_phrase(c, b)
+        if self.status == "limits-only":
+            verdict = "the rule was not applied; it would " + (
+                "accept it" if j.accepted else "not accept it"
+            )
+            return f"{head}{acc}{change}{speed} — within the limits ({verdict})."
+        noise = j.noise_note(self.budget)
+        return f"{head}{acc}{change}{speed} — accepted by the rule" + (
+            f", but {noise}." if noise else "."
+        )
+
+    def _no_choice_sentence(self) -> str:
+        limits = self.budget.limits()
+        if self.status == "none-passes" and self.baseline is not None:
+            keep = f"Keep {short_label(self.baseline)}: no other config passes the rule"
+            if self.closest is None:
+                return keep + " (only the baseline meets the limits)."
+            j = self.closest_judgement
+            miss = closest_miss_words(j, self.budget) if j is not None else "misses"
+            noise = "" if j is None else j.noise_note(self.budget)
+            return f"{keep} (the closest, {short_label(self.closest)}, {miss})" + (
+                f"; {noise}." if noise else "."
+            )
+        what = "meets " + ", ".join(limits) if limits else "passes the acceptance rule"
+        closest = ""
+        if self.closest is not None:
+            closest = f"; closest: {short_label(self.closest)}"
+            if self.message:
+                closest += f" ({self.message})"
+        elif self.message:
+            closest = f": {self.message}"
+        return f"Nothing {what}{closest}."
 
     def to_dict(self) -> dict[str, Any]:
         def brief(m: Measurement | None) -> dict[str, Any] | None:
@@ -168,6 +199,10 @@ class Recommendation:
                 "precision": m.config.precision,
                 "merge": m.config.merge,
                 "accuracy": m.accuracy,
+                "accuracy_interval": None
+                if m.accuracy is None or m.n_eval < 1
+                else list(wilson_interval(m.accuracy, m.n_eval)),
+                "n_eval": m.n_eval,
                 "latency_ms": m.latency_ms,
                 "throughput_ips": m.throughput_ips,
                 "peak_mem_mb": m.peak_mem_mb,
@@ -186,6 +221,10 @@ class Recommendation:
             "delta_speed": judged.get("delta_speed"),
             "speedup": judged.get("speedup"),
             "accepted": self.accepted,
+            "delta_acc_sign": "positive is a loss: (baseline - choice) / baseline",
+            "acc_interval": judged.get("acc_interval"),
+            "uncertain": judged.get("uncertain", False),
+            "limit_to_tell": judged.get("limit_to_tell"),
             "verdict": self.verdict,
             "message": self.message,
             "closest": brief(self.closest),
@@ -196,6 +235,54 @@ class Recommendation:
             "eligible": [m.key for m in self.eligible],
             "pareto_front": [m.key for m in self.front],
         }
+
+
+def accuracy_text(m: Measurement) -> str:
+    """``88.1 % (95 % interval 86.6–89.5, 2,000 images)``; no interval without ``n_eval``."""
+    if m.accuracy is None:
+        return "accuracy not measured"
+    text = f"{100 * m.accuracy:.1f} %"
+    if m.n_eval > 0:
+        low, high = wilson_interval(m.accuracy, m.n_eval)
+        text += f" (95 % interval {100 * low:.1f}–{100 * high:.1f}, {m.n_eval:,} images)"
+    return text
+
+
+def delta_acc_words(j: Judgement) -> str:
+    """ΔAcc with the sign of the acceptance rule (positive is a loss) and in words:
+    ``ΔAcc +1.60 %, a loss of 1.4 points``."""
+    if j.delta_acc is None:
+        return "ΔAcc unknown"
+    points = j.delta_acc_points or 0.0
+    if abs(points) < 0.005:
+        return f"ΔAcc {100 * j.delta_acc:+.2f} %, no change"
+    word = "a loss" if points > 0 else "a gain"
+    return f"ΔAcc {100 * j.delta_acc:+.2f} %, {word} of {abs(points):.2f} points"
+
+
+def closest_miss_words(j: Judgement, budget: Budget) -> str:
+    """How the closest config misses the rule, in words: ``loses 1.6 % (ΔAcc +1.60 %)``."""
+    parts = []
+    if j.acc_ok is False and j.delta_acc is not None:
+        if budget.acc_form == "relative":
+            parts.append(
+                f"loses {100 * j.delta_acc:.1f} % of the accuracy (ΔAcc {100 * j.delta_acc:+.2f} %)"
+            )
+        else:
+            parts.append(f"loses {j.delta_acc_points:.2f} accuracy points")
+    if j.speed_ok is False and j.delta_speed is not None:
+        parts.append(f"saves only {100 * j.delta_speed:.0f} % of the time per image")
+    return " and ".join(parts) or "is not judged"
+
+
+def deploy_phrase(choice: Measurement, baseline: Measurement) -> str:
+    """``Deploy 20 px fp32 eager`` or, at the baseline's resolution, ``Keep 28 px, run it
+    as fp32 onnxruntime``: the sentence always names the resolution."""
+    c, b = choice.config, baseline.config
+    if tuple(c.resolution) != tuple(b.resolution):
+        return f"Deploy {short_label(choice)}"
+    changes = short_label(choice).removeprefix(resolution_label(choice)).strip()
+    return f"Keep {resolution_label(choice)}, run it as {changes}"
 
 
 def short_label(m: Measurement) -> str:
@@ -219,11 +306,11 @@ def format_recommendation(rec: Recommendation) -> str:
     ]
     if rec.choice is not None:
         c = rec.choice
-        acc = "n/a" if c.accuracy is None else f"{100 * c.accuracy:.2f} %"
         mem = "n/a" if c.peak_mem_mb is None else f"{c.peak_mem_mb:.1f} MiB"
-        lines.append(f"Recommended: {describe_config(c)}")
+        what = "Recommended" if rec.status in ("accepted", "limits-only") else "Candidate"
+        lines.append(f"{what}: {describe_config(c)}")
         lines.append(
-            f"  accuracy {acc}, latency {c.latency_ms:.3f} ms, "
+            f"  accuracy {accuracy_text(c)}, latency {c.latency_ms:.3f} ms, "
             f"{c.throughput_ips or 0.0:.1f} img/s, memory {mem}"
         )
         lines.append(f"  key: {c.key}")
@@ -233,13 +320,15 @@ def format_recommendation(rec: Recommendation) -> str:
         lines.append(f"No recommendation: {rec.message}")
     if rec.baseline is not None:
         b = rec.baseline
-        acc = "n/a" if b.accuracy is None else f"{100 * b.accuracy:.2f} %"
         lines.append(
-            f"Baseline: {describe_config(b)}: accuracy {acc}, latency {b.latency_ms:.3f} ms"
+            f"Baseline: {describe_config(b)}: accuracy {accuracy_text(b)}, "
+            f"latency {b.latency_ms:.3f} ms"
         )
     lines.append(f"Verdict: {rec.verdict}")
+    measured = sum(m.ok for m in rec.records)
     lines.append(
-        f"Feasible configs: {len(rec.feasible)}; accepted by the rule: {len(rec.eligible)}; "
-        f"Pareto front: {len(rec.front)}"
+        f"Of {measured} configs measured: {len(rec.feasible)} within the limits, "
+        f"{len(rec.eligible)} accepted by the rule; {len(rec.front)} of the {measured} are "
+        "on the accuracy/latency/memory trade-off front"
     )
     return "\n".join(lines)
