@@ -34,6 +34,16 @@ class TuneResult:
         ]
         if self.markdown_path:
             lines.append(f"markdown: {self.markdown_path}")
+        rec = self.recommendation
+        if rec.choice is not None or rec.baseline is not None:
+            model = (rec.choice or rec.baseline).config.model
+            lines += [
+                "",
+                "Run it on a stream, or serve it, with these records (the backend they "
+                "recommend is used unless --backend says otherwise):",
+                f"  vitres run --model {model} --records {self.results_path} --source SOURCE --target-fps N",
+                f"  vitres serve --model {model} --records {self.results_path} --slo-ms N",
+            ]
         return "\n".join(lines)
 
 
