@@ -65,6 +65,11 @@ def test_a_speed_only_file_is_never_accepted():
     # under a latency limit, still the fastest feasible, still not accepted
     limited = recommend(SPEED_ONLY, Budget(max_latency_ms=3.5))
     assert limited.status == "no-accuracy" and limited.choice.key == SPEED_ONLY[-1].key
+    # nor without the rule, nor without a baseline
+    for other in (recommend(SPEED_ONLY, Budget(apply_rule=False)), recommend(SPEED_ONLY[1:])):
+        assert other.accepted is not True
+        assert "accepted by the rule" not in other.sentence()
+        assert "accuracy not measured" in other.sentence()
 
 
 def test_a_baseline_without_accuracy_accepts_nothing_even_if_others_have_it():

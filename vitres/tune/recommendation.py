@@ -143,7 +143,7 @@ class Recommendation:
                 f"Fastest within the budget: {short_label(c)}{speed} — accuracy not measured, "
                 "so the rule accepts nothing; sweep with --data DIR before deploying it."
             )
-        acc = "" if c.accuracy is None else f": {accuracy_text(c)}"
+        acc = f": {accuracy_text(c)}"
         if j is None or b is None:
             return (
                 f"Best within the budget: {short_label(c)}{acc} — not judged by the rule: no "
