@@ -100,6 +100,8 @@ def test_export_recommended_refuses_a_speed_only_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no measured accuracy" in err and "--no-accuracy-ok" in err
     assert not out.exists()
+    assert main(["recommend", str(path)]) == 1  # nothing can pass without accuracy
+    assert "accuracy not measured" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- one model

@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the config to deploy under a budget, by the acceptance rule",
         description="Reads a sweep results file and prints the most accurate config that meets "
         "the budget and that the acceptance rule accepts against the baseline (ties: fastest). "
-        "Exits 1 when nothing passes, naming the closest config and by how much it misses.",
+        "Exits 1 when nothing passes (or accuracy was not measured, so nothing can pass), "
+        "naming the closest config and by how much it misses.",
         formatter_class=DefaultsFormatter,
     )
     parser.add_argument(
@@ -56,10 +57,10 @@ def run(args: argparse.Namespace) -> int:
                 for kind, rec in per.items():
                     print(f"== {kind}: {describe_host(kinds[kind][0].env)}")
                     print(format_recommendation(rec) + "\n")
-            return 0 if all(r.choice is not None for r in per.values()) else 1
+            return 0 if all(r.deployable for r in per.values()) else 1
     rec = load_recommendation(args.results, args)
     if args.json:
         print(json.dumps(rec.to_dict(), indent=2))
     else:
         print(format_recommendation(rec))
-    return 0 if rec.choice is not None else 1
+    return 0 if rec.deployable else 1

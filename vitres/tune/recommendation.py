@@ -100,6 +100,13 @@ class Recommendation:
 
     # convenience views of the judgement, in the seed's terms
     @property
+    def deployable(self) -> bool:
+        """A config to deploy was chosen: accepted by the rule, chosen within the limits with
+        the rule switched off, or (no baseline) not judged. ``False`` for a speed-only
+        file's fastest config and when nothing passes."""
+        return self.choice is not None and self.status in ("accepted", "limits-only", "unjudged")
+
+    @property
     def accepted(self) -> bool | None:
         return None if self.judgement is None else self.judgement.accepted
 
@@ -248,6 +255,10 @@ def accuracy_text(m: Measurement) -> str:
     return text
 
 
+def _accuracy_field(m: Measurement) -> str:
+    return "accuracy not measured" if m.accuracy is None else f"accuracy {accuracy_text(m)}"
+
+
 def delta_acc_words(j: Judgement) -> str:
     """ΔAcc with the sign of the acceptance rule (positive is a loss) and in words:
     ``ΔAcc +1.60 %, a loss of 1.4 points``."""
@@ -310,7 +321,7 @@ def format_recommendation(rec: Recommendation) -> str:
         what = "Recommended" if rec.status in ("accepted", "limits-only") else "Candidate"
         lines.append(f"{what}: {describe_config(c)}")
         lines.append(
-            f"  accuracy {accuracy_text(c)}, latency {c.latency_ms:.3f} ms, "
+            f"  {_accuracy_field(c)}, latency {c.latency_ms:.3f} ms, "
             f"{c.throughput_ips or 0.0:.1f} img/s, memory {mem}"
         )
         lines.append(f"  key: {c.key}")
@@ -321,8 +332,7 @@ def format_recommendation(rec: Recommendation) -> str:
     if rec.baseline is not None:
         b = rec.baseline
         lines.append(
-            f"Baseline: {describe_config(b)}: accuracy {accuracy_text(b)}, "
-            f"latency {b.latency_ms:.3f} ms"
+            f"Baseline: {describe_config(b)}: {_accuracy_field(b)}, latency {b.latency_ms:.3f} ms"
         )
     lines.append(f"Verdict: {rec.verdict}")
     measured = sum(m.ok for m in rec.records)
