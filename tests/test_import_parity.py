@@ -5,7 +5,10 @@ Each Hugging Face family is a tiny random ``transformers`` model, saved with
 compared with the source's own forward (``interpolate_pos_encoding=True`` where the source
 has it; DINOv2 always interpolates) at the native size and two non-square sizes, one of
 which the patch does not divide (the sources floor the grid, as their strided
-convolution does). Tolerance 1e-4.
+convolution does). The tolerance is what the README's table claims: the same operations
+in the same order give the same bits (max |diff| 0), so every family must match exactly,
+except SigLIP, whose attention-pool head runs ``nn.MultiheadAttention``'s fused kernel in
+the source and separate matrix products here (max |diff| ≤ 5e-7 on these models).
 """
 
 import pytest
@@ -49,7 +52,10 @@ def save(model: torch.nn.Module, tmp_path) -> torch.nn.Module:
     return vitres.from_pretrained(tmp_path)
 
 
-def check(ours, source, outputs, *, interpolate=True, sizes=SIZES, in_chans=3):
+EXACT, SIGLIP_TOLERANCE = 0.0, 5e-7
+
+
+def check(ours, source, outputs, *, interpolate=True, sizes=SIZES, in_chans=3, atol=EXACT):
     """``outputs(source_result)`` -> reference; ``ours(x)`` must match at every size."""
     torch.manual_seed(2)
     for size in sizes:
@@ -58,7 +64,8 @@ def check(ours, source, outputs, *, interpolate=True, sizes=SIZES, in_chans=3):
             kwargs = {"interpolate_pos_encoding": True} if interpolate else {}
             reference = source(pixel_values=x, **kwargs)
             for mine, theirs in outputs(ours, x, reference):
-                torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0, msg=f"at {size}")
+                worst = (mine - theirs).abs().max().item()
+                assert worst <= atol, f"max |diff| {worst:.2e} > {atol:.0e} at {size}"
 
 
 def logits(ours, x, ref):
@@ -146,7 +153,7 @@ def test_siglip_vision_attention_pool(tmp_path):
     ours = save(source, tmp_path)
     cfg = ours.config
     assert (cfg.class_token, cfg.global_pool, cfg.act_layer) == (False, "map", "gelu_tanh")
-    check(ours, source, pooled_and_tokens)
+    check(ours, source, pooled_and_tokens, atol=SIGLIP_TOLERANCE)
 
 
 def test_clip_vision_pooled_tokens_and_projection(tmp_path):
