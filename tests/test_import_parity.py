@@ -146,6 +146,54 @@ def test_dinov2_with_registers_model_and_classifier(tmp_path):
     check(save(source, tmp_path / "cls"), source, logits, interpolate=False)
 
 
+# ----------------------------------------------------------------------------- MSN, MAE, I-JEPA
+def test_vit_msn_model_and_classifier(tmp_path):
+    config = transformers.ViTMSNConfig(**SMALL, intermediate_size=64, num_labels=5)
+    source = randomise(transformers.ViTMSNForImageClassification(config))
+    check(save(source, tmp_path / "cls"), source, logits)
+    tokens = randomise(transformers.ViTMSNModel(config))
+    ours = save(tokens, tmp_path / "model")
+    check(ours, tokens, lambda o, x, r: [(o.forward_features(x), r.last_hidden_state)])
+
+
+@pytest.mark.parametrize("cls", ["ViTMAEModel", "ViTMAEForPreTraining"])
+def test_vit_mae_encoder_without_masking(tmp_path, cls):
+    config = transformers.ViTMAEConfig(
+        **SMALL, intermediate_size=64, decoder_hidden_size=16, decoder_num_hidden_layers=1
+    )
+    source = randomise(getattr(transformers, cls)(config))
+    ours = save(source, tmp_path)
+    encoder = source if cls == "ViTMAEModel" else source.vit
+    encoder.config.mask_ratio = 0.0  # the encoder without masking: every patch, in order
+    torch.manual_seed(2)
+    for size in SIZES:
+        x = torch.randn(2, 3, *size)
+        grid = (size[0] // 7) * (size[1] // 7)
+        noise = torch.arange(grid, dtype=torch.float32).expand(2, grid)
+        with torch.no_grad():
+            ref = encoder(pixel_values=x, noise=noise, interpolate_pos_encoding=True)
+            worst = (ours.forward_features(x) - ref.last_hidden_state).abs().max().item()
+        assert worst == 0.0, f"max |diff| {worst:.2e} at {size}"
+
+
+def test_ijepa_model_and_classifier(tmp_path):
+    config = transformers.IJepaConfig(**SMALL, intermediate_size=64, num_labels=4)
+    source = randomise(transformers.IJepaForImageClassification(config))
+    ours = save(source, tmp_path / "cls")
+    assert (ours.config.class_token, ours.config.global_pool) == (False, "avg")
+    check(ours, source, logits)
+    tokens = randomise(transformers.IJepaModel(config))
+    ours = save(tokens, tmp_path / "model")
+    check(ours, tokens, lambda o, x, r: [(o.forward_features(x), r.last_hidden_state)])
+
+
+def test_unknown_hidden_act_is_named(tmp_path):
+    config = transformers.ViTConfig(**SMALL, intermediate_size=64, hidden_act="silu")
+    transformers.ViTModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"unsupported hidden_act 'silu'; supported: .*gelu"):
+        vitres.from_pretrained(tmp_path)
+
+
 # ----------------------------------------------------------------------------- SigLIP, CLIP
 def test_siglip_vision_attention_pool(tmp_path):
     config = transformers.SiglipVisionConfig(**SMALL, intermediate_size=64)

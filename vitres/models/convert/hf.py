@@ -15,7 +15,15 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   no class token, tanh GELU;
 * ``clip_vision_model`` / ``clip``: ``pooler_output`` (post-LayerNorm of the class
   token), ``image_embeds`` (the bias-free projection), pre-LayerNorm, quick GELU, no
-  patch bias.
+  patch bias;
+* ``vit_msn``: ``ViTMSNModel`` ``last_hidden_state``, ``ViTMSNForImageClassification``
+  logits (the class token after the final norm);
+* ``vit_mae``: the encoder of ``ViTMAEModel`` / ``ViTMAEForPreTraining`` *without
+  masking* (its fixed sin-cos table is stored in the weights and resampled as the source
+  does; the pre-training decoder is dropped): the source's ``last_hidden_state`` with
+  ``mask_ratio=0`` and patches kept in order;
+* ``ijepa``: ``IJepaModel`` ``last_hidden_state`` (no class token, positions for patches
+  only), ``IJepaForImageClassification`` logits (the mean of the normed tokens).
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
@@ -61,6 +69,9 @@ HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     "siglip": ("siglip", (0.5,), (0.5,)),
     "clip_vision_model": ("clip", CLIP_MEAN, CLIP_STD),
     "clip": ("clip", CLIP_MEAN, CLIP_STD),
+    "vit_msn": ("vit", IMAGENET_MEAN, IMAGENET_STD),
+    "vit_mae": ("vit_mae", IMAGENET_MEAN, IMAGENET_STD),
+    "ijepa": ("ijepa", IMAGENET_MEAN, IMAGENET_STD),
 }
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -75,10 +86,11 @@ _HF_PREFIXES = (
     "dinov2_with_registers.",
     "dinov2.",
     "vision_model.",
+    "ijepa.",
 )
 _HF_DROPPED = re.compile(
     r"^(?:embeddings\.mask_token|embeddings\.position_ids|text_model\..*|text_projection\..*"
-    r"|logit_scale|logit_bias)$"
+    r"|logit_scale|logit_bias|decoder\..*)$"
 )
 _HF_SIMPLE = {
     "embeddings.cls_token": "cls_token",
@@ -165,7 +177,8 @@ def hf_family(hf: dict) -> str:
         raise ValueError(
             f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
             f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
-            "registers, SigLIP vision, CLIP vision)"
+            "registers, SigLIP vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA). Swin "
+            "and other hierarchical models are not ViTs with one token grid and stay refused"
         )
     act = hf.get("hidden_act", "gelu")
     if act not in HF_ACTIVATIONS:
@@ -270,6 +283,16 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
     family = hf_family(hf)
     _, mean, std = HF_FAMILIES[hf["model_type"]]
     act = hf.get("hidden_act", "gelu")
+    if act not in HF_ACTIVATIONS:
+        raise ValueError(
+            f"unsupported hidden_act {act!r} in the {hf['model_type']} config; supported: "
+            f"{', '.join(sorted(HF_ACTIVATIONS))}"
+        )
+    if family == "ijepa" and "pre_logits.fc.weight" in state:
+        raise ValueError(
+            "IJepaModel with a pooling layer is not supported (its pooler reads the first "
+            "patch token); save the model without it (add_pooling_layer=False)"
+        )
     hidden = hf["hidden_size"]
     channels = hf.get("num_channels", 3)
     if family in ("dinov2", "dinov2_with_registers"):
@@ -279,12 +302,19 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
     if preprocessor:
         mean = tuple(preprocessor.get("image_mean", mean))
         std = tuple(preprocessor.get("image_std", std))
+    if family == "ijepa" and "pre_logits.fc.weight" in state:
+        raise ValueError(
+            "IJepaModel with a pooling layer is not supported (its pooler reads the first "
+            "patch token); save the model without it (add_pooling_layer=False)"
+        )
     if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
     head_features = num_head_features(state)
     if family == "siglip":
         global_pool = "map" if "attn_pool.latent" in state else "avg"
+    elif family == "ijepa":
+        global_pool = "avg"  # the classifier reads the mean of the normed tokens
     elif family in ("dinov2", "dinov2_with_registers") and head_features:
         global_pool = "token_avg"  # the classifier reads [class token, mean of patches]
     else:
