@@ -428,7 +428,7 @@ def test_bad_analysis_requests_get_clear_errors(tmp_path, capsys):
     for m in two:
         append_result(results, m)
     assert main(["report", str(results), "--out", str(tmp_path / "x.html"), "--tsne"]) == 2
-    assert "--model M" in capsys.readouterr().err
+    assert "--for-model NAME" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(

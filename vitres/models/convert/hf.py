@@ -302,11 +302,6 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
     if preprocessor:
         mean = tuple(preprocessor.get("image_mean", mean))
         std = tuple(preprocessor.get("image_std", std))
-    if family == "ijepa" and "pre_logits.fc.weight" in state:
-        raise ValueError(
-            "IJepaModel with a pooling layer is not supported (its pooler reads the first "
-            "patch token); save the model without it (add_pooling_layer=False)"
-        )
     if "pre_logits.fc.weight" in state and hf.get("pooler_act", "tanh") != "tanh":
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
