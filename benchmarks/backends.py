@@ -61,8 +61,10 @@ from benchmarks.peers import (
     hf_twin,
     huggingface_sdpa,
     max_abs_diff,
+    onnxruntime_int8_file,
     onnxruntime_on_file,
     openvino_direct,
+    openvino_int8,
 )
 from vitres.backends import AUTO_ORDER, get_backend
 from vitres.data import eval_batches, load_fashion_mnist
@@ -322,6 +324,11 @@ def summarise(
     eager_min = min(samples["eager"])
     peers = [n for n in samples if facts[n]["kind"] == "peer"]
     best_peer = min((statistics.median(samples[n]) for n in peers), default=None)
+    best_peer_at: dict[str, float] = {}  # the best peer's median per precision
+    for n in peers:
+        precision = facts[n]["precision"]
+        median = statistics.median(samples[n])
+        best_peer_at[precision] = min(median, best_peer_at.get(precision, median))
     rows = []
     for name, values in samples.items():
         median = statistics.median(values)
@@ -343,6 +350,11 @@ def summarise(
             "calls": len(values),
             "speedup_vs_eager": round(eager / median, 3),
             "ratio_to_best_peer": None if best_peer is None else round(best_peer / median, 3),
+            "ratio_to_best_peer_same_precision": (
+                round(best_peer_at[facts[name]["precision"]] / median, 3)
+                if facts[name]["precision"] in best_peer_at
+                else None
+            ),
             "min_ms": round(ordered[0] * 1e3, 3),
             "speedup_vs_eager_of_min": round(eager_min / ordered[0], 3),
             "throughput_ips": round(batch / median, 2),
@@ -576,6 +588,9 @@ def summary_table(result: dict[str, Any]) -> list[str]:
         "fastest peer",
         "ms",
         "vitres / peer",
+        "same-precision peer",
+        "ms",
+        "vitres / peer",
         "% bf16 ceiling",
     )
     cells: list[list[str]] = []
@@ -594,16 +609,13 @@ def summary_table(result: dict[str, Any]) -> list[str]:
         )
         if eager is None or best is None:
             continue
-        noisy = " (noisy)" if best.get("noisy") else ""
-        peer_cells = (
-            ["–", "–", "–"]
-            if peer is None
-            else [
-                peer["backend"].removeprefix("peer:"),
-                f"{peer['median_ms']:.2f}",
-                f"{peer['median_ms'] / best['median_ms']:.2f}×",
-            ]
+        same = min(
+            (r for r in at if r.get("kind") == "peer" and r["precision"] == best["precision"]),
+            key=lambda r: r["median_ms"],
+            default=None,
         )
+        noisy = " (noisy)" if best.get("noisy") else ""
+        peer_cells = [*_peer_cells(peer, best), *_peer_cells(same, best)]
         cells.append(
             [
                 case,
@@ -618,7 +630,18 @@ def summary_table(result: dict[str, Any]) -> list[str]:
                 f"{100 * best['frac_bf16_ceiling']:.0f}%",
             ]
         )
-    return markdown_table(header, cells, "lrrrrlrrlrrr")
+    return markdown_table(header, cells, "lrrrrlrrlrrlrrr")
+
+
+def _peer_cells(peer: dict[str, Any] | None, best: dict[str, Any]) -> list[str]:
+    """A peer's name, median and the fastest vitres path's speed ratio over it."""
+    if peer is None:
+        return ["–", "–", "–"]
+    return [
+        peer["backend"].removeprefix("peer:"),
+        f"{peer['median_ms']:.2f}",
+        f"{peer['median_ms'] / best['median_ms']:.2f}×",
+    ]
 
 
 def accuracy_table(result: dict[str, Any]) -> list[str]:
@@ -704,7 +727,9 @@ def markdown(result: dict[str, Any]) -> str:
         "this row's (above 1 = faster than every peer); (noisy) marks rows whose p90 is over "
         f"{NOISY_P90_RATIO}× their median (another job was running).",
         "",
-        "Summary (the fastest vitres backend against the fastest peer in each case):",
+        "Summary (the fastest vitres backend against the fastest peer overall, and against "
+        "the fastest peer at the same precision -- INT8 against OpenVINO+NNCF and ONNX "
+        "Runtime INT8 -- in each case):",
         "",
         *summary_table(result),
         "",
@@ -825,6 +850,8 @@ def run_case(
     out: dict[str, Any] = {"latency": [], "builds": {}, "recompiles": {}, "peer_parity": {}}
     out["model_name"] = model_name
     peer_file = None  # the file `vitres export` writes, once the backends exported it
+    peer_int8_file: Path | bool | None = None  # ONNX Runtime's own INT8 of it (False: failed)
+    calib_images = 256 if case == "fmnist" else 16
     for threads in threads_list:
         torch.set_num_threads(threads)
         print(f"{case}, {threads} thread(s): building backends", flush=True)
@@ -834,7 +861,7 @@ def run_case(
             (1, chans, native, native),
             cache_dir,
             calib,
-            256 if case == "fmnist" else 16,
+            calib_images,
             threads,
         )
         out["builds"][f"{case}/t{threads}"] = builds
@@ -850,6 +877,13 @@ def run_case(
                 else exported_graph(model, (native, native), cache_dir)[0]
             )
         ort_peer = onnxruntime_on_file(peer_file, threads) if peer_file is not None else None
+        if args.peers and peer_int8_file is None:
+            peer_int8_file = int8_peer_file(peer_file, model, calib, calib_images, out)
+        ort_int8_peer = (
+            None
+            if not isinstance(peer_int8_file, Path)
+            else {**onnxruntime_on_file(peer_int8_file, threads), "precision": "int8"}
+        )
         for batch in batches:
             for resolution in resolutions:
                 shape = (batch, chans, resolution, resolution)
@@ -863,6 +897,14 @@ def run_case(
                         **ort_peer,
                         "max_abs_diff": max_abs_diff(ort_peer["run"], model, x),
                     }
+                    if ort_int8_peer is not None:
+                        peers["peer:onnxruntime-int8"] = {
+                            **ort_int8_peer,
+                            "max_abs_diff": max_abs_diff(ort_int8_peer["run"], model, x),
+                        }
+                    peers.update(
+                        openvino_int8_peer(model, shape, threads, calib_images // len(calib), out)
+                    )
                     if twin is not None:
                         peers.update(huggingface_sdpa(twin[0], model, shape))
                     for name, peer in peers.items():
@@ -918,6 +960,50 @@ def run_case(
     return out
 
 
+def int8_peer_file(
+    path: Path,
+    model: torch.nn.Module,
+    calib: list[tuple[int, int]],
+    images: int,
+    out: dict[str, Any],
+) -> Path | bool:
+    """ONNX Runtime's static INT8 of the exported ``path``, calibrated on the images vitres's
+    INT8 backends see; ``False`` (and the reason in ``out["peer_failures"]``) if its
+    quantiser cannot read the file."""
+    from vitres.export.quantize import calibration_batches
+
+    try:
+        batches = calibration_batches(model, resolutions=calib, num_images=images)
+        int8_path, seconds = onnxruntime_int8_file(path, batches)
+    except Exception as exc:  # noqa: BLE001 - a peer that cannot build is reported, not fatal
+        out.setdefault("peer_failures", {})["peer:onnxruntime-int8"] = (
+            f"{type(exc).__name__}: {exc}"
+        )
+        print(f"  peer:onnxruntime-int8 could not be built: {exc}", flush=True)
+        return False
+    out.setdefault("peer_builds", {})["peer:onnxruntime-int8"] = round(seconds, 3)
+    return int8_path
+
+
+def openvino_int8_peer(
+    model: torch.nn.Module, shape: tuple[int, ...], threads: int, images: int, out: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """The OpenVINO + NNCF INT8 peer at ``shape``, calibrated on ``images`` train images at its
+    resolution (what vitres's INT8 backends see there); ``{}`` if it cannot be built."""
+    from vitres.export.quantize import calibration_batches
+
+    resolution = (shape[2], shape[3])
+    try:
+        batches = calibration_batches(
+            model, resolutions=[resolution], num_images=max(images, shape[0]), batch_size=shape[0]
+        )
+        return openvino_int8(model, shape, threads, batches)
+    except Exception as exc:  # noqa: BLE001 - a peer that cannot build is reported, not fatal
+        out.setdefault("peer_failures", {})["peer:openvino-int8"] = f"{type(exc).__name__}: {exc}"
+        print(f"  peer:openvino-int8 could not be built: {exc}", flush=True)
+        return {}
+
+
 def best_vitres_row(rows: list[dict[str, Any]], batch: int, threads: int) -> dict[str, Any] | None:
     candidates = [
         r
@@ -956,6 +1042,7 @@ def claims_and_targets(
                 "best": best["backend"],
                 "speedup": best["speedup_vs_eager"],
                 "vs_peer": best.get("ratio_to_best_peer"),
+                "vs_same_precision_peer": best.get("ratio_to_best_peer_same_precision"),
                 "best_peer": None if best_peer is None else best_peer["backend"],
                 "bf16_ceiling": best["frac_bf16_ceiling"],
                 "throughput": best["throughput_ips"],
@@ -1024,6 +1111,12 @@ def claims_and_targets(
                     f"{label} b{batch}: best vitres `{fact['best']}` is {fact['vs_peer']:.2f}× the "
                     f"best peer `{fact['best_peer']}` (target ≥ 1.1×: "
                     f"{'met' if fact['vs_peer'] >= 1.1 else 'missed'})"
+                    + (
+                        ""
+                        if fact.get("vs_same_precision_peer") is None
+                        else f"; {fact['vs_same_precision_peer']:.2f}× the best peer at its "
+                        "own precision"
+                    )
                 )
             if case.startswith("vit_") and batch in (1, 8):
                 goal = 4.0 if batch == 8 else 2.5

@@ -10,6 +10,14 @@ is built for (``max_abs_diff``), so a fast peer that computes something else sho
   the ``f32`` / ``bf16`` inference precision hint.
 * ``peer:onnxruntime``: a plain ``onnxruntime.InferenceSession`` on the file
   ``vitres export`` writes, with the thread count set and ORT's default optimisations.
+* ``peer:openvino-int8``: OpenVINO's own INT8 -- ``openvino.convert_model`` as above, then
+  NNCF post-training quantisation (``nncf.quantize`` with ``model_type=TRANSFORMER``, the
+  recipe OpenVINO's docs give for transformers) at the same static shape, calibrated on
+  the images vitres's own INT8 backends see at that resolution.
+* ``peer:onnxruntime-int8``: ONNX Runtime's static INT8 on the same exported file, set up
+  as its docs say: ``quant_pre_process``, then ``quantize_static`` (QDQ, its default
+  MinMax calibration, every op it can quantise) with a ``CalibrationDataReader`` over the
+  same calibration images.
 * ``peer:hf-sdpa-fp32`` / ``peer:hf-sdpa-bf16``: Hugging Face ``transformers``
   ``ViTForImageClassification`` with ``attn_implementation="sdpa"``, in fp32 and cast to
   bf16. Its random weights (the same config as the vitres model) are loaded into the
@@ -32,7 +40,9 @@ from torch import nn
 PEER_NAMES = (
     "peer:openvino-fp32",
     "peer:openvino-bf16",
+    "peer:openvino-int8",
     "peer:onnxruntime",
+    "peer:onnxruntime-int8",
     "peer:hf-sdpa-fp32",
     "peer:hf-sdpa-bf16",
 )
@@ -143,6 +153,89 @@ def onnxruntime_on_file(path: Path, threads: int) -> dict[str, Any]:
         return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(batch.numpy())})[0])
 
     return {"run": run, "build_time_s": time.perf_counter() - start, "precision": "fp32"}
+
+
+def static_batches(batches: list[np.ndarray], batch: int) -> list[np.ndarray]:
+    """``batches`` re-cut into batches of exactly ``batch`` images (a static-shape model
+    takes no other); a remainder smaller than ``batch`` is dropped."""
+    images = np.concatenate(batches)
+    whole = len(images) // batch
+    if whole == 0:
+        raise ValueError(f"{len(images)} calibration images cannot fill one batch of {batch}")
+    return [images[i * batch : (i + 1) * batch] for i in range(whole)]
+
+
+def openvino_int8(
+    model: nn.Module, shape: tuple[int, ...], threads: int, calibration: list[np.ndarray]
+) -> dict[str, dict[str, Any]]:
+    """OpenVINO's own INT8 for one static ``shape``: its PyTorch converter, then NNCF
+    post-training quantisation on ``calibration`` (batches at ``shape``'s resolution)."""
+    import nncf
+    import openvino as ov
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    batches = static_batches(calibration, shape[0])
+    start = time.perf_counter()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        converted = ov.convert_model(model, example_input=x, input=[ov.PartialShape(list(shape))])
+        quantized = nncf.quantize(
+            converted,
+            nncf.Dataset(batches),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(batches),
+        )
+    compiled = ov.Core().compile_model(
+        quantized,
+        "CPU",
+        {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1},
+    )
+    request = compiled.create_infer_request()
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer({0: batch.numpy()}, share_outputs=False)[0])
+
+    return {
+        "peer:openvino-int8": {
+            "run": run,
+            "build_time_s": time.perf_counter() - start,
+            "max_abs_diff": max_abs_diff(run, model, x),
+            "precision": "int8",
+            "calibration_images": int(sum(len(b) for b in batches)),
+        }
+    }
+
+
+class _Reader:
+    """ONNX Runtime's calibration interface over a list of image batches."""
+
+    def __init__(self, batches: list[np.ndarray], name: str) -> None:
+        self._batches = iter(batches)
+        self._name = name
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {self._name: np.ascontiguousarray(batch)}
+
+
+def onnxruntime_int8_file(path: Path, calibration: list[np.ndarray]) -> tuple[Path, float]:
+    """ONNX Runtime's static INT8 of the exported ``path`` (its docs' recipe), written next
+    to it; returns the file and the seconds it took."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    start = time.perf_counter()
+    pre = path.with_name(path.stem + ".peer-pre.onnx")
+    out = path.with_name(path.stem + ".peer-int8.onnx")
+    try:
+        quant_pre_process(str(path), str(pre), skip_symbolic_shape=True)
+        source = pre
+    except Exception:  # noqa: BLE001 - its optional optimisation step; quantise the file as is
+        source = path
+    name = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+    quantize_static(str(source), str(out), _Reader(calibration, name), quant_format=QuantFormat.QDQ)
+    return out, time.perf_counter() - start
 
 
 def huggingface_sdpa(hf: nn.Module, model: nn.Module, shape: tuple[int, ...]) -> dict[str, Any]:
