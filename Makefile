@@ -12,6 +12,10 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: an unpinned torch pulls several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# timm's model files are the reference of the import tests; its dependencies would pull
+	# torchvision (and CUDA), which do not work beside the CPU torch: no deps (huggingface_hub,
+	# pyyaml and safetensors come with transformers).
+	$(PY) -m pip install -q --no-deps timm==1.0.31
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -198,8 +198,9 @@ def test_load_model_of_a_foreign_file_says_what_it_is(tmp_path):
     assert "x.pth/model.safetensors" not in str(info.value)
     with pytest.raises(FileNotFoundError, match=r"no such file: .*missing\.pth$"):
         vitres.load_model(tmp_path / "missing.pth")
-    # the resolver reads the same file as timm weights
-    assert vitres.resolve_model(path, num_heads=2).config.embed_dim == 32
+    # the resolver reads the same file as timm weights, and asks for its architecture
+    with pytest.raises(ValueError, match="bare timm state dict.*pass arch="):
+        vitres.resolve_model(path, num_heads=2)
 
 
 def test_load_model_of_a_non_vitres_directory(tmp_path):

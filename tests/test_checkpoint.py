@@ -146,8 +146,14 @@ def test_timm_state_dict_import(tmp_path):
     state = dict(source.state_dict())
     state["fc_norm.weight"] = state.pop("norm.weight")
     state["fc_norm.bias"] = state.pop("norm.bias")
-    torch.save(state, tmp_path / "vit.pth")
-    ours = vitres.from_pretrained(tmp_path / "vit.pth")
+    folder = tmp_path / "timm"
+    folder.mkdir()
+    save_file(state, str(folder / "model.safetensors"))
+    args = {"depth": 1, "img_size": 32, "num_classes": 4, "global_pool": "avg"}
+    (folder / "config.json").write_text(  # heads and the rest: the architecture's own
+        json.dumps({"architecture": "vit_small_patch8_224", "model_args": args})
+    )
+    ours = vitres.from_pretrained(folder)
     assert ours.config.num_heads == 6 and ours.config.global_pool == "avg"
     assert ours.config.pos_embed_antialias  # timm resamples with antialias
     x = torch.randn(2, 3, 32, 32)

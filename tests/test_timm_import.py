@@ -212,8 +212,7 @@ def model_args(variant: dict) -> dict:
             args[key] = variant[key]
     if "img" in variant:
         args["img_size"] = list(variant["img"])
-    if "patch" in variant:
-        args["patch_size"] = list(variant["patch"])
+    args["patch_size"] = list(variant.get("patch", (7, 7)))
     return args
 
 
@@ -285,32 +284,36 @@ def test_non_square_img_size_from_model_args(tmp_path):
         torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=0)
 
 
-def test_num_heads_override_for_a_bare_file(tmp_path):
+def test_a_bare_file_is_refused_without_its_architecture(tmp_path):
+    """A bare state dict cannot say its activation, norm eps or pooling: never guessed."""
     state = timm_state(init_values=1e-5)
     torch.save(state, tmp_path / "vit.pth")
-    with pytest.raises(ValueError, match="pass num_heads="):
-        vitres.from_pretrained(tmp_path / "vit.pth")
-    ours = vitres.from_pretrained(tmp_path / "vit.pth", num_heads=HEADS)
-    assert ours.config.num_heads == HEADS
+    for overrides in ({}, {"num_heads": HEADS}):
+        with pytest.raises(ValueError, match="does not say its architecture.*pass arch="):
+            vitres.from_pretrained(tmp_path / "vit.pth", **overrides)
+    with pytest.raises(ValueError, match="do not fit timm architecture"):
+        vitres.from_pretrained(tmp_path / "vit.pth", arch="vit_base_patch16_224")
+    with pytest.raises(ValueError, match="timm architecture 'vit_nope'"):
+        vitres.from_pretrained(tmp_path / "vit.pth", arch="vit_nope")
+    # in its save_for_hf directory the same weights load exactly (model_args say it all)
+    folder = save_for_hf(tmp_path / "dir", state, architecture="vit_custom",
+                         model_args=model_args({"init_values": 1e-5}), pool="token",
+                         img=(28, 28), num_classes=5)  # fmt: skip
     x = torch.randn(2, 3, 33, 28)
     with torch.no_grad():
         expected = timm_reference(state, x, patch=(7, 7), img=(28, 28), pool="token",
                                   no_embed_class=False)  # fmt: skip
-        torch.testing.assert_close(ours(x), expected, atol=1e-5, rtol=0)
-        # another head count is another function: the override is really used
-        four = vitres.resolve_model(tmp_path / "vit.pth", num_heads=4)
-        assert four.config.num_heads == 4 and not torch.allclose(four(x), expected, atol=1e-3)
-    # q/k-norm weights are per head: they tell the head count
-    torch.save(timm_state(qk_norm=True), tmp_path / "qk.pth")
-    assert vitres.from_pretrained(tmp_path / "qk.pth").config.num_heads == HEADS
+        torch.testing.assert_close(vitres.from_pretrained(folder)(x), expected, atol=1e-5, rtol=0)
 
 
 def test_unsupported_timm_variants_are_named(tmp_path):
     state = timm_state()
     state["patch_embed.norm.weight"] = torch.ones(DIM)
-    torch.save(state, tmp_path / "norm.pth")
+    norm = save_for_hf(tmp_path / "norm", state, architecture="vit_custom",
+                       model_args={"num_heads": HEADS}, pool="token", img=(28, 28),
+                       num_classes=5)  # fmt: skip
     with pytest.raises(ValueError, match="unsupported timm ViT variant.*patch_embed.norm"):
-        vitres.from_pretrained(tmp_path / "norm.pth", num_heads=HEADS)
+        vitres.from_pretrained(norm)
     folder = save_for_hf(tmp_path / "args", timm_state(), architecture="vit_custom",
                          model_args={"num_heads": HEADS, "block_fn": "ParallelScalingBlock"},
                          pool="token", img=(28, 28), num_classes=5)  # fmt: skip

@@ -227,7 +227,8 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         **overrides: config fields. ``img_size`` / ``patch_size`` resample the stored
             position table / PI-resize the patch kernel to make that the new native
             geometry; others (``pos_embed_mode``, ``size_policy``...) change run-time
-            behaviour.
+            behaviour. ``arch``: the timm architecture name of a bare timm weights file
+            (required there: vitres does not guess heads, activation or pooling).
 
     Returns:
         A model in eval mode that reproduces the source's outputs unless overridden.
@@ -237,6 +238,12 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         return load_model(reference, **overrides)
     kind = detect_format(path)
     path = Path(path)
+    arch = overrides.pop("arch", None)
+    if arch is not None and kind != "timm":
+        raise ValueError(
+            f"arch= names a timm architecture for timm weights; {path} holds {kind} weights, "
+            "whose own config says the architecture"
+        )
     if kind == "vitres":
         if overrides.keys() & {"img_size", "patch_size"}:
             model = load_model(path)
@@ -273,8 +280,7 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
             f"{weights} is not a timm ViT state dict (no patch_embed.proj.weight / blocks.0.*); "
             f"first keys: {list(raw)[:6]}"
         )
-    # num_heads is the one architecture fact a state dict cannot tell: an override wins
-    fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"))
+    fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
     state = convert_timm_state_dict(raw)
     return _build_foreign(state, fields, overrides, str(weights))
 

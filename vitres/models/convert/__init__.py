@@ -7,7 +7,8 @@ does that. One module per source:
 
 - :mod:`~vitres.models.convert.hf`: Hugging Face ViT, DeiT, DINOv2 (with registers),
   SigLIP and CLIP vision towers;
-- :mod:`~vitres.models.convert.timm`: timm's ``VisionTransformer`` (and distilled DeiT);
+- :mod:`~vitres.models.convert.timm`: timm's ``VisionTransformer`` (and distilled DeiT),
+  with timm's architecture table (``timm_archs.json``: each name's own ``model_args``);
 - :mod:`~vitres.models.convert.common`: what they share, and :func:`adapt_state_dict`
   (resampling a converted state dict to another patch size or grid).
 """
@@ -25,6 +26,7 @@ from vitres.models.convert.hf import (
 from vitres.models.convert.timm import (
     convert_timm_state_dict,
     convert_timm_vit_state_dict,
+    timm_architectures,
     timm_config_fields,
 )
 
@@ -39,5 +41,6 @@ __all__ = [
     "hf_family",
     "hf_vision_config",
     "supported_hf_model_types",
+    "timm_architectures",
     "timm_config_fields",
 ]

@@ -7,8 +7,11 @@ dicts map almost one to one. Nothing here reads files or builds models;
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from functools import cache
+from pathlib import Path
 
 from torch import Tensor
 
@@ -16,6 +19,7 @@ from vitres.models.convert.common import num_head_features, per_channel
 
 __all__ = [
     "TIMM_ACTIVATIONS",
+    "timm_architectures",
     "TIMM_HEADS_BY_SIZE",
     "TIMM_HEADS_BY_WIDTH",
     "TIMM_POOLS",
@@ -45,6 +49,15 @@ TIMM_ACTIVATIONS = {
 }
 TIMM_POOLS = ("token", "avg", "max", "avgmax", "map")
 # model_args of timm's VisionTransformer that vitres reads, and those that change nothing
+# timm's model_args values (as scripts/timm_arch_table.py spells them) -> LayerNorm eps
+_TIMM_NORMS = {
+    None: 1e-6,  # VisionTransformer's default: LayerNorm(eps=1e-6)
+    "torch.nn.modules.normalization.LayerNorm": 1e-5,
+    "timm.layers.norm.LayerNorm": 1e-5,
+    "partial:timm.layers.norm.LayerNorm:eps=1e-05": 1e-5,
+    "partial:torch.nn.modules.normalization.LayerNorm:eps=1e-06": 1e-6,
+    "partial:torch.nn.modules.normalization.LayerNorm:eps=1e-05": 1e-5,
+}
 _TIMM_ARGS = {
     "img_size",
     "patch_size",
@@ -64,10 +77,13 @@ _TIMM_ARGS = {
     "pre_norm",
     "fc_norm",
     "act_layer",
+    "norm_layer",
+    "final_norm",
+    "distilled",
+    "dynamic_img_pad",
 }
 _TIMM_IGNORED_ARGS = {
     "dynamic_img_size",
-    "dynamic_img_pad",
     "drop_rate",
     "pos_drop_rate",
     "patch_drop_rate",
@@ -118,28 +134,97 @@ def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _timm_heads(arch: str, width: int) -> int | None:
-    size = re.search(r"_(tiny|small|medium|base|large|huge|so400m|giant|gigantic)_", f"_{arch}_")
-    if size:
-        return TIMM_HEADS_BY_SIZE[size.group(1)]
-    return TIMM_HEADS_BY_WIDTH.get(width)
+@cache
+def timm_architectures() -> dict[str, dict]:
+    """timm's ViT architecture names -> ``{"module", "model_args", "mean", "std",
+    "input_size"}``, as timm's own entry points define them (the table
+    ``scripts/timm_arch_table.py`` writes from timm's registries)."""
+    table = json.loads(Path(__file__).with_name("timm_archs.json").read_text())
+    return table["archs"]
 
 
-def _check_model_args(args: dict) -> None:
+def _known_archs_hint() -> str:
+    names = [n for n, f in timm_architectures().items() if f["module"] != "eva"]
+    return (
+        f"{len(names)} timm architectures, e.g. vit_base_patch16_224, "
+        "vit_small_patch14_reg4_dinov2, deit_base_distilled_patch16_224"
+    )
+
+
+def _check_fit(args: dict, arch: str, found: dict) -> None:
+    """Refuses weights whose shapes contradict the architecture's ``model_args``."""
+    for key, value in found.items():
+        declared = args.get(key)
+        if isinstance(declared, (list, tuple)):
+            declared = tuple(int(v) for v in declared)
+        elif key == "patch_size" and declared is not None:
+            declared = (int(declared), int(declared))
+        if declared is not None and declared != value:
+            raise ValueError(
+                f"the weights do not fit timm architecture {arch!r}: {key} is {value} in the "
+                f"weights but {declared} in its model_args; pass the architecture the weights "
+                "were made with, or load timm's save_for_hf directory, whose config.json "
+                "records the model_args"
+            )
+
+
+def _arch_args(arch: str, document_args: dict) -> dict:
+    """The architecture's own ``model_args`` under the ones the config records.
+
+    Raises:
+        ValueError: an architecture of timm's ``eva.py`` (not implemented here), or a
+            config that records no ``model_args`` for a name vitres does not know.
+    """
+    facts = timm_architectures().get(arch.split(".")[0])
+    if facts is None:
+        if not document_args:
+            raise ValueError(
+                f"unknown timm architecture {arch!r} and no model_args in its config.json: "
+                f"vitres cannot tell its heads, activation, norms or pooling; vitres knows "
+                f"{_known_archs_hint()} (vitres.models.convert.timm_architectures())"
+            )
+        return dict(document_args)
+    if facts["module"] == "eva":
+        raise ValueError(
+            f"timm architecture {arch!r} (timm's eva.py: EVA, EVA-02, DINOv3, PE-core and the "
+            "RoPE ViTs) is not supported yet: its rotary positions, SwiGLU MLPs and sub-norms "
+            "have no exact vitres counterpart, so it is refused rather than loaded wrong; "
+            f"supported: timm's VisionTransformer and DeiT architectures ({_known_archs_hint()})"
+        )
+    return {**facts["model_args"], **document_args}
+
+
+def _check_model_args(args: dict, arch: str = "") -> None:
+    where = f"timm architecture {arch!r}" if arch else "these timm weights"
     unknown = sorted(set(args) - _TIMM_ARGS - _TIMM_IGNORED_ARGS)
     if unknown:
+        shown = {k: args[k] for k in unknown}
         raise ValueError(
-            f"unsupported timm model_args {unknown}; vitres reads {sorted(_TIMM_ARGS)}"
+            f"unsupported timm model_args {unknown} for {where} ({shown}): vitres implements "
+            f"timm's plain VisionTransformer blocks only; it reads {sorted(_TIMM_ARGS)}"
+        )
+    if args.get("norm_layer") not in _TIMM_NORMS:
+        raise ValueError(
+            f"unsupported timm norm_layer {args['norm_layer']!r} for {where}; vitres has "
+            "LayerNorm only"
+        )
+    if args.get("final_norm", True) is False:
+        raise ValueError(
+            f"{where} has no final norm (final_norm=False); vitres models always end in one, "
+            "so it is refused rather than loaded with a norm its source does not have"
         )
 
 
 def _num_heads(
     state: dict[str, Tensor], args: dict, arch: str, dim: int, num_heads: int | None
 ) -> int:
-    """Heads: the override > ``model_args`` > the q-norm width > the architecture name."""
+    """Heads: the override > ``model_args`` (the config's, then the architecture table's) >
+    the q-norm width. Never guessed from a size word in the name."""
     q_norm = state.get("blocks.0.attn.q_norm.weight")
     from_q_norm = dim // int(q_norm.shape[0]) if q_norm is not None else None
-    heads = num_heads or args.get("num_heads") or from_q_norm or _timm_heads(arch, dim)
+    heads = num_heads or args.get("num_heads") or from_q_norm
+    if heads is None and arch and arch.split(".")[0] in timm_architectures():
+        heads = 12  # the architecture's entry point leaves VisionTransformer's default
     if heads is None:
         raise ValueError(
             f"cannot tell num_heads of timm weights of width {dim}{f' ({arch})' if arch else ''}; "
@@ -216,7 +301,7 @@ def _pool_and_norm(
 
 
 def _activation(args: dict, arch: str) -> str:
-    act = args.get("act_layer") or ("quick_gelu" if "quickgelu" in arch else "gelu")
+    act = args.get("act_layer") or "gelu"  # VisionTransformer's default: exact GELU
     if act not in TIMM_ACTIVATIONS:
         raise ValueError(
             f"unsupported timm act_layer {act!r}; supported: {sorted(TIMM_ACTIVATIONS)}"
@@ -243,8 +328,36 @@ def _init_values(state: dict[str, Tensor], args: dict) -> float | None:
     return init
 
 
+def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
+    """The architecture name, its ``model_args`` (the table's under the config's) and its
+    pretrained config (the table's mean / std when the config has none)."""
+    pretrained = document.get("pretrained_cfg") or {}
+    recorded = str(document.get("architecture") or pretrained.get("architecture") or "")
+    if arch and recorded and arch.split(".")[0] != recorded.split(".")[0]:
+        raise ValueError(f"arch={arch!r} contradicts the config's architecture {recorded!r}")
+    arch = arch or recorded
+    if not document and not arch:
+        raise ValueError(
+            "a bare timm state dict does not say its architecture: heads, activation, norm "
+            "eps and pooling cannot be told from its keys, and vitres does not guess them; "
+            "pass arch= (e.g. vitres.from_pretrained(file, arch='vit_base_patch16_224'); "
+            f"vitres knows {_known_archs_hint()}) or load timm's save_for_hf directory "
+            "(config.json + model.safetensors)"
+        )
+    recorded_args = dict(document.get("model_args") or {})
+    args = _arch_args(arch, recorded_args) if arch else recorded_args
+    _check_model_args(args, arch)
+    known = timm_architectures().get(arch.split(".")[0], {})
+    if not pretrained and known:
+        pretrained = {k: known[k] for k in ("mean", "std", "input_size") if k in known}
+    return arch, args, pretrained
+
+
 def timm_config_fields(
-    state: dict[str, Tensor], document: dict | None = None, num_heads: int | None = None
+    state: dict[str, Tensor],
+    document: dict | None = None,
+    num_heads: int | None = None,
+    arch: str | None = None,
 ) -> dict:
     """:class:`ViTConfig` fields of timm weights, from the state dict and timm's ``config.json``.
 
@@ -257,18 +370,22 @@ def timm_config_fields(
         state: timm's own state dict (before :func:`convert_timm_state_dict`: the
             ``norm`` / ``fc_norm`` names tell where the final norm goes).
         document: timm's ``config.json`` (``None`` for a bare weights file).
-        num_heads: heads, when neither the config nor the name gives them.
+        num_heads: heads, for a config whose model_args do not give them.
+        arch: a timm architecture name, for a bare weights file (or to confirm the config's).
+
+    Raises:
+        ValueError: a bare state dict without ``arch`` (its activation, pooling and norms
+            cannot be told from its keys), an architecture or argument vitres does not
+            implement exactly, or ``arch`` contradicting the config.
     """
     document = document or {}
-    args = dict(document.get("model_args") or {})
-    _check_model_args(args)
-    pretrained = document.get("pretrained_cfg") or {}
-    arch = str(document.get("architecture") or pretrained.get("architecture") or "")
+    arch, args, pretrained = _arch_and_args(document, arch)
     proj = state["patch_embed.proj.weight"]
     dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
     patch = (int(proj.shape[-2]), int(proj.shape[-1]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
+    _check_fit(args, arch, {"embed_dim": dim, "depth": depth, "patch_size": patch})
     class_token = "cls_token" in state
     dist_token = "dist_token" in state
     reg_tokens = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
@@ -306,9 +423,9 @@ def timm_config_fields(
         "pos_embed_prefix": not no_embed_class,
         "pos_embed_mode": "bicubic",
         "pos_embed_antialias": True,  # timm's resample_abs_pos_embed
-        "size_policy": "crop",
-        # timm's CLIP models use LayerNorm(eps=1e-5); everything else its default 1e-6
-        "norm_eps": 1e-5 if "clip" in arch else 1e-6,
+        # timm's PatchEmbed: a strided convolution (crop), or zero padding bottom/right
+        "size_policy": "pad" if args.get("dynamic_img_pad") else "crop",
+        "norm_eps": _TIMM_NORMS[args.get("norm_layer")],
         "mean": per_channel(tuple(pretrained.get("mean", (0.5,) * in_chans)), in_chans),
         "std": per_channel(tuple(pretrained.get("std", (0.5,) * in_chans)), in_chans),
     }
