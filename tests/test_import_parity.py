@@ -8,7 +8,9 @@ which the patch does not divide (the sources floor the grid, as their strided
 convolution does). The tolerance is what the README's table claims: the same operations
 in the same order give the same bits (max |diff| 0), so every family must match exactly,
 except SigLIP, whose attention-pool head runs ``nn.MultiheadAttention``'s fused kernel in
-the source and separate matrix products here (max |diff| ≤ 2e-6; 3.6e-7 to 5.4e-7 seen).
+the source and separate matrix products here (max |diff| ≤ 2e-6; 3.6e-7 to 5.4e-7 seen),
+and DINOv3 (RoPE rotates adjacent channel pairs here and halves there, so q / k channels
+are permuted and dot products sum in another order: ≤ 2e-6, up to 7e-7 seen).
 """
 
 import pytest
@@ -185,6 +187,40 @@ def test_ijepa_model_and_classifier(tmp_path):
     tokens = randomise(transformers.IJepaModel(config))
     ours = save(tokens, tmp_path / "model")
     check(ours, tokens, lambda o, x, r: [(o.forward_features(x), r.last_hidden_state)])
+
+
+# ----------------------------------------------------------------------------- DINOv3
+# q / k channels are permuted, so dot products sum in another order: not bit-identical
+DINOV3_TOLERANCE = 2e-6
+
+
+@pytest.mark.parametrize("registers,key_bias", [(0, False), (4, False), (2, True)])
+def test_dinov3_rope_registers_and_layer_scale(tmp_path, registers, key_bias):
+    config = transformers.DINOv3ViTConfig(
+        **SMALL, intermediate_size=64, num_register_tokens=registers, key_bias=key_bias,
+        layerscale_value=0.5, rope_theta=100.0,
+    )  # fmt: skip
+    source = randomise(transformers.DINOv3ViTModel(config))
+    with torch.no_grad():  # the biases start at zero: make them matter too
+        for name, param in source.named_parameters():
+            if name.endswith("bias") and "norm" not in name:
+                param.normal_(0, 0.3)
+    ours = save(source, tmp_path)
+    assert ours.config.pos_embed == "rope" and ours.config.reg_tokens == registers
+
+    check(ours, source, pooled_and_tokens, interpolate=False, atol=DINOV3_TOLERANCE)
+    # RoPE is what places the patches: without the permutation or the scale it is wrong
+    plain = vitres.from_pretrained(tmp_path, rope_scale=None)
+    x = torch.randn(1, 3, 28, 35)
+    with torch.no_grad():
+        assert (plain(x) - source(pixel_values=x).pooler_output).abs().max() > 10 * DINOV3_TOLERANCE
+
+
+def test_dinov3_gated_mlp_is_refused(tmp_path):
+    config = transformers.DINOv3ViTConfig(**SMALL, intermediate_size=64, use_gated_mlp=True)
+    transformers.DINOv3ViTModel(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="use_gated_mlp"):
+        vitres.from_pretrained(tmp_path)
 
 
 def test_unknown_hidden_act_is_named(tmp_path):

@@ -288,6 +288,29 @@ def rope_at(ys: Tensor, xs: Tensor, head_dim: int, theta: float = 100.0) -> tupl
     return angles.cos().float(), angles.sin().float()
 
 
+def rope_normalized(
+    grid: int | Sequence[int], head_dim: int, theta: float, scale: float
+) -> tuple[Tensor, Tensor]:
+    """Axial rotary ``(cos, sin)`` at patch centres normalised to ``[-1, 1]``, angles
+    ``scale * coordinate * theta ** (-j / (head_dim / 4))`` (DINOv3's RoPE, ``scale`` = 2 pi).
+
+    Computed in float32 in the order DINOv3's reference does, so the angles carry the
+    same bits; the pairs are laid out as :func:`rope_at` lays them (``(2i, 2i+1)``), which
+    an importer matches by permuting the q / k channels of each head.
+    """
+    rows, cols = to_grid(grid)
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs head_dim divisible by 4, got {head_dim}")
+    inverse = 1 / theta ** torch.arange(0, 1, 4 / head_dim, dtype=torch.float32)
+    ys = torch.arange(0.5, rows, dtype=torch.float32) / rows
+    xs = torch.arange(0.5, cols, dtype=torch.float32) / cols
+    coords = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).flatten(0, 1)
+    coords = 2.0 * coords - 1.0
+    angles = (scale * coords[:, :, None] * inverse[None, None, :]).flatten(1, 2)
+    angles = angles.repeat_interleave(2, dim=-1)
+    return angles.cos(), angles.sin()
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotates channel pairs ``(2i, 2i+1)`` of ``x`` (..., N, head_dim) by the given angles."""
     x_pairs = x.unflatten(-1, (-1, 2))

@@ -32,6 +32,7 @@ from vitres.layers.pos_embed import (
     resample_pos_embed,
     rope_2d,
     rope_at,
+    rope_normalized,
     sincos_2d,
     sincos_at,
 )
@@ -126,10 +127,18 @@ class CoordinateMLPPositions:
 class RotaryPositions:
     """2-D axial rotary embedding of q and k (RoPE), angles in base-grid units."""
 
-    def __init__(self, head_dim: int, base_grid: Grid, theta: float) -> None:
+    def __init__(
+        self, head_dim: int, base_grid: Grid, theta: float, scale: float | None = None
+    ) -> None:
         self.head_dim = head_dim
         self.base_grid = base_grid
         self.theta = theta
+        self.scale = scale  # None: base-grid units; else normalised centres times scale
+
+    def _grid_table(self, grid: Grid) -> tuple[Tensor, Tensor]:
+        if self.scale is None:
+            return rope_2d(grid, self.head_dim, self.base_grid, self.theta)
+        return rope_normalized(grid, self.head_dim, self.theta, self.scale)
 
     def table(
         self, grid: Grid, device: torch.device, cache: VersionedCache
@@ -138,9 +147,7 @@ class RotaryPositions:
         return cache.get(
             ("rope", grid, str(device)),
             [],
-            lambda: tuple(
-                t.to(device) for t in rope_2d(grid, self.head_dim, self.base_grid, self.theta)
-            ),
+            lambda: tuple(t.to(device) for t in self._grid_table(grid)),
             enabled=True,
         )
 
@@ -152,8 +159,11 @@ class RotaryPositions:
         if layout.segments is not None:
             return self._packed(layout, cache)
         if layout.centres is not None:
-            centres = layout.centres
-            cos, sin = rope_at(centres[..., 0], centres[..., 1], self.head_dim, self.theta)
+            ys, xs = layout.centres[..., 0], layout.centres[..., 1]
+            if self.scale is not None:  # base-grid units -> normalised, times the scale
+                ys = ys * (2 * self.scale / self.base_grid[0])
+                xs = xs * (2 * self.scale / self.base_grid[1])
+            cos, sin = rope_at(ys, xs, self.head_dim, self.theta)
             return cos[:, None].to(device), sin[:, None].to(device)
         return self.table(layout.grid, device, cache)
 

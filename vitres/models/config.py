@@ -180,6 +180,9 @@ class ViTConfig(ConfigBase):
     kernel_resize_antialias: bool = True
     norm_eps: float = 1e-6
     rope_theta: float = 100.0
+    # None: rotary angles in base-grid patch units (vitres's own RoPE); a number: angles
+    # of patch centres normalised to [-1, 1] times this scale (DINOv3: 2 pi)
+    rope_scale: float | None = None
     cpb_hidden_dim: int = 256
     drop_path_rate: float = 0.0
     mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
@@ -223,6 +226,11 @@ class ViTConfig(ConfigBase):
                 ),
                 (0.0 <= self.drop_path_rate < 1.0, "drop_path_rate must be in [0, 1)"),
                 (self.cpb_hidden_dim > 0 and self.rope_theta > 0, "sizes must be positive"),
+                (
+                    self.rope_scale is None
+                    or (isinstance(self.rope_scale, (int, float)) and self.rope_scale > 0),
+                    "rope_scale must be None or positive",
+                ),
                 (
                     self.class_token or self.global_pool not in ("token", "token_avg"),
                     f"global_pool={self.global_pool!r} needs class_token=True",

@@ -261,7 +261,8 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         hf = _read_json(path / "config.json")
         family = hf_family(hf_vision_config(hf))  # an unsupported model_type fails here
         weights = find_weights(path)
-        state = convert_hf_state_dict(read_state_dict(weights), family)
+        heads = hf_vision_config(hf).get("num_attention_heads")
+        state = convert_hf_state_dict(read_state_dict(weights), family, num_heads=heads)
         preprocessor = path / "preprocessor_config.json"
         fields = hf_config_fields(
             hf, state, _read_json(preprocessor) if preprocessor.exists() else None

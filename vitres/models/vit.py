@@ -107,7 +107,7 @@ class _PositionKinds:
             ),
             SinCosPositions(cfg.embed_dim, grid),
             CoordinateMLPPositions(),
-            RotaryPositions(cfg.embed_dim // cfg.num_heads, grid, cfg.rope_theta),
+            RotaryPositions(cfg.embed_dim // cfg.num_heads, grid, cfg.rope_theta, cfg.rope_scale),
             ContinuousBiasPositions(prefix),
         )
 

@@ -23,7 +23,13 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   does; the pre-training decoder is dropped): the source's ``last_hidden_state`` with
   ``mask_ratio=0`` and patches kept in order;
 * ``ijepa``: ``IJepaModel`` ``last_hidden_state`` (no class token, positions for patches
-  only), ``IJepaForImageClassification`` logits (the mean of the normed tokens).
+  only), ``IJepaForImageClassification`` logits (the mean of the normed tokens);
+* ``dinov3_vit``: ``DINOv3ViTModel`` ``pooler_output`` and ``last_hidden_state``: axial
+  RoPE on normalised patch centres (``rope_scale`` = 2 pi, jitter and rescaling are
+  training-only), register tokens, LayerScale, no key bias (stored as zeros). Its q / k
+  channels rotate in halves (``rotate_half``); vitres rotates adjacent pairs, so each
+  head's q and k rows are permuted on import (dot products unchanged). The gated MLP
+  (``use_gated_mlp``, the 7B model) is refused.
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
@@ -32,6 +38,7 @@ source's ``interpolate_pos_encoding`` does.
 
 from __future__ import annotations
 
+import math
 import re
 
 import torch
@@ -72,6 +79,7 @@ HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     "vit_msn": ("vit", IMAGENET_MEAN, IMAGENET_STD),
     "vit_mae": ("vit_mae", IMAGENET_MEAN, IMAGENET_STD),
     "ijepa": ("ijepa", IMAGENET_MEAN, IMAGENET_STD),
+    "dinov3_vit": ("dinov3", IMAGENET_MEAN, IMAGENET_STD),
 }
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -101,6 +109,10 @@ _HF_SIMPLE = {
     "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
     "embeddings.patch_embedding.weight": "patch_embed.proj.weight",
     "embeddings.patch_embedding.bias": "patch_embed.proj.bias",
+    "embeddings.patch_embeddings.weight": "patch_embed.proj.weight",
+    "embeddings.patch_embeddings.bias": "patch_embed.proj.bias",
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
     "layernorm.weight": "norm.weight",
     "layernorm.bias": "norm.bias",
     "post_layernorm.weight": "norm.weight",
@@ -146,6 +158,9 @@ _HF_LAYER_PARTS = {
     "self_attn.out_proj": "attn.proj",
     "mlp.fc1": "mlp.fc1",
     "mlp.fc2": "mlp.fc2",
+    # DINOv3
+    "mlp.up_proj": "mlp.fc1",
+    "mlp.down_proj": "mlp.fc2",
     "layernorm_before": "norm1",
     "layernorm_after": "norm2",
     "norm1": "norm1",
@@ -155,7 +170,9 @@ _HF_LAYER_PARTS = {
     "layer_scale1": "ls1",
     "layer_scale2": "ls2",
 }
-_HF_LAYER_RE = re.compile(r"^(?:encoder\.)?(?:layer|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$")
+_HF_LAYER_RE = re.compile(
+    r"^(?:encoder\.|model\.)?(?:layer|layers)\.(\d+)\.(.+)\.(weight|bias|lambda1)$"
+)
 
 
 def supported_hf_model_types() -> list[str]:
@@ -177,12 +194,16 @@ def hf_family(hf: dict) -> str:
         raise ValueError(
             f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
             f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
-            "registers, SigLIP vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA). Swin "
+            "registers, SigLIP vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, DINOv3). Swin "
             "and other hierarchical models are not ViTs with one token grid and stay refused"
         )
     act = hf.get("hidden_act", "gelu")
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"unsupported hidden_act {act!r}; supported: {sorted(HF_ACTIVATIONS)}")
+    if hf.get("use_gated_mlp"):
+        raise ValueError(
+            "DINOv3 with use_gated_mlp=True (a gated SwiGLU MLP, as in DINOv3 7B) is not supported"
+        )
     if hf.get("use_swiglu_ffn"):
         raise ValueError(
             "DINOv2 with use_swiglu_ffn=True (a SwiGLU MLP, as in DINOv2 giant) is not supported"
@@ -201,7 +222,43 @@ def hf_vision_config(hf: dict) -> dict:
     return hf
 
 
-def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Tensor]:
+def _rotate_half_to_pairs(weight: Tensor, num_heads: int) -> Tensor:
+    """Rows of a q or k projection (weight or bias) reordered per head from the halves
+    layout (channel ``i`` pairs with ``i + d/2``) to adjacent pairs (``2i``, ``2i+1``)."""
+    head_dim = weight.shape[0] // num_heads
+    half = head_dim // 2
+    order = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    index = (torch.arange(num_heads)[:, None] * head_dim + order[None, :]).flatten()
+    return weight[index]
+
+
+def _dinov3_parts(
+    qkv: dict[tuple[int, str], dict[str, Tensor]], out: dict[str, Tensor], num_heads: int | None
+) -> None:
+    """DINOv3's q / k rows in vitres's RoPE pair order, and its absent biases (key, and
+    optionally the others) as zeros, which add nothing."""
+    if not num_heads:
+        raise ValueError("DINOv3 weights need the config's num_attention_heads to convert")
+    for (_, kind), parts in qkv.items():
+        if kind == "weight":
+            parts["q"] = _rotate_half_to_pairs(parts["q"], num_heads)
+            parts["k"] = _rotate_half_to_pairs(parts["k"], num_heads)
+    for index in [i for i, kind in qkv if kind == "weight"]:
+        weight = qkv[(index, "weight")]
+        biases = qkv.setdefault((index, "bias"), {})
+        for part in ("q", "k", "v"):
+            biases.setdefault(part, weight[part].new_zeros(weight[part].shape[0]))
+        biases["q"] = _rotate_half_to_pairs(biases["q"], num_heads)
+        biases["k"] = _rotate_half_to_pairs(biases["k"], num_heads)
+        for name in ("attn.proj", "mlp.fc1", "mlp.fc2"):
+            key = f"blocks.{index}.{name}"
+            if f"{key}.bias" not in out:
+                out[f"{key}.bias"] = out[f"{key}.weight"].new_zeros(out[f"{key}.weight"].shape[0])
+
+
+def convert_hf_state_dict(
+    state: dict[str, Tensor], family: str, num_heads: int | None = None
+) -> dict[str, Tensor]:
     """Maps a Hugging Face state dict of a supported family to vitres names.
 
     Accepts the names in ``save_pretrained`` files and the current in-memory names, with
@@ -209,6 +266,11 @@ def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Te
     Query, key and value are concatenated into ``qkv``; the attention-pool head's packed
     ``in_proj`` is split into ``q`` and ``kv``; unused tensors (mask token, text tower of
     a CLIP/SigLIP pair) are dropped.
+
+    Args:
+        state: the source's state dict.
+        family: :func:`hf_family` of its config.
+        num_heads: the config's heads (DINOv3 needs them to reorder its q / k channels).
 
     Raises:
         ValueError: keys this mapping does not know (it never drops weights silently).
@@ -255,6 +317,10 @@ def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Te
             f"unknown keys in Hugging Face {family} weights: {unknown[:8]}"
             f"{'...' if len(unknown) > 8 else ''}; this architecture variant is not supported"
         )
+    if family == "dinov3":
+        _dinov3_parts(qkv, out, num_heads)
+    if "reg_token" in out and out["reg_token"].shape[1] == 0:  # DINOv3 stores (1, 0, D)
+        del out["reg_token"]
     for (index, kind), parts in sorted(qkv.items()):
         if set(parts) != {"q", "k", "v"}:
             raise ValueError(
@@ -269,6 +335,12 @@ def convert_hf_state_dict(state: dict[str, Tensor], family: str) -> dict[str, Te
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
         out["pos_embed"] = out["pos_embed"][:, 1:]
     return out
+
+
+def _rope_fields(hf: dict) -> dict:
+    """DINOv3's position kind: RoPE on normalised patch centres, angles times 2 pi."""
+    return {"pos_embed": "rope", "rope_theta": float(hf.get("rope_theta", 100.0)),
+            "rope_scale": 2 * math.pi}  # fmt: skip
 
 
 def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
@@ -316,7 +388,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         global_pool = "token"
     init = hf.get("layerscale_value", 1.0) if "blocks.0.ls1.gamma" in state else None
     pooler = state.get("pre_logits.fc.weight")
-    return {
+    fields = {
         "img_size": hf.get("image_size", 224),
         "patch_size": hf.get("patch_size", 16),
         "in_chans": channels,
@@ -347,6 +419,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         "mean": per_channel(mean, channels),
         "std": per_channel(std, channels),
     }
+    return {**fields, **_rope_fields(hf)} if family == "dinov3" else fields
 
 
 def convert_hf_vit_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
