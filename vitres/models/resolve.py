@@ -14,6 +14,8 @@ kind                   what it is
                        ``model.safetensors`` or ``pytorch_model.bin``
 ``timm``               a timm file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) or directory
                        (timm's ``save_for_hf`` layout: ``config.json`` with ``architecture``)
+``big_vision``         a big_vision / Google ViT ``.npz`` (read with numpy, never unpickled;
+                       ``arch=`` names its timm architecture)
 ``bundled``            the name of a reference model shipped with vitres
                        (``fmnist-vit-multires``)
 ``registry``           a registry name (``vit_small_patch16``): random weights
@@ -37,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -52,6 +55,8 @@ from vitres.models.checkpoint import (
 from vitres.models.config import ViTConfig
 from vitres.models.convert import (
     adapt_state_dict,
+    big_vision_heads,
+    convert_big_vision_npz,
     convert_hf_state_dict,
     convert_timm_state_dict,
     hf_config_fields,
@@ -161,7 +166,7 @@ def _read_json(path: Path) -> dict:
 
 
 def detect_format(path: str | Path) -> str:
-    """``"vitres"``, ``"hf"`` or ``"timm"`` for a local directory or file.
+    """``"vitres"``, ``"hf"``, ``"timm"`` or ``"big_vision"`` for a local directory or file.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -197,6 +202,8 @@ def detect_format(path: str | Path) -> str:
         return "vitres"
     if path.suffix in (".bin", ".pth", ".pt"):
         return "timm"
+    if path.suffix == ".npz":
+        return "big_vision"
     raise ValueError(
         f"unsupported file {path.name}: expected .safetensors, .json, .bin, .pth or .pt"
     )
@@ -239,7 +246,7 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
     kind = detect_format(path)
     path = Path(path)
     arch = overrides.pop("arch", None)
-    if arch is not None and kind != "timm":
+    if arch is not None and kind not in ("timm", "big_vision"):
         raise ValueError(
             f"arch= names a timm architecture for timm weights; {path} holds {kind} weights, "
             "whose own config says the architecture"
@@ -268,6 +275,8 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
             hf, state, _read_json(preprocessor) if preprocessor.exists() else None
         )
         return _build_foreign(state, fields, overrides, str(weights))
+    if kind == "big_vision":
+        return _from_npz(path, arch, overrides)
     # timm: a bare weights file, or timm's save_for_hf directory
     document: dict = {}
     weights = path
@@ -284,6 +293,35 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
     fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
     state = convert_timm_state_dict(raw)
     return _build_foreign(state, fields, overrides, str(weights))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (numpy, ``allow_pickle=False``: nothing is unpickled)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is not a readable .npz of arrays ({type(err).__name__}: {err}); vitres "
+            "reads numpy arrays only, never pickled objects"
+        ) from None
+
+
+def _from_npz(path: Path, arch: str | None, overrides: dict) -> nn.Module:
+    """A big_vision / Google ViT ``.npz``: its arrays in timm's layout, the function from
+    the named timm architecture, the head count from the attention kernels."""
+    if not arch:
+        raise ValueError(
+            f"{path.name} is a big_vision / Google ViT .npz, which does not record its "
+            "activation, norm eps or pooling; pass its timm architecture, e.g. "
+            "vitres.from_pretrained(path, arch='vit_base_patch16_224') (ViT) or "
+            "arch='vit_base_patch16_siglip_224' (SigLIP)"
+        )
+    arrays = read_npz(path)
+    state = convert_big_vision_npz(arrays)
+    heads = overrides.pop("num_heads", None) or big_vision_heads(arrays)
+    fields = timm_config_fields(state, None, num_heads=heads, arch=arch)
+    return _build_foreign(convert_timm_state_dict(state), fields, overrides, str(path))
 
 
 # ----------------------------------------------------------------------------- the grammar
@@ -316,7 +354,11 @@ def describe_reference(ref: ModelRef) -> Reference:
     path = Path(ref)
     if path.exists():
         kind = detect_format(path)
-        what = {"vitres": "a vitres checkpoint", "timm": "timm weights"}.get(kind)
+        what = {
+            "vitres": "a vitres checkpoint",
+            "timm": "timm weights",
+            "big_vision": "a big_vision .npz",
+        }.get(kind)
         if kind == "hf":
             model_type = _read_json(path / "config.json").get("model_type")
             what = f"a Hugging Face {model_type} directory"

@@ -9,10 +9,13 @@ does that. One module per source:
   SigLIP and CLIP vision towers;
 - :mod:`~vitres.models.convert.timm`: timm's ``VisionTransformer`` (and distilled DeiT),
   with timm's architecture table (``timm_archs.json``: each name's own ``model_args``);
+- :mod:`~vitres.models.convert.big_vision`: big_vision / Google ViT ``.npz`` arrays to
+  timm's layout (then read as timm weights);
 - :mod:`~vitres.models.convert.common`: what they share, and :func:`adapt_state_dict`
   (resampling a converted state dict to another patch size or grid).
 """
 
+from vitres.models.convert.big_vision import big_vision_heads, convert_big_vision_npz
 from vitres.models.convert.common import adapt_state_dict
 from vitres.models.convert.hf import (
     HF_FAMILIES,
@@ -33,6 +36,8 @@ from vitres.models.convert.timm import (
 __all__ = [
     "HF_FAMILIES",
     "adapt_state_dict",
+    "big_vision_heads",
+    "convert_big_vision_npz",
     "convert_hf_state_dict",
     "convert_hf_vit_state_dict",
     "convert_timm_state_dict",

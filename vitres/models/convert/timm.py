@@ -330,7 +330,7 @@ def _init_values(state: dict[str, Tensor], args: dict) -> float | None:
 
 def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
     """The architecture name, its ``model_args`` (the table's under the config's) and its
-    pretrained config (the table's mean / std when the config has none)."""
+    pretrained config (the table's mean and std when the config has none)."""
     pretrained = document.get("pretrained_cfg") or {}
     recorded = str(document.get("architecture") or pretrained.get("architecture") or "")
     if arch and recorded and arch.split(".")[0] != recorded.split(".")[0]:
@@ -349,7 +349,8 @@ def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
     _check_model_args(args, arch)
     known = timm_architectures().get(arch.split(".")[0], {})
     if not pretrained and known:
-        pretrained = {k: known[k] for k in ("mean", "std", "input_size") if k in known}
+        # the weights' own position table tells the native size, not the default config
+        pretrained = {k: known[k] for k in ("mean", "std") if k in known}
     return arch, args, pretrained
 
 
@@ -370,7 +371,9 @@ def timm_config_fields(
         state: timm's own state dict (before :func:`convert_timm_state_dict`: the
             ``norm`` / ``fc_norm`` names tell where the final norm goes).
         document: timm's ``config.json`` (``None`` for a bare weights file).
-        num_heads: heads, for a config whose model_args do not give them.
+        num_heads: heads, for a config whose model_args do not give them, or read from the
+            weights' own shapes (a big_vision attention kernel); then the architecture gives
+            the function (activation, norms, pooling) of a narrower or shallower variant.
         arch: a timm architecture name, for a bare weights file (or to confirm the config's).
 
     Raises:
@@ -385,7 +388,8 @@ def timm_config_fields(
     patch = (int(proj.shape[-2]), int(proj.shape[-1]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
-    _check_fit(args, arch, {"embed_dim": dim, "depth": depth, "patch_size": patch})
+    if num_heads is None:  # heads from the architecture: its widths must be the weights'
+        _check_fit(args, arch, {"embed_dim": dim, "depth": depth, "patch_size": patch})
     class_token = "cls_token" in state
     dist_token = "dist_token" in state
     reg_tokens = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
