@@ -178,6 +178,13 @@ def test_export_writes_its_spec_and_provenance_into_the_file(exported):
     assert meta["patch_size"] == "4" and meta["size_policy"] == "resize" and meta["in_chans"] == "1"
     assert meta["model"] == "tiny" and meta["record_key"] == "k|1"
     assert meta["size_rule"] == result.size_rule
+    # what a user needs without vitres: layout, normalisation, native size, outputs
+    model = exported[0]
+    assert json.loads(meta["mean"]) == pytest.approx(list(model.config.mean))
+    assert json.loads(meta["std"]) == pytest.approx(list(model.config.std))
+    assert meta["input_layout"] == "NCHW float32" and meta["native_size"] == "28x28"
+    assert meta["num_classes"] == "10" and meta["output"] == "logits"
+    assert "(x - mean) / std" in meta["preprocessing"]
     # ONNX Runtime sees the same entries (that is where OnnxModel reads the patch size)
     runner = OnnxModel(result.path)
     assert runner.metadata["vitres.export_spec"] == spec.to_json()

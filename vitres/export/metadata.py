@@ -12,6 +12,14 @@ for this; ONNX Runtime shows them as ``session.get_modelmeta().custom_metadata_m
 ``vitres.size_policy``       the model's size policy (``pad``, ``crop``, ``resize``, ``error``)
 ``vitres.in_chans``          input channels
 ``vitres.size_rule``         the input sizes the graph accepts, in words
+``vitres.input_layout``      ``NCHW float32``
+``vitres.mean``, ``.std``    per-channel normalisation, JSON lists
+``vitres.preprocessing``     the whole input recipe in words (0..1 pixels, then mean/std)
+``vitres.native_size``       the model's native ``HxW``
+``vitres.num_classes``       outputs per image (``output``: ``logits`` or ``features``)
+``vitres.recommended_size``  the ``HxW`` the sweep record measured, when exported from one
+``vitres.data``              the data the record was measured on, when known
+``vitres.class_names``       JSON list of class names, when the data names them
 ``vitres.model``             the model reference, when known (a bundled name, a path...)
 ``vitres.model_digest``      short SHA-256 of the checkpoint file, when known
 ``vitres.record_key``        the sweep record the file was exported from, if any

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import time
@@ -220,6 +221,7 @@ def _write_metadata(result: ExportResult, cfg: Any, metadata: Mapping[str, objec
     patch size, size policy, channels and input rule, and ``metadata``."""
     import vitres
 
+    height, width = (int(v) for v in cfg.img_size)
     entries: dict[str, object] = {
         "export_spec": result.spec.to_json(),
         "version": vitres.__version__,
@@ -227,6 +229,17 @@ def _write_metadata(result: ExportResult, cfg: Any, metadata: Mapping[str, objec
         "size_policy": cfg.size_policy,
         "in_chans": cfg.in_chans,
         "size_rule": result.size_rule,
+        # what a user needs to feed the file without vitres
+        "input_layout": "NCHW float32",
+        "mean": json.dumps([float(v) for v in cfg.mean]),
+        "std": json.dumps([float(v) for v in cfg.std]),
+        "preprocessing": (
+            f"{'RGB' if cfg.in_chans == 3 else 'greyscale'} pixels scaled to 0..1 (8-bit / "
+            "255), then (x - mean) / std per channel; any size the size rule allows"
+        ),
+        "native_size": f"{height}x{width}",
+        "num_classes": getattr(cfg, "num_classes", 0),
+        "output": "logits" if getattr(cfg, "num_classes", 0) else "features",
         **(metadata or {}),
     }
     write_export_metadata(result.path, entries)

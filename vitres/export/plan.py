@@ -36,6 +36,7 @@ class ExportPlan:
         resolution: The ``(H, W)`` the record measured (the parity check covers it).
         notes: How the export differs from what was measured, in words (empty when it
             is the measured graph itself).
+        data: The data the record was measured on (a dataset name or folder), if any.
     """
 
     spec: ExportSpec
@@ -44,6 +45,32 @@ class ExportPlan:
     record_key: str
     resolution: tuple[int, int]
     notes: tuple[str, ...] = ()
+    data: str | None = None
+
+
+def _class_names(data: str | None) -> str | None:
+    """The class names of the record's data as a JSON list: Fashion-MNIST's, or an image
+    folder's sub-folder names (sorted, as the loader numbers them); ``None`` if unknown."""
+    import json
+    import os
+
+    from vitres.data import FASHION_MNIST_ALIASES
+    from vitres.data.fashion_mnist import FASHION_MNIST_CLASSES
+
+    if not data:
+        return None
+    if data.lower() in FASHION_MNIST_ALIASES:
+        return json.dumps(list(FASHION_MNIST_CLASSES))
+    root = os.path.expanduser(data)
+    for split in ("train", ""):
+        folder = os.path.join(root, split) if split else root
+        if os.path.isdir(folder):
+            names = sorted(
+                e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")
+            )
+            if names and not (split == "" and "train" in names):
+                return json.dumps(names)
+    return None
 
 
 def export_from_plan(
@@ -95,6 +122,9 @@ def export_from_plan(
         "model_digest": plan.model_digest or digest,
         "record_key": plan.record_key,
         "notes": "; ".join(notes) or None,
+        "recommended_size": f"{plan.resolution[0]}x{plan.resolution[1]}",
+        "data": plan.data,
+        "class_names": _class_names(plan.data),
     }
     return export_from_spec(
         model,

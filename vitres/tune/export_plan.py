@@ -126,6 +126,7 @@ def plan_from_record(record: Measurement, defaults: ExportSpec | None = None) ->
         record_key=record.key,
         resolution=tuple(config.resolution),
         notes=tuple(notes),
+        data=record.data,
     )
 
 

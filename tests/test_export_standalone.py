@@ -1,0 +1,76 @@
+"""An exported file works without vitres: its metadata says how to feed it.
+
+The bundled Fashion-MNIST model is exported from a sweep record, then a separate Python
+process that never imports vitres reads the file with plain ONNX Runtime, takes the
+normalisation, the recommended size and the class names from the file's own metadata,
+and classifies real Fashion-MNIST test images given as 8-bit pixels. Its answers must be
+vitres's answers.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+import vitres
+from vitres.cli import main
+from vitres.data import load_fashion_mnist
+from vitres.data.fashion_mnist import FASHION_MNIST_CLASSES
+from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
+
+STANDALONE = r"""
+import json, sys
+import numpy as np
+import onnxruntime as ort
+
+path, images_path = sys.argv[1], sys.argv[2]
+session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+meta = session.get_modelmeta().custom_metadata_map
+mean = np.array(json.loads(meta["vitres.mean"]), np.float32)[None, :, None, None]
+std = np.array(json.loads(meta["vitres.std"]), np.float32)[None, :, None, None]
+names = json.loads(meta["vitres.class_names"])
+assert meta["vitres.input_layout"] == "NCHW float32"
+pixels = np.load(images_path)  # uint8 (N, H, W), greyscale
+x = (pixels[:, None].astype(np.float32) / 255.0 - mean) / std
+logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+print(json.dumps({
+    "labels": [names[i] for i in logits.argmax(1)],
+    "size": meta["vitres.recommended_size"],
+    "vitres_imported": "vitres" in sys.modules,
+}))
+"""
+
+
+def test_exported_file_classifies_real_images_without_vitres(tmp_path, capsys):
+    config = SweepConfig(
+        model="fmnist-vit-single", resolution=(28, 28), patch_size=4,
+        backend="onnxruntime", precision="fp32", threads=1,
+    )  # fmt: skip
+    latency = LatencyStats(2.0, 0.1, 2.2, 2.3, 2.4, 1.9, 2.0, 10, False)
+    record = Measurement(config=config, status="ok", accuracy=0.9, data="fashion-mnist",
+                         latency=latency, throughput_ips=500.0)  # fmt: skip
+    results = tmp_path / "results.jsonl"
+    append_result(results, record)
+    out = tmp_path / "model.onnx"
+    assert main(["export", "--from", str(results), "--key", record.key, "--out", str(out)]) == 0
+    capsys.readouterr()
+    test = load_fashion_mnist("test")
+    pixels = test.images[:64, 0].numpy()  # uint8, as the dataset stores them
+    np.save(tmp_path / "images.npy", pixels)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", STANDALONE, str(out), str(tmp_path / "images.npy")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    answer = json.loads(done.stdout)
+    assert answer["vitres_imported"] is False and answer["size"] == "28x28"
+    model = vitres.load_model("fmnist-vit-single")
+    cfg = model.config
+    x = torch.from_numpy(pixels).float()[:, None] / 255.0
+    x = (x - torch.tensor(cfg.mean).view(1, -1, 1, 1)) / torch.tensor(cfg.std).view(1, -1, 1, 1)
+    with torch.no_grad():
+        expected = [FASHION_MNIST_CLASSES[i] for i in model(x).argmax(1).tolist()]
+    assert answer["labels"] == expected
+    truth = [FASHION_MNIST_CLASSES[i] for i in test.labels[:64].tolist()]
+    assert sum(a == b for a, b in zip(answer["labels"], truth, strict=True)) >= 50  # ~90 %
