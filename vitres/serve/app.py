@@ -12,6 +12,8 @@ Endpoints:
   or shutting down, 500 inference failed, 504 no answer within the request timeout.
 * ``GET /healthz`` -- 200 ``{"status": "ok", ...}`` while serving, 503 while stopping.
 * ``GET /metrics`` -- Prometheus text (:mod:`vitres.serve.metrics`).
+* ``/v2/...`` -- the Open Inference Protocol (KServe v2; :mod:`vitres.serve.oip`), on the
+  same worker: health, model metadata and batched ``infer``.
 
 **The fast path.** ``POST /v1/classify`` is answered by :class:`ServerApp` straight from
 the ASGI messages (the body from ``receive``, one pre-encoded JSON answer to ``send``),
@@ -398,7 +400,9 @@ def _add_error_handler(api: FastAPI) -> None:
         elif error.status_code == 404:
             message = (
                 f"no endpoint {request.url.path}; the endpoints are POST {CLASSIFY_PATH}, "
-                "GET /healthz and GET /metrics"
+                "GET /healthz, GET /metrics and the Open Inference Protocol under /v2 "
+                "(health/live, health/ready, models/NAME, models/NAME/ready, "
+                "POST models/NAME/infer)"
             )
         return _error_response(
             error.status_code, kinds.get(error.status_code, "http_error"), message, error.headers
@@ -450,6 +454,7 @@ def create_app(
     worker: BatchingWorker,
     limits: HttpLimits | None = None,
     metrics_text: Callable[[], Awaitable[bytes]] | None = None,
+    model_name: str = "model",
 ) -> ServerApp:
     """The app serving ``worker``; its lifespan starts and stops the worker and the event
     loop's heartbeat.
@@ -459,7 +464,11 @@ def create_app(
         limits: Input limits, the request timeout and the in-flight bound.
         metrics_text: What ``GET /metrics`` answers (Prometheus text); default: this
             worker's metrics. A Ray Serve replica passes the merge of every replica's.
+        model_name: The name Open Inference Protocol clients use (``/v2/models/NAME``).
     """
+    import vitres
+    from vitres.serve.oip import add_oip_routes
+
     limits = limits or HttpLimits()
     handler = _ClassifyHandler(worker, limits)
     worker.metrics.in_flight.set_function(lambda: float(handler.in_flight))
@@ -475,4 +484,5 @@ def create_app(
     api.state.max_in_flight = handler.max_in_flight
     _add_error_handler(api)
     _add_routes(api, handler, metrics_text)
+    add_oip_routes(api, handler, model_name, vitres.__version__)
     return ServerApp(api, handler)

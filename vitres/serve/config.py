@@ -87,6 +87,8 @@ class ServeConfig:
         host: Address to listen on.
         port: Port to listen on.
         progress: Show the calibration progress bar.
+        model_name: The model's name in the Open Inference Protocol
+            (``/v2/models/NAME/infer``); default: its file or bundled name.
     """
 
     model: str
@@ -116,6 +118,14 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     progress: bool = True
+    model_name: str | None = None
+
+    def served_name(self) -> str:
+        """The Open Inference Protocol name: ``model_name``, else the model's file or
+        bundled name."""
+        from vitres.serve.oip import served_model_name
+
+        return self.model_name or served_model_name(self.model)
 
     def limits(self) -> HttpLimits:
         """The HTTP layer's part of the settings."""

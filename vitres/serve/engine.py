@@ -117,9 +117,11 @@ class ServingEngine:
         return (time.perf_counter() - start) * 1000.0
 
     def preprocess(self, images: Sequence[Tensor], resolution: Size) -> Tensor:
-        """Decoded uint8 images ``(C, H, W)`` of any sizes -> the model's float batch
+        """Decoded uint8 (or 0..1 float) images ``(C, H, W)`` of any sizes -> the model's float batch
         ``(B, in_chans, height, width)`` at ``resolution``."""
         images = list(images)
+        if any(image.dtype != torch.uint8 for image in images):  # 0..1 floats (the /v2 FP32 input)
+            images = [i.float() / 255.0 if i.dtype == torch.uint8 else i.float() for i in images]
         if len({tuple(image.shape) for image in images}) == 1:
             # one size (the usual case): one resize call for the batch, same numbers
             images = torch.stack(images)

@@ -478,7 +478,8 @@ def _safe_size(config: ServeConfig, ladder: Sequence[Size]) -> Size:
 
 def build_app(config: ServeConfig, **kwargs: object) -> ServerApp:
     """:func:`build_worker` wrapped in the HTTP app (``kwargs`` go to build_worker)."""
-    return create_app(build_worker(config, **kwargs), config.limits())  # type: ignore[arg-type]
+    worker = build_worker(config, **kwargs)  # type: ignore[arg-type]
+    return create_app(worker, config.limits(), model_name=config.served_name())
 
 
 def _fastest_http_stack() -> tuple[str, str]:
@@ -516,7 +517,7 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
         raise ValueError(f"--backlog must be at least 1, got {config.backlog}")
     attach_log_handler()
     worker = build_worker(config, log=log)
-    app = create_app(worker, config.limits())
+    app = create_app(worker, config.limits(), model_name=config.served_name())
     http, loop = _fastest_http_stack()
     server = uvicorn.Server(
         uvicorn.Config(

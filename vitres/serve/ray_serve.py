@@ -185,6 +185,7 @@ class ServeReplica:
             )
         self.replica = serve.get_replica_context().replica_id.unique_id
         self.limits = config.limits()
+        self.model_name = config.served_name()
         self.hub = hub
         self.metrics_interval_s = float(metrics_interval_s)
         self.worker = await asyncio.to_thread(build_worker, config, records=records, log=self._log)
@@ -203,7 +204,9 @@ class ServeReplica:
         """The standalone server's app over this replica's worker; ``/metrics`` merged."""
         from vitres.serve.app import create_app
 
-        return create_app(self.worker, self.limits, metrics_text=self.metrics_text)
+        return create_app(
+            self.worker, self.limits, metrics_text=self.metrics_text, model_name=self.model_name
+        )
 
     def _snapshot(self) -> tuple[int, list]:
         """This replica's metrics now, numbered (numbers grow with time)."""
