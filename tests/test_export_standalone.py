@@ -10,6 +10,7 @@ vitres's answers.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,3 +75,61 @@ def test_exported_file_classifies_real_images_without_vitres(tmp_path, capsys):
     assert answer["labels"] == expected
     truth = [FASHION_MNIST_CLASSES[i] for i in test.labels[:64].tolist()]
     assert sum(a == b for a, b in zip(answer["labels"], truth, strict=True)) >= 50  # ~90 %
+
+
+OPENVINO_STANDALONE = r"""
+import json, sys
+import numpy as np
+import openvino as ov
+
+xml, images_path = sys.argv[1], sys.argv[2]
+model = ov.Core().read_model(xml)
+info = lambda key: model.get_rt_info(["vitres", key]).astype(str)
+mean = np.array(json.loads(info("mean")), np.float32)[None, :, None, None]
+std = np.array(json.loads(info("std")), np.float32)[None, :, None, None]
+compiled = ov.Core().compile_model(model, "CPU")
+pixels = np.load(images_path)
+x = (pixels[:, None].astype(np.float32) / 255.0 - mean) / std
+logits = compiled(x)[0]
+print(json.dumps({"index": logits.argmax(1).tolist(), "vitres_imported": "vitres" in sys.modules}))
+"""
+
+
+def test_openvino_ir_runs_in_plain_openvino_and_benchmark_app(tmp_path, capsys):
+    xml = tmp_path / "model.xml"
+    assert main(["export", "--model", "fmnist-vit-single", "--format", "openvino",
+                 "--out", str(xml)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "benchmark_app -m" in printed and (tmp_path / "model.bin").exists()
+    test = load_fashion_mnist("test")
+    pixels = test.images[64:96, 0].numpy()
+    np.save(tmp_path / "images.npy", pixels)
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", OPENVINO_STANDALONE, str(xml), str(tmp_path / "images.npy")],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    answer = json.loads(done.stdout)
+    model = vitres.load_model("fmnist-vit-single")
+    x = torch.from_numpy(pixels).float()[:, None] / 255.0
+    x = (x - model.config.mean[0]) / model.config.std[0]
+    with torch.no_grad():
+        assert answer["index"] == model(x).argmax(1).tolist()
+    assert answer["vitres_imported"] is False
+    tool = Path(sys.executable).with_name("benchmark_app")
+    if tool.exists():  # the command the export printed, as written
+        command = printed.split("benchmark it: ")[1].split(" (")[0].split()
+        ran = subprocess.run([str(tool), *command[1:], "-niter", "5"], capture_output=True,
+                             text=True, timeout=120)  # fmt: skip
+        assert ran.returncode == 0 and "Throughput" in ran.stdout, ran.stdout[-2000:]
+
+
+def test_export_format_refusals(tmp_path, capsys):
+    base = ["export", "--model", "fmnist-vit-single"]
+    assert main([*base, "--format", "openvino", "--out", str(tmp_path / "m.onnx")]) == 2
+    assert "must end in .xml" in capsys.readouterr().err
+    assert main([*base, "--format", "openvino", "--int8", "dynamic",
+                 "--out", str(tmp_path / "m.xml")]) == 2  # fmt: skip
+    assert "float32 IR" in capsys.readouterr().err
+    assert main([*base, "--format", "tensorrt", "--out", str(tmp_path / "m.plan")]) == 2
+    assert "TensorRT" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written

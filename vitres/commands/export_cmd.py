@@ -10,6 +10,7 @@ from vitres.commands.args import add_budget_arguments, budget_from_args
 from vitres.export.spec import CALIBRATION_METHODS, INT8_MODES, ExportSpec
 
 _DEFAULTS = ExportSpec()
+FORMATS = ("onnx", "openvino", "tensorrt")
 # flags that set the spec; with --from the record sets it, so they are refused there
 _SPEC_FLAGS = (
     "opset",
@@ -39,7 +40,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     _add_source_arguments(parser)
     parser.add_argument(
-        "--out", required=True, help="output .onnx file (the INT8 graph with --int8)"
+        "--out",
+        required=True,
+        help="output file: .onnx (the INT8 graph with --int8); with --format openvino the "
+        ".xml of the IR (its ONNX graph is written beside it)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="onnx",
+        help="onnx; openvino (an IR, .xml + .bin, from the checked ONNX graph, that "
+        "OpenVINO and its benchmark_app run without vitres); tensorrt (needs TensorRT and "
+        "an NVIDIA GPU)",
     )
     _add_spec_arguments(parser)
     parser.add_argument(
@@ -200,7 +212,78 @@ def _record(args: argparse.Namespace):  # noqa: ANN202 - a Measurement, imported
     return rec.choice
 
 
+def _check_format(args: argparse.Namespace) -> None:
+    """Refuses what the output format cannot do, before any work."""
+    from pathlib import Path
+
+    out = Path(args.out)
+    if args.format == "tensorrt":
+        from vitres.backends.tensorrt_backend import tensorrt_availability
+
+        usable, reason = tensorrt_availability()
+        if not usable:
+            raise ValueError(
+                f"--format tensorrt needs TensorRT and an NVIDIA GPU: {reason}. Export ONNX "
+                "(the default) and build the engine on the GPU machine (trtexec --onnx=FILE)"
+            )
+        raise ValueError(
+            "--format tensorrt: TensorRT is installed, but plans are built by the tensorrt "
+            "backends on the GPU (vitres serve/run --backend tensorrt); export ONNX and let "
+            "them build it, or run trtexec --onnx=FILE"
+        )
+    if args.format == "openvino":
+        if out.suffix != ".xml":
+            raise ValueError(f"--format openvino writes an IR: --out must end in .xml, got {out}")
+        if getattr(args, "int8", None) or getattr(args, "fused", False):
+            raise ValueError(
+                "--format openvino writes the float32 IR; OpenVINO INT8 is the openvino-int8 "
+                "backend's (NNCF); drop --int8/--fused, or export ONNX with them"
+            )
+
+
+def _write_openvino(model, artifact, out: str) -> str:  # noqa: ANN001 - nn.Module, ExportArtifact
+    """The IR of the checked ONNX graph, with the ONNX file's vitres metadata in its
+    ``rt_info`` (``vitres/<key>``), checked against eager."""
+    from pathlib import Path
+
+    import openvino as ov
+
+    from vitres.export.openvino import convert_to_openvino
+
+    onnx_path = artifact.fp32.path
+    conversion = convert_to_openvino(
+        model,
+        patch_size=artifact.fp32.patch_size,
+        converter="onnx",
+        onnx_graph=lambda: onnx_path,
+    )
+    ir = conversion.model
+    for key, value in artifact.metadata.items():
+        ir.set_rt_info(str(value), ["vitres", key])
+    ov.save_model(ir, str(Path(out)), compress_to_fp16=False)
+    return f"parity {conversion.parity}"
+
+
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    _check_format(args)
+    xml = args.out if args.format == "openvino" else None
+    if xml is not None:  # the checked ONNX graph goes beside the IR
+        args.out = str(Path(xml).with_suffix(".onnx"))
+    model, artifact = _export(args)
+    _print_artifact(artifact)
+    if xml is not None:
+        parity = _write_openvino(model, artifact, xml)
+        size = artifact.metadata.get("recommended_size") or artifact.metadata["native_size"]
+        shape = f"[1,{model.config.in_chans},{size.replace('x', ',')}]"
+        print(f"wrote {xml} and {Path(xml).with_suffix('.bin')} (OpenVINO IR; {parity})")
+        print(f"  benchmark it: benchmark_app -m {xml} -data_shape {shape} (any size works)")
+    return 0
+
+
+def _export(args: argparse.Namespace):  # noqa: ANN202 - (nn.Module, ExportArtifact)
+    """Exports as the flags say; returns the model and the artifact."""
     from vitres.export import export_from_spec
     from vitres.export.plan import export_from_plan
     from vitres.models.checkpoint import checkpoint_digest
@@ -246,6 +329,10 @@ def run(args: argparse.Namespace) -> int:
             calib_data_dir=args.data_dir,
             atol=args.atol,
         )
+    return model, artifact
+
+
+def _print_artifact(artifact) -> None:  # noqa: ANN001 - an ExportArtifact
     result = artifact.fp32
     print(f"wrote {result.path} in {result.export_time_s:.1f} s (opset {result.opset})")
     print(f"  inputs: {result.size_rule}; any batch size")
@@ -266,4 +353,3 @@ def run(args: argparse.Namespace) -> int:
     if artifact.metadata.get("notes"):
         print(f"  note: {artifact.metadata['notes']}")
     print(f"  spec (in the file's metadata): {artifact.spec.to_json()}")
-    return 0
