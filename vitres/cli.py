@@ -53,13 +53,31 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # `vitres ... | head`: the reader is gone; end quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a process the pipe ended
     except (ValueError, FileNotFoundError) as err:
         print(f"vitres {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitres {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Points stdout at /dev/null, so that Python's own flush at exit cannot fail again."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured output)
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset, native_batches
 from vitres.layers.patch_embed import PatchSize, canonical_patch
 from vitres.layers.sizes import parse_resolutions, size_label
+from vitres.progress import progress_bar
 from vitres.tokens.mode import TokenMode
 from vitres.tokens.pack import run_plan
 from vitres.tokens.quadtree import QuadtreeTokenizer
@@ -397,7 +397,7 @@ def _score(
     pack_used: dict[str, int] = {}
     batch_size, limit, patch_size, precision = dataclasses.astuple(settings)
     per_size = len(data) if limit is None else min(limit, len(data))
-    with tqdm(
+    with progress_bar(
         total=per_size * max(len(sizes), 1), disable=not progress, unit="img", desc="eval"
     ) as bar:
         for res in sizes:

@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 from torch import nn
-from tqdm.auto import tqdm
 
 from vitres.data import get_dataset
 from vitres.data.transforms import to_size
@@ -38,6 +37,7 @@ from vitres.explain.separability import (
     silhouette,
     tsne_embedding,
 )
+from vitres.progress import progress_bar
 
 __all__ = [
     "LOWERING_HELPS_MARGIN",
@@ -255,7 +255,7 @@ class ResolutionAnalysis:
             raise ValueError("no test features kept: the analysis was rebuilt from numbers")
         return {
             label: tsne_embedding(features.features, features.labels, max_points)
-            for label, features in tqdm(
+            for label, features in progress_bar(
                 self.test_features.items(), desc="t-SNE", unit="res", disable=not progress
             )
         }
@@ -372,7 +372,7 @@ def analyse_resolutions(
         silhouette_sample=silhouette_sample,
         principal_dim=principal_dim,
     )
-    bar = tqdm(sizes, desc="resolutions", unit="res", disable=not progress)
+    bar = progress_bar(sizes, desc="resolutions", unit="res", disable=not progress)
     results = [run.at(size) for size in bar]
     return ResolutionAnalysis(
         model=name,

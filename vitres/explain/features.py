@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from vitres.data import Dataset, eval_batches
+from vitres.progress import progress_bar
 
 __all__ = ["FeatureSet", "extract_features", "linear_head"]
 
@@ -116,7 +116,9 @@ def extract_features(
             in_chans=config.in_chans,
             limit=limit,
         )
-        bar = tqdm(total=total, desc=description, unit="img", disable=not progress, leave=False)
+        bar = progress_bar(
+            total=total, desc=description, unit="img", disable=not progress, leave=False
+        )
         for x, y in batches:
             captured.clear()
             out = model(x, **kwargs)

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from vitres.backends import backend_class, get_backend
 from vitres.layers.patch_embed import token_grid
@@ -41,6 +40,7 @@ from vitres.measure.interference import (
 )
 from vitres.models.checkpoint import checkpoint_digest
 from vitres.models.common import FixedPatchSize
+from vitres.progress import progress_bar
 from vitres.runtime.latency import LatencyModel, LatencyPoint, as_size
 from vitres.tune.hostkind import HOST_KIND_KEY, host_fingerprint
 from vitres.tune.records import Measurement, SweepConfig, append_result
@@ -259,7 +259,7 @@ def calibrate(
     calibration.points = points
     timer = _PointTimer(runnable, backend, device, used_threads, timing, calibration)
     queue = list(points)
-    bar = tqdm(total=len(points), disable=not progress, unit="point", desc="calibration")
+    bar = progress_bar(total=len(points), disable=not progress, unit="point", desc="calibration")
     try:
         while queue:
             point = queue.pop(0)

@@ -18,8 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from vitres.progress import progress_bar
 from vitres.runtime.runner import AdaptiveRunner, RunStats
 from vitres.runtime.sources import Source
 
@@ -86,7 +85,9 @@ def run_stream(
         if directory:
             os.makedirs(directory, exist_ok=True)
         trace = open(trace_path, "w", encoding="utf-8")
-    bar = tqdm(total=total, disable=not progress, unit="frame", desc="run", dynamic_ncols=True)
+    bar = progress_bar(
+        total=total, disable=not progress, unit="frame", desc="run", dynamic_ncols=True
+    )
     done = hits = 0
     try:
         for frame in source:

@@ -314,9 +314,9 @@ class _Run:
         self.log_handle = open(log_path, "a")
         self.history = [r for r in self.log if r.get("kind") == "epoch"]
         if self.config.progress:
-            from tqdm.auto import tqdm
+            from vitres.progress import progress_bar
 
-            self.bar = tqdm(
+            self.bar = progress_bar(
                 total=self.total_images,
                 initial=min(self.images_done, self.total_images),
                 unit="img",

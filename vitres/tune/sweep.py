@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from vitres.layers.pos_embed import to_grid
 from vitres.measure import (
@@ -37,6 +36,7 @@ from vitres.measure import (
 from vitres.measure.interference import reassess
 from vitres.measure.threads import ThreadChoice, choose_threads
 from vitres.models.resolve import resolve_model
+from vitres.progress import progress_bar
 from vitres.tune.adaptive import run_adaptive
 from vitres.tune.grid import ModelRef, build_grid
 from vitres.tune.hostkind import HOST_KIND_KEY, host_fingerprint
@@ -432,7 +432,7 @@ class _SweepRun:
         self.warned: set[str] = set()
         self.choice: ThreadChoice | None = None
         self.threads_before = torch.get_num_threads()
-        self.bar = tqdm(
+        self.bar = progress_bar(
             total=len(plan.configs),
             initial=len(plan.results),
             disable=not progress,
