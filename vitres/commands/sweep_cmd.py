@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
         executor=executor,
         ood=args.ood,
     )
+    from vitres.tune.summary import summary_table
+
+    if results:
+        print(summary_table(results))
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)
     predicted = sum(m.status == "predicted" for m in results)
