@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset"]
 
@@ -62,7 +62,10 @@ def _list_images(folder: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def image_to_tensor(image: Image.Image, in_chans: int) -> torch.Tensor:
-    """Converts a Pillow image to a uint8 tensor (in_chans, H, W)."""
+    """Converts a Pillow image to a uint8 tensor (in_chans, H, W), upright: a JPEG's EXIF
+    orientation (a phone photo's rotation or mirroring) is applied first, as a viewer
+    shows it."""
+    image = ImageOps.exif_transpose(image) or image
     if image.mode.startswith("I;16"):
         # 16-bit greyscale: Pillow's convert("L") clips at 255; rescale to 8 bits instead.
         wide = np.asarray(image, dtype=np.uint16)

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from vitres.data import prepare_batch
+from vitres.data.folder import image_to_tensor
 from vitres.explain.attention import AttentionMaps, attention_maps
 
 __all__ = ["AttentionPanel", "explain_image", "load_image"]
@@ -38,17 +38,12 @@ def load_image(path: str | os.PathLike[str], in_chans: int) -> Tensor:
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode.startswith("I;16"):
-                image = Image.fromarray((np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8))
-            array = np.asarray(image.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
+            return image_to_tensor(image, in_chans)  # upright (EXIF orientation), 8 bits
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(
             f"cannot read {path} as an image ({type(error).__name__}: {error}); expected a file "
             "Pillow can decode (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM)"
         ) from None
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 @dataclass(frozen=True)

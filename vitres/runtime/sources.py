@@ -243,18 +243,16 @@ class FolderSource:
         """The image at ``path`` as uint8 (in_chans, H, W), or ``None`` (skip counted)."""
         from PIL import Image
 
+        from vitres.data.folder import image_to_tensor
+
         try:
             with Image.open(path) as image:
                 image.load()
-                mode = "L" if self.in_chans == 1 else "RGB"
-                array = np.asarray(image.convert(mode), dtype=np.uint8)
+                return image_to_tensor(image, self.in_chans)  # upright (EXIF orientation)
         except Exception as error:  # a bad file must never stop the stream
             reason = "empty file" if os.path.getsize(path) == 0 else type(error).__name__
             self.skipped.add(f"{os.path.relpath(path, self.root)} ({reason}: {error})")
             return None
-        if array.ndim == 2:
-            array = array[:, :, None]
-        return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
     def __iter__(self) -> Iterator[Frame]:
         for index, path in enumerate(self.files):
