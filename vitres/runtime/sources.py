@@ -21,6 +21,7 @@ and its label when known) one at a time, and counts what it had to skip:
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -94,17 +95,44 @@ def read_labels(path: str | os.PathLike[str]) -> list[int]:
     return labels
 
 
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp", "srt", "file")
+# "<format>:<device>" names a capture device through one of FFmpeg's input devices
+DEVICE_FORMATS = ("v4l2", "video4linux2", "avfoundation", "dshow", "x11grab", "gdigrab")
+
+
+def stream_target(spec: str) -> tuple[str, str | None] | None:
+    """``(what to open, FFmpeg input format)`` for a stream URL or a capture device, or
+    ``None`` for anything else: ``rtsp://…``, ``http(s)://…``, ``file:///path``,
+    ``v4l2:/dev/video0`` (or another of :data:`DEVICE_FORMATS`), or a character device
+    such as ``/dev/video0`` (read with ``v4l2``)."""
+    scheme, sep, rest = spec.partition("://")
+    if sep and scheme.lower() in STREAM_SCHEMES:
+        return (rest if scheme.lower() == "file" else spec), None
+    fmt, sep, device = spec.partition(":")
+    if sep and fmt.lower() in DEVICE_FORMATS and device:
+        return device, fmt.lower()
+    try:
+        if stat.S_ISCHR(os.stat(spec).st_mode):
+            return spec, "v4l2"
+    except OSError:
+        pass
+    return None
+
+
 class VideoSource:
-    """Frames of a video file, decoded with PyAV.
+    """Frames of a video file, a stream or a capture device, decoded with PyAV.
 
     Args:
-        path: The video file.
+        path: The video file, a stream URL (``rtsp://``, ``http(s)://``, ``file://``...)
+            or a capture device (``v4l2:/dev/video0``, ``/dev/video0``): see
+            :func:`stream_target`.
         in_chans: 1 (greyscale frames) or 3 (RGB).
         labels: One class index per frame (a list or a labels file), optional.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a video FFmpeg can open, or has no video stream.
+        ValueError: not a video FFmpeg can open (a stream that does not answer, a device
+            that is not there), or no video stream in it.
     """
 
     def __init__(
@@ -120,10 +148,12 @@ class VideoSource:
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 (greyscale) or 3 (RGB), got {in_chans}")
         self.in_chans = in_chans
-        if not os.path.isfile(self.path):
+        target = stream_target(self.path)
+        self.target, self.format = target if target is not None else (self.path, None)
+        if target is None and not os.path.isfile(self.path):
             raise FileNotFoundError(f"video file {self.path} does not exist")
         try:
-            with av.open(self.path) as container:
+            with self._open() as container:
                 streams = container.streams.video
                 if not streams:
                     raise ValueError(
@@ -135,10 +165,14 @@ class VideoSource:
                 self.codec = stream.codec_context.name
                 self.frames_hint = int(stream.frames or 0) or None
         except av.error.FFmpegError as error:
+            what = (
+                "a video file FFmpeg can decode (mp4, mkv, avi, ...) -- is it corrupt or truncated?"
+                if target is None
+                else "a stream or device that answers -- is the address right and the "
+                "stream or camera up?"
+            )
             raise ValueError(
-                f"cannot open {self.path} as a video ({error.strerror or error}); expected a "
-                "video file FFmpeg can decode (mp4, mkv, avi, ...) -- is it corrupt or "
-                "truncated?"
+                f"cannot open {self.path} as a video ({error.strerror or error}); expected {what}"
             ) from None
         self.labels = (
             None
@@ -150,6 +184,12 @@ class VideoSource:
 
     def __len__(self) -> int:
         return self.frames_hint or 0
+
+    def _open(self):  # noqa: ANN202 - an av container
+        import av
+
+        options = {"rw_timeout": "10000000"} if self.target != self.path or self.format else {}
+        return av.open(self.target, format=self.format, options=options, timeout=10.0)
 
     def _frame(self, image: np.ndarray, index: int) -> Frame:
         if image.ndim == 2:
@@ -165,7 +205,7 @@ class VideoSource:
 
         pixel_format = "gray" if self.in_chans == 1 else "rgb24"
         index = -1  # of the last frame yielded
-        with av.open(self.path) as container:
+        with self._open() as container:
             stream = container.streams.video[0]
             rate, time_base = stream.average_rate, stream.time_base
             start = stream.start_time or 0
@@ -313,7 +353,8 @@ def open_source(
     split: str = "test",
     data_dir: str | None = None,
 ) -> Source:
-    """The source a command-line string names: a dataset name, a folder or a video file.
+    """The source a command-line string names: a dataset name, a folder, a video file, a
+    stream URL or a capture device (:func:`stream_target`).
 
     Raises:
         FileNotFoundError: a path that does not exist.
@@ -325,12 +366,13 @@ def open_source(
         source: Source = DatasetSource(spec.lower(), split=split, data_dir=data_dir)
     elif os.path.isdir(spec):
         source = FolderSource(spec, in_chans=in_chans)
-    elif os.path.isfile(spec):
+    elif os.path.isfile(spec) or stream_target(spec) is not None:
         return VideoSource(spec, in_chans=in_chans, labels=labels)
     else:
         raise FileNotFoundError(
-            f"source {spec!r} is neither an existing video file or image folder nor a known "
-            f"dataset ({', '.join(FASHION_MNIST_ALIASES)})"
+            f"source {spec!r} is neither an existing video file or image folder, a stream URL "
+            f"({', '.join(s + '://' for s in STREAM_SCHEMES)}), a capture device "
+            f"(v4l2:/dev/video0) nor a known dataset ({', '.join(FASHION_MNIST_ALIASES)})"
         )
     if labels is not None:
         raise ValueError(
