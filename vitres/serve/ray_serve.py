@@ -321,7 +321,11 @@ class RayServeApp:
 
 
 def _check_port_free(host: str, port: int) -> None:
+    """Refuses a port something listens on. A port left in TIME-WAIT by a server that
+    just stopped is free to listen on again (SO_REUSEADDR, as the servers themselves
+    bind), so it is not refused."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -526,12 +530,6 @@ def serve_on_ray(
         FileNotFoundError: ``config.records`` does not exist.
     """
     ray_config = ray_config or RayServeConfig()
-    app = deploy(config, ray_config, log)
-    where = app.url if app.local else f"port {config.port} of the cluster's nodes"
-    log(
-        f"vitres serve: serving on Ray Serve at {where}: {app.replicas} replica(s) x "
-        f"{app.threads} thread(s), application {app.name!r}; SIGTERM or Ctrl-C stops it"
-    )
     stop = threading.Event()
     received: list[int] = []
 
@@ -539,8 +537,18 @@ def serve_on_ray(
         received.append(signum)
         stop.set()
 
+    # installed before deploying: a SIGTERM while Ray starts the replicas (an orchestrator
+    # giving up on a slow start) is remembered, and the deployment, once up, is stopped
+    # gracefully, instead of killing the process halfway through Ray's start-up
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        app = deploy(config, ray_config, log)
+        where = app.url if app.local else f"port {config.port} of the cluster's nodes"
+        if not stop.is_set():
+            log(
+                f"vitres serve: serving on Ray Serve at {where}: {app.replicas} replica(s) x "
+                f"{app.threads} thread(s), application {app.name!r}; SIGTERM or Ctrl-C stops it"
+            )
         while not stop.wait(0.5):
             pass
     finally:
