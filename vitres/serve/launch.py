@@ -32,6 +32,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -505,23 +506,42 @@ def attach_log_handler() -> None:
 
 
 def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
-    """Builds the server and runs it on ``config.host:config.port`` until SIGTERM or
-    Ctrl-C; returns 0 after a graceful stop.
+    """Listens on ``config.host:config.port`` at once, builds the server meanwhile
+    (:class:`~vitres.serve.starting.StartingApp`: live at once, ready once calibrated),
+    and serves until SIGTERM or Ctrl-C; returns 0 after a graceful stop.
 
     Raises:
-        ValueError: bad configuration, or the address could not be bound.
+        ValueError: bad configuration, the address could not be bound, or the server
+            could not be built (the build's own error).
     """
     import uvicorn
 
+    from vitres.serve.starting import StartingApp
+
     if config.backlog < 1:
         raise ValueError(f"--backlog must be at least 1, got {config.backlog}")
+    _check_settings(config)
     attach_log_handler()
-    worker = build_worker(config, log=log)
-    app = create_app(worker, config.limits(), model_name=config.served_name())
     http, loop = _fastest_http_stack()
+    holder: dict[str, Any] = {}
+
+    def on_ready(app: ServerApp) -> None:
+        log(
+            f"vitres serve: ready; HTTP parser {http}, event loop {loop}, accept backlog "
+            f"{config.backlog}, at most {app.state.max_in_flight} requests in flight"
+        )
+
+    def on_failure(error: BaseException) -> None:
+        holder["server"].should_exit = True
+
+    # a results file is read before listening: a wrong path is an error, not a start
+    records = load_records(config, log=log) if config.records is not None else None
+    starting = StartingApp(
+        lambda: build_app(config, records=records, log=log), on_ready, on_failure
+    )
     server = uvicorn.Server(
         uvicorn.Config(
-            app,
+            starting,
             host=config.host,
             port=config.port,
             http=http,
@@ -533,9 +553,11 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
             timeout_graceful_shutdown=int(math.ceil(config.request_timeout_s)) + 5,
         )
     )
+    holder["server"] = server
     log(
-        f"vitres serve: HTTP parser {http}, event loop {loop}, accept backlog {config.backlog}, "
-        f"at most {app.state.max_in_flight} requests in flight"
+        f"vitres serve: listening on {config.host}:{config.port} while the model loads and "
+        "calibrates: /v2/health/live answers 200 now, /healthz and /v2/health/ready 503 "
+        "until it is ready"
     )
     stops: list[int] = []
     # uvicorn handles SIGTERM itself and, once stopped, raises it again for the handler
@@ -550,7 +572,14 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
         ) from error
     finally:
         signal.signal(signal.SIGTERM, previous)
-    stats = worker.stats
+    if starting.error is not None:
+        if isinstance(starting.error, (ValueError, FileNotFoundError)):
+            raise starting.error
+        raise ValueError(f"the server could not start: {starting.error}") from starting.error
+    if starting.app is None:
+        log(f"vitres serve: stopped{' on SIGTERM' if stops else ''} before it was ready")
+        return 0
+    stats = starting.app.state.worker.stats
     log(
         f"vitres serve: stopped{' on SIGTERM' if stops else ''}: {stats.answered} answered, "
         f"{stats.shed} shed, {stats.failed} failed, in {stats.batches} batches"
