@@ -43,15 +43,52 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not shipped in this build
             raise
         module.register(sub)
+    from vitres.commands.config_file import add_config_arguments
+
+    for command in sub.choices.values():
+        add_config_arguments(command)
     return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser | None:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(name)
+    return None
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for index, token in enumerate(argv):
+        if token == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+        if token.startswith("--config="):
+            return token.split("=", 1)[1]
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((t for t in argv if not t.startswith("-")), None)
+    config = _config_path(argv)
+    subparser = _subparser(parser, command) if command else None
+    if config is not None and subparser is not None:
+        from vitres.commands.config_file import apply_config_file
+
+        try:
+            apply_config_file(subparser, config)
+        except (ValueError, FileNotFoundError) as err:
+            print(f"vitres {command}: error: {err}", file=sys.stderr)
+            return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "print_config", False):
+        from vitres.commands.config_file import config_text
+
+        print(config_text(args, subparser), end="")
+        return 0
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
