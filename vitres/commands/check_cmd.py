@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+
+from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--baseline", required=True, help="results file of the reference run")
     parser.add_argument("--current", required=True, help="results file of the run under test")
+    add_csv_argument(parser)
     parser.add_argument(
         "--max-latency-regression",
         default="10%",
@@ -56,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_csv_path(args.csv)
     from vitres.tune.check import CheckPolicy, check_files, format_check, parse_fraction
 
     policy = CheckPolicy(
@@ -71,4 +76,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print(format_check(result))
+    if args.csv:
+        rows = [{**dataclasses.asdict(v), "reasons": "; ".join(v.reasons)} for v in result.configs]
+        rows += [{"key": k, "verdict": "missing"} for k in result.missing]
+        rows += [{"key": k, "verdict": "added"} for k in result.added]
+        print(f"wrote {write_csv(args.csv, rows)}")
     return 0 if result.passed else 1

@@ -13,6 +13,7 @@ from vitres.commands.args import (
     add_merge_argument,
     add_model_argument,
 )
+from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
 
 DEFAULT_RES = "16,20,28,40,56"
 
@@ -70,12 +71,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_csv_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from vitres.evaluate import evaluate
 
+    check_csv_path(args.csv)
     if args.pack is not None and args.res is not None:
         raise ValueError("--pack scores every image at its own size; drop --res (or --pack)")
     result = evaluate(
@@ -98,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+    if args.csv:
+        write_csv(args.csv, _rows(result))
+        print(f"wrote {args.csv}", file=sys.stderr)
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
@@ -117,3 +123,27 @@ def run(args: argparse.Namespace) -> int:
         label = "own size" if res == "native" else res + " px"
         print(f"{label:>10}  {acc * 100:7.2f}%")
     return 0
+
+
+def _rows(result) -> list[dict]:  # noqa: ANN001 - an EvalResult
+    """One CSV row per resolution (``native``: every image at its own size)."""
+    from vitres.tune.intervals import wilson_interval
+
+    rows = []
+    for res, accuracy in result.accuracy.items():
+        low, high = wilson_interval(accuracy, result.n) if result.n else (None, None)
+        rows.append(
+            {
+                "model": result.model,
+                "data": result.data,
+                "resolution": res,
+                "patch_size": result.patch_size,
+                "accuracy": accuracy,
+                "accuracy_low95": low,
+                "accuracy_high95": high,
+                "n": result.n,
+                "pos_embed_mode": result.pos_embed_mode,
+                "size_policy": result.size_policy,
+            }
+        )
+    return rows

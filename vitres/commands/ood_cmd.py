@@ -6,6 +6,7 @@ import argparse
 import json
 
 from vitres.commands.args import add_analysis_arguments, add_model_argument
+from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--tsne", default=None, help="write a t-SNE scatter per resolution to this PNG"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    add_csv_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
     from vitres.explain.plots import ood_figure, tsne_figure
     from vitres.layers.sizes import parse_resolutions
 
+    check_csv_path(args.csv)
     if args.threads:
         torch.set_num_threads(args.threads)
     analysis = analyse_resolutions(
@@ -73,6 +76,24 @@ def run(args: argparse.Namespace) -> int:
         figure = tsne_figure(embeddings, class_names=analysis.classes, overlaps=overlaps)
         figure.savefig(args.tsne, dpi=120, bbox_inches="tight")
         written.append(args.tsne)
+    if args.csv:
+        rows = [
+            {
+                "model": args.model,
+                "resolution": f"{r.resolution[0]}x{r.resolution[1]}",
+                "accuracy": r.accuracy,
+                "overlap": r.overlap,
+                "method": method,
+                "auroc": None if metrics is None else metrics.auroc,
+                "fpr95": None if metrics is None else metrics.fpr95,
+                "n_id": analysis.n_id,
+                "n_ood": analysis.n_ood,
+                "n_train": analysis.n_train,
+            }
+            for r in analysis.results
+            for method, metrics in (list(r.ood.items()) or [(None, None)])
+        ]
+        written.append(str(write_csv(args.csv, rows)))
     if args.json:
         print(json.dumps({**analysis.to_dict(), "files": written}))
         return 0

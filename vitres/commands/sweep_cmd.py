@@ -14,6 +14,7 @@ from vitres.commands.args import (
     add_res_argument,
     budget_from_args,
 )
+from vitres.commands.csv_out import add_csv_argument, check_csv_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -56,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "patches; default: none only); budgets run on the eager backends",
     )
     parser.add_argument("--out", default="results.jsonl", help="results file")
+    add_csv_argument(parser)
     timing = parser.add_argument_group("timing")
     defaults = TimingConfig()
     timing.add_argument(
@@ -109,6 +111,7 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_csv_path(args.csv)
     from vitres.backends import expand_backend_names, list_backends
     from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig
@@ -167,6 +170,11 @@ def run(args: argparse.Namespace) -> int:
 
     if results:
         print(summary_table(results))
+    if args.csv:
+        from vitres.commands.csv_out import measurement_row, write_csv
+        from vitres.tune.records import latest_by_key
+
+        print(f"wrote {write_csv(args.csv, (measurement_row(m) for m in latest_by_key(results)))}")
     ok = sum(m.ok for m in results)
     failed = sum(m.status == "error" for m in results)
     predicted = sum(m.status == "predicted" for m in results)
