@@ -164,3 +164,69 @@ def test_report_draws_ood_when_records_have_it(tmp_path):
     markdown = open(md_path).read()
     assert "ood_vs_resolution.png" in markdown and "OOD AUROC" in markdown and "0.95" in markdown
     assert (tmp_path / "r_files" / "ood_vs_resolution.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def report_records(tmp_path):
+    results = tmp_path / "results.jsonl"
+    for res, ms, acc in [(16, 1.0, 0.80), (20, 1.5, 0.895), (24, 1.4, 0.85), (28, 2.6, 0.90)]:
+        m = mk(res, "eager", acc, ms, 20.0 + res)
+        m.n_eval = 500
+        m.env = {
+            "torch": "2.13.0",
+            "cpu": {"model": "AMD EPYC", "cores": 2},
+            "flags": ["avx2", "avx512f"],
+        }
+        append_result(results, m)
+    return results
+
+
+def test_one_answer_no_jargon_readable_budget_and_environment(tmp_path):
+    results = report_records(tmp_path)
+    html_path, _ = write_report(str(results), tmp_path / "r.html", markdown=False)
+    text = open(html_path, encoding="utf-8").read()
+    parser = Collector()
+    parser.feed(text)
+    body = "\n".join(parser.text)
+    sentence = body.split("\n")[1] if body.startswith("vitres") else None
+    answer = text.split('class="answer', 1)[1].split(">", 1)[1].split("</p>", 1)[0]
+    assert body.count(answer.split(":")[0]) == 1, "the answer appears once"
+    assert "seed" not in body.lower()
+    assert "no limits — no limits given" not in body and "Budget: none given" in body
+    assert "{'" not in body and "cpu.model" in body and "avx2, avx512f" in body
+    assert "(-0.0" not in body
+    assert '<div class="wide"><table>' in text  # the results table scrolls inside the page
+    assert sentence is None or sentence  # (the page title is first)
+
+
+def test_the_pareto_front_is_two_dimensional():
+    from vitres.report.plots import front_2d
+
+    points = [mk(r, "eager", a, ms, 1.0) for r, a, ms in
+              [(16, 0.80, 1.0), (24, 0.85, 1.4), (20, 0.895, 1.5), (28, 0.90, 2.6), (40, 0.89, 5.5)]]  # fmt: skip
+    front = front_2d(points)
+    # 24 px is faster than 20 px, 20 px more accurate than 24 px: both on the front;
+    # 40 px is slower and less accurate than 28 px: not on it
+    assert [m.config.resolution[0] for m in front] == [16, 24, 20, 28]
+    accuracies = [m.accuracy for m in front]
+    assert accuracies == sorted(accuracies)  # no zig-zag: accuracy only rises with latency
+
+
+@pytest.mark.skipif(
+    find_chromium() is None, reason="no Chromium installed (apt-get install chromium)"
+)
+def test_the_screenshot_shows_the_whole_page(tmp_path):
+    from PIL import Image
+
+    results = report_records(tmp_path)
+    for res in range(30, 90, 2):  # a long results table: the page is taller than 2200 px
+        m = mk(res, "eager", 0.9, res / 10, 40.0)
+        m.env = {"torch": "2.13.0", "cpu": {"model": "AMD EPYC", "cores": 2}, "flags": ["avx2"]}
+        append_result(results, m)
+    html_path, _ = write_report(str(results), tmp_path / "report.html", markdown=False)
+    png = screenshot(html_path, tmp_path / "report.png", width=1280)
+    image = Image.open(png).convert("RGB")
+    assert image.size[0] == 1280 and image.size[1] > 2200  # taller than the old fixed window
+    # the bottom of the page (the environment table) is in the picture: the last rows of
+    # pixels are the white page background, not cut mid-table
+    bottom = image.crop((0, image.size[1] - 20, 1280, image.size[1])).getcolors(100_000)
+    assert max(bottom)[1] == (255, 255, 255)

@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "writes one self-contained HTML file with embedded plots, and a Markdown file (with "
         "its PNGs in <name>_files/) beside it. The analysis flags add a section measured "
         "with the model and the data: class overlap and silhouette, t-SNE and OOD AUROC per "
-        "method at each resolution of the records, and the seed's overlap rule as advice.",
+        "method at each resolution of the records, and the overlap rule (lower the resolution when classes overlap) as advice.",
         formatter_class=DefaultsFormatter,
     )
     parser.add_argument("results", metavar="RESULTS", help="results file written by `vitres sweep`")

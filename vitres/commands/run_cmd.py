@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "run",
         help="classify a video, image folder or dataset frame by frame under an FPS or "
         "latency target, choosing each frame's resolution",
-        description="Streams frames through the model; a controller (predictive, the seed's "
+        description="Streams frames through the model; a controller (predictive, the "
         "step rule, or fixed:R) chooses each frame's resolution from a ladder. Every ladder "
         "size is warmed up before the first frame. Writes one JSON line per frame to --trace "
         "and prints a summary. Without --records a short speed-only calibration runs first.",
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--controller",
         default="predictive",
-        help="predictive (default), step (the seed's ±step px rule) or fixed:R, e.g. fixed:28",
+        help="predictive (default), step (±step px per frame on FPS feedback) or fixed:R, e.g. fixed:28",
     )
     parser.add_argument(
         "--records", help="sweep results (vitres sweep --out); omit to calibrate first"

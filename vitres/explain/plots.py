@@ -159,7 +159,7 @@ def separability_figure(
         for axis in (accuracy_axis, overlap_axis, silhouette_axis):
             axis.set_xticks(sides, [r.label for r in results])
     overlap_axis.axhline(
-        threshold * 100, color="red", linestyle=":", label=f"seed's rule: {threshold:.0%}"
+        threshold * 100, color="red", linestyle=":", label=f"overlap rule: {threshold:.0%}"
     )
     overlap_axis.set_ylim(bottom=0, top=max(overlap_axis.get_ylim()[1], threshold * 100 + 5))
     accuracy_axis.set_ylabel("top-1 accuracy (%)")

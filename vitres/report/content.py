@@ -25,6 +25,7 @@ from vitres.report.tables import (
     result_rows,
 )
 from vitres.tune.recommend import Recommendation, format_recommendation
+from vitres.tune.recommendation import budget_line
 from vitres.tune.records import Measurement
 
 if TYPE_CHECKING:
@@ -73,6 +74,21 @@ class ReportContent:
     env_rows: list[list[str]]
 
 
+def env_rows(env: dict, prefix: str = "") -> list[list[str]]:
+    """The environment as ``[field, value]`` rows, nested fields spelled out
+    (``cpu.model``), lists joined: no raw Python reprs."""
+    rows: list[list[str]] = []
+    for key, value in env.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += env_rows(value, name + ".")
+        elif isinstance(value, (list, tuple)):
+            rows.append([name, ", ".join(str(v) for v in value)])
+        else:
+            rows.append([name, format_value(value)])
+    return rows
+
+
 def _analysis_section(
     analysis: ReportAnalysis | None, records: Sequence[Measurement]
 ) -> AnalysisSection | None:
@@ -108,15 +124,12 @@ def report_content(
     ]
     if any(m.ood_auroc is not None for m in ok):
         plots.append(plot_ood(ok, budget))
-    summary = format_recommendation(rec)
+    # the answer sentence heads the page; the details block does not repeat it
+    summary = "\n".join(format_recommendation(rec).splitlines()[3:])
     section = _analysis_section(analysis, records)
     if section is not None and section.rule is not None:
         summary += f"\nAdvice (feature space): {section.rule.rule_text()}"
-    limits = budget.limits()
-    budget_text = (
-        f"Budget: {', '.join(limits) if limits else 'no limits'} — {budget.source}. "
-        f"Rule: {budget.rule_text()}."
-    )
+    budget_text = f"{budget_line(budget)}. Rule: {budget.rule_text()}."
     env = next((m.env for m in ok if m.env), {})
     counts = (
         f"{len(ok)} measured ok, {sum(m.status == 'error' for m in records)} failed, "
@@ -137,5 +150,5 @@ def report_content(
         quality=quality_summary(records),
         quality_table=quality_rows(records),
         rows=result_rows(records),
-        env_rows=[[k, format_value(v)] for k, v in env.items()],
+        env_rows=env_rows(env),
     )

@@ -26,7 +26,8 @@ th{background:#f3f3f3}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap}
 .answer{font-size:1.35em;font-weight:600;background:#eef6ee;border-left:6px solid #3a3;padding:.6em 1em}
 .answer.none{background:#fff4e0;border-left-color:#d80}
 .advice{background:#eef2fa;border-left:6px solid #46c;padding:.5em 1em}
-.plots img.wide{max-width:97%}"""
+.plots img.wide{max-width:97%}
+.wide{overflow-x:auto;max-width:100%}.wide table{white-space:nowrap}"""
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -43,7 +44,9 @@ def rule_paragraphs(content: ReportContent) -> list[str]:
     section = content.section
     assert section is not None
     if section.rule is None:
-        return ["Class overlap was not measured, so the seed's overlap rule is not applied."]
+        return [
+            "Class overlap was not measured, so the overlap rule (lower the resolution when more than 30 % of the classes' neighbourhoods overlap) is not applied."
+        ]
     lines = [section.rule.rule_text()]
     if section.rule.accuracy_text():
         lines.append(section.rule.accuracy_text())
@@ -78,7 +81,7 @@ def _head(content: ReportContent) -> list[str]:
         f'<p class="answer{"" if content.chosen else " none"}">{html.escape(content.sentence)}</p>',
         f"<p>{html.escape(content.budget_text)}</p>",
         f"<p>{html.escape(content.counts)}</p>",
-        "<h2>Recommendation</h2>",
+        "<h2>Details</h2>",
         f"<pre>{html.escape(content.summary)}</pre>",
         '<h2>Plots</h2><div class="plots">',
     ]
@@ -104,14 +107,17 @@ def html_page(content: ReportContent) -> str:
     if content.ceilings:
         parts += [
             f"<h2>Memory ceiling for {html.escape(content.memory_limit)} MiB</h2>",
-            "<p>Fitted: the largest square side whose predicted peak memory fits. Naive: the seed's "
+            "<p>Fitted: the largest square side whose predicted peak memory fits. Naive: the back-of-envelope "
             "formula side = p·sqrt(mem / (p²·D·4)), read as pixels.</p>",
             html_table(CEILING_HEADER, content.ceilings),
         ]
     parts += ["<h2>Measurement quality</h2>", f"<p>{html.escape(content.quality)}</p>"]
     if content.quality_table:
         parts.append(html_table(QUALITY_HEADER, content.quality_table))
-    parts += ["<h2>All results</h2>", html_table(RESULT_COLUMNS, content.rows)]
+    parts += [
+        "<h2>All results</h2>",
+        f'<div class="wide">{html_table(RESULT_COLUMNS, content.rows)}</div>',
+    ]
     if content.env_rows:
         parts += ["<h2>Environment</h2>", html_table(("field", "value"), content.env_rows)]
     parts.append("</body></html>")

@@ -118,14 +118,16 @@ def plot_accuracy(ok: Sequence[Measurement]) -> Plot:
     if not series:
         _empty(ax, "no accuracy data (sweep run without --data)")
     for key, points in series.items():
-        ax.plot(
+        ax.errorbar(
             [resolution_side(m) for m in points],
             [100 * m.accuracy for m in points],
+            yerr=_accuracy_errors(points),
             marker="o",
+            capsize=2,
             label=_series_label(key),
         )
     if series:
-        ax.set_xlabel("resolution (px, √(H·W))")
+        ax.set_xlabel("resolution (px, √(H·W)); bars: 95 % interval")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -275,28 +277,71 @@ def plot_latency(
     )
 
 
+def front_2d(points: Sequence[Measurement]) -> list[Measurement]:
+    """The accuracy/latency Pareto front of ``points``: each config no other is both
+    faster and more accurate than, by latency (a true 2-D front, drawn as steps)."""
+    front: list[Measurement] = []
+    best = -1.0
+    for m in sorted(points, key=lambda m: (m.latency_ms, -m.accuracy)):
+        if m.accuracy > best:
+            front.append(m)
+            best = m.accuracy
+    return front
+
+
+def _accuracy_errors(points: Sequence[Measurement]) -> list[list[float]] | None:
+    """Wilson 95 % intervals as matplotlib's asymmetric ``yerr`` (points), ``None`` when
+    no point knows its evaluation size."""
+    from vitres.tune.intervals import wilson_interval
+
+    if not any(m.n_eval > 0 for m in points):
+        return None
+    low, high = [], []
+    for m in points:
+        if m.n_eval > 0:
+            lo, hi = wilson_interval(m.accuracy, m.n_eval)
+            low.append(100 * (m.accuracy - lo))
+            high.append(100 * (hi - m.accuracy))
+        else:
+            low.append(0.0)
+            high.append(0.0)
+    return [low, high]
+
+
+def _label_points(ax: Any, points: Sequence[Measurement], x: Any, y: Any) -> None:
+    for m in points:
+        height, width = m.config.resolution
+        text = f"{height}" if height == width else f"{height}x{width}"
+        ax.annotate(text, (x(m), y(m)), textcoords="offset points", xytext=(4, 4), fontsize=7)
+
+
 def plot_pareto(ok: Sequence[Measurement], rec: Recommendation) -> Plot:
     figure, ax = _figure()
     points = [m for m in ok if m.accuracy is not None and m.latency_ms is not None]
     if not points:
         _empty(ax, "no accuracy data: no accuracy/latency trade-off to show")
     else:
-        ax.scatter(
+        ax.errorbar(
             [m.latency_ms for m in points],
             [100 * m.accuracy for m in points],
-            color="lightgray",
-            edgecolors="gray",
-            label="all configs",
+            yerr=_accuracy_errors(points),
+            fmt="o",
+            color="gray",
+            markerfacecolor="lightgray",
+            ecolor="silver",
+            capsize=2,
+            label="all configs (95 % interval)",
         )
-        front = [m for m in rec.front if m.accuracy is not None]
-        if front:
-            ax.plot(
-                [m.latency_ms for m in front],
-                [100 * m.accuracy for m in front],
-                marker="o",
-                color="tab:blue",
-                label="Pareto front (acc, latency, memory)",
-            )
+        front = front_2d(points)
+        ax.step(
+            [m.latency_ms for m in front],
+            [100 * m.accuracy for m in front],
+            where="post",
+            marker="o",
+            color="tab:blue",
+            label="Pareto front (accuracy, latency)",
+        )
+        _label_points(ax, points, lambda m: m.latency_ms, lambda m: 100 * m.accuracy)
         _mark_quality(ax, points, lambda m: m.latency_ms, lambda m: 100 * m.accuracy)
         _mark_choice(
             ax,
@@ -315,7 +360,7 @@ def plot_pareto(ok: Sequence[Measurement], rec: Recommendation) -> Plot:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    ax.set_title("Accuracy vs latency")
+    ax.set_title("Accuracy vs latency (labels: resolution)")
     return Plot("pareto", "Accuracy vs latency: Pareto front and recommendation", _png(figure))
 
 

@@ -306,15 +306,21 @@ def short_label(m: Measurement) -> str:
     return f"{resolution_label(m)} {c.precision} {c.backend}{extra}"
 
 
+def budget_line(budget: Budget) -> str:
+    """``Budget: latency ≤ 2 ms (limits given on the command line)``, or, without limits,
+    ``Budget: none given; the most accurate config the acceptance rule accepts``."""
+    limits = budget.limits()
+    if not limits:
+        return (
+            "Budget: none given; the answer is the most accurate config the acceptance rule accepts"
+        )
+    return f"Budget: {', '.join(limits)} ({budget.source})"
+
+
 def format_recommendation(rec: Recommendation) -> str:
     """The recommendation as a few lines of text for a terminal; the first line is the
     answer in one sentence."""
-    limits = rec.budget.limits()
-    lines = [
-        rec.sentence(),
-        f"Budget: {', '.join(limits) if limits else 'none'} — {rec.budget.source}",
-        f"Rule: {rec.budget.rule_text()}",
-    ]
+    lines = [rec.sentence(), budget_line(rec.budget), f"Rule: {rec.budget.rule_text()}"]
     if rec.choice is not None:
         c = rec.choice
         mem = "n/a" if c.peak_mem_mb is None else f"{c.peak_mem_mb:.1f} MiB"
