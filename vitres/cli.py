@@ -97,7 +97,13 @@ def main(argv: list[str] | None = None) -> int:
         _silence_stdout()
         return 141  # 128 + SIGPIPE, what a shell reports for a process the pipe ended
     except (ValueError, FileNotFoundError) as err:
+        if isinstance(err, OSError) and err.strerror:  # raised by the OS: its words and path
+            err = f"{err.strerror}: {err.filename}" if err.filename else err.strerror
         print(f"vitres {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a path that cannot be read or written: say which, no traceback
+        where = f": {err.filename}" if err.filename else ""
+        print(f"vitres {args.command}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vitres {args.command}: interrupted", file=sys.stderr)

@@ -24,7 +24,12 @@ from torch import nn
 
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset, native_batches
 from vitres.layers.patch_embed import PatchSize, canonical_patch
-from vitres.layers.sizes import parse_resolutions, size_label
+from vitres.layers.sizes import (
+    DEFAULT_MAX_TOKENS,
+    check_token_count,
+    parse_resolutions,
+    size_label,
+)
 from vitres.progress import progress_bar
 from vitres.tokens.mode import TokenMode
 from vitres.tokens.pack import run_plan
@@ -251,6 +256,7 @@ def evaluate(
     pack: str | None = None,
     token_budget: int | None = None,
     quadtree_levels: int | None = None,
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
 ) -> EvaluationResult:
     """Scores a model at several input resolutions, or at each image's own size.
 
@@ -281,6 +287,8 @@ def evaluate(
         token_budget: Mixed-resolution tokens: at most this many patch tokens per image,
             in a quadtree of fine and coarse patches (:mod:`vitres.tokens.quadtree`).
         quadtree_levels: Levels of that quadtree (``None``: ``QuadtreeTokenizer()``'s).
+        max_tokens: Refuse resolutions with more patch tokens per image than this
+            (:func:`vitres.layers.sizes.check_token_count`; ``None``: no limit).
 
     Returns:
         An :class:`EvaluationResult`; ``result.to_dict()`` is the JSON-ready dict.
@@ -292,6 +300,7 @@ def evaluate(
     if isinstance(dataset, str):
         data = get_dataset(dataset, "test", data_dir=data_dir, in_chans=net.config.in_chans)
     sizes = parse_resolutions(resolutions) if pack is None else []
+    check_token_count(sizes, patch_size or net.config.patch_size, max_tokens)
     mode.check_model(net)
     settings = _Settings(batch_size, limit, patch_size, precision)
     try:

@@ -82,7 +82,10 @@ def add_common_arguments(
         help="use the first N evaluation examples only (all when omitted)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (torch's choice when omitted)"
+        "--threads",
+        type=thread_count,
+        default=None,
+        help="torch CPU threads, at most the usable cores (torch's choice when omitted)",
     )
 
 
@@ -152,7 +155,7 @@ def add_analysis_arguments(
     parser.add_argument("--ood-limit", type=int, default=None, help="first N OOD images only")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads")
     parser.add_argument("--k", type=int, default=10, help="neighbours of the overlap measure")
     parser.add_argument(
         "--tsne-points", type=int, default=2000, help="points per t-SNE (default: 2000)"
@@ -215,3 +218,32 @@ def budget_from_args(args: argparse.Namespace) -> Any:
     except ValueError as error:
         flag = re.sub(r"^(\w+)", lambda m: "--" + m.group(1).replace("_", "-"), str(error))
         raise ValueError(flag) from None
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    import os
+
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def thread_count(text: str) -> int:
+    """``--threads``: a positive count no larger than the cores this process may use."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of threads, got {text!r}"
+        ) from None
+    cores = usable_cores()
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"threads must be at least 1, got {value}")
+    if value > cores:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads, but this process may use {cores} core(s); more threads than "
+            "cores only slow each other down (give at most {cores})".replace("{cores}", str(cores))
+        )
+    return value

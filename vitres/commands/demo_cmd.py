@@ -10,6 +10,7 @@ from vitres.commands.args import (
     add_measurement_arguments,
     add_res_argument,
     budget_from_args,
+    thread_count,
 )
 
 
@@ -37,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="evaluate on the first N test images only (default: all)",
     )
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--threads", type=thread_count, help="torch threads (default: all cores)")
     add_measurement_arguments(parser)
     add_budget_arguments(parser)
     parser.set_defaults(func=run)

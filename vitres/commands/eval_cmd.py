@@ -14,6 +14,7 @@ from vitres.commands.args import (
     add_model_argument,
 )
 from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
+from vitres.layers.sizes import DEFAULT_MAX_TOKENS
 
 DEFAULT_RES = "16,20,28,40,56"
 
@@ -70,6 +71,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="refuse resolutions with more patch tokens per image than this (attention "
+        "grows with its square); raise it for very large inputs",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_csv_argument(parser)
     parser.set_defaults(func=run)
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         pack=args.pack,
         token_budget=args.token_budget,
         quadtree_levels=args.quadtree_levels,
+        max_tokens=args.max_tokens,
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vitres.commands.args import add_model_argument
+from vitres.commands.args import add_model_argument, thread_count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -32,23 +32,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean")
     parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads")
-    parser.add_argument("--out", default="attn.png", help="PNG to write (default attn.png)")
+    parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads")
+    parser.add_argument(
+        "--out",
+        default="attn.png",
+        help="PNG to write (default attn.png); an existing folder: IMAGE_attention.png in it",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
+    from vitres.commands.paths import check_output_file
     from vitres.explain import explain_image, load_image, parse_layers
     from vitres.explain.plots import attention_figure
     from vitres.layers.sizes import parse_resolutions
     from vitres.models.resolve import resolve_model as load_model
 
+    if Path(args.out).is_dir():  # a folder: the picture goes inside it, named after the image
+        args.out = str(Path(args.out) / f"{Path(args.image).stem}_attention.png")
+    check_output_file(args.out, "--out")
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
     resolutions = parse_resolutions(args.res)
+    from vitres.layers.sizes import check_token_count
+
+    check_token_count(resolutions, args.patch_size or model.config.patch_size)
     image = load_image(args.image, model.config.in_chans)
     panels = explain_image(
         model,

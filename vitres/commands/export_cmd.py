@@ -267,6 +267,9 @@ def _write_openvino(model, artifact, out: str) -> str:  # noqa: ANN001 - nn.Modu
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from vitres.commands.paths import check_output_file
+
+    check_output_file(args.out, "--out")
     _check_format(args)
     xml = args.out if args.format == "openvino" else None
     if xml is not None:  # the checked ONNX graph goes beside the IR

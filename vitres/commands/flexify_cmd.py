@@ -41,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
     from vitres.train.flexify import FlexifyConfig, flexify
 
     config = config_from_args(FlexifyConfig, args)
+    from vitres.commands.paths import check_output_dir
+
+    check_output_dir(config.out_dir, "--out-dir")
     # "auto" threads (no --num-threads): a training step timed at 1 and at all cores
     result = flexify(config, thread_chooser=choose_threads)
     return print_run_summary(result, as_json=args.json)

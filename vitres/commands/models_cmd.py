@@ -15,6 +15,9 @@ def run(args: argparse.Namespace) -> int:
     from vitres.models.registry import list_models
 
     print("named configs:", ", ".join(list_models()))
+    print(
+        "  (vit_<size>_patch<P> takes any patch size P; the train command's default is vit_tiny_patch4)"
+    )
     bundled = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
     print("bundled reference models:", ", ".join(bundled) if bundled else "(none)")
     return 0

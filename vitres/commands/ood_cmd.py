@@ -48,6 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from vitres.layers.sizes import parse_resolutions
 
     check_csv_path(args.csv)
+    from vitres.commands.paths import check_output_file
+
+    check_output_file(args.plot, "--plot")
+    check_output_file(args.tsne, "--tsne")
     if args.threads:
         torch.set_num_threads(args.threads)
     analysis = analyse_resolutions(

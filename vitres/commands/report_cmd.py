@@ -5,6 +5,7 @@ class overlap and t-SNE per resolution."""
 from __future__ import annotations
 
 import argparse
+import os
 
 from vitres.commands.args import (
     DefaultsFormatter,
@@ -107,8 +108,17 @@ def _analysis(args: argparse.Namespace, rec):  # noqa: ANN001, ANN202 - Recommen
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitres.commands.paths import check_output_file
     from vitres.report import write_report
+    from vitres.tune.records import read_results
 
+    check_output_file(args.out, "--out")
+    check_output_file(args.screenshot, "--screenshot")
+    if not read_results(args.results) and os.path.exists(args.results):
+        raise ValueError(
+            f"no records in {args.results}: it is empty; run `vitres sweep --out "
+            f"{args.results}` (or give the file a sweep wrote)"
+        )
     rec = load_recommendation(args.results, args)
     analysis = _analysis(args, rec)
     html_path, md_path = write_report(
@@ -122,5 +132,8 @@ def run(args: argparse.Namespace) -> int:
     if args.screenshot:
         from vitres.report.render import screenshot
 
-        print(f"wrote {screenshot(html_path, args.screenshot)}")
+        try:
+            print(f"wrote {screenshot(html_path, args.screenshot)}")
+        except RuntimeError as error:
+            raise ValueError(f"the report was written, but no screenshot: {error}") from None
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vitres.commands.args import thread_count
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -64,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--labels", help="video labels: a text file with one class index per frame")
     parser.add_argument("--data-dir", help="folder of the dataset files")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
-    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
+    parser.add_argument(
+        "--threads", type=thread_count, help="CPU threads (default: torch's default)"
+    )
     parser.add_argument("--calibration-out", help="where the calibration's records go")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.set_defaults(func=run)

@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_model_argument(parser)
     add_res_argument(parser, required=True)
     add_common_arguments(parser, patch_list=True, batch_list=True, batch_default="1")
+    # on a Ray cluster the nodes, not this machine, bound --threads: checked in run()
+    next(a for a in parser._actions if a.dest == "threads").type = int
     parser.add_argument(
         "--data", help="dataset for accuracy: fashion-mnist or an image folder (omit: speed only)"
     )
@@ -112,6 +114,16 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_csv_path(args.csv)
+    from vitres.commands.paths import check_output_file
+
+    check_output_file(args.out, "--out")
+    if args.threads is not None and args.ray is None:
+        from vitres.commands.args import thread_count
+
+        try:
+            thread_count(str(args.threads))
+        except argparse.ArgumentTypeError as error:
+            raise ValueError(f"--threads: {error}") from None
     from vitres.backends import expand_backend_names, list_backends
     from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig

@@ -23,7 +23,14 @@ from PIL import Image, UnidentifiedImageError
 
 from vitres.data.folder import image_to_tensor
 
-__all__ = ["ImageInputError", "ImageTooLargeError", "OpenedImage", "decode_image", "open_image"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageInputError",
+    "ImageTooLargeError",
+    "OpenedImage",
+    "decode_image",
+    "open_image",
+]
 
 # file signatures, to tell "a damaged PNG" from "not an image at all"
 _SIGNATURES: tuple[tuple[bytes, str], ...] = (
@@ -35,6 +42,11 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
     (b"RIFF", "WebP"),
 )
+
+
+#: Pixels (height x width) above which an image is refused before decoding: the server's
+#: default and every command's (a 4096 x 4096 photo fits; a "decompression bomb" does not)
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageInputError(ValueError):

@@ -13,36 +13,47 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from vitres.data import prepare_batch
-from vitres.data.folder import image_to_tensor
+from vitres.data.decode import DEFAULT_MAX_PIXELS
 from vitres.explain.attention import AttentionMaps, attention_maps
 
 __all__ = ["AttentionPanel", "explain_image", "load_image"]
 
 
-def load_image(path: str | os.PathLike[str], in_chans: int) -> Tensor:
-    """Decodes an image file to a uint8 tensor ``(in_chans, H, W)``.
+def load_image(
+    path: str | os.PathLike[str], in_chans: int, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Tensor:
+    """Decodes an image file to a uint8 tensor ``(in_chans, H, W)``, upright (EXIF
+    orientation applied), with the server's checks: the pixel count is read from the
+    header and an image over ``max_pixels`` (a "decompression bomb") is refused before
+    anything is decoded.
 
     Raises:
         FileNotFoundError: if there is no such file.
-        ValueError: if Pillow cannot decode it, or ``in_chans`` is not 1 or 3.
+        ValueError: if it is not an image Pillow can decode, is over ``max_pixels``, or
+            ``in_chans`` is not 1 or 3.
     """
+    from vitres.data.decode import ImageInputError, ImageTooLargeError, open_image
+
     path = os.fspath(path)
     if in_chans not in (1, 3):
         raise ValueError(f"images can be converted to 1 or 3 channels; the model wants {in_chans}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image file at {path}")
+    with open(path, "rb") as handle:
+        data = handle.read()
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image_to_tensor(image, in_chans)  # upright (EXIF orientation), 8 bits
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+        return open_image(data, max_pixels=max_pixels).decode(in_chans)
+    except ImageTooLargeError as error:
+        reason = str(error).split(";")[0]
+        raise ValueError(f"{path}: {reason}; resize it first") from None
+    except ImageInputError as error:
+        reason = str(error).split(";")[0].replace("the body is", "it is")
         raise ValueError(
-            f"cannot read {path} as an image ({type(error).__name__}: {error}); expected a file "
-            "Pillow can decode (PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM)"
+            f"cannot read {path} as an image ({reason}); expected a file Pillow can decode "
+            "(PNG, JPEG, BMP, GIF, TIFF, WebP, PPM/PGM)"
         ) from None
 
 

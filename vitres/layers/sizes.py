@@ -92,3 +92,36 @@ def size_label(size: tuple[int, int]) -> str:
     """``"28"`` for a square size, ``"28x40"`` (height x width) otherwise."""
     height, width = size
     return str(height) if height == width else f"{height}x{width}"
+
+
+#: Patch tokens per image above which a run is refused unless the user raises the limit:
+#: a 128x128 grid. Attention memory and time grow with the square of the token count.
+DEFAULT_MAX_TOKENS = 16384
+
+
+def check_token_count(
+    sizes: Sequence[tuple[int, int]],
+    patch_size: int | Sequence[int],
+    max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    flag: str = "--max-tokens",
+) -> None:
+    """Refuses input sizes with more than ``max_tokens`` patch tokens per image (``None``:
+    no limit), before anything is allocated.
+
+    Raises:
+        ValueError: the size, its token count, the limit, what one attention map of it
+            would take, and the flag that raises the limit.
+    """
+    if max_tokens is None:
+        return
+    ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+    for height, width in sizes:
+        tokens = -(-int(height) // int(ph)) * -(-int(width) // int(pw))
+        if tokens > max_tokens:
+            gib = tokens * tokens * 4 / 2**30
+            raise ValueError(
+                f"{height}x{width} px in {ph}x{pw} patches is {tokens:,} tokens per image, "
+                f"over the limit of {max_tokens:,}: one attention map alone would take "
+                f"{gib:,.1f} GiB and the time grows with the square of the tokens. Use a "
+                f"smaller resolution, or raise the limit with {flag} {tokens} if you mean it"
+            )

@@ -18,7 +18,7 @@ VIT_SIZES: dict[str, tuple[int, int, int]] = {
     "base": (768, 12, 12),
     "large": (1024, 24, 16),
 }
-VIT_LISTED_PATCHES = (8, 14, 16, 32)
+VIT_LISTED_PATCHES = (4, 8, 14, 16, 32)  # 4: `vitres train`'s default, vit_tiny_patch4
 
 # width, depth, token-MLP width, channel-MLP width (Tolstikhin et al. 2021)
 MIXER_SIZES: dict[str, tuple[int, int, int, int]] = {

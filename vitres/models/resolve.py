@@ -375,6 +375,28 @@ def describe_reference(ref: ModelRef) -> Reference:
     raise ValueError(f"cannot resolve model {text!r}: {tried}. Accepted: {ACCEPTED_FORMS}")
 
 
+def _check_factory(factory: Any, target: str) -> None:
+    """Refuses, before calling it, what cannot be a model factory: a built-in (``os:system``),
+    a class that is not an ``nn.Module``, or anything not callable. A Python function is
+    called, and its result checked."""
+    import inspect
+
+    if inspect.isclass(factory):
+        if issubclass(factory, nn.Module):
+            return
+        what = f"the class {factory.__name__}, not an nn.Module"
+    elif inspect.isfunction(factory) or inspect.ismethod(factory):
+        return
+    elif callable(factory) and not inspect.isbuiltin(factory):
+        return  # e.g. functools.partial of a factory
+    else:
+        what = "a built-in function" if inspect.isbuiltin(factory) else type(factory).__name__
+    raise ValueError(
+        f"{target} is {what}, not a model factory; give package.module:function (a Python "
+        "function returning an nn.Module) or an nn.Module class"
+    )
+
+
 def resolve_model(ref: ModelRef, **overrides: Any) -> nn.Module:
     """The model a reference stands for (see the module docstring for the grammar).
 
@@ -409,6 +431,7 @@ def resolve_model(ref: ModelRef, **overrides: Any) -> nn.Module:
                 factory = getattr(factory, part)
         except (ImportError, AttributeError) as err:
             raise ValueError(f"cannot import {reference.target!r}: {err}") from None
+        _check_factory(factory, reference.target)
         model = factory(**overrides)
         if not isinstance(model, nn.Module):
             raise ValueError(

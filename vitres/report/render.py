@@ -100,8 +100,8 @@ def screenshot(
         )
     png_path = Path(png_path).resolve()
     png_path.parent.mkdir(parents=True, exist_ok=True)
-    if png_path.exists():
-        png_path.unlink()
+    png_path.touch()  # OSError here (not a silent browser failure) for a place that is not writable
+    png_path.unlink()
     with tempfile.TemporaryDirectory(prefix="vitres-chromium-") as profile:
         if height is None:
             measured = page_height(html_path, width, browser, profile, timeout_s)

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vitres.data.decode import DEFAULT_MAX_PIXELS
+
 __all__ = ["HttpLimits", "RayServeConfig", "ServeConfig"]
 
 
@@ -25,7 +27,7 @@ class HttpLimits:
     """
 
     max_bytes: int = 8 * 2**20
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = DEFAULT_MAX_PIXELS
     request_timeout_s: float = 30.0
     default_top_k: int = 5
     max_in_flight: int | None = None
@@ -109,7 +111,7 @@ class ServeConfig:
     latency_tolerance: float = 2.0
     max_error_rate: float = 0.05
     max_bytes: int = 8 * 2**20
-    max_pixels: int = 4096 * 4096
+    max_pixels: int = DEFAULT_MAX_PIXELS
     request_timeout_s: float = 30.0
     max_in_flight: int | None = None
     backlog: int = 2048

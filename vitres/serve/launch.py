@@ -260,11 +260,16 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
     return _latency_model(records, config, config.backend, lambda line: None).threads
 
 
-def _check_settings(config: ServeConfig) -> None:
+def check_settings(config: ServeConfig) -> None:
+    """Refuses settings no server can run with (before any model is loaded)."""
     if not config.slo_ms > 0:
         raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
     if config.max_batch < 1:
         raise ValueError(f"--max-batch must be at least 1, got {config.max_batch}")
+    if not 0 <= config.port <= 65535:
+        raise ValueError(
+            f"--port {config.port} is not a TCP port; give 1..65535 (0: any free port)"
+        )
 
 
 def _serving_mode(
@@ -406,7 +411,7 @@ def build_worker(
     from vitres.layers.sizes import parse_resolutions
     from vitres.models.resolve import resolve_model
 
-    _check_settings(config)
+    check_settings(config)
     if config.threads is not None:
         set_threads(config.threads)
     model = model if model is not None else resolve_model(config.model)
@@ -520,7 +525,7 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
 
     if config.backlog < 1:
         raise ValueError(f"--backlog must be at least 1, got {config.backlog}")
-    _check_settings(config)
+    check_settings(config)
     attach_log_handler()
     http, loop = _fastest_http_stack()
     holder: dict[str, Any] = {}

@@ -460,11 +460,12 @@ def deploy(
         FileNotFoundError: ``config.records`` does not exist.
     """
     from vitres.models.checkpoint import checkpoint_digest
-    from vitres.serve.launch import load_records
+    from vitres.serve.launch import check_settings, load_records
     from vitres.tune.ray_executor import connect_ray
 
     ray_config = ray_config or RayServeConfig()
     ray, serve = require_serve()
+    check_settings(config)
     local = ray_config.address is None and not ray.is_initialized()
     if local:
         _check_port_free(config.host, config.port)

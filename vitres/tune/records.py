@@ -315,8 +315,21 @@ def read_results(path: str | os.PathLike[str]) -> list[Measurement]:
     """
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    if os.path.isdir(path):
+        raise ValueError(
+            f"{path} is a directory; give the results file `vitres sweep --out` wrote "
+            f"(e.g. {os.path.join(os.fspath(path), 'results.jsonl')})"
+        )
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}, line {line}: not UTF-8 text (byte {error.start} is 0x{data[error.start]:02x}); "
+            "a results file is JSON lines written by `vitres sweep`, is this another kind of file?"
+        ) from None
     lines = text.split("\n")
     complete = text.endswith("\n")
     results: list[Measurement] = []
