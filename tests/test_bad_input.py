@@ -208,3 +208,176 @@ def test_load_model_of_a_non_vitres_directory(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match="not a vitres config.*from_pretrained"):
         vitres.load_model(tmp_path)
+
+
+# ----------------------------------------------------------------------------- the CLI catalogue
+# Each case is a command line and the words its one-line error must hold (exit 2, no
+# traceback). {tmp} is a scratch folder holding: results.jsonl (a real sweep's records),
+# a_dir/, a_file, empty.jsonl, binary.jsonl, middle.jsonl (a bad line between good ones)
+# and corrupt.safetensors.
+CATALOGUE = [
+    # output paths: checked before any work
+    ("sweep --model fmnist-vit-single --res 16 --out {tmp}/a_dir", "--out {tmp}/a_dir is a directory"),
+    ("export --model fmnist-vit-single --out {tmp}/a_dir", "--out {tmp}/a_dir is a directory"),
+    ("report {tmp}/results.jsonl --out {tmp}/a_dir", "--out {tmp}/a_dir is a directory"),
+    ("train --out-dir {tmp}/a_file --epochs 1", "--out-dir {tmp}/a_file is a file"),
+    ("flexify --out-dir {tmp}/a_file", "is a file"),
+    ("ood --model fmnist-vit-single --res 28 --plot {tmp}/a_dir", "--plot {tmp}/a_dir is a directory"),
+    ("report {tmp}/results.jsonl --out {tmp}/r.html --screenshot {tmp}/a_file/x.png",
+     "a_file is a file, not a folder"),
+    # results files that are not results files
+    ("recommend {tmp}/a_dir", "is a directory; give the results file"),
+    ("recommend {tmp}/binary.jsonl", "binary.jsonl, line 1: not UTF-8 text"),
+    ("recommend {tmp}/middle.jsonl", "middle.jsonl, line 2: not a valid result record"),
+    ("report {tmp}/empty.jsonl --out {tmp}/e.html", "no records in {tmp}/empty.jsonl"),
+    ("check --baseline {tmp}/none.jsonl --current {tmp}/results.jsonl", "no results file"),
+    # sizes a run cannot afford, or that do not exist
+    ("eval --model fmnist-vit-single --res 100000", "625,000,000 tokens per image, over the limit"),
+    ("eval --model fmnist-vit-single --res 5000", "raise the limit with --max-tokens"),
+    ("eval --model fmnist-vit-single --res abc", "cannot read resolution 'abc'"),
+    ("sweep --model fmnist-vit-single --res 0 --out {tmp}/s.jsonl", "resolution must be positive"),
+    ("train --resolutions 7 --epochs 1 --out-dir {tmp}/t7", "7 are not multiples of the patch size 4"),
+    # models that are not models
+    ("eval --model os:system --res 16", "os:system is a built-in function, not a model factory"),
+    ("eval --model collections:OrderedDict --res 16", "not an nn.Module"),
+    ("eval --model {tmp}/corrupt.safetensors --res 16", "not a readable safetensors file"),
+    # counts and settings out of range
+    ("sweep --model fmnist-vit-single --res 16 --threads 999 --out {tmp}/s.jsonl", "999 threads"),
+    ("eval --model fmnist-vit-single --res 16 --threads 999", "999 threads"),
+    ("serve --model fmnist-vit-single --port 70000", "--port 70000 is not a TCP port"),
+    ("eval --model fmnist-vit-single --res 16 --limit -5", "must be at least 1"),
+    ("eval --model fmnist-vit-single --res 16 --batch-size 0", "batch_size must be >= 1"),
+    ("eval --model fmnist-vit-single --res 16 --patch-size 0", "patch_size must be positive"),
+    ("recommend {tmp}/results.jsonl --max-latency-ms -1", "must be a positive finite number"),
+    ("serve --model fmnist-vit-single --slo-ms 0", "--slo-ms must be a positive number"),
+    ("run --model fmnist-vit-single --source fashion-mnist --target-fps -3", "target_fps must be > 0"),
+    ("export --model fmnist-vit-single --opset 5 --out {tmp}/m.onnx", "opset 5 is not supported"),
+    ("train --epochs 0 --out-dir {tmp}/t0", "epochs and batch_size must be >= 1"),
+    # data and sources that are not there
+    ("eval --model fmnist-vit-single --res 16 --data {tmp}/nothing", "not a known name"),
+    ("ood --model fmnist-vit-single --res 28 --ood {tmp}/nothing", "not a known name"),
+    ("run --model fmnist-vit-single --source {tmp}/nothing.mp4 --target-fps 30", "stream URL"),
+    ("explain --model fmnist-vit-single --image {tmp}/nothing.png", "no image file at"),
+    ("sweep --model fmnist-vit-single --res 16 --backend nosuch --out {tmp}/s.jsonl",
+     "unknown backend(s) ['nosuch']"),
+    ("recommend {tmp}/results.jsonl --csv {tmp}/a_dir", "is a directory"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory):
+    from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
+
+    tmp = tmp_path_factory.mktemp("catalogue")
+    (tmp / "a_dir").mkdir()
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "binary.jsonl").write_bytes(bytes(range(128, 256)) * 8)
+    (tmp / "corrupt.safetensors").write_bytes(b"\x00" * 100)
+    records = []
+    for size in (16, 28):
+        config = SweepConfig("fmnist-vit-single", (size, size), None, 1, "fp32", "eager", 1, "cpu")
+        latency = LatencyStats(1.0, 0.05, 1.1, 1.2, 1.3, 1.0, 1.0, 30, False)
+        records.append(Measurement(config=config, accuracy=0.85, n_eval=500, latency=latency,
+                                   throughput_ips=1000.0, native_resolution=(28, 28),
+                                   native_patch_size=4))  # fmt: skip
+    for m in records:
+        append_result(tmp / "results.jsonl", m)
+    lines = (tmp / "results.jsonl").read_text().splitlines()
+    (tmp / "middle.jsonl").write_text(lines[0] + "\n{not json\n" + lines[1] + "\n")
+    return tmp
+
+
+@pytest.mark.parametrize("line,words", CATALOGUE, ids=[c[0][:60] for c in CATALOGUE])
+def test_the_cli_catalogue_ends_in_clear_errors(scratch, capsys, line, words):
+    argv = line.format(tmp=scratch).split()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == 2, (line, err[-600:])
+    assert words.format(tmp=scratch) in err, (line, err[-600:])
+    assert "Traceback" not in err
+
+
+def test_a_folder_written_by_train_loads_as_a_model(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out-dir", str(out), "--epochs", "1", "--train-limit", "32",
+                 "--eval-limit", "16", "--embed-dim", "16", "--depth", "1", "--num-heads", "2",
+                 "--batch-size", "16", "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    from vitres.models.resolve import describe_reference
+
+    assert describe_reference(str(out)).kind == "vitres"
+    model = vitres.resolve_model(str(out))
+    assert model.config.embed_dim == 16 and model.config.num_heads == 2
+    assert main(["eval", "--model", str(out), "--res", "28", "--limit", "16"]) == 0
+
+
+def test_explain_writes_into_a_folder_and_refuses_a_bomb(tmp_path, capsys):
+    from PIL import Image
+
+    image = tmp_path / "boot.png"
+    Image.new("L", (28, 28), 128).save(image)
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    assert main(["explain", "--model", "fmnist-vit-single", "--image", str(image),
+                 "--res", "28", "--out", str(folder)]) == 0  # fmt: skip
+    assert (folder / "boot_attention.png").is_file() and not (tmp_path / "maps.png").exists()
+    capsys.readouterr()
+    # a 20000 x 20000 PNG: refused from its header, before 400 million pixels are decoded
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (20000, 20000)).save(bomb)
+    assert main(["explain", "--model", "fmnist-vit-single", "--image", str(bomb),
+                 "--out", str(tmp_path / "b.png")]) == 2  # fmt: skip
+    assert "400000000 pixels" in capsys.readouterr().err  # refused, not decoded
+
+
+def test_a_tiny_image_is_answered_with_a_warning(tmp_path, capsys):
+    from fastapi.testclient import TestClient
+    from PIL import Image
+    from test_serve_app import make_app
+
+    buffer = tmp_path / "dot.png"
+    Image.new("L", (1, 1), 200).save(buffer)
+    with TestClient(make_app()) as client:
+        answer = client.post("/v1/classify", content=buffer.read_bytes())
+        normal = client.post("/v1/classify", content=_png(28))
+    assert answer.status_code == 200 and "smaller than one 4x4 patch" in answer.json()["warning"]
+    assert "warning" not in normal.json()
+    assert main(["explain", "--model", "fmnist-vit-single", "--image", str(buffer),
+                 "--res", "28", "--out", str(tmp_path / "d.png")]) == 0  # fmt: skip
+    assert "smaller than one 4x4 patch" in capsys.readouterr().err
+
+
+def _png(side):
+    import io
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("L", (side, side), 100).save(data, "PNG")
+    return data.getvalue()
+
+
+def test_check_fails_on_missing_configs_unless_allowed(tmp_path, capsys):
+    from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_result
+
+    base, current = tmp_path / "base.jsonl", tmp_path / "current.jsonl"
+    for size in (16, 20, 24, 28):
+        config = SweepConfig("m", (size, size), None, 1, "fp32", "eager", 1, "cpu")
+        m = Measurement(config=config, latency=LatencyStats(1.0, 0.05, 1.1, 1.2, 1.3, 1.0, 1.0,
+                                                             30, False))  # fmt: skip
+        append_result(base, m)
+        if size == 16:
+            append_result(current, m)
+    assert main(["check", "--baseline", str(base), "--current", str(current)]) == 1
+    assert "3 baseline config(s) not in the current run" in capsys.readouterr().out
+    assert main(["check", "--baseline", str(base), "--current", str(current),
+                 "--allow-missing"]) == 0  # fmt: skip
+
+
+def test_models_lists_the_train_commands_default(capsys):
+    assert main(["models"]) == 0
+    assert "vit_tiny_patch4" in capsys.readouterr().out

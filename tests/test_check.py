@@ -183,8 +183,9 @@ def test_failed_current_config_fails_and_missing_is_reported():
     result = check_records(run_set(), cur)
     assert [v.verdict for v in result.configs] == ["failed", "ok"]
     assert result.missing == [run_set()[2].key] and not result.passed
-    assert check_records(run_set(), run_set()[:2]).passed
-    assert not check_records(run_set(), run_set()[:2], CheckPolicy(fail_on_missing=True)).passed
+    # a missing config fails the gate unless missing configs are allowed
+    assert not check_records(run_set(), run_set()[:2]).passed
+    assert check_records(run_set(), run_set()[:2], CheckPolicy(fail_on_missing=False)).passed
 
 
 # ---------------------------------------------------------------- bad input: exit 2

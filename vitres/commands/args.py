@@ -77,7 +77,7 @@ def add_common_arguments(
         "--limit",
         "--eval-limit",
         dest="limit",
-        type=int,
+        type=positive_int,
         default=None,
         help="use the first N evaluation examples only (all when omitted)",
     )
@@ -145,14 +145,16 @@ def add_analysis_arguments(
         default=None,
         help="subset of msp,maxlogit,energy,mahalanobis,vim (default all)",
     )
-    parser.add_argument("--limit", type=int, default=None, help="first N test images only")
+    parser.add_argument("--limit", type=positive_int, default=None, help="first N test images only")
     parser.add_argument(
         "--train-limit",
-        type=int,
+        type=positive_int,
         default=10_000,
         help="training images for the Mahalanobis/ViM fit (default: 10000)",
     )
-    parser.add_argument("--ood-limit", type=int, default=None, help="first N OOD images only")
+    parser.add_argument(
+        "--ood-limit", type=positive_int, default=None, help="first N OOD images only"
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
     parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads")
@@ -246,4 +248,15 @@ def thread_count(text: str) -> int:
             f"{value} threads, but this process may use {cores} core(s); more threads than "
             "cores only slow each other down (give at most {cores})".replace("{cores}", str(cores))
         )
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--limit``, counts of images)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (omit it for all)")
     return value

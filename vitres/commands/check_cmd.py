@@ -51,10 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare runs from different machine kinds (CPU model, cores, flags, GPU)",
     )
     parser.add_argument(
-        "--fail-on-missing",
+        "--allow-missing",
         action="store_true",
-        help="fail when a baseline config is absent from the current run",
+        help="pass even when baseline configs are absent from the current run (by default a "
+        "missing config fails the gate: a run that measured nothing must not pass)",
     )
+    parser.add_argument(
+        "--fail-on-missing", action="store_true", help=argparse.SUPPRESS
+    )  # the old flag: now the default
     parser.add_argument("--json", action="store_true", help="print the verdict as JSON")
     parser.set_defaults(func=run)
 
@@ -69,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         acc_noise=args.acc_noise,
         allow_host_change=args.allow_host_change,
-        fail_on_missing=args.fail_on_missing,
+        fail_on_missing=not args.allow_missing,
     )
     result = check_files(args.baseline, args.current, policy)
     if args.json:

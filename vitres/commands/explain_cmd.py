@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from vitres.commands.args import add_model_argument, thread_count
 
@@ -75,6 +76,13 @@ def run(args: argparse.Namespace) -> int:
     figure = attention_figure(panels, title=f"{args.model}: attention ({args.method})")
     figure.savefig(args.out, dpi=120, bbox_inches="tight")
     print(f"{args.image} ({image.shape[1]}x{image.shape[2]}, {image.shape[0]} channel(s))")
+    patch = int(args.patch_size or model.config.patch_size)
+    if min(image.shape[1:]) < patch:
+        print(
+            f"warning: the image is {image.shape[1]}x{image.shape[2]} px, smaller than one "
+            f"{patch}x{patch} patch; it is upscaled, and the maps carry little information",
+            file=sys.stderr,
+        )
     for panel in panels:
         maps = panel.attention
         height, width = maps.image_size

@@ -183,6 +183,10 @@ def detect_format(path: str | Path) -> str:
                 return "hf"
             if "architecture" in document or "pretrained_cfg" in document:
                 return "timm"
+        checkpoint = path / "model.json"  # a `vitres train` / `vitres flexify` output folder
+        if checkpoint.is_file() and (path / "model.safetensors").is_file():
+            if _read_json(checkpoint).get("format") == FORMAT_NAME:
+                return "vitres"
         for name in (*WEIGHT_FILE_NAMES, "open_clip_pytorch_model.bin"):
             if (path / name).exists():
                 return "timm"

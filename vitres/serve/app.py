@@ -278,7 +278,7 @@ class _ClassifyHandler:
             future = worker.submit(image, started, top_k, waited_s=waited)
         except RequestRejected as error:
             return self.rejected(error)
-        return await self.result(future, started)
+        return await self.result(future, started, tiny_image_warning(image, worker))
 
     def top_k(self, scope: dict) -> int | Reply:
         """The query's ``top_k`` (default from the limits, at most the class count), or
@@ -336,8 +336,9 @@ class _ClassifyHandler:
             self.counters["bad_request"].inc()
             return _error(400, "bad_image", str(error))
 
-    async def result(self, future: Any, started: float) -> Reply:
-        """The worker's answer to a submitted request, within the request timeout."""
+    async def result(self, future: Any, started: float, warning: str | None = None) -> Reply:
+        """The worker's answer to a submitted request, within the request timeout (with
+        ``warning`` in it when the image gave the model little to see)."""
         timeout_s = self.limits.request_timeout_s
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout_s)
@@ -353,10 +354,23 @@ class _ClassifyHandler:
             logger.exception("request failed")
             self.counters["error"].inc()
             return _error(500, "internal_error", f"{type(error).__name__}: {error}")
-        reply = Reply(200, _dumps(result))
+        reply = Reply(200, _dumps(result if warning is None else {**result, "warning": warning}))
         self.counters["ok"].inc()
         self.request_latency.observe(max(0.0, self.worker.clock() - started))
         return reply
+
+
+def tiny_image_warning(image: Any, worker: BatchingWorker) -> str | None:
+    """A sentence when an image is smaller than one patch: it is answered (upscaled to the
+    served resolution), but the answer says little."""
+    patch = getattr(worker.mode.engine, "effective_patch", 1)
+    height, width = (int(v) for v in image.shape[-2:])
+    if min(height, width) >= patch:
+        return None
+    return (
+        f"the image is {height}x{width} px, smaller than one {patch}x{patch} patch: it was "
+        "upscaled to the served resolution, so the answer carries little information"
+    )
 
 
 def _lifespan(worker: BatchingWorker, limits: HttpLimits) -> Callable[[FastAPI], Any]:

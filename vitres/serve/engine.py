@@ -89,6 +89,8 @@ class ServingEngine:
         self.max_batch = int(max_batch)
         self.patch_size = patch_size
         native_patch = getattr(config, "patch_size", None)
+        # the patch the model runs at (an image smaller than it carries almost nothing)
+        self.effective_patch = int(patch_size or native_patch or 1)
         runnable: nn.Module = model.eval()
         if patch_size is not None and patch_size != native_patch:
             runnable = FixedPatchSize(model, patch_size)

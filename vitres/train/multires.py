@@ -53,7 +53,29 @@ def build_model(config: TrainConfig, num_classes: int, in_chans: int) -> nn.Modu
     overrides.update(mean=mean, std=std)
     overrides.update(config.model_overrides)
     torch.manual_seed(config.seed)
-    return create_model(config.model, **overrides)
+    model = create_model(config.model, **overrides)
+    check_training_sizes(config, model)
+    return model
+
+
+def check_training_sizes(config: TrainConfig, model: nn.Module) -> None:
+    """Refuses training resolutions the model's patch size does not divide (with one
+    patch size): the model would see them resized to another size than the one asked for.
+
+    Raises:
+        ValueError: naming the sizes, the patch and the nearest sizes that work.
+    """
+    if config.patch_sizes:  # several patch sizes: each step pairs them with sizes itself
+        return
+    patch = int(model.config.patch_size)
+    bad = [r for r in (*config.resolutions, *config.eval_resolutions) if r % patch]
+    if bad:
+        near = sorted({max(patch, round(r / patch) * patch) for r in bad})
+        raise ValueError(
+            f"resolutions {', '.join(map(str, bad))} are not multiples of the patch size "
+            f"{patch}: the model would see them resized to another size; use multiples of "
+            f"{patch} (e.g. {', '.join(map(str, near))})"
+        )
 
 
 def flip_unaugmented(

@@ -68,7 +68,8 @@ class CheckPolicy:
         confidence: Confidence level of the noise intervals.
         acc_noise: Also require an accuracy drop beyond its binomial interval.
         allow_host_change: Compare records from different machine kinds.
-        fail_on_missing: Fail when a baseline config is absent from the current run.
+        fail_on_missing: Fail when a baseline config is absent from the current run (the
+            default: a gate that passes with configs missing would pass an empty run).
     """
 
     max_latency_regression: float = 0.10
@@ -76,7 +77,7 @@ class CheckPolicy:
     confidence: float = 0.95
     acc_noise: bool = False
     allow_host_change: bool = False
-    fail_on_missing: bool = False
+    fail_on_missing: bool = True
 
     def __post_init__(self) -> None:
         if self.max_latency_regression < 0:
@@ -518,6 +519,11 @@ def format_check(result: CheckResult) -> str:
             f"{len(result.missing)} baseline config(s) not in the current run: "
             + ", ".join(result.missing[:5])
             + (" ..." if len(result.missing) > 5 else "")
+            + (
+                " (this fails the gate; --allow-missing lets it pass)"
+                if result.policy.fail_on_missing
+                else " (allowed: --allow-missing)"
+            )
         )
     if result.host_changed:
         lines.append("warning: compared across machine kinds (--allow-host-change)")
