@@ -42,7 +42,7 @@ SCRIPT = textwrap.dedent(
             print("graceful shutdown", flush=True)
             return {}
 
-    def slow_deploy(config, ray_config, log):
+    def slow_deploy(config, ray_config, log, on_signal=None):
         os.kill(os.getpid(), signal.SIGTERM)  # the orchestrator gives up during start-up
         return App()
 

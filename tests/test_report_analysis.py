@@ -352,7 +352,7 @@ def test_rule_needs_overlap_and_says_so(tmp_path):
     assert no_overlap.rule_check() is None
     section = parse(write_report(RECORDS, tmp_path / "r.html", analysis=no_overlap)[0])
     assert section.advice == [
-        "Class overlap was not measured, so the seed's overlap rule is not applied."
+        "Class overlap was not measured, so the overlap rule (lower the resolution when more than 30 % of the classes' neighbourhoods overlap) is not applied."
     ]
     assert set(section.images) == {"ood_methods_vs_resolution"}
     assert section.table()[0]["overlap"] == "–"

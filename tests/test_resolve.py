@@ -64,8 +64,10 @@ def test_import_form():
     assert isinstance(linear, nn.Linear) and linear.weight.shape == (2, 3)
     with pytest.raises(ValueError, match="cannot import 'no_such_pkg:thing'"):
         resolve_model("no_such_pkg:thing")
-    with pytest.raises(ValueError, match="expected an nn.Module"):
-        resolve_model("builtins:dict")
+    with pytest.raises(ValueError, match="the class dict, not an nn.Module"):
+        resolve_model("builtins:dict")  # refused before it is called
+    with pytest.raises(ValueError, match="returned dict, expected an nn.Module"):
+        resolve_model("json:loads", s="{}")  # a Python function: called, its result checked
 
 
 def test_vitres_checkpoint_file_and_directory(tmp_path):

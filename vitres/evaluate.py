@@ -239,6 +239,16 @@ class EvaluationResult:
         }
 
 
+def _checked_sizes(
+    resolutions: Any, pack: str | None, patch: int, max_tokens: int | None
+) -> list[tuple[int, int]]:
+    """The sizes to score at (none when packing), within the token limit."""
+    sizes = parse_resolutions(resolutions) if pack is None else []
+    check_token_count(sizes, patch, max_tokens)
+    return sizes
+
+
+# long: the public entry point; most of it is the documentation of its sixteen arguments
 def evaluate(
     model: nn.Module | str | Path,
     dataset: Dataset | str,
@@ -299,8 +309,7 @@ def evaluate(
     data = dataset
     if isinstance(dataset, str):
         data = get_dataset(dataset, "test", data_dir=data_dir, in_chans=net.config.in_chans)
-    sizes = parse_resolutions(resolutions) if pack is None else []
-    check_token_count(sizes, patch_size or net.config.patch_size, max_tokens)
+    sizes = _checked_sizes(resolutions, pack, patch_size or net.config.patch_size, max_tokens)
     mode.check_model(net)
     settings = _Settings(batch_size, limit, patch_size, precision)
     try:

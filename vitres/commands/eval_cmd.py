@@ -14,7 +14,6 @@ from vitres.commands.args import (
     add_model_argument,
 )
 from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
-from vitres.layers.sizes import DEFAULT_MAX_TOKENS
 
 DEFAULT_RES = "16,20,28,40,56"
 
@@ -74,9 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-tokens",
         type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help="refuse resolutions with more patch tokens per image than this (attention "
-        "grows with its square); raise it for very large inputs",
+        default=None,
+        help="refuse resolutions with more patch tokens per image than this (default "
+        "16384, a 128x128 grid: attention grows with its square); raise it for very large "
+        "inputs",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_csv_argument(parser)
@@ -85,6 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vitres.evaluate import evaluate
+    from vitres.layers.sizes import DEFAULT_MAX_TOKENS
 
     check_csv_path(args.csv)
     if args.pack is not None and args.res is not None:
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         pack=args.pack,
         token_budget=args.token_budget,
         quadtree_levels=args.quadtree_levels,
-        max_tokens=args.max_tokens,
+        max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -112,18 +112,22 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    check_csv_path(args.csv)
+def _check_before_work(args: argparse.Namespace) -> None:
+    """Output paths and the thread count, refused before anything is measured."""
+    from vitres.commands.args import thread_count
     from vitres.commands.paths import check_output_file
 
+    check_csv_path(args.csv)
     check_output_file(args.out, "--out")
-    if args.threads is not None and args.ray is None:
-        from vitres.commands.args import thread_count
-
+    if args.threads is not None and args.ray is None:  # on Ray, the nodes bound it
         try:
             thread_count(str(args.threads))
         except argparse.ArgumentTypeError as error:
             raise ValueError(f"--threads: {error}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_before_work(args)
     from vitres.backends import expand_backend_names, list_backends
     from vitres.layers.sizes import parse_int_list
     from vitres.measure import TimingConfig

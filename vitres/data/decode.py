@@ -22,6 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from vitres.data.folder import image_to_tensor
+from vitres.limits import DEFAULT_MAX_PIXELS
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
@@ -42,11 +43,6 @@ _SIGNATURES: tuple[tuple[bytes, str], ...] = (
     (b"MM\x00*", "TIFF"),
     (b"RIFF", "WebP"),
 )
-
-
-#: Pixels (height x width) above which an image is refused before decoding: the server's
-#: default and every command's (a 4096 x 4096 photo fits; a "decompression bomb" does not)
-DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 class ImageInputError(ValueError):

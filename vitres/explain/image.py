@@ -16,8 +16,8 @@ import numpy as np
 from torch import Tensor, nn
 
 from vitres.data import prepare_batch
-from vitres.data.decode import DEFAULT_MAX_PIXELS
 from vitres.explain.attention import AttentionMaps, attention_maps
+from vitres.limits import DEFAULT_MAX_PIXELS
 
 __all__ = ["AttentionPanel", "explain_image", "load_image"]
 

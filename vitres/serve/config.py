@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from vitres.data.decode import DEFAULT_MAX_PIXELS
+from vitres.limits import DEFAULT_MAX_PIXELS
 
 __all__ = ["HttpLimits", "RayServeConfig", "ServeConfig"]
 

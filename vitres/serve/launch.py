@@ -510,6 +510,23 @@ def attach_log_handler() -> None:
     logger.propagate = False
 
 
+def _uvicorn_config(app: Any, config: ServeConfig, http: str, loop: str) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        http=http,
+        loop=loop,
+        backlog=config.backlog,
+        proxy_headers=False,  # client addresses are not used: skip the per-request rewrite
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=int(math.ceil(config.request_timeout_s)) + 5,
+    )
+
+
 def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
     """Listens on ``config.host:config.port`` at once, builds the server meanwhile
     (:class:`~vitres.serve.starting.StartingApp`: live at once, ready once calibrated),
@@ -544,20 +561,7 @@ def serve(config: ServeConfig, log: Callable[[str], None] = print) -> int:
     starting = StartingApp(
         lambda: build_app(config, records=records, log=log), on_ready, on_failure
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            starting,
-            host=config.host,
-            port=config.port,
-            http=http,
-            loop=loop,
-            backlog=config.backlog,
-            proxy_headers=False,  # client addresses are not used: skip the per-request rewrite
-            log_level="info",
-            access_log=False,
-            timeout_graceful_shutdown=int(math.ceil(config.request_timeout_s)) + 5,
-        )
-    )
+    server = uvicorn.Server(_uvicorn_config(starting, config, http, loop))
     holder["server"] = server
     log(
         f"vitres serve: listening on {config.host}:{config.port} while the model loads and "

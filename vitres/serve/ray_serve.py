@@ -445,6 +445,7 @@ def deploy(
     config: ServeConfig,
     ray_config: RayServeConfig | None = None,
     log: Callable[[str], None] = print,
+    on_signal: Callable[[int, object], None] | None = None,
 ) -> RayServeApp:
     """Deploys the server on Ray Serve and returns once it answers.
 
@@ -453,6 +454,8 @@ def deploy(
             (``host``/``port``: where Serve's proxies listen).
         ray_config: Where and how many replicas.
         log: Where progress lines go.
+        on_signal: A SIGTERM / SIGINT handler to keep: Ray installs its own when it
+            starts (which aborts the process), so this one is installed again after.
 
     Raises:
         ValueError: Ray Serve is missing, the cluster is unreachable or too small, the
@@ -477,6 +480,8 @@ def deploy(
         needed["GPU"] = 1.0
 
     started = connect_ray(ray_config.address, ray_config.num_cpus, ray_config.init_options)
+    for sig in (signal.SIGTERM, signal.SIGINT) if on_signal else ():  # ray.init replaced it
+        signal.signal(sig, on_signal)
     hub, deployed = None, False
     try:
         if ray_config.app_name in serve.status().applications:
@@ -543,7 +548,9 @@ def serve_on_ray(
     # gracefully, instead of killing the process halfway through Ray's start-up
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        app = deploy(config, ray_config, log)
+        app = deploy(config, ray_config, log, on_signal=on_signal)
+        for sig in (signal.SIGTERM, signal.SIGINT):  # and again, once Serve has started
+            signal.signal(sig, on_signal)
         where = app.url if app.local else f"port {config.port} of the cluster's nodes"
         if not stop.is_set():
             log(
