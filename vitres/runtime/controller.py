@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -208,6 +209,13 @@ class PredictiveController(Controller):
         half_life: Half-life (frames) of the correction when it is created here.
         clip: Outlier clip of the correction when it is created here.
         batch: Batch size of each call (1 for a stream).
+        tail_window: Frames whose measured / predicted ratios give the learned tail.
+        min_tail_frames: Frames before the learned tail replaces the sweep's: until then
+            a size costs the sweep's p95 × the correction; after, its predicted median ×
+            the correction × the measured p95 / median of the window's ratios. So a sweep
+            taken on a busy machine (a p95 far above what this machine now shows) cannot
+            pin the controller to its smallest size, and an optimistic one cannot keep it
+            missing for longer than this settling window.
 
     The preference order is accuracy: the sweep's accuracy per size where every ladder
     size has one (ties go to the smaller size), else size (larger = more accurate).
@@ -224,8 +232,14 @@ class PredictiveController(Controller):
         half_life: float = 8.0,
         clip: float = 3.0,
         batch: int = 1,
+        tail_window: int = 64,
+        min_tail_frames: int = 20,
     ) -> None:
         super().__init__()
+        if not 1 <= min_tail_frames <= tail_window:
+            raise ValueError(
+                f"need 1 <= min_tail_frames <= tail_window, got {min_tail_frames}, {tail_window}"
+            )
         if not margin >= 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
         if isinstance(dwell, bool) or not isinstance(dwell, int) or dwell < 1:
@@ -242,6 +256,8 @@ class PredictiveController(Controller):
         self._since_switch = 0
         self._upshift_frames = 0
         self._infeasible = False
+        self._ratios: deque[float] = deque(maxlen=tail_window)
+        self.min_tail_frames = min_tail_frames
 
     # ------------------------------------------------------------------ helpers
 
@@ -253,16 +269,36 @@ class PredictiveController(Controller):
         return list(ladder)
 
     def _best(self, deadline_ms: float, factor: float, margin: float) -> int | None:
-        """The most preferred size whose p95 × ``factor`` × (1 + margin) fits."""
+        """The most preferred size whose tail latency at ``factor`` × (1 + margin) fits."""
         fitting = [
-            s
-            for s in self.preference
-            if self.model.p95_ms(s, self.batch) * factor * (1 + margin) <= deadline_ms
+            s for s in self.preference if self._cost(s, factor) * (1 + margin) <= deadline_ms
         ]
         return fitting[-1] if fitting else None
 
-    def _cost(self, size: int) -> float:
-        return self.model.p95_ms(size, self.batch)
+    @property
+    def tail_ratio(self) -> float | None:
+        """The p95 of the recent frames' latency over what the correction expected just
+        before each (measured / predicted median / the correction then), once
+        ``min_tail_frames`` frames are in; ``None`` before (the sweep's tail is used).
+        Relative to the correction of the moment, a load that rises or falls shifts the
+        level, not the tail."""
+        if len(self._ratios) < self.min_tail_frames:
+            return None
+        ordered = sorted(self._ratios)
+        return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def _cost(self, size: int, factor: float, use: str = "learned") -> float:
+        """The p95 latency of ``size`` at correction ``factor``: the sweep's p95 × the
+        correction until the tail is learned, then the predicted median × the correction
+        × the learned tail. ``use="hold"`` takes the smaller of the two (keeping a size
+        is not given up on a window that still holds a load step), ``"cautious"`` the
+        larger (a downshift after a miss is never less safe than the sweep's tail)."""
+        prior = self.model.p95_ms(size, self.batch) * factor
+        tail = self.tail_ratio
+        if tail is None:
+            return prior
+        learned = self.model.predict(size, self.batch).median_ms * factor * tail
+        return {"hold": min, "cautious": max}.get(use, lambda a, b: b)(prior, learned)
 
     @property
     def infeasible(self) -> bool:
@@ -279,14 +315,16 @@ class PredictiveController(Controller):
 
     # ------------------------------------------------------------------ interface
 
-    def _select(self, deadline_ms: float, factor: float, sizes: Sequence[int]) -> int | None:
+    def _select(
+        self, deadline_ms: float, factor: float, sizes: Sequence[int], use: str = "learned"
+    ) -> int | None:
         """Where a switch goes: the most preferred of ``sizes`` that fits with the
         margin, else the most preferred that fits at all, else ``None``."""
         for margin in (self.margin, 0.0):
             fitting = [
                 s
                 for s in self.preference
-                if s in sizes and self._cost(s) * factor * (1 + margin) <= deadline_ms
+                if s in sizes and self._cost(s, factor, use) * (1 + margin) <= deadline_ms
             ]
             if fitting:
                 return fitting[-1]
@@ -308,7 +346,9 @@ class PredictiveController(Controller):
 
     def observe(self, resolution: int, latency_ms: float, deadline_ms: float) -> int:
         deadline_ms = check_deadline(deadline_ms)
+        before = self.correction.factor
         factor = self.correction.observe(resolution, self.batch, latency_ms)
+        self._ratios.append(self.correction.last_ratio / before)
         self._since_switch += 1
         smallest = self.ladder[0]
         self._infeasible = self._best(deadline_ms, factor, 0.0) is None
@@ -319,11 +359,11 @@ class PredictiveController(Controller):
             # what fits now, when it is worse than the average.
             instant = min(max(ratio, factor), factor * self.correction.clip)
             smaller = [s for s in self.ladder if s < resolution]
-            target = self._select(deadline_ms, instant, smaller)
+            target = self._select(deadline_ms, instant, smaller, use="cautious")
             choice = target if target is not None else smallest
             reason = "measured-miss"
-        elif self._cost(resolution) * factor > deadline_ms:
-            target = self._select(deadline_ms, factor, self.ladder)
+        elif self._cost(resolution, factor, "hold") > deadline_ms:
+            target = self._select(deadline_ms, factor, self.ladder, use="cautious")
             choice = target if target is not None else smallest
             reason = "predicted-miss"
         else:
@@ -334,7 +374,7 @@ class PredictiveController(Controller):
             better = (
                 up is not None
                 and self.preference.index(up) > self.preference.index(resolution)
-                and self._cost(up) * ratio <= deadline_ms
+                and self._cost(up, ratio) <= deadline_ms
             )
             self._upshift_frames = self._upshift_frames + 1 if better else 0
             if better and min(self._upshift_frames, self._since_switch) >= self.dwell:

@@ -153,10 +153,22 @@ def format_summary(report: StreamReport, deadline_ms: float | None = None) -> st
         shown = "; ".join(report.skip_reasons[:3])
         lines.append(f"skipped {report.skipped} undecodable frame(s): {shown}")
     if s.infeasible:
-        lines.append(
-            "the deadline is below what the smallest ladder size is predicted to need: ran "
-            "at the smallest size"
-        )
+        lines.append(_infeasible_line(s.frames_per_resolution))
     if report.trace_path:
         lines.append(f"trace: {report.trace_path}")
     return "\n".join(lines)
+
+
+def _infeasible_line(frames_per_resolution: dict) -> str:
+    """What happened when the sweep predicted no size to fit: said from the frames, not
+    assumed (the controller may have found the machine faster than the sweep)."""
+    used = [size for size, count in frames_per_resolution.items() if count]
+    sizes = sorted(used, key=lambda v: int(str(v).split("x")[0]))
+    said = "the deadline is below what the sweep predicts for the smallest ladder size"
+    if len(sizes) <= 1:
+        where = f"{sizes[0]} px" if sizes else "the smallest size"
+        return f"{said}: every frame ran at {where}"
+    return (
+        f"{said}, but the frames measured faster, so the controller moved up: frames ran at "
+        f"{', '.join(f'{v} px' for v in sizes)} (counts above)"
+    )
