@@ -255,3 +255,26 @@ def test_decoded_video_frames_are_grey(tmp_path):
     (frame,) = list(VideoSource(path))
     assert frame.image.shape == (1, 28, 28) and frame.image.dtype == torch.uint8
     assert np.count_nonzero(frame.image.numpy()) == 0
+
+
+def test_run_plot_draws_the_trace(tmp_path, records, capsys):
+    from PIL import Image
+
+    from vitres.runtime.trace_plot import plot_trace
+
+    out = tmp_path / "run.png"
+    argv = ["run", "--model", MODEL, "--source", "fashion-mnist", "--records", str(records),
+            "--target-fps", "200", "--frames", "40", "--no-progress", "--plot", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    image = Image.open(out)
+    assert image.format == "PNG" and image.size[0] > 600
+    assert not list(tmp_path.glob("vitres-run-*"))  # no scratch trace left behind
+    frames = [{"frame": i, "resolution": 16 + 4 * (i % 2), "latency_ms": 1.0 + i % 3,
+               "deadline_ms": 2.5, "met": 1.0 + i % 3 <= 2.5} for i in range(30)]  # fmt: skip
+    assert plot_trace(frames, tmp_path / "p.png").is_file()
+    with pytest.raises(ValueError, match="no frames"):
+        plot_trace([], tmp_path / "q.png")
+    (tmp_path / "a_file").write_text("x")
+    assert main([*argv[:-1], str(tmp_path / "a_file" / "x.png")]) == 2  # refused before running
+    assert "a_file is a file, not a folder" in capsys.readouterr().err

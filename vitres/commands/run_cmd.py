@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from vitres.commands.args import thread_count
@@ -71,14 +72,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--calibration-out", help="where the calibration's records go")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw the run: resolution per frame, and latency against the deadline",
+    )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitres.commands.paths import check_output_file
     from vitres.layers.sizes import parse_resolutions
     from vitres.runtime.session import run_session
     from vitres.runtime.stream import format_summary
 
+    check_output_file(args.plot, "--plot")
+    trace = args.trace
+    scratch = None
+    if args.plot and not trace:  # the plot is drawn from a trace: keep one while running
+        import tempfile
+
+        scratch = tempfile.TemporaryDirectory(prefix="vitres-run-")
+        trace = os.path.join(scratch.name, "trace.jsonl")
     ladder = None
     if args.ladder:
         sizes = parse_resolutions(args.ladder)
@@ -93,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         controller=args.controller,
         records=args.records,
         frames=args.frames,
-        trace_path=args.trace,
+        trace_path=trace,
         backend=args.backend,
         ladder=ladder,
         escalate_below=args.escalate_below,
@@ -107,4 +122,11 @@ def run(args: argparse.Namespace) -> int:
         log=lambda message: print(message, file=sys.stderr),
     )
     print(format_summary(result.report, result.deadline_ms))
+    if args.plot:
+        from vitres.runtime.trace_plot import plot_trace, read_trace
+
+        title = f"{args.model} on {args.source} ({result.report.controller})"
+        print(f"wrote {plot_trace(read_trace(trace), args.plot, title)}")
+    if scratch is not None:
+        scratch.cleanup()
     return 0
