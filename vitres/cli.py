@@ -11,6 +11,7 @@ COMMAND_MODULES = (
     "demo_cmd",
     "train_cmd",
     "flexify_cmd",
+    "probe_cmd",
     "eval_cmd",
     "explain_cmd",
     "ood_cmd",
