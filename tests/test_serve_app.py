@@ -99,6 +99,29 @@ def make_app(records=None, limits=None, **overrides):
     return create_app(worker, limits or HttpLimits())
 
 
+def start_server(command, port, ready_path="/healthz"):
+    """Starts ``vitres serve`` (``command``) and waits until ``ready_path`` answers 200;
+    returns the process and the base URL."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(process.communicate()[1][-2000:])
+        try:
+            if httpx.get(f"{base}{ready_path}", timeout=1).status_code == 200:
+                return process, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the server did not come up")
+        time.sleep(0.2)
+
+
 def metric(text: str, name: str, **labels) -> float:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -538,22 +561,8 @@ def test_vitres_serve_on_loopback_stops_cleanly_on_sigterm(tmp_path, test_images
         str(port),
         "--no-progress",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_server(command, port)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
         results: dict[int, httpx.Response] = {}
 
         def send(index: int) -> None:

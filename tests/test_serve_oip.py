@@ -4,12 +4,10 @@ and the protocol's details through FastAPI's test client. Every answer is checke
 against the bundled model called directly on the same preprocessed image."""
 
 import json
-import os
 import shutil
 import struct
 import subprocess
 import sys
-import time
 
 import httpx
 import numpy as np
@@ -23,6 +21,7 @@ from test_serve_app import (
     make_app,
     png,
     scripted_records,
+    start_server,
 )
 
 import vitres
@@ -169,21 +168,8 @@ def test_tritonclient_curl_and_httpx_against_a_real_server(tmp_path, model, imag
     command = [sys.executable, "-m", "vitres.cli", "serve", "--model", MODEL, "--records",
                str(records), "--slo-ms", "2000", "--max-batch", "4", "--port", str(port),
                "--no-progress"]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env=env)  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_server(command, port, ready_path="/v2/health/ready")
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, process.communicate()[1][-2000:]
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.2)
         client = tritonclient.InferenceServerClient(f"127.0.0.1:{port}")
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready(NAME)

@@ -31,19 +31,19 @@ def add_csv_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def check_csv_path(path: str | None) -> None:
-    """Refuses, before any work, a ``--csv`` that cannot be written.
+    """Refuses, before any work, a ``--csv`` that cannot be written: a directory, a
+    folder that does not exist (a CSV is written into an existing folder), or one this
+    user cannot write to.
 
     Raises:
-        ValueError: a directory, or a file in a folder that does not exist.
+        ValueError: saying which.
     """
+    from vitres.commands.paths import check_output_file
+
     if path is None:
         return
-    target = Path(path)
-    if target.is_dir():
-        raise ValueError(
-            f"--csv {path} is a directory; give a file name, e.g. {target / 'results.csv'}"
-        )
-    parent = target.parent if str(target.parent) else Path(".")
+    check_output_file(path, "--csv")
+    parent = Path(path).parent
     if not parent.is_dir():
         raise ValueError(f"--csv {path}: the folder {parent} does not exist; create it first")
 
