@@ -65,7 +65,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", help="folder of the dataset files")
     parser.add_argument("--split", default="test", help="dataset split (default test)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's default)")
-    parser.add_argument("--calibration-out", help="where the calibration's records go")
+    parser.add_argument(
+        "--calibration-out",
+        help="where the calibration's records go, kept for --records (default: "
+        "TRACE.calibration.jsonl with --trace, else ./vitres-run-calibration.jsonl)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.set_defaults(func=run)
 
