@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand modules under vitres.commands, in the order `vitres --help` lists them
 COMMAND_MODULES = (
@@ -46,12 +47,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line, ``vitres: warning: <message>``, without the source line."""
+    text = " ".join(str(message).split("\n"))
+    try:
+        print(f"vitres: warning: {text}", file=file if file is not None else sys.stderr)
+    except OSError:
+        pass  # stderr gone (closed pipe): warnings are not worth failing over
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
@@ -60,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitres {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":
