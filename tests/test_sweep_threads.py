@@ -86,6 +86,8 @@ def test_a_file_from_another_machine_kind_is_not_mixed_into(tmp_path, fakes):
     assert "--out" in str(error.value)
     assert chosen == [2] and measured == [(16, 2)]  # nothing measured or chosen again
     assert len(read_results(path)) == 1
+    sweep(path, "16", [])  # nothing left to measure: nothing mixed, no refusal
+    assert chosen == [2] and measured == [(16, 2)]
 
 
 def test_a_file_already_mixed_is_made_consistent_at_the_latest_count(tmp_path, fakes):

@@ -482,7 +482,8 @@ class _SweepRun:
         if not (auto and local and self.options.measure is None):
             return
         host = host_fingerprint(env_fingerprint(None, auto[0].device))
-        self.choice = recorded_thread_choice(self.plan.existing, auto, host, self.out_path)
+        refuse = any(c.threads is None for c in self.plan.todo)
+        self.choice = recorded_thread_choice(self.plan.existing, auto, host, self.out_path, refuse)
         if self.choice is not None:
             if dropped := self.plan.drop_other_threads(self.choice.threads):
                 self.bar.n = len(self.results)

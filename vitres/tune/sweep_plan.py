@@ -159,6 +159,7 @@ def recorded_thread_choice(
     configs: Sequence[SweepConfig],
     host: str,
     out_path: str | os.PathLike[str] | None,
+    refuse: bool = True,
 ) -> ThreadChoice | None:
     """The thread choice the file's earlier "auto" records of these configs were measured
     with on this machine kind, to reuse when the sweep resumes; ``None`` when there are none.
@@ -171,6 +172,8 @@ def recorded_thread_choice(
         configs: The sweep's grid; only its "auto" configs (``threads=None``) count.
         host: This machine's kind (:func:`vitres.tune.hostkind.host_fingerprint`).
         out_path: The results file, for the messages.
+        refuse: raise on another machine kind's records (else return ``None``: a sweep
+            with no "auto" config left to measure mixes nothing).
 
     Raises:
         ValueError: the file's "auto" records of these configs were measured on another
@@ -179,6 +182,8 @@ def recorded_thread_choice(
     auto = {c.key() for c in configs if c.threads is None}
     chosen = [m for m in existing if m.ok and m.key in auto and "thread_choice" in m.env]
     others = sorted({host_fingerprint(m.env) for m in chosen} - {host})
+    if others and not refuse:
+        return None
     if others:
         raise ValueError(
             f"{out_path} holds 'auto' thread (tauto) records measured on another machine kind "
