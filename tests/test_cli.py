@@ -145,3 +145,29 @@ def test_bad_budget_flags_are_clear_errors(tmp_path, capsys, flags, message):
     results.write_text("")
     assert main(["recommend", str(results), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_warnings_are_one_plain_line_and_the_old_handler_comes_back(monkeypatch, capsys):
+    import warnings
+
+    import vitres.commands.models_cmd as models_cmd
+
+    def warns(args):
+        warnings.warn("only 5 images: the numbers below are noise", UserWarning, stacklevel=1)
+        warnings.warn("an old option", DeprecationWarning, stacklevel=1)
+        print("listed")
+        return 0
+
+    monkeypatch.setattr(models_cmd, "run", warns)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["models"]) == 0
+        after = warnings.showwarning
+    captured = capsys.readouterr()
+    assert captured.out == "listed\n"
+    assert captured.err.splitlines() == [
+        "vitres: warning: only 5 images: the numbers below are noise",
+        "vitres: warning: an old option",
+    ]
+    assert after is before  # restored when main returns

@@ -275,7 +275,7 @@ def synthetic(overlaps: dict[int, float], accuracies: dict[int, float]) -> Repor
         for res in sorted(overlaps)
     ]
     analysis = ResolutionAnalysis(
-        "m", "fashion-mnist/test", "digits", "as given", ("energy",), 0, 100, 100, 10, results
+        "m", "fashion-mnist/test", "digits", "as given", ("energy",), 0, 1000, 100, 10, results
     )
     return ReportAnalysis(analysis, "m")
 

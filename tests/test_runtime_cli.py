@@ -278,3 +278,55 @@ def test_run_plot_draws_the_trace(tmp_path, records, capsys):
     (tmp_path / "a_file").write_text("x")
     assert main([*argv[:-1], str(tmp_path / "a_file" / "x.png")]) == 2  # refused before running
     assert "a_file is a file, not a folder" in capsys.readouterr().err
+
+
+def fake_calibrate(calls):
+    """A calibration of 12 and 16 px at 0.2 / 0.3 ms, made without timing anything."""
+    from vitres.measure import latency_stats
+    from vitres.runtime.calibration import Calibration, CalibrationPoint
+
+    def calibrate(model, sizes, **options):
+        calls.append(list(sizes))
+        points = [
+            CalibrationPoint(
+                (s, s), 1, latency_stats([s / 60000] * 20), (s // 4) ** 2, (s // 4, s // 4)
+            )
+            for s in sizes
+        ]
+        return Calibration("eager", "fp32", "cpu", 1, 4, points=points)
+
+    return calibrate
+
+
+def test_run_without_records_keeps_its_calibration_for_reuse(tmp_path, model, monkeypatch, capsys):
+    import tempfile
+
+    import vitres.runtime.session as session
+
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    monkeypatch.chdir(tmp_path)
+    calls = []
+    monkeypatch.setattr(session, "calibrate", fake_calibrate(calls))
+    args = ["run", "--model", MODEL, "--source", "fashion-mnist", "--max-latency-ms", "1000",
+            "--ladder", "12,16", "--frames", "2", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert calls == [[12, 16]]
+    saved = tmp_path / "vitres-run-calibration.jsonl"
+    lines = [json.loads(line) for line in saved.open()]
+    assert [(r["config"]["resolution"], r["latency"]["median_ms"]) for r in lines] == [
+        ([12, 12], pytest.approx(0.2)),
+        ([16, 16], pytest.approx(16 / 60)),
+    ]
+    err = capsys.readouterr().err.splitlines()
+    kept = [line for line in err if line.startswith("calibration kept in")]
+    assert kept == [
+        "calibration kept in vitres-run-calibration.jsonl; pass --records "
+        "vitres-run-calibration.jsonl to reuse it and skip calibrating"
+    ]
+    assert not list(temp_root.iterdir())  # no vitres-run-* temporary folder left behind
+    # the kept file is a records file: a second run reuses it and calibrates nothing
+    assert main(args + ["--records", str(saved)]) == 0
+    assert calls == [[12, 16]]
+    assert "calibrating" not in capsys.readouterr().err

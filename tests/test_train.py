@@ -120,7 +120,7 @@ def test_mid_epoch_checkpoints_resume_inside_the_epoch(tmp_path):
         train(tiny(tmp_path, "crash", checkpoint_every_steps=3), callback=crash_at(7))
     checkpoint = load_checkpoint(tmp_path / "crash")
     assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 2)  # step 6 kept
-    (tmp_path / "crash" / "checkpoint.json.tmp").write_text("{half written")  # torn write
+    (tmp_path / "crash" / "checkpoint.json.partial").write_text("{half written")  # torn write
     train(tiny(tmp_path, "crash", checkpoint_every_steps=3, resume=True))
     assert_same_state(tmp_path / "full", tmp_path / "crash")
     assert len(list((tmp_path / "crash").glob("ckpt-*.safetensors"))) == 2  # old ones pruned
@@ -337,7 +337,9 @@ def test_mid_epoch_resume_logs_the_whole_epoch(tmp_path):
 
 
 STALE = (
-    "checkpoint.json.tmp",
+    "checkpoint.json.partial",
+    "ckpt-000000099.model.safetensors.partial",
+    "checkpoint.json.tmp",  # the temporary names of earlier versions
     "log.jsonl.tmp",
     "model.safetensors.tmp",
     "ckpt-000000099.model.safetensors.tmp",
@@ -377,6 +379,7 @@ def test_a_failed_write_leaves_no_temp_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         train(tiny(tmp_path, epochs=1))
     assert not list((tmp_path / "run").glob("*.tmp"))
+    assert not list((tmp_path / "run").glob("*.partial"))
 
 
 def test_auto_precision_is_stored_resolved_and_kept_on_resume(tmp_path, monkeypatch):

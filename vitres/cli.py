@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand modules under vitres.commands, in the order `vitres --help` lists them
 COMMAND_MODULES = (
@@ -67,6 +68,15 @@ def _config_path(argv: list[str]) -> str | None:
     return None
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one plain line, ``vitres: warning: <message>``, without the source line."""
+    text = " ".join(str(message).split("\n"))
+    try:
+        print(f"vitres: warning: {text}", file=file if file is not None else sys.stderr)
+    except OSError:
+        pass  # stderr gone (closed pipe): warnings are not worth failing over
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -90,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
 
         print(config_text(args, subparser), end="")
         return 0
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
@@ -109,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vitres {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous
 
 
 def _silence_stdout() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from vitres.commands.args import add_analysis_arguments, add_model_argument
 from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
@@ -81,25 +82,12 @@ def run(args: argparse.Namespace) -> int:
         figure.savefig(args.tsne, dpi=120, bbox_inches="tight")
         written.append(args.tsne)
     if args.csv:
-        rows = [
-            {
-                "model": args.model,
-                "resolution": f"{r.resolution[0]}x{r.resolution[1]}",
-                "accuracy": r.accuracy,
-                "overlap": r.overlap,
-                "method": method,
-                "auroc": None if metrics is None else metrics.auroc,
-                "fpr95": None if metrics is None else metrics.fpr95,
-                "n_id": analysis.n_id,
-                "n_ood": analysis.n_ood,
-                "n_train": analysis.n_train,
-            }
-            for r in analysis.results
-            for method, metrics in (list(r.ood.items()) or [(None, None)])
-        ]
-        written.append(str(write_csv(args.csv, rows)))
+        written.append(str(write_csv(args.csv, _csv_rows(args.model, analysis))))
+    document = analysis.to_dict()
+    for warning in document["warnings"]:
+        print(f"vitres: warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**analysis.to_dict(), "files": written}))
+        print(json.dumps({**document, "files": written}))
         return 0
     fitted = (
         f"; Mahalanobis/ViM fitted on {analysis.n_train} training images"
@@ -113,9 +101,48 @@ def run(args: argparse.Namespace) -> int:
     print(f"OOD images: {analysis.ood_conversion}")
     print("cells: AUROC (FPR at 95 % TPR), best method in bold")
     print(analysis_table({args.model: analysis}))
+    if spread := _interval_line(analysis):
+        print(spread)
     check = analysis.rule_check()
     if check is not None:
         print(check.text())
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _interval_line(analysis) -> str | None:
+    """The range of AUROC's 95 % interval half-widths over the table's cells."""
+    halves = [
+        (interval[1] - interval[0]) / 2
+        for r in analysis.results
+        for metrics in r.ood.values()
+        if (interval := metrics.auroc_ci95) is not None
+    ]
+    if not halves:
+        return None
+    low, high = f"±{min(halves):.3f}", f"±{max(halves):.3f}"
+    span = high if low == high else f"{low} to {high}"
+    return (
+        f"AUROC 95 % intervals (Hanley–McNeil, {analysis.n_id} vs {analysis.n_ood} images): {span}"
+    )
+
+
+def _csv_rows(model: str, analysis) -> list[dict]:  # noqa: ANN001 - a ResolutionAnalysis
+    """One row per resolution and OOD method (one per resolution without OOD data)."""
+    return [
+        {
+            "model": model,
+            "resolution": f"{r.resolution[0]}x{r.resolution[1]}",
+            "accuracy": r.accuracy,
+            "overlap": r.overlap,
+            "method": method,
+            "auroc": None if metrics is None else metrics.auroc,
+            "fpr95": None if metrics is None else metrics.fpr95,
+            "n_id": analysis.n_id,
+            "n_ood": analysis.n_ood,
+            "n_train": analysis.n_train,
+        }
+        for r in analysis.results
+        for method, metrics in (list(r.ood.items()) or [(None, None)])
+    ]

@@ -70,7 +70,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--threads", type=thread_count, help="CPU threads (default: torch's default)"
     )
-    parser.add_argument("--calibration-out", help="where the calibration's records go")
+    parser.add_argument(
+        "--calibration-out",
+        help="where the calibration's records go, kept for --records (default: "
+        "TRACE.calibration.jsonl with --trace, else ./vitres-run-calibration.jsonl)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     parser.add_argument(
         "--plot",

@@ -9,6 +9,8 @@
   :meth:`ResolutionAnalysis.rule_check` sets the seed's overlap rule beside the accuracy.
 * :func:`class_overlap`, :func:`silhouette`, :func:`tsne_embedding`,
   :func:`resolution_advice`: the feature-space check of the seed.
+* :func:`sample_warnings`: which numbers an analysis had too few images for (AUROC's
+  Hanley–McNeil 95 % interval, the detectors' fit).
 * :mod:`vitres.explain.plots`: the figures.
 """
 
@@ -46,6 +48,7 @@ from vitres.explain.ood import (
     msp_score,
 )
 from vitres.explain.ood_data import OODData, load_digits_dataset, open_ood_data
+from vitres.explain.sample import sample_warnings
 from vitres.explain.separability import (
     OVERLAP_RULE_THRESHOLD,
     ClassOverlap,
@@ -81,6 +84,7 @@ __all__ = [
     "capture_attention",
     "class_overlap",
     "detection_metrics",
+    "sample_warnings",
     "energy",
     "energy_score",
     "explain_image",

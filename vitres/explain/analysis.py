@@ -30,6 +30,7 @@ from vitres.explain.features import FeatureSet, extract_features, linear_head
 from vitres.explain.metrics import DetectionMetrics, detection_metrics
 from vitres.explain.ood import FEATURE_METHODS, OODDetectors, parse_methods
 from vitres.explain.ood_data import open_ood_data
+from vitres.explain.sample import sample_warnings
 from vitres.explain.separability import (
     OVERLAP_RULE_THRESHOLD,
     class_overlap,
@@ -236,7 +237,7 @@ class ResolutionAnalysis:
     def advice(self, threshold: float = OVERLAP_RULE_THRESHOLD) -> str | None:
         """The seed's overlap rule as a sentence (``None`` when overlap was not measured)."""
         overlaps = {r.label: r.overlap for r in self.results if r.overlap is not None}
-        return resolution_advice(overlaps, threshold) if overlaps else None
+        return resolution_advice(overlaps, threshold, self.n_id or None) if overlaps else None
 
     def tsne_embeddings(
         self, max_points: int = 2000, progress: bool = False
@@ -277,7 +278,9 @@ class ResolutionAnalysis:
             overlap=top.overlap,
             accuracy=top.accuracy,
             fires=top.overlap > threshold,
-            advice=resolution_advice({r.label: r.overlap for r in measured}, threshold),
+            advice=resolution_advice(
+                {r.label: r.overlap for r in measured}, threshold, self.n_id or None
+            ),
             best_lower=best_lower.label if best_lower else None,
             best_lower_accuracy=best_lower.accuracy if best_lower else None,
         )
@@ -297,6 +300,7 @@ class ResolutionAnalysis:
             "results": [r.to_dict() for r in self.results],
             "advice": self.advice(),
             "rule_check": None if (check := self.rule_check()) is None else check.to_dict(),
+            "warnings": sample_warnings(self),
         }
 
 

@@ -5,16 +5,40 @@ in-distribution". AUROC is the Mann-Whitney statistic: the probability that a ra
 in-distribution example scores above a random OOD one, ties counting one half. FPR at
 ``tpr`` is the fraction of OOD examples accepted by the highest threshold that still
 accepts at least ``tpr`` of the in-distribution examples (the usual "FPR95").
+
+Every AUROC carries its 95 % interval (:func:`auroc_interval`, Hanley & McNeil 1982), and
+:func:`proportion_interval` (Wilson) gives one for a fraction such as the class overlap:
+with a few dozen images the interval is wide enough to hold almost any answer, and
+:func:`auroc_images_needed` / :func:`proportion_images_needed` say how many would do.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["DetectionMetrics", "auroc", "average_ranks", "detection_metrics", "fpr_at_tpr"]
+__all__ = [
+    "AUROC_HALF_WIDTH",
+    "Z95",
+    "DetectionMetrics",
+    "auroc",
+    "auroc_images_needed",
+    "auroc_interval",
+    "average_ranks",
+    "detection_metrics",
+    "fpr_at_tpr",
+    "proportion_images_needed",
+    "proportion_interval",
+]
+
+#: The normal quantile of a two-sided 95 % interval.
+Z95 = 1.959963984540054
+#: The half-width of AUROC's 95 % interval worth comparing resolutions or methods at.
+AUROC_HALF_WIDTH = 0.05
+_MAX_IMAGES = 10**7  # "more than this": no practical sample size tells
 
 
 def _scores(values: np.ndarray, name: str) -> np.ndarray:
@@ -58,17 +82,103 @@ def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95)
     return float((negatives >= threshold).mean())
 
 
+def auroc_interval(value: float, n_pos: int, n_neg: int, z: float = Z95) -> tuple[float, float]:
+    """The 95 % interval of an AUROC from ``n_pos`` positives and ``n_neg`` negatives.
+
+    Hanley & McNeil's standard error, ``Q1 = A/(2-A)``, ``Q2 = 2A²/(1+A)``,
+    ``SE² = (A(1-A) + (n_pos-1)(Q1-A²) + (n_neg-1)(Q2-A²)) / (n_pos·n_neg)``;
+    ``A ± z·SE`` clipped to [0, 1].
+    """
+    if n_pos < 1 or n_neg < 1:
+        raise ValueError(f"need at least one score of each kind, got {n_pos} and {n_neg}")
+    a = float(value)
+    q1, q2 = a / (2.0 - a), 2.0 * a * a / (1.0 + a)
+    variance = (a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)) / (
+        n_pos * n_neg
+    )
+    half = z * math.sqrt(max(variance, 0.0))
+    return max(0.0, a - half), min(1.0, a + half)
+
+
+def _smallest(fits) -> int:
+    """The smallest n >= 1 with ``fits(n)`` (monotone), or ``_MAX_IMAGES + 1``."""
+    high = 1
+    while not fits(high):
+        if high > _MAX_IMAGES:
+            return _MAX_IMAGES + 1
+        high *= 2
+    low = high // 2  # fits(low) is false (or low is 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(middle) else (middle, high)
+    return high
+
+
+def auroc_images_needed(value: float, half_width: float = AUROC_HALF_WIDTH) -> int:
+    """Images per set (as many OOD as in-distribution) for AUROC ``value``'s 95 %
+    interval to be at most ``± half_width`` (about 260 at 0.5, fewer near 0 or 1)."""
+
+    def fits(n: int) -> bool:
+        low, high = auroc_interval(value, n, n)
+        return (high - low) / 2 <= half_width
+
+    return _smallest(fits)
+
+
+def proportion_interval(p: float, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's 95 % interval of a fraction ``p`` observed on ``n`` items."""
+    if n < 1:
+        raise ValueError(f"need at least one item, got {n}")
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def proportion_images_needed(p: float, threshold: float) -> int:
+    """Items for a fraction ``p`` to be told apart from ``threshold``: the smallest ``n``
+    whose Wilson interval leaves ``threshold`` out (``> 10**7``: none practical)."""
+
+    def fits(n: int) -> bool:
+        low, high = proportion_interval(p, n)
+        return low > threshold or high < threshold
+
+    return _smallest(fits)
+
+
 @dataclass(frozen=True)
 class DetectionMetrics:
-    """AUROC and FPR at 95 % TPR of one score."""
+    """AUROC and FPR at 95 % TPR of one score, and the set sizes behind them.
+
+    ``n_id`` and ``n_ood`` (``None`` when not known) give AUROC's 95 % interval,
+    :attr:`auroc_ci95`.
+    """
 
     auroc: float
     fpr95: float
+    n_id: int | None = None
+    n_ood: int | None = None
 
-    def to_dict(self) -> dict[str, float]:
-        return {"auroc": self.auroc, "fpr95": self.fpr95}
+    @property
+    def auroc_ci95(self) -> tuple[float, float] | None:
+        """:func:`auroc_interval` of this AUROC (``None`` without the set sizes)."""
+        if not self.n_id or not self.n_ood:
+            return None
+        return auroc_interval(self.auroc, self.n_id, self.n_ood)
+
+    def to_dict(self) -> dict[str, Any]:
+        interval = self.auroc_ci95
+        return {
+            "auroc": self.auroc,
+            "fpr95": self.fpr95,
+            "auroc_ci95": None if interval is None else list(interval),
+        }
 
 
 def detection_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> DetectionMetrics:
-    """:func:`auroc` and :func:`fpr_at_tpr` (95 %) together."""
-    return DetectionMetrics(auroc(id_scores, ood_scores), fpr_at_tpr(id_scores, ood_scores))
+    """:func:`auroc` and :func:`fpr_at_tpr` (95 %) together, with the set sizes."""
+    return DetectionMetrics(
+        auroc(id_scores, ood_scores),
+        fpr_at_tpr(id_scores, ood_scores),
+        int(np.size(id_scores)),
+        int(np.size(ood_scores)),
+    )

@@ -20,7 +20,9 @@ t-SNE (van der Maaten and Hinton, JMLR 2008) gives the 2-D picture of the same f
 
 The seed "ViT模型分辨率调优实战", step 1: *if class clusters overlap by more than 30 % at
 high resolution, lower the resolution*; :func:`resolution_advice` states it for measured
-overlaps (docs/explain.md says whether it holds for the bundled models).
+overlaps (docs/explain.md says whether it holds for the bundled models). Given the
+number of test images, it advises lowering only when the overlap's 95 % interval clears
+the threshold, and otherwise says the sample is too small and how many images would do.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from vitres.explain.metrics import Z95, proportion_images_needed, proportion_interval
 
 __all__ = [
     "OVERLAP_RULE_THRESHOLD",
@@ -178,8 +182,29 @@ def _pixels(label: str) -> int:
     return int(height) * int(width or height)
 
 
+def _differs(p: float, q: float, n: int | None) -> bool:
+    """``p`` and ``q`` (fractions of the same ``n`` images) differ beyond the 95 % noise of
+    two independent proportions (always, when ``n`` is not known)."""
+    if n is None:
+        return True
+    return abs(p - q) > Z95 * np.sqrt((p * (1 - p) + q * (1 - q)) / n)
+
+
+def _too_few(top: str, p: float, threshold: float, n: int) -> str:
+    low, high = proportion_interval(p, n)
+    needed = proportion_images_needed(p, threshold)
+    need = f"about {needed} test images" if needed <= 10**7 else "far more test images"
+    return (
+        f"overlap {p * 100:.0f} % at {top} px, but its 95 % interval from {n} test images "
+        f"({low * 100:.0f}–{high * 100:.0f} %) reaches {threshold * 100:.0f} % → too few "
+        f"images to tell whether to lower the resolution; {need} would tell"
+    )
+
+
 def resolution_advice(
-    overlaps: Mapping[str | int, float], threshold: float = OVERLAP_RULE_THRESHOLD
+    overlaps: Mapping[str | int, float],
+    threshold: float = OVERLAP_RULE_THRESHOLD,
+    n: int | None = None,
 ) -> str:
     """The seed's rule as one sentence, for overlaps measured per resolution.
 
@@ -189,9 +214,15 @@ def resolution_advice(
     resolution that overlaps at least 5 points less (the threshold is the seed's; on the
     bundled models overlap below 30 % can still cost accuracy, see docs/explain.md).
 
+    With ``n``, the number of test images the overlaps were measured on, advice is given
+    only outside the noise: the overlap's Wilson 95 % interval must clear the threshold
+    (else the sentence says the sample is too small and how many images would tell), and
+    a lower resolution is named only when it differs beyond the noise.
+
     Args:
         overlaps: resolution label (``28``, ``"28"`` or ``"40x24"``) -> overlap in [0, 1].
         threshold: the seed's 30 %.
+        n: test images per resolution (``None``: the overlaps are taken as exact).
 
     Example:
         >>> resolution_advice({28: 0.12, 56: 0.34})
@@ -205,12 +236,15 @@ def resolution_advice(
     percent = f"{values[top] * 100:.0f} %"
     limit = f"{threshold * 100:.0f} %"
     lower = [label for label in labels[:-1] if values[label] < values[top]]
+    lower = [label for label in lower if _differs(values[top], values[label], n)]
     best = min(lower, key=lambda label: values[label]) if lower else None
     if values[top] <= threshold:
         sentence = f"overlap {percent} at {top} px ≤ {limit} → no reason to lower the resolution"
         if best is not None and values[top] - values[best] >= 0.05:
             sentence += f", though {best} px overlaps less ({values[best] * 100:.0f} %)"
         return sentence
+    if n is not None and proportion_interval(values[top], n)[0] <= threshold:
+        return _too_few(top, values[top], threshold, n)
     sentence = f"overlap {percent} at {top} px > {limit} → consider lowering the resolution"
     if best is not None:
         sentence += f" ({best} px: {values[best] * 100:.0f} %)"

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from vitres.models.config import MixerConfig, ViTConfig
+from vitres.models.durable import durable_write, durable_write_text
 from vitres.models.registry import build_from_config
 
 FORMAT_NAME = "vitres"
@@ -83,11 +84,13 @@ def save_model(model: nn.Module, path: str | Path, metadata: dict | None = None)
         "metadata": metadata or {},
     }
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tmp = weights_path.with_name(weights_path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"vitres": json.dumps(document)})
-    tmp.replace(weights_path)
-    _chmod_like_open(weights_path)
-    config_path.write_text(json.dumps(document, indent=2) + "\n")
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp), metadata={"vitres": json.dumps(document)})
+        _chmod_like_open(tmp)
+
+    durable_write(weights_path, write)
+    durable_write_text(config_path, json.dumps(document, indent=2) + "\n")
     return weights_path
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +29,17 @@ from vitres.tune.records import Measurement, read_results
 
 __all__ = [
     "CALIBRATION_TIMING",
+    "DEFAULT_CALIBRATION_FILE",
     "SessionResult",
     "default_ladder",
     "latency_model_for",
     "run_session",
 ]
+
+
+#: Where a run without ``--records`` keeps its calibration when neither a calibration path
+#: nor a trace is given: in the current folder, so ``--records`` can reuse it.
+DEFAULT_CALIBRATION_FILE = "vitres-run-calibration.jsonl"
 
 
 def default_ladder(model: nn.Module, records: Sequence[Measurement] | None = None) -> list[int]:
@@ -133,7 +138,8 @@ def run_session(
         data_dir: Folder of the dataset files.
         split: Dataset split.
         calibration_path: Where the calibration's records go (default: beside the
-            trace, else a temporary file).
+            trace, else :data:`DEFAULT_CALIBRATION_FILE` in the current folder); kept,
+            and said in the log, so ``records=`` can reuse them.
         threads: CPU threads for the run (and the calibration); torch's default if ``None``.
             Restored afterwards.
         progress: Live progress line.
@@ -196,15 +202,15 @@ def _resolve(model_ref: str) -> nn.Module:
 def _calibration_file(
     calibration_path: str | os.PathLike[str] | None, trace_path: str | os.PathLike[str] | None
 ) -> Callable[[], str]:
-    """Where a calibration's records go: as given, else beside the trace, else a
-    temporary folder (made only when a calibration runs)."""
+    """Where a calibration's records go: as given, else beside the trace, else
+    :data:`DEFAULT_CALIBRATION_FILE` in the current folder; kept for ``--records``."""
 
     def path() -> str:
         if calibration_path is not None:
             return os.fspath(calibration_path)
         if trace_path is not None:
             return os.fspath(trace_path) + ".calibration.jsonl"
-        return os.path.join(tempfile.mkdtemp(prefix="vitres-run-"), "calibration.jsonl")
+        return DEFAULT_CALIBRATION_FILE
 
     return path
 
@@ -257,6 +263,7 @@ def _latency_setup(
             f"the calibration of {backend} failed at every size ({errors}); try another "
             "--backend, or pass --records from `vitres sweep`"
         )
+    log(f"calibration kept in {path}; pass --records {path} to reuse it and skip calibrating")
     return _LatencySetup(calibration.latency_model(model_ref), sizes, path, True, backend)
 
 

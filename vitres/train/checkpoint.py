@@ -4,9 +4,10 @@ A checkpoint is safetensors for the weights and the flattened AdamW state, plus 
 JSON document (position, RNG state, config, the epoch's running sums, the recipe's
 state, the log) that is written last, atomically, and names the tensor files it belongs
 to: a crash at any moment leaves the previous checkpoint whole. Every file is written
-to ``<name>.tmp`` and renamed into place; the temporary files a ``kill -9`` can leave
-behind are removed the next time a run starts in that folder
-(:func:`remove_stale_files`), with the tensor files no checkpoint points at.
+through :func:`vitres.models.durable.durable_write` (``<name>.partial``, fsync, rename,
+folder fsync); the partial files a ``kill -9`` can leave behind are removed the next time
+a run starts in that folder (:func:`remove_stale_files`), with the tensor files no
+checkpoint points at.
 
 Nothing here is unpickled: tensors are safetensors, everything else JSON.
 """
@@ -15,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+from vitres.models.durable import durable_write, durable_write_text, remove_partials
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -45,10 +47,11 @@ MODEL_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "model.json"
 CHECKPOINT_FORMAT = "vitres-train-checkpoint"
 CHECKPOINT_VERSION = 2
-TEMP_SUFFIX = ".tmp"
+# what versions before the durable writes named their temporary files; still cleaned up
+LEGACY_TEMP_SUFFIX = ".tmp"
 # tensor files of a checkpoint: ckpt-<global step>.{model,optim}.safetensors
 TENSOR_GLOB = "ckpt-*.safetensors"
-# every file name a run writes, as globs; a temporary file is one of these + TEMP_SUFFIX
+# every file name a run writes, as globs; a partial file is one of these + ".partial"
 _RUN_GLOBS = (CHECKPOINT_FILE, LOG_FILE, MODEL_FILE, MODEL_CONFIG_FILE, TENSOR_GLOB)
 
 
@@ -92,30 +95,13 @@ def unflatten_optimizer_state(tensors: dict[str, Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": groups}
 
 
-def _temp_path(path: Path) -> Path:
-    return path.with_name(path.name + TEMP_SUFFIX)
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a synced temporary file and a rename."""
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only still there when the write failed
+    """Writes ``text`` to ``path`` durably (partial file, fsync, rename, folder fsync)."""
+    durable_write_text(path, text)
 
 
 def _atomic_save_tensors(tensors: dict[str, Tensor], path: Path) -> None:
-    tmp = _temp_path(path)
-    try:
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    durable_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -127,9 +113,9 @@ def run_files(out_dir: Path) -> list[Path]:
 
 
 def _remove_temp_files(out_dir: Path) -> list[Path]:
-    removed = []
+    removed = remove_partials(out_dir, _RUN_GLOBS)
     for pattern in _RUN_GLOBS:
-        for path in out_dir.glob(pattern + TEMP_SUFFIX):
+        for path in out_dir.glob(pattern + LEGACY_TEMP_SUFFIX):
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
@@ -138,8 +124,9 @@ def _remove_temp_files(out_dir: Path) -> list[Path]:
 def remove_stale_files(out_dir: Path) -> list[Path]:
     """Removes what an interrupted write leaves in ``out_dir``; returns the removed paths.
 
-    That is every temporary file of the run's own naming (``checkpoint.json.tmp``,
-    ``log.jsonl.tmp``, ``ckpt-*.safetensors.tmp``, ``model.safetensors.tmp`` ...) and the
+    That is every partial file of the run's own naming (``checkpoint.json.partial``,
+    ``log.jsonl.partial``, ``ckpt-*.safetensors.partial``, ``model.safetensors.partial``
+    ..., and the ``.tmp`` files of earlier versions) and the
     checkpoint tensor files the current ``checkpoint.json`` does not name (written by a
     save that was killed before its JSON). Other files in the folder are left alone.
     """

@@ -44,7 +44,12 @@ from vitres.tune.measurement import measure_config
 from vitres.tune.recommend import Budget
 from vitres.tune.records import Measurement, SweepConfig, append_result
 from vitres.tune.sweep_local import RetryPolicy, keep_cleanest, measure_all
-from vitres.tune.sweep_plan import SweepPlan, best_reference, plan_sweep
+from vitres.tune.sweep_plan import (
+    SweepPlan,
+    best_reference,
+    plan_sweep,
+    recorded_thread_choice,
+)
 
 _DATASETS: dict[tuple, Any] = {}
 
@@ -471,9 +476,24 @@ class _SweepRun:
             self.close()
 
     def choose_threads(self, local: bool) -> None:
-        """Times the thread count for "auto" configs, when this process measures them."""
-        todo = self.plan.todo
-        if todo and local and self.options.measure is None and any(c.threads is None for c in todo):
+        """The thread count for "auto" configs, when this process measures them: the one
+        the results file's "auto" records used on this machine kind, else timed now."""
+        auto = [c for c in self.plan.configs if c.threads is None]
+        if not (auto and local and self.options.measure is None):
+            return
+        host = host_fingerprint(env_fingerprint(None, auto[0].device))
+        refuse = any(c.threads is None for c in self.plan.todo)
+        self.choice = recorded_thread_choice(self.plan.existing, auto, host, self.out_path, refuse)
+        if self.choice is not None:
+            if dropped := self.plan.drop_other_threads(self.choice.threads):
+                self.bar.n = len(self.results)
+                self.say(
+                    f"measuring {len(dropped)} config(s) again at {self.choice.threads} threads"
+                )
+            if self.plan.todo:
+                self.say(f"threads: {self.choice.reason}")
+        elif any(c.threads is None for c in self.plan.todo):
+            todo = self.plan.todo
             self.choice = choose_sweep_threads(self.model_ref, todo, self.options.model_overrides)
             self.say(f"threads: {self.choice.reason}")
 

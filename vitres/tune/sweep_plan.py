@@ -10,6 +10,10 @@ A sweep resumes from its JSON-lines results file. :func:`plan_sweep` reads that 
   again, with a warning;
 - **todo**: everything not done, in grid order.
 
+A resumed sweep keeps the thread count its "auto" records were measured with
+(:func:`recorded_thread_choice`), so one ``tauto`` key never holds two thread counts, and
+refuses a file whose "auto" records come from another machine kind.
+
 Nothing here measures; :mod:`vitres.tune.sweep` runs the plan.
 """
 
@@ -20,7 +24,9 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from vitres.measure.threads import ThreadChoice
 from vitres.models.checkpoint import checkpoint_digest
+from vitres.tune.hostkind import host_fingerprint
 from vitres.tune.records import (
     Measurement,
     SweepConfig,
@@ -69,6 +75,22 @@ class SweepPlan:
                 f"measured in {out_path}"
             )
         return lines
+
+    def drop_other_threads(self, threads: int) -> list[str]:
+        """Measures again the kept "auto" records made with another thread count than
+        ``threads`` (a file written before resumed sweeps kept the count); returns their keys."""
+        dropped = [
+            key
+            for key, m in self.results.items()
+            if m.config.threads is None
+            and "thread_choice" in m.env
+            and int(m.env["thread_choice"]["threads"]) != threads
+        ]
+        for key in dropped:
+            del self.results[key]
+        if dropped:
+            self.todo = [c for c in self.configs if c.key() not in self.results]
+        return dropped
 
 
 def plan_sweep(
@@ -130,3 +152,59 @@ def best_reference(records: Iterable[Measurement], best: float | None = None) ->
             low = min(times)
             best = low if best is None else min(best, low)
     return best
+
+
+def recorded_thread_choice(
+    existing: Iterable[Measurement],
+    configs: Sequence[SweepConfig],
+    host: str,
+    out_path: str | os.PathLike[str] | None,
+    refuse: bool = True,
+) -> ThreadChoice | None:
+    """The thread choice the file's earlier "auto" records of these configs were measured
+    with on this machine kind, to reuse when the sweep resumes; ``None`` when there are none.
+
+    Only ``ok`` records a sweep chose threads for (``env["thread_choice"]``) count. When
+    a file already holds several counts, the latest one is kept.
+
+    Args:
+        existing: The results file's records, in file order.
+        configs: The sweep's grid; only its "auto" configs (``threads=None``) count.
+        host: This machine's kind (:func:`vitres.tune.hostkind.host_fingerprint`).
+        out_path: The results file, for the messages.
+        refuse: raise on another machine kind's records (else return ``None``: a sweep
+            with no "auto" config left to measure mixes nothing).
+
+    Raises:
+        ValueError: the file's "auto" records of these configs were measured on another
+            machine kind: its thread count is not this machine's, and its keys would mix.
+    """
+    auto = {c.key() for c in configs if c.threads is None}
+    chosen = [m for m in existing if m.ok and m.key in auto and "thread_choice" in m.env]
+    others = sorted({host_fingerprint(m.env) for m in chosen} - {host})
+    if others and not refuse:
+        return None
+    if others:
+        raise ValueError(
+            f"{out_path} holds 'auto' thread (tauto) records measured on another machine kind "
+            f"({', '.join(others)}; this one is {host}); their thread count is not this "
+            "machine's and the two would mix under the same keys: write to another --out "
+            "file, or give --threads N (its records have their own keys)"
+        )
+    if not chosen:
+        return None
+    counts = list(dict.fromkeys(int(m.env["thread_choice"]["threads"]) for m in chosen))
+    first = chosen[-1].env["thread_choice"]
+    threads = int(first["threads"])
+    several = (
+        f"; the file holds {', '.join(map(str, counts))}, the latest kept"
+        if len(counts) > 1
+        else ""
+    )
+    medians = {int(k): float(v) for k, v in (first.get("median_ms") or {}).items()}
+    reason = (
+        f"reusing {threads} thread{'s' if threads > 1 else ''}, the count the 'auto' records "
+        f"in {out_path} were measured with on this machine kind{several} (then: "
+        f"{first.get('reason', 'chosen')})"
+    )
+    return ThreadChoice(threads, medians, reason)
