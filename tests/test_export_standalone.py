@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import vitres
@@ -24,6 +25,7 @@ from vitres.tune.records import LatencyStats, Measurement, SweepConfig, append_r
 STANDALONE = r"""
 import json, sys
 import numpy as np
+import pytest
 import onnxruntime as ort
 
 path, images_path = sys.argv[1], sys.argv[2]
@@ -80,6 +82,7 @@ def test_exported_file_classifies_real_images_without_vitres(tmp_path, capsys):
 OPENVINO_STANDALONE = r"""
 import json, sys
 import numpy as np
+import pytest
 import openvino as ov
 
 xml, images_path = sys.argv[1], sys.argv[2]
@@ -133,3 +136,57 @@ def test_export_format_refusals(tmp_path, capsys):
     assert main([*base, "--format", "tensorrt", "--out", str(tmp_path / "m.plan")]) == 2
     assert "TensorRT" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+PREPROCESSED = r"""
+import json, sys
+import numpy as np
+import pytest
+import onnxruntime as ort
+
+path, images_path = sys.argv[1], sys.argv[2]
+session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+pixels = np.load(images_path)[:, :, :, None]  # decoded 8-bit images, NHWC: nothing else
+logits = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+print(json.dumps({"index": logits.argmax(1).tolist(), "logits": logits.tolist(),
+                  "vitres_imported": "vitres" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_preprocessing_in_the_graph_takes_raw_pixels(tmp_path, capsys, layout):
+    out = tmp_path / "pre.onnx"
+    argv = ["export", "--model", "fmnist-vit-single", "--out", str(out), "--preprocess", layout]
+    assert main(argv) == 0
+    capsys.readouterr()
+    test = load_fashion_mnist("test")
+    pixels = test.images[:32, 0].numpy()
+    model = vitres.load_model("fmnist-vit-single")
+    x = (
+        torch.from_numpy(pixels).float()[:, None] / 255.0 - model.config.mean[0]
+    ) / model.config.std[0]
+    with torch.no_grad():
+        expected = model(x)
+    if layout == "nhwc":
+        np.save(tmp_path / "images.npy", pixels)
+        done = subprocess.run([sys.executable, "-I", "-c", PREPROCESSED, str(out),
+                               str(tmp_path / "images.npy")], capture_output=True, text=True,
+                              timeout=120, check=True)  # fmt: skip
+        answer = json.loads(done.stdout)
+        assert answer["vitres_imported"] is False
+        assert answer["index"] == expected.argmax(1).tolist()
+        torch.testing.assert_close(torch.tensor(answer["logits"]), expected, atol=1e-4, rtol=0)
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        got = session.run(None, {session.get_inputs()[0].name: pixels[:, None]})[0]
+        torch.testing.assert_close(torch.from_numpy(got), expected, atol=1e-4, rtol=0)
+    meta = onnx_metadata(out)
+    assert meta["vitres.input_layout"] == f"{layout.upper()} uint8"
+
+
+def onnx_metadata(path):
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}

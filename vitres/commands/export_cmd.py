@@ -53,6 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "OpenVINO and its benchmark_app run without vitres); tensorrt (needs TensorRT and "
         "an NVIDIA GPU)",
     )
+    parser.add_argument(
+        "--preprocess",
+        choices=("nhwc", "nchw"),
+        default=None,
+        help="put the preprocessing in the graph: uint8 pixels in this layout (nhwc: as "
+        "images decode) are scaled, normalised and resized there; logits out",
+    )
     _add_spec_arguments(parser)
     parser.add_argument(
         "--atol",
@@ -276,6 +283,14 @@ def run(args: argparse.Namespace) -> int:
         args.out = str(Path(xml).with_suffix(".onnx"))
     model, artifact = _export(args)
     _print_artifact(artifact)
+    if args.preprocess:
+        from vitres.export.preprocess import add_preprocessing
+
+        cfg = model.config
+        add_preprocessing(artifact.path, cfg.mean, cfg.std, args.preprocess)
+        print(
+            f"  input: uint8 pixels, {args.preprocess.upper()}, any size; preprocessing in the graph"
+        )
     if xml is not None:
         parity = _write_openvino(model, artifact, xml)
         size = artifact.metadata.get("recommended_size") or artifact.metadata["native_size"]
