@@ -152,6 +152,10 @@ def run_session(
     from vitres.measure import set_threads
 
     deadline_ms = deadline_from(target_fps, max_latency_ms)
+    if isinstance(controller, str):  # a bad name is an error before anything is calibrated
+        from vitres.runtime.controller import parse_controller
+
+        parse_controller(controller)
     if backend is not None and backend not in list_backends():
         raise ValueError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
     if threads is not None and threads < 1:
