@@ -96,6 +96,20 @@ class SessionResult:
     infeasible_at_start: bool
 
 
+def _check_options(controller: Any, backend: str | None, threads: int | None) -> None:
+    """Refuses a bad controller name, backend or thread count before anything is loaded
+    or calibrated."""
+    from vitres.backends import list_backends
+    from vitres.runtime.controller import parse_controller
+
+    if isinstance(controller, str):
+        parse_controller(controller)
+    if backend is not None and backend not in list_backends():
+        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be a positive number, got {threads}")
+
+
 def run_session(
     model_ref: str,
     source: str,
@@ -148,18 +162,10 @@ def run_session(
     Raises:
         ValueError, FileNotFoundError: bad model, source, target, records or options.
     """
-    from vitres.backends import list_backends
     from vitres.measure import set_threads
 
     deadline_ms = deadline_from(target_fps, max_latency_ms)
-    if isinstance(controller, str):  # a bad name is an error before anything is calibrated
-        from vitres.runtime.controller import parse_controller
-
-        parse_controller(controller)
-    if backend is not None and backend not in list_backends():
-        raise ValueError(f"unknown backend {backend!r}; available: {', '.join(list_backends())}")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be a positive number, got {threads}")
+    _check_options(controller, backend, threads)
     threads_before = torch.get_num_threads()
     set_threads(threads)
     try:
