@@ -261,6 +261,12 @@ CATALOGUE = [
     ("sweep --model fmnist-vit-single --res 16 --backend nosuch --out {tmp}/s.jsonl",
      "unknown backend(s) ['nosuch']"),
     ("recommend {tmp}/results.jsonl --csv {tmp}/a_dir", "is a directory"),
+    # measurement settings no sweep can run with: refused up front, not recorded as failures
+    ("sweep --model fmnist-vit-single --res 16 --min-calls 0 --out {tmp}/s.jsonl", "--min-calls must be at least 1"),
+    ("sweep --model fmnist-vit-single --res 16 --timeout -1 --out {tmp}/s.jsonl", "--timeout must be a positive"),
+    ("sweep --model fmnist-vit-single --res 16 --device tpu --out {tmp}/s.jsonl", "--device must be cpu, cuda"),
+    ("sweep --model fmnist-vit-single --res 16 --max-attempts 0 --out {tmp}/s.jsonl", "--max-attempts must be"),
+    ("export --model fmnist-vit-single --out {tmp}/m.txt", "--out must end in .onnx"),
 ]  # fmt: skip
 
 

@@ -238,6 +238,8 @@ def _check_format(args: argparse.Namespace) -> None:
             "backends on the GPU (vitres serve/run --backend tensorrt); export ONNX and let "
             "them build it, or run trtexec --onnx=FILE"
         )
+    if args.format == "onnx" and out.suffix != ".onnx":
+        raise ValueError(f"--out must end in .onnx for an ONNX file, got {out}")
     if args.format == "openvino":
         if out.suffix != ".xml":
             raise ValueError(f"--format openvino writes an IR: --out must end in .xml, got {out}")

@@ -112,6 +112,23 @@ def _add_ray_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _check_measurement_flags(args: argparse.Namespace) -> None:
+    """Timing and device flags no measurement can run with, refused up front (rather
+    than recorded as a failed config, or a traceback from PyTorch)."""
+    import re
+
+    if args.min_calls < 1:
+        raise ValueError(f"--min-calls must be at least 1, got {args.min_calls}")
+    if not args.min_time >= 0:
+        raise ValueError(f"--min-time must be 0 or more seconds, got {args.min_time}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise ValueError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if getattr(args, "max_attempts", 1) < 1:
+        raise ValueError(f"--max-attempts must be at least 1, got {args.max_attempts}")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+
+
 def _check_before_work(args: argparse.Namespace) -> None:
     """Output paths and the thread count, refused before anything is measured."""
     from vitres.commands.args import thread_count
@@ -119,6 +136,7 @@ def _check_before_work(args: argparse.Namespace) -> None:
 
     check_csv_path(args.csv)
     check_output_file(args.out, "--out")
+    _check_measurement_flags(args)
     if args.threads is not None and args.ray is None:  # on Ray, the nodes bound it
         try:
             thread_count(str(args.threads))
