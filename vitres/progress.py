@@ -79,8 +79,8 @@ class PlainProgress:
 
     def update(self, n: float = 1) -> None:
         self.n += n
-        done = self.total is not None and self.n >= self.total
-        self._line(force=False) if not done else None
+        if self.total is None or self.n < self.total:  # the last line is close()'s
+            self._line()
 
     def set_postfix_str(self, text: str = "", refresh: bool = True) -> None:
         self.postfix = text

@@ -76,13 +76,11 @@ def run(args: argparse.Namespace) -> int:
     figure = attention_figure(panels, title=f"{args.model}: attention ({args.method})")
     figure.savefig(args.out, dpi=120, bbox_inches="tight")
     print(f"{args.image} ({image.shape[1]}x{image.shape[2]}, {image.shape[0]} channel(s))")
-    patch = int(args.patch_size or model.config.patch_size)
-    if min(image.shape[1:]) < patch:
-        print(
-            f"warning: the image is {image.shape[1]}x{image.shape[2]} px, smaller than one "
-            f"{patch}x{patch} patch; it is upscaled, and the maps carry little information",
-            file=sys.stderr,
-        )
+    from vitres.data.decode import small_image_warning
+
+    small = small_image_warning(*image.shape[1:], int(args.patch_size or model.config.patch_size))
+    if small is not None:
+        print(f"warning: {small}", file=sys.stderr)
     for panel in panels:
         maps = panel.attention
         height, width = maps.image_size

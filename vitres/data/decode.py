@@ -31,6 +31,7 @@ __all__ = [
     "OpenedImage",
     "decode_image",
     "open_image",
+    "small_image_warning",
 ]
 
 # file signatures, to tell "a damaged PNG" from "not an image at all"
@@ -177,3 +178,14 @@ def decode_image(
     if in_chans not in (1, 3):
         raise ValueError(f"in_chans must be 1 (greyscale) or 3 (RGB); got {in_chans}")
     return open_image(data, max_bytes=max_bytes, max_pixels=max_pixels).decode(in_chans)
+
+
+def small_image_warning(height: int, width: int, patch: int) -> str | None:
+    """A sentence when an image is smaller than one ``patch``: it is still answered
+    (upscaled to the resolution used), but the answer carries little information."""
+    if min(int(height), int(width)) >= patch:
+        return None
+    return (
+        f"the image is {height}x{width} px, smaller than one {patch}x{patch} patch: it is "
+        "upscaled, so the answer carries little information"
+    )

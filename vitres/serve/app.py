@@ -58,7 +58,12 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from vitres.data.decode import ImageInputError, ImageTooLargeError, open_image
+from vitres.data.decode import (
+    ImageInputError,
+    ImageTooLargeError,
+    open_image,
+    small_image_warning,
+)
 from vitres.serve.config import HttpLimits
 from vitres.serve.metrics import CONTENT_TYPE_LATEST, OUTCOMES
 from vitres.serve.worker import BatchingWorker, RequestRejected
@@ -361,16 +366,10 @@ class _ClassifyHandler:
 
 
 def tiny_image_warning(image: Any, worker: BatchingWorker) -> str | None:
-    """A sentence when an image is smaller than one patch: it is answered (upscaled to the
-    served resolution), but the answer says little."""
+    """:func:`~vitres.data.decode.small_image_warning` of a decoded image, at the patch
+    the worker's model runs at."""
     patch = getattr(worker.mode.engine, "effective_patch", 1)
-    height, width = (int(v) for v in image.shape[-2:])
-    if min(height, width) >= patch:
-        return None
-    return (
-        f"the image is {height}x{width} px, smaller than one {patch}x{patch} patch: it was "
-        "upscaled to the served resolution, so the answer carries little information"
-    )
+    return small_image_warning(*image.shape[-2:], patch)
 
 
 def _lifespan(worker: BatchingWorker, limits: HttpLimits) -> Callable[[FastAPI], Any]:
