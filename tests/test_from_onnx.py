@@ -90,9 +90,17 @@ def test_a_vit_without_decoder_and_its_activation(tmp_path):
             return self.backbone(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
 
     path = export(randomised(Bare()), tmp_path / "vit.onnx")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # nothing dropped: no warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         model = vitres.from_onnx(path)
+    said = [str(w.message) for w in caught]
+    assert not any("dropped" in m for m in said)  # nothing dropped
+    assert any("does not record the normalisation" in m and "mean (0.5, 0.5, 0.5)" in m
+               for m in said)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the normalisation given: nothing to warn about
+        given = vitres.from_onnx(path, mean=(0.4, 0.4, 0.4), std=(0.2, 0.2, 0.2))
+    assert given.config.mean == (0.4, 0.4, 0.4)
     assert model.config.act_layer == "gelu_tanh"
     x = torch.randn(1, 3, 28, 28)
     with torch.no_grad():

@@ -257,11 +257,16 @@ def test_decoded_video_frames_are_grey(tmp_path):
     assert np.count_nonzero(frame.image.numpy()) == 0
 
 
-def test_run_plot_draws_the_trace(tmp_path, records, capsys):
+def test_run_plot_draws_the_trace(tmp_path, records, capsys, monkeypatch):
+    import tempfile
+
     from PIL import Image
 
     from vitres.runtime.trace_plot import plot_trace
 
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     out = tmp_path / "run.png"
     argv = ["run", "--model", MODEL, "--source", "fashion-mnist", "--records", str(records),
             "--target-fps", "200", "--frames", "40", "--no-progress", "--plot", str(out)]  # fmt: skip
@@ -269,7 +274,7 @@ def test_run_plot_draws_the_trace(tmp_path, records, capsys):
     assert f"wrote {out}" in capsys.readouterr().out
     image = Image.open(out)
     assert image.format == "PNG" and image.size[0] > 600
-    assert not list(tmp_path.glob("vitres-run-*"))  # no scratch trace left behind
+    assert not list(scratch.iterdir())  # the scratch trace is not left behind
     frames = [{"frame": i, "resolution": 16 + 4 * (i % 2), "latency_ms": 1.0 + i % 3,
                "deadline_ms": 2.5, "met": 1.0 + i % 3 <= 2.5} for i in range(30)]  # fmt: skip
     assert plot_trace(frames, tmp_path / "p.png").is_file()

@@ -309,7 +309,9 @@ def from_onnx(path: str | Path, **overrides: Any) -> nn.Module:
     """Imports the ViT inside an ONNX graph that ``torch.onnx`` exported from a Hugging
     Face ViT or DINOv2 model (alone, or as the ``backbone`` of a larger model), from its
     initializers and constants; the graph is never executed. Parameters of other modules
-    (a decoder, a head) are dropped, with a warning that names them.
+    (a decoder, a head) are dropped, with a warning that names them. A graph does not
+    record its input normalisation: the family's usual mean and std are used, with a
+    warning, unless ``mean=`` and ``std=`` are given.
 
     Raises:
         FileNotFoundError: no such file.
@@ -346,6 +348,14 @@ def from_onnx(path: str | Path, **overrides: Any) -> nn.Module:
         imported.state, family, num_heads=imported.config["num_attention_heads"]
     )
     fields = hf_config_fields(imported.config, state)
+    if "mean" not in overrides or "std" not in overrides:
+        warnings.warn(
+            f"{path.name}: the graph does not record the normalisation its inputs had; "
+            f"vitres's data pipelines (eval, sweep, probe) use the usual {family} values, "
+            f"mean {fields['mean']} and std {fields['std']}; pass mean=..., std=... if the "
+            "model was trained with others",
+            stacklevel=2,
+        )
     return _build_foreign(state, fields, overrides, str(path))
 
 
