@@ -34,6 +34,13 @@ def add_model_argument(
     parser.add_argument("--model", required=required, help=MODEL_HELP, **kw)
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``: cpu, cuda or cuda:N, checked by :func:`vitres.devices.check_device`."""
+    from vitres.devices import DEVICE_HELP
+
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
+
+
 def add_res_argument(
     parser: argparse.ArgumentParser, *, default: str | None = None, required: bool = False
 ) -> None:
