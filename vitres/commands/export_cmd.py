@@ -68,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"parity tolerance vs eager, fp32 (default {_DEFAULTS.atol:g})",
     )
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the parity check also runs: cuda or cuda:N checks the graph on ONNX "
+        "Runtime's CUDA provider against eager PyTorch on that GPU (the CPU check always runs)",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -250,6 +256,35 @@ def _check_format(args: argparse.Namespace) -> None:
             )
 
 
+def _check_gpu_check(args: argparse.Namespace) -> None:
+    """Refuses a GPU parity check this machine (or the format) cannot run, before any work."""
+    from vitres.devices import check_device
+
+    if check_device(args.device).type == "cpu":
+        return
+    if args.format == "openvino":
+        raise ValueError(
+            "--format openvino: OpenVINO runs on Intel CPUs and GPUs, and its IR is checked on "
+            "the CPU; drop --device"
+        )
+    from vitres.export.parity import parity_providers
+
+    parity_providers(check_device(args.device))
+
+
+def _gpu_parity(model, artifact, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """The float32 graph checked again on the GPU, at the sizes of the CPU check."""
+    from vitres.export.parity import check_parity
+
+    result = artifact.fp32
+    sizes = [tuple(int(v) for v in key.split("x")) for key in result.parity.max_abs_diff]
+    report = check_parity(
+        model, result.path, sizes, patch_size=result.patch_size, atol=args.atol or result.parity.atol,
+        device=args.device,
+    )  # fmt: skip
+    print(f"  parity on {args.device}: {report}")
+
+
 def _write_openvino(model, artifact, out: str) -> str:  # noqa: ANN001 - nn.Module, ExportArtifact
     """The IR of the checked ONNX graph, with the ONNX file's vitres metadata in its
     ``rt_info`` (``vitres/<key>``), checked against eager."""
@@ -280,11 +315,14 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "--out")
     _check_format(args)
+    _check_gpu_check(args)
     xml = args.out if args.format == "openvino" else None
     if xml is not None:  # the checked ONNX graph goes beside the IR
         args.out = str(Path(xml).with_suffix(".onnx"))
     model, artifact = _export(args)
     _print_artifact(artifact)
+    if args.device != "cpu":
+        _gpu_parity(model, artifact, args)
     if args.preprocess:
         from vitres.export.preprocess import add_preprocessing
 

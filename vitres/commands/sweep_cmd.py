@@ -15,6 +15,7 @@ from vitres.commands.args import (
     budget_from_args,
 )
 from vitres.commands.csv_out import add_csv_argument, check_csv_path
+from vitres.devices import DEVICE_HELP
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="backends, comma-separated, e.g. eager,eager-bf16,onnxruntime; 'auto' = every "
         "backend usable here",
     )
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help=DEVICE_HELP)
     add_merge_argument(parser, many=True)
     parser.add_argument(
         "--token-budget",
@@ -127,6 +128,10 @@ def _check_measurement_flags(args: argparse.Namespace) -> None:
         raise ValueError(f"--max-attempts must be at least 1, got {args.max_attempts}")
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise ValueError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if getattr(args, "ray", None) is None:  # on Ray the configs run on nodes that may have GPUs
+        from vitres.devices import check_device
+
+        check_device(args.device)
 
 
 def _check_before_work(args: argparse.Namespace) -> None:

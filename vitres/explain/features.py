@@ -106,6 +106,8 @@ def extract_features(
     total = len(dataset) if limit is None else min(len(dataset), limit)
     was_training = model.training
     model.eval()
+    first = next(model.parameters(), None)
+    device = torch.device("cpu") if first is None else first.device
     try:
         batches = eval_batches(
             dataset,
@@ -121,7 +123,7 @@ def extract_features(
         )
         for x, y in batches:
             captured.clear()
-            out = model(x, **kwargs)
+            out = model(x.to(device), **kwargs)
             if len(captured) != 1:
                 raise RuntimeError(f"the model called its head {len(captured)} times, expected 1")
             features.append(captured[0])

@@ -260,8 +260,20 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
     return _latency_model(records, config, config.backend, lambda line: None).threads
 
 
-def check_settings(config: ServeConfig) -> None:
-    """Refuses settings no server can run with (before any model is loaded)."""
+def check_settings(config: ServeConfig, *, local_device: bool = True) -> None:
+    """Refuses settings no server can run with (before any model is loaded).
+
+    ``local_device``: the model runs on this machine, so its ``device`` must be usable
+    here; on Ray the replicas may sit on nodes with GPUs this machine lacks, and only the
+    device's spelling is checked."""
+    import re
+
+    from vitres.devices import check_device
+
+    if local_device:
+        check_device(config.device)
+    elif not re.fullmatch(r"cpu|cuda(:\d+)?", str(config.device)):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {config.device!r}")
     if not config.slo_ms > 0:
         raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
     if config.max_batch < 1:

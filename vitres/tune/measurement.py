@@ -27,6 +27,7 @@ from vitres.measure import (
     set_threads,
     time_calls,
 )
+from vitres.measure.energy import EnergyMeter, energy_per_image
 from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
 from vitres.models.common import FixedPatchSize
 from vitres.tokens import TokenMode, quadtree_plan
@@ -115,8 +116,14 @@ def measure_config(
             for the interference verdict (:mod:`vitres.measure.interference`).
     """
     threads = set_threads(config.threads if config.threads is not None else threads)
-    tracker = PeakMemoryTracker(torch.device(config.device), isolated=isolated)
+    device = torch.device(config.device)
+    tracker = PeakMemoryTracker(device, isolated=isolated)
+    host = (
+        PeakMemoryTracker(torch.device("cpu"), isolated=isolated) if device.type != "cpu" else None
+    )
     tracker.start()
+    if host is not None:
+        host.start()
     model = build_model().eval()
     facts = _ModelFacts.of(model)
     runnable = _runnable(model, config)
@@ -124,7 +131,9 @@ def measure_config(
     shape = (config.batch_size, facts.in_chans, *config.resolution)
     backend.prepare(runnable, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(config.device)  # untimed
-    stats, evidence = _time_backend(backend, x, timing, threads, reference_best_ms)
+    meter = EnergyMeter(device)
+    stats, evidence, calls = _time_backend(backend, x, timing, threads, reference_best_ms, meter)
+    joules = meter.joules
     peak = tracker.peak_mb()
     accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
     if eval_data is not None and known_accuracy is None:
@@ -154,6 +163,10 @@ def measure_config(
         interference=evidence.to_dict(),
         data_warnings=warnings,
         ood_auroc=ood_auroc,
+        energy_j_per_image=energy_per_image(joules, calls * config.batch_size),
+        energy_method=meter.method if joules is not None else None,
+        energy_missing=None if joules is not None else meter.missing,
+        host_peak_mem_mb=None if host is None else host.peak_mb(),
     )
 
 
@@ -215,13 +228,25 @@ def _time_backend(
     timing: TimingConfig | None,
     threads: int,
     reference_best_ms: float | None,
-) -> tuple[LatencyStats, Any]:
-    """Latency statistics of ``backend.run(x)`` and the interference verdict of the run
-    (``timing``: the default :class:`TimingConfig` when ``None``)."""
+    meter: EnergyMeter,
+) -> tuple[LatencyStats, Any, int]:
+    """Latency statistics of ``backend.run(x)``, the interference verdict of the run
+    (``timing``: the default :class:`TimingConfig` when ``None``) and the number of calls
+    (warm-up included) that ``meter``'s energy window covered."""
     timing = timing or TimingConfig()
     reference_before = reference_kernel_ms(threads)
     before = sample_cpu()
-    samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
+    calls = 0
+
+    def call() -> None:
+        nonlocal calls
+        backend.run(x)
+        calls += 1
+
+    meter.start()
+    samples = time_calls(call, sync=backend.sync, **timing.as_kwargs())
+    backend.sync()
+    meter.stop()  # before the reference kernel, whose work is not the model's
     after = sample_cpu()
     reference = (reference_before, reference_kernel_ms(threads))
     stats = latency_stats(samples)
@@ -233,7 +258,7 @@ def _time_backend(
         tail_ratio=stats.tail_ratio,
         threads=threads,
     )
-    return stats, evidence
+    return stats, evidence, calls
 
 
 def _grid_and_tokens(
