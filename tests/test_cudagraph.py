@@ -162,3 +162,30 @@ def test_the_cuda_backends_refuse_a_cpu_device_and_say_why_they_are_unavailable(
                 get_backend(name)
     with pytest.raises(ValueError, match="needs a CUDA device.*compile or eager"):
         CudaGraphBackend(device="cpu").prepare(tiny_vit, (1, 1, 16, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="records real CUDA graphs: needs a GPU")
+@pytest.mark.parametrize("name", ["cudagraph", "cudagraph-bf16"])
+def test_real_cuda_graphs_replay_the_eager_result(name):
+    """On a GPU: each bucket's replayed graph gives eager's logits at that batch (same
+    dtype, same kernels up to Inductor's fusion), and a switch records nothing."""
+    torch.manual_seed(0)
+    model = vitres.create_model("vit_tiny_patch16", img_size=64, num_classes=16).eval().cuda()
+    backend = get_backend(name, device="cuda", allow_new_shapes=False)
+    dtype = backend.dtype
+    eager = vitres.create_model("vit_tiny_patch16", img_size=64, num_classes=16)
+    eager.load_state_dict(model.state_dict())
+    eager = eager.eval().cuda().to(dtype)
+    backend.prepare(model, (4, 3, 64, 64))
+    backend.record([(4, 3, 48, 80)])
+    recorded = backend.stats()["captures"]
+    for size in [(64, 64), (48, 80), (64, 64)]:
+        for batch in (1, 3, 4):
+            x = torch.randn(batch, 3, *size, device="cuda")
+            padding = x.new_zeros(bucket_for(batch, 4) - batch, 3, *size)
+            with torch.inference_mode():
+                expected = eager(torch.cat([x, padding]).to(dtype)).float()[:batch]
+            got = backend.run(x)
+            tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
+            assert (got - expected).abs().max() <= tolerance * (1 + expected.abs().max())
+    assert backend.stats()["captures"] == recorded
