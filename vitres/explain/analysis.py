@@ -313,6 +313,7 @@ def _model(model: nn.Module | str) -> tuple[nn.Module, str]:
     return model, "<in-memory>"
 
 
+# long: the public entry point; most of it is the documentation of its seventeen arguments
 def analyse_resolutions(
     model: nn.Module | str,
     resolutions: Sequence[int | Sequence[int]],

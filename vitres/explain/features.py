@@ -106,8 +106,7 @@ def extract_features(
     total = len(dataset) if limit is None else min(len(dataset), limit)
     was_training = model.training
     model.eval()
-    first = next(model.parameters(), None)
-    device = torch.device("cpu") if first is None else first.device
+    device = next(model.parameters()).device  # where the batches go
     try:
         batches = eval_batches(
             dataset,

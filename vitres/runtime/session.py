@@ -110,6 +110,7 @@ def _check_options(controller: Any, backend: str | None, threads: int | None) ->
         raise ValueError(f"threads must be a positive number, got {threads}")
 
 
+# long: the public entry point; most of it is the documentation of its twenty arguments
 def run_session(
     model_ref: str,
     source: str,

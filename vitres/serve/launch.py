@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import nn
 
+from vitres.devices import check_device, check_device_name
 from vitres.measure import TimingConfig, set_threads
 from vitres.models.checkpoint import checkpoint_digest
 from vitres.runtime.calibration import CALIBRATION_TIMING
@@ -261,19 +262,9 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
 
 
 def check_settings(config: ServeConfig, *, local_device: bool = True) -> None:
-    """Refuses settings no server can run with (before any model is loaded).
-
-    ``local_device``: the model runs on this machine, so its ``device`` must be usable
-    here; on Ray the replicas may sit on nodes with GPUs this machine lacks, and only the
-    device's spelling is checked."""
-    import re
-
-    from vitres.devices import check_device
-
-    if local_device:
-        check_device(config.device)
-    elif not re.fullmatch(r"cpu|cuda(:\d+)?", str(config.device)):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {config.device!r}")
+    """Refuses settings no server can run with (before any model is loaded); on Ray
+    (``local_device=False``) the replicas may have GPUs this machine lacks."""
+    (check_device if local_device else check_device_name)(config.device)
     if not config.slo_ms > 0:
         raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
     if config.max_batch < 1:

@@ -116,14 +116,7 @@ def measure_config(
             for the interference verdict (:mod:`vitres.measure.interference`).
     """
     threads = set_threads(config.threads if config.threads is not None else threads)
-    device = torch.device(config.device)
-    tracker = PeakMemoryTracker(device, isolated=isolated)
-    host = (
-        PeakMemoryTracker(torch.device("cpu"), isolated=isolated) if device.type != "cpu" else None
-    )
-    tracker.start()
-    if host is not None:
-        host.start()
+    cost = _Cost(torch.device(config.device), isolated)
     model = build_model().eval()
     facts = _ModelFacts.of(model)
     runnable = _runnable(model, config)
@@ -131,10 +124,10 @@ def measure_config(
     shape = (config.batch_size, facts.in_chans, *config.resolution)
     backend.prepare(runnable, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(config.device)  # untimed
-    meter = EnergyMeter(device)
-    stats, evidence, calls = _time_backend(backend, x, timing, threads, reference_best_ms, meter)
-    joules = meter.joules
-    peak = tracker.peak_mb()
+    stats, evidence, calls = _time_backend(
+        backend, x, timing, threads, reference_best_ms, cost.meter
+    )
+    cost_fields = cost.fields(calls * config.batch_size)
     accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
     if eval_data is not None and known_accuracy is None:
         accuracy, n_eval = _backend_accuracy(backend, model, config, eval_data)
@@ -151,8 +144,7 @@ def measure_config(
         data=data_name if accuracy is not None else None,
         latency=stats,
         throughput_ips=config.batch_size / median_s if stats.median_ms > 0 else None,
-        peak_mem_mb=peak,
-        mem_method=tracker.method,
+        **cost_fields,
         flops=flops,
         flops_analytic=flops_analytic,
         tokens=tokens,
@@ -163,11 +155,34 @@ def measure_config(
         interference=evidence.to_dict(),
         data_warnings=warnings,
         ood_auroc=ood_auroc,
-        energy_j_per_image=energy_per_image(joules, calls * config.batch_size),
-        energy_method=meter.method if joules is not None else None,
-        energy_missing=None if joules is not None else meter.missing,
-        host_peak_mem_mb=None if host is None else host.peak_mb(),
     )
+
+
+class _Cost:
+    """The memory peaks (the device's, and the host's beside it on a GPU) from the moment
+    it is made, and the energy meter of the timing window."""
+
+    def __init__(self, device: torch.device, isolated: bool) -> None:
+        self.tracker = PeakMemoryTracker(device, isolated=isolated)
+        self.host = (
+            None if device.type == "cpu" else PeakMemoryTracker(torch.device("cpu"), isolated)
+        )
+        self.tracker.start()
+        if self.host is not None:
+            self.host.start()
+        self.meter = EnergyMeter(device)
+
+    def fields(self, images: int) -> dict[str, Any]:
+        """The record's memory and energy fields, ``images`` run in the energy window."""
+        joules = self.meter.joules
+        return {
+            "peak_mem_mb": self.tracker.peak_mb(),
+            "mem_method": self.tracker.method,
+            "host_peak_mem_mb": None if self.host is None else self.host.peak_mb(),
+            "energy_j_per_image": energy_per_image(joules, images),
+            "energy_method": self.meter.method if joules is not None else None,
+            "energy_missing": None if joules is not None else self.meter.missing,
+        }
 
 
 @dataclass(frozen=True)
