@@ -79,11 +79,11 @@ def extract_features(
 ) -> FeatureSet:
     """Runs ``model`` on ``dataset`` resized to ``resolution`` and keeps features and logits.
 
-    Images are prepared as for evaluation (:func:`vitres.data.eval_batches`: whole image
-    resized, antialiased, converted to the model's channels, normalised with its mean/std).
+    Images are prepared as for evaluation (:func:`vitres.data.eval_batches`).
 
     Args:
-        model: a classifier with a linear ``head`` (run in eval mode, its mode restored).
+        model: a classifier with a linear ``head`` (run in eval mode, its mode restored,
+            on the device its weights are on).
         dataset: any dataset accepted by :func:`vitres.data.eval_batches`.
         resolution: ``(height, width)`` or one int for a square.
         batch_size: images per forward pass.
