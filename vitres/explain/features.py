@@ -82,8 +82,7 @@ def extract_features(
     Images are prepared as for evaluation (:func:`vitres.data.eval_batches`).
 
     Args:
-        model: a classifier with a linear ``head`` (run in eval mode, its mode restored,
-            on the device its weights are on).
+        model: a classifier with a linear ``head`` (in eval mode, on its weights' device).
         dataset: any dataset accepted by :func:`vitres.data.eval_batches`.
         resolution: ``(height, width)`` or one int for a square.
         batch_size: images per forward pass.
