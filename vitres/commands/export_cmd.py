@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=FORMATS,
         default="onnx",
         help="onnx; openvino (an IR, .xml + .bin, from the checked ONNX graph, that "
-        "OpenVINO and its benchmark_app run without vitres); tensorrt (needs TensorRT and "
-        "an NVIDIA GPU)",
+        "OpenVINO and its benchmark_app run without vitres); tensorrt (a .plan, fp16, for "
+        "half to twice the native size; needs TensorRT and an NVIDIA GPU)",
     )
     parser.add_argument(
         "--preprocess",
@@ -239,11 +239,8 @@ def _check_format(args: argparse.Namespace) -> None:
                 f"--format tensorrt needs TensorRT and an NVIDIA GPU: {reason}. Export ONNX "
                 "(the default) and build the engine on the GPU machine (trtexec --onnx=FILE)"
             )
-        raise ValueError(
-            "--format tensorrt: TensorRT is installed, but plans are built by the tensorrt "
-            "backends on the GPU (vitres serve/run --backend tensorrt); export ONNX and let "
-            "them build it, or run trtexec --onnx=FILE"
-        )
+        if out.suffix not in (".plan", ".engine"):
+            raise ValueError(f"--format tensorrt writes a plan: --out must end in .plan, got {out}")
     if args.format == "onnx" and out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx for an ONNX file, got {out}")
     if args.format == "openvino":
@@ -254,6 +251,30 @@ def _check_format(args: argparse.Namespace) -> None:
                 "--format openvino writes the float32 IR; OpenVINO INT8 is the openvino-int8 "
                 "backend's (NNCF); drop --int8/--fused, or export ONNX with them"
             )
+
+
+def _write_tensorrt(args: argparse.Namespace) -> int:
+    """A TensorRT plan (fp16, one profile: half to twice the native size, batch 1..64),
+    built by the tensorrt backend from the checked ONNX graph and checked against eager."""
+    import shutil
+
+    import torch
+
+    from vitres.backends import get_backend
+    from vitres.models.resolve import resolve_model
+
+    model = resolve_model(args.model).eval()
+    height, width = (int(v) for v in model.config.img_size)
+    backend = get_backend("tensorrt", device=args.device if args.device != "cpu" else "cuda")
+    backend.prepare(model, (1, model.config.in_chans, height, width))
+    x = torch.randn(2, model.config.in_chans, height, width)
+    with torch.inference_mode():
+        worst = float((backend.run(x).cpu() - model(x)).abs().max())
+    shutil.copyfile(backend.engine_path, args.out)
+    print(
+        f"wrote {args.out} (TensorRT fp16 plan, profile {backend.profile}; max |diff| vs eager {worst:.2e})"
+    )
+    return 0
 
 
 def _check_gpu_check(args: argparse.Namespace) -> None:
@@ -316,6 +337,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.out, "--out")
     _check_format(args)
     _check_gpu_check(args)
+    if args.format == "tensorrt":
+        return _write_tensorrt(args)
     xml = args.out if args.format == "openvino" else None
     if xml is not None:  # the checked ONNX graph goes beside the IR
         args.out = str(Path(xml).with_suffix(".onnx"))
