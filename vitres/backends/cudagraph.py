@@ -31,6 +31,8 @@ both, and the tests check it).
 
 The model runs under ``torch.compile`` (Inductor) before it is recorded, by default: fused
 kernels and fewer launches to record. ``compiler="none"`` records the eager kernels.
+The ``cudagraph`` backends do not use ``torch.compile(mode="reduce-overhead")``: its graphs
+live in Dynamo's own trees, outside any bound this backend could keep or report.
 """
 
 from __future__ import annotations
@@ -235,6 +237,11 @@ class CudaGraphBackend(Backend):
             refused instead of recorded on the request path.
         warmup_calls: Calls before recording (compilation, cuDNN/cuBLAS autotuning and
             lazy initialisation must not happen inside the recording).
+        dynamic: ``torch.compile``'s ``dynamic``. ``None`` (default): the first shape is
+            compiled static, the next one once with symbolic sizes that later shapes reuse,
+            so a server with many resolutions and batch buckets compiles a few times, not
+            once per graph. ``False``: one static compile per shape (fastest kernels,
+            longest start).
     """
 
     name = "cudagraph"
@@ -252,11 +259,12 @@ class CudaGraphBackend(Backend):
         reserve_fraction: float = 0.1,
         allow_new_shapes: bool = True,
         warmup_calls: int = 3,
+        dynamic: bool | None = None,
     ) -> None:
         super().__init__(device)
         if compiler not in ("inductor", "none"):
             raise ValueError(f"compiler must be 'inductor' or 'none', got {compiler!r}")
-        self.compiler = compiler
+        self.compiler, self.dynamic = compiler, dynamic
         self.warmup_calls = int(warmup_calls)
         self.max_batch = 1
         self.record_time_s = 0.0
@@ -287,15 +295,15 @@ class CudaGraphBackend(Backend):
         return compile_fx(gm, example_inputs)
 
     def _compiled(self, model: nn.Module) -> Any:
-        """``model`` under ``torch.compile``, one static graph per shape. Dynamo stops
-        compiling a function after a few shapes (its recompile limit) and runs the rest
-        eagerly; the limit is raised to the number of graphs this backend may keep."""
+        """``model`` under ``torch.compile``. Dynamo stops compiling a function after a few
+        shapes (its recompile limit) and runs the rest eagerly; the limit is raised to the
+        number of graphs this backend may keep."""
         import torch._dynamo
 
         config = torch._dynamo.config
         name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
         setattr(config, name, max(getattr(config, name), self.graphs.max_graphs + 8))
-        return torch.compile(model, backend=self._counting_compiler, dynamic=False)
+        return torch.compile(model, backend=self._counting_compiler, dynamic=self.dynamic)
 
     def _check_device(self) -> None:
         if self.device.type != "cuda":
