@@ -17,7 +17,7 @@ A NaFlex batch is a packed batch with one image per row, so :func:`forward_nafle
 turns the patches back into images and runs them through
 :func:`~vitres.tokens.packed_forward.encode_batch` (each image at its own grid, with its
 own resampled position table; padding keys masked), the same path as
-:func:`vitres.forward_packed`: there is no second block loop.
+:func:`vitres.tokens.forward_packed`: there is no second block loop.
 
 :func:`to_naflex` makes these inputs from ordinary images the way
 ``Siglip2ImageProcessor`` does: the grid of :func:`naflex_grid` (its search for the

@@ -13,6 +13,11 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   prefix positions); the with-registers model resamples with antialias, plain DINOv2 not;
 * ``siglip_vision_model`` / ``siglip``: ``pooler_output`` of the attention-pool head,
   no class token, tanh GELU;
+* ``siglip2_vision_model`` / ``siglip2``: ``Siglip2VisionModel`` ``pooler_output`` and
+  ``last_hidden_state`` for an image cut into patches without padding (NaFlex batches:
+  :mod:`vitres.tokens.naflex`); its linear patch embedding becomes the conv kernel, its
+  square table of ``num_patches`` positions is resized bilinear with antialias;
+  ``Siglip2ForImageClassification`` logits (the mean of the normed tokens);
 * ``clip_vision_model`` / ``clip``: ``pooler_output`` (post-LayerNorm of the class
   token), ``image_embeds`` (the bias-free projection), pre-LayerNorm, quick GELU, no
   patch bias;
@@ -33,7 +38,8 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
-source's ``interpolate_pos_encoding`` does.
+source's ``interpolate_pos_encoding`` does (SigLIP-2, which never sees such a size, is
+cropped the same way; its processor resizes instead, :func:`vitres.tokens.to_naflex`).
 """
 
 from __future__ import annotations
@@ -353,6 +359,19 @@ def convert_hf_state_dict(
             f"unknown keys in Hugging Face {family} weights: {unknown[:8]}"
             f"{'...' if len(unknown) > 8 else ''}; this architecture variant is not supported"
         )
+    _family_parts(family, qkv, out, num_heads, patch_size)
+    return out
+
+
+def _family_parts(
+    family: str,
+    qkv: dict[tuple[int, str], dict[str, Tensor]],
+    out: dict[str, Tensor],
+    num_heads: int | None,
+    patch_size: int | Sequence[int] | None,
+) -> None:
+    """What follows the key mapping: each family's own adjustments, and the query, key and
+    value of each layer concatenated into ``qkv``."""
     if family == "dinov3":
         _dinov3_parts(qkv, out, num_heads)
     if family == "siglip2":
@@ -372,7 +391,6 @@ def convert_hf_state_dict(
         # into the token, keep a table of patch positions only (exact; timm does the same)
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
         out["pos_embed"] = out["pos_embed"][:, 1:]
-    return out
 
 
 def _rope_fields(hf: dict) -> dict:
