@@ -273,6 +273,10 @@ def forward_naflex(
 
     Returns:
         The :class:`NaFlexOutput`.
+
+    Raises:
+        ValueError: a model without ``encode`` (not a ViT), or inputs that are not a NaFlex
+            batch (:func:`naflex_images` says which image and why).
     """
     if not hasattr(model, "encode"):
         raise ValueError(f"forward_naflex needs a vitres ViT; {type(model).__name__} has no encode")
