@@ -226,3 +226,38 @@ def test_a_table_that_is_not_square_is_refused():
     state = {"attn_pool.latent": torch.zeros(1, 1, 32)}
     with pytest.raises(ValueError, match="SigLIP-2 with num_patches=20 is not supported"):
         hf_config_fields(config, state)
+
+
+# ------------------------------------------------- the same trap in SigLIP's and CLIP's classifiers
+TOWER = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    patch_size=7,
+    image_size=28,
+)
+
+
+def test_siglip_classifier_averages_the_tokens(tmp_path):
+    """``SiglipForImageClassification`` keeps its tower's attention pool but classifies the
+    mean of the normed tokens; reading the pool instead was silently wrong (1.3 max |diff|)."""
+    config = transformers.SiglipConfig(vision_config=TOWER, text_config=TEXT, num_labels=5)
+    source = randomise(transformers.SiglipForImageClassification(config))
+    ours = load(source, tmp_path)
+    assert (ours.config.global_pool, ours.attn_pool) == ("avg", None)
+    torch.manual_seed(6)
+    for size in [(28, 28), (42, 28), (38, 51)]:
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            reference = source(pixel_values=x, interpolate_pos_encoding=True).logits
+            assert worst(ours(x), reference) == 0.0, size
+
+
+def test_clip_classifier_is_refused(tmp_path):
+    """It averages the patch tokens before CLIP's post-LayerNorm, which vitres (the final
+    norm on every token) cannot express: refused by name, not loaded wrong (1.9 max |diff|)."""
+    config = transformers.CLIPConfig(vision_config=TOWER, text_config=TEXT, num_labels=5)
+    transformers.CLIPForImageClassification(config).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="CLIPForImageClassification is not supported"):
+        vitres.from_pretrained(tmp_path)

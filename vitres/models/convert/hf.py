@@ -12,7 +12,8 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   registers have no position (folded as timm does: ``cls += pos[0]``, table without
   prefix positions); the with-registers model resamples with antialias, plain DINOv2 not;
 * ``siglip_vision_model`` / ``siglip``: ``pooler_output`` of the attention-pool head,
-  no class token, tanh GELU;
+  no class token, tanh GELU; ``SiglipForImageClassification`` logits (the mean of the
+  normed tokens; the tower's unused attention pool is dropped);
 * ``siglip2_vision_model`` / ``siglip2``: ``Siglip2VisionModel`` ``pooler_output`` and
   ``last_hidden_state`` for an image cut into patches without padding (NaFlex batches:
   :mod:`vitres.tokens.naflex`); its linear patch embedding becomes the conv kernel, its
@@ -268,8 +269,7 @@ def _dinov3_parts(
 
 
 def _siglip2_parts(out: dict[str, Tensor], patch_size: int | Sequence[int] | None) -> None:
-    """SigLIP-2's patch embedding as vitres's convolution kernel, and the attention pool
-    of a classifier (which averages the tokens instead) dropped.
+    """SigLIP-2's patch embedding as vitres's convolution kernel.
 
     Its ``nn.Linear`` reads patches flattened as (row in patch, column in patch, channel)
     (``convert_image_to_patches`` of its image processor): the weight ``(D, p * p * C)``
@@ -288,9 +288,6 @@ def _siglip2_parts(out: dict[str, Tensor], patch_size: int | Sequence[int] | Non
             )
         kernel = weight.reshape(dim, ph, pw, features // (ph * pw)).permute(0, 3, 1, 2)
         out["patch_embed.proj.weight"] = kernel.contiguous()  # (D, C, ph, pw)
-    if "head.weight" in out:  # Siglip2ForImageClassification: the masked mean of the tokens
-        for key in [k for k in out if k.startswith("attn_pool.")]:
-            del out[key]
 
 
 def convert_hf_state_dict(
@@ -317,6 +314,13 @@ def convert_hf_state_dict(
     Raises:
         ValueError: keys this mapping does not know (it never drops weights silently).
     """
+    if family == "clip" and any(key.endswith("classifier.weight") for key in state):
+        raise ValueError(
+            "CLIPForImageClassification is not supported: it classifies the mean of the "
+            "patch tokens before CLIP's post-LayerNorm, and vitres applies that norm to every "
+            "token; supported CLIP models: CLIPVisionModel, CLIPVisionModelWithProjection, "
+            "CLIPModel (its vision tower)"
+        )
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
     unknown = []
@@ -376,6 +380,11 @@ def _family_parts(
         _dinov3_parts(qkv, out, num_heads)
     if family == "siglip2":
         _siglip2_parts(out, patch_size)
+    if family in ("siglip", "siglip2") and "head.weight" in out:
+        # Siglip(2)ForImageClassification classifies the mean of the normed tokens; its
+        # tower's attention pool is unused (global_pool becomes "avg")
+        for key in [k for k in out if k.startswith("attn_pool.")]:
+            del out[key]
     if "reg_token" in out and out["reg_token"].shape[1] == 0:  # DINOv3 stores (1, 0, D)
         del out["reg_token"]
     for (index, kind), parts in sorted(qkv.items()):
