@@ -8,17 +8,21 @@ the source run on the same image cut into patches (``spatial_shapes = (H/p, W/p)
 padding); a size the patch does not divide is cropped to whole patches (the size policy
 ``crop`` of every Hugging Face import). A NaFlex batch of images of different grids,
 padded to one row length, must give each image's ``pooler_output`` and
-``last_hidden_state``.
+``last_hidden_state``. ``vitres.data.naflex_from_pil`` must give the PIL processor's
+(``Siglip2ImageProcessorPil``) tensors bit for bit.
 
 Tolerance: 2e-6 (what ``test_import_parity`` allows SigLIP): the source resizes its
 position table by a weight matrix and pools with ``nn.MultiheadAttention``'s fused
 kernel, vitres by ``F.interpolate`` and separate products (up to 1.2e-6 seen).
 """
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import vitres
+from vitres.data import naflex_from_pil
 from vitres.models.convert.hf import hf_config_fields
 from vitres.tokens import forward_naflex, naflex_grid, naflex_images, to_naflex
 
@@ -201,6 +205,24 @@ def test_patch_layout_and_grid_are_the_processors():
                     height, width, patch, budget
                 )
                 assert (rows * patch, cols * patch) == reference, (height, width, patch, budget)
+
+
+def test_pil_images_become_the_pil_processors_inputs_bit_for_bit(tower):
+    source, ours = tower
+    rng = np.random.default_rng(0)
+    sizes = [(37, 23), (100, 41), (16, 16), (5, 300)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in sizes]
+    for patch, budget in ((PATCH, 12), (16, 64)):
+        processor = pil_processor.Siglip2ImageProcessorPil(patch_size=patch, max_num_patches=budget)
+        expected = processor(images, return_tensors="pt")
+        for name, value in naflex_from_pil(images, patch, budget).as_dict().items():
+            assert value.dtype == expected[name].dtype and torch.equal(value, expected[name]), name
+    inputs = naflex_from_pil(images, PATCH, 12)
+    with torch.no_grad():
+        reference = source(**inputs.as_dict()).pooler_output
+        assert worst(forward_naflex(ours, **inputs.as_dict()).pooled, reference) <= TOLERANCE
+    with pytest.raises(ValueError, match="image 0 is a L image; naflex_from_pil takes RGB"):
+        naflex_from_pil([images[0].convert("L")], PATCH, 12)
 
 
 def test_naflex_inputs_that_do_not_fit_are_refused(tower):

@@ -24,7 +24,8 @@ own resampled position table; padding keys masked), the same path as
 largest scale whose grid fits ``max_num_patches``, each side rounded up to whole
 patches), an antialiased bilinear resize (``F.interpolate``, which torchvision's tensor
 resize calls for float images; PIL's resize of 8-bit images rounds differently), the
-patches flattened as above and padded.
+patches flattened as above and padded. For decoded 8-bit images,
+:func:`vitres.data.naflex_from_pil` reproduces Hugging Face's PIL processor bit for bit.
 """
 
 from __future__ import annotations
