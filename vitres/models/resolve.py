@@ -276,8 +276,13 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         hf = _read_json(path / "config.json")
         family = hf_family(hf_vision_config(hf))  # an unsupported model_type fails here
         weights = find_weights(path)
-        heads = hf_vision_config(hf).get("num_attention_heads")
-        state = convert_hf_state_dict(read_state_dict(weights), family, num_heads=heads)
+        vision = hf_vision_config(hf)
+        state = convert_hf_state_dict(
+            read_state_dict(weights),
+            family,
+            num_heads=vision.get("num_attention_heads"),
+            patch_size=vision.get("patch_size"),
+        )
         preprocessor = path / "preprocessor_config.json"
         fields = hf_config_fields(
             hf, state, _read_json(preprocessor) if preprocessor.exists() else None

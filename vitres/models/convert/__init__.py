@@ -6,7 +6,7 @@ refused with the reason. Nothing reads files or builds models; :mod:`vitres.mode
 does that. One module per source:
 
 - :mod:`~vitres.models.convert.hf`: Hugging Face ViT, DeiT, DINOv2 (with registers),
-  SigLIP and CLIP vision towers;
+  SigLIP, SigLIP-2 and CLIP vision towers;
 - :mod:`~vitres.models.convert.timm`: timm's ``VisionTransformer`` (and distilled DeiT),
   with timm's architecture table (``timm_archs.json``: each name's own ``model_args``);
 - :mod:`~vitres.models.convert.big_vision`: big_vision / Google ViT ``.npz`` arrays to

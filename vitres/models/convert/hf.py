@@ -12,7 +12,13 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   registers have no position (folded as timm does: ``cls += pos[0]``, table without
   prefix positions); the with-registers model resamples with antialias, plain DINOv2 not;
 * ``siglip_vision_model`` / ``siglip``: ``pooler_output`` of the attention-pool head,
-  no class token, tanh GELU;
+  no class token, tanh GELU; ``SiglipForImageClassification`` logits (the mean of the
+  normed tokens; the tower's unused attention pool is dropped);
+* ``siglip2_vision_model`` / ``siglip2``: ``Siglip2VisionModel`` ``pooler_output`` and
+  ``last_hidden_state`` for an image cut into patches without padding (NaFlex batches:
+  :mod:`vitres.tokens.naflex`); its linear patch embedding becomes the conv kernel, its
+  square table of ``num_patches`` positions is resized bilinear with antialias;
+  ``Siglip2ForImageClassification`` logits (the mean of the normed tokens);
 * ``clip_vision_model`` / ``clip``: ``pooler_output`` (post-LayerNorm of the class
   token), ``image_embeds`` (the bias-free projection), pre-LayerNorm, quick GELU, no
   patch bias;
@@ -33,13 +39,15 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
-source's ``interpolate_pos_encoding`` does.
+source's ``interpolate_pos_encoding`` does (SigLIP-2, which never sees such a size, is
+cropped the same way; its processor resizes instead, :func:`vitres.tokens.to_naflex`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -74,6 +82,8 @@ HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     "dinov2_with_registers": ("dinov2_with_registers", IMAGENET_MEAN, IMAGENET_STD),
     "siglip_vision_model": ("siglip", (0.5,), (0.5,)),
     "siglip": ("siglip", (0.5,), (0.5,)),
+    "siglip2_vision_model": ("siglip2", (0.5,), (0.5,)),
+    "siglip2": ("siglip2", (0.5,), (0.5,)),
     "clip_vision_model": ("clip", CLIP_MEAN, CLIP_STD),
     "clip": ("clip", CLIP_MEAN, CLIP_STD),
     "vit_msn": ("vit", IMAGENET_MEAN, IMAGENET_STD),
@@ -194,7 +204,8 @@ def hf_family(hf: dict) -> str:
         raise ValueError(
             f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
             f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
-            "registers, SigLIP vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, DINOv3). Swin "
+            "registers, SigLIP and SigLIP-2 vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, "
+            "DINOv3). Swin "
             "and other hierarchical models are not ViTs with one token grid and stay refused"
         )
     act = hf.get("hidden_act", "gelu")
@@ -212,8 +223,9 @@ def hf_family(hf: dict) -> str:
 
 
 def hf_vision_config(hf: dict) -> dict:
-    """The vision part of a config: itself, or ``vision_config`` of a CLIP / SigLIP pair."""
-    if hf.get("model_type") in ("clip", "siglip"):
+    """The vision part of a config: itself, or ``vision_config`` of a CLIP / SigLIP /
+    SigLIP-2 pair."""
+    if hf.get("model_type") in ("clip", "siglip", "siglip2"):
         vision = dict(hf.get("vision_config") or {})
         vision.setdefault("model_type", hf["model_type"])
         if "projection_dim" in hf:
@@ -256,8 +268,33 @@ def _dinov3_parts(
                 out[f"{key}.bias"] = out[f"{key}.weight"].new_zeros(out[f"{key}.weight"].shape[0])
 
 
+def _siglip2_parts(out: dict[str, Tensor], patch_size: int | Sequence[int] | None) -> None:
+    """SigLIP-2's patch embedding as vitres's convolution kernel.
+
+    Its ``nn.Linear`` reads patches flattened as (row in patch, column in patch, channel)
+    (``convert_image_to_patches`` of its image processor): the weight ``(D, p * p * C)``
+    is that kernel ``(D, C, p, p)`` with its axes permuted.
+    """
+    weight = out.get("patch_embed.proj.weight")
+    if weight is not None and weight.ndim == 2:
+        if not patch_size:
+            raise ValueError("SigLIP-2 weights need the config's patch_size to convert")
+        ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        dim, features = weight.shape
+        if features % (ph * pw):
+            raise ValueError(
+                f"SigLIP-2 patch embedding has {features} inputs per patch, not a multiple of "
+                f"the config's {ph}x{pw} patch"
+            )
+        kernel = weight.reshape(dim, ph, pw, features // (ph * pw)).permute(0, 3, 1, 2)
+        out["patch_embed.proj.weight"] = kernel.contiguous()  # (D, C, ph, pw)
+
+
 def convert_hf_state_dict(
-    state: dict[str, Tensor], family: str, num_heads: int | None = None
+    state: dict[str, Tensor],
+    family: str,
+    num_heads: int | None = None,
+    patch_size: int | Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Maps a Hugging Face state dict of a supported family to vitres names.
 
@@ -271,10 +308,19 @@ def convert_hf_state_dict(
         state: the source's state dict.
         family: :func:`hf_family` of its config.
         num_heads: the config's heads (DINOv3 needs them to reorder its q / k channels).
+        patch_size: the config's patch size (SigLIP-2 needs it to fold its linear patch
+            embedding into a kernel).
 
     Raises:
         ValueError: keys this mapping does not know (it never drops weights silently).
     """
+    if family == "clip" and any(key.endswith("classifier.weight") for key in state):
+        raise ValueError(
+            "CLIPForImageClassification is not supported: it classifies the mean of the "
+            "patch tokens before CLIP's post-LayerNorm, and vitres applies that norm to every "
+            "token; supported CLIP models: CLIPVisionModel, CLIPVisionModelWithProjection, "
+            "CLIPModel (its vision tower)"
+        )
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
     unknown = []
@@ -317,8 +363,28 @@ def convert_hf_state_dict(
             f"unknown keys in Hugging Face {family} weights: {unknown[:8]}"
             f"{'...' if len(unknown) > 8 else ''}; this architecture variant is not supported"
         )
+    _family_parts(family, qkv, out, num_heads, patch_size)
+    return out
+
+
+def _family_parts(
+    family: str,
+    qkv: dict[tuple[int, str], dict[str, Tensor]],
+    out: dict[str, Tensor],
+    num_heads: int | None,
+    patch_size: int | Sequence[int] | None,
+) -> None:
+    """What follows the key mapping: each family's own adjustments, and the query, key and
+    value of each layer concatenated into ``qkv``."""
     if family == "dinov3":
         _dinov3_parts(qkv, out, num_heads)
+    if family == "siglip2":
+        _siglip2_parts(out, patch_size)
+    if family in ("siglip", "siglip2") and "head.weight" in out:
+        # Siglip(2)ForImageClassification classifies the mean of the normed tokens; its
+        # tower's attention pool is unused (global_pool becomes "avg")
+        for key in [k for k in out if k.startswith("attn_pool.")]:
+            del out[key]
     if "reg_token" in out and out["reg_token"].shape[1] == 0:  # DINOv3 stores (1, 0, D)
         del out["reg_token"]
     for (index, kind), parts in sorted(qkv.items()):
@@ -334,13 +400,29 @@ def convert_hf_state_dict(
         # into the token, keep a table of patch positions only (exact; timm does the same)
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
         out["pos_embed"] = out["pos_embed"][:, 1:]
-    return out
 
 
 def _rope_fields(hf: dict) -> dict:
     """DINOv3's position kind: RoPE on normalised patch centres, angles times 2 pi."""
     return {"pos_embed": "rope", "rope_theta": float(hf.get("rope_theta", 100.0)),
             "rope_scale": 2 * math.pi}  # fmt: skip
+
+
+def _siglip2_fields(hf: dict) -> dict:
+    """SigLIP-2's geometry and position resampling: a square table of ``num_patches``
+    positions, resized per grid bilinear with antialias (``align_corners=False``, in
+    float32), as its ``resize_positional_embeddings`` does."""
+    num_patches = int(hf.get("num_patches", 256))
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f"SigLIP-2 with num_patches={num_patches} is not supported: its position table "
+            "is a square grid, so num_patches must be a square (256, 576, 1024...)"
+        )
+    patch = hf.get("patch_size", 16)
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return {"img_size": (side * ph, side * pw), "pos_embed_mode": "bilinear",
+            "pos_embed_antialias": True}  # fmt: skip
 
 
 def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
@@ -378,7 +460,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
     head_features = num_head_features(state)
-    if family == "siglip":
+    if family in ("siglip", "siglip2"):
         global_pool = "map" if "attn_pool.latent" in state else "avg"
     elif family == "ijepa":
         global_pool = "avg"  # the classifier reads the mean of the normed tokens
@@ -419,6 +501,8 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         "mean": per_channel(mean, channels),
         "std": per_channel(std, channels),
     }
+    if family == "siglip2":
+        return {**fields, **_siglip2_fields(hf)}
     return {**fields, **_rope_fields(hf)} if family == "dinov3" else fields
 
 
