@@ -189,17 +189,13 @@ class Ranks:
         return low, high
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in ``DistributedDataParallel`` (``model`` itself on one process).
-
-        Buffers are not broadcast at every forward: every rank computes its own (the
-        derived position tables of each size) from the same weights.
-        """
+        """``model`` in ``DistributedDataParallel`` (``model`` itself on one process)."""
         if not self.distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+        return DistributedDataParallel(model, device_ids=ids)
 
     def run_on_main(self, fn: Callable[[], T]) -> T | None:
         """Runs ``fn`` on rank 0 only, the others waiting; an error there stops every rank

@@ -375,14 +375,14 @@ class _Run:
         different steps (they would train different models from here on).
 
         Raises:
-            RuntimeError: the ranks drew different sizes, patch sizes or batch sizes.
+            ValueError: the ranks drew different sizes, patch sizes or batch sizes.
         """
         if not self.ranks.distributed:
             return count > 0
         planned = [0 if v is None else v for v in dataclasses.astuple(shape)]
         low, high = self.ranks.bounds([*planned, count])
         if low[:-1] != high[:-1]:
-            raise RuntimeError(
+            raise ValueError(
                 f"the {self.ranks.world_size} processes planned different steps at global "
                 f"step {self.global_step} ({shape} on rank {self.ranks.rank}): every "
                 "rank must run the same vitres version with the same config and seed"
