@@ -189,13 +189,19 @@ class Ranks:
         return low, high
 
     def wrap(self, model: nn.Module) -> nn.Module:
-        """``model`` in ``DistributedDataParallel`` (``model`` itself on one process)."""
+        """``model`` in ``DistributedDataParallel`` (``model`` itself on one process).
+
+        With ``static_graph``: every step uses the same parameters whatever its size (an
+        imported model's unused ones, such as a mask token, stay unused), which lets DDP
+        skip them without searching the graph each step, and reduce once for the two
+        forward passes of a flexify step with scale consistency.
+        """
         if not self.distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, static_graph=True)
 
     def run_on_main(self, fn: Callable[[], T]) -> T | None:
         """Runs ``fn`` on rank 0 only, the others waiting; an error there stops every rank
@@ -264,6 +270,7 @@ def join(device: torch.device, environ: Mapping[str, str] | None = None) -> Rank
         return Ranks(rank, world, local, device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank,
-                            world_size=world)  # fmt: skip
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=device)
+    else:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
     return Ranks(rank, world, local, device, owns_group=True)
