@@ -7,7 +7,8 @@
 # the fp8 backend, nvidia-ml-py for the energy counter) in .gpu-wheels/. Steps, each
 # writing its results before the next starts (a run stopped at its time limit keeps them):
 #   1. install vitres (no dependencies: the image has them) and the carried wheels;
-#   2. the GPU tests: real CUDA graphs against eager, every command's --device cuda path;
+#   2. the GPU tests: real CUDA graphs against eager, every command's --device cuda path,
+#      and scripts/gpu_train_check.py (bf16 training, exact resume, torchrun/nccl);
 #   3. benchmarks/gpu_backends.py: vitres's backends against timm and Hugging Face.
 # Budget: under 8 minutes on one H200 (about 1 for steps 1-2, 5-6 for step 3).
 set -u
@@ -24,6 +25,9 @@ python -c "import torchao" 2>/dev/null && log "torchao $(python -c 'import torch
 log "step 2: GPU tests"
 timeout 150 python -m pytest -q -p no:cacheprovider tests/test_cudagraph.py tests/test_gpu_commands.py \
   2>&1 | tail -15 | tee "$OUT/gpu_tests.txt"
+
+log "step 2b: training on the GPU (bf16, exact resume, torchrun with 2+ GPUs)"
+timeout 120 python scripts/gpu_train_check.py 2>&1 | tail -8 | tee "$OUT/gpu_train_check.txt"
 
 log "step 3: benchmarks/gpu_backends.py"
 timeout 330 python benchmarks/gpu_backends.py --out "$OUT/gpu_backends" 2>&1 | tail -40
