@@ -16,10 +16,11 @@ import json
 import pytest
 import torch
 from safetensors.torch import save_file
-from timm_shim import load_timm
+from timm_shim import load_timm, timm_module
 
 import vitres
 from vitres.layers.rel_pos_table import relative_position_index
+from vitres.models.convert.beit import TIMM_BEIT_ARCHS
 
 transformers = pytest.importorskip("transformers")
 
@@ -101,9 +102,9 @@ def test_hf_beit_model_pooler_and_tokens(mean_pool, tmp_path):
     ours = vitres.from_pretrained(tmp_path)
     assert ours.config.num_classes == 0
     assert worst_diff(ours, source, lambda r: r.pooler_output) <= EXACT
-    if not mean_pool:  # the final norm acts on the tokens: the whole sequence matches
-        diff = worst_diff(ours.forward_features, source, lambda r: r.last_hidden_state)
-        assert diff <= EXACT
+    # the tokens too: normed (class-token pool) or not (the norm acts on the mean)
+    diff = worst_diff(ours.forward_features, source, lambda r: r.last_hidden_state)
+    assert diff <= EXACT
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -125,6 +126,15 @@ def test_data2vec_vision_model_without_a_final_norm_is_refused(tmp_path):
     config = transformers.Data2VecVisionConfig(**SMALL, use_relative_position_bias=True)
     transformers.Data2VecVisionModel(config).save_pretrained(tmp_path)  # no pooler, no norm
     with pytest.raises(ValueError, match="without a final norm.*add_pooling_layer=True"):
+        vitres.from_pretrained(tmp_path)
+
+
+def test_non_square_native_image_is_refused(tmp_path):
+    config = transformers.BeitConfig(**SMALL, use_relative_position_bias=True)
+    transformers.BeitForImageClassification(config).save_pretrained(tmp_path)
+    document = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**document, "image_size": [32, 40]}))
+    with pytest.raises(ValueError, match=r"beit with image_size=\[32, 40\].*non-square"):
         vitres.from_pretrained(tmp_path)
 
 
@@ -195,8 +205,7 @@ def test_beit_loads_through_the_cli_and_refuses_dynamic_export(tmp_path, capsys)
 
 # ----------------------------------------------------------------------------- timm
 def _timm_beit(name: str, **kwargs) -> torch.nn.Module:
-    load_timm()
-    beit = __import__("timm.models.beit", fromlist=["Beit"])
+    beit = timm_module("beit")
     args = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5, **kwargs)
     return randomise(getattr(beit, name)(pretrained=False, **args), seed=3)
 
@@ -231,6 +240,45 @@ def test_timm_beit_save_for_hf_directory(name, extra, tmp_path):
     model_args = {**dict(img_size=32, embed_dim=32, depth=2, num_heads=2, init_values=0.1), **extra}
     (tmp_path / "config.json").write_text(
         json.dumps({"architecture": name, "num_classes": 5, "model_args": model_args})
+    )
+    assert _timm_diff(vitres.from_pretrained(tmp_path), source) <= TOLERANCE
+
+
+def test_the_architecture_table_is_timms_own():
+    """vitres's table of timm's BEiT names holds what each entry point passes (the walk
+    below builds every one of them)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "timm_arch_table.py"
+    spec = importlib.util.spec_from_file_location("timm_arch_table", script)
+    table_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table_script)
+    capture = table_script.capture
+    module = timm_module("beit")
+    registry = load_timm()
+    names = registry.list_models(module="beit")
+    assert sorted(names) == sorted(TIMM_BEIT_ARCHS)
+    for name in names:
+        facts = TIMM_BEIT_ARCHS[name]
+        args = capture(module, "_create_beit", name, registry.model_entrypoint(name))
+        assert {"img_size": 224, "mlp_ratio": 4, **args} == {"mlp_ratio": 4, **facts["model_args"]}
+        cfg = registry.get_pretrained_cfg(name)
+        assert (tuple(cfg.mean), tuple(cfg.std)) == (facts["mean"], facts["std"]), name
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_BEIT_ARCHS))
+def test_every_timm_beit_architecture_small(name, tmp_path):
+    """Each architecture at depth 2, 8 channels per head, 4 x 4 patches of 8: exact."""
+    heads = TIMM_BEIT_ARCHS[name]["model_args"]["num_heads"]
+    small = dict(img_size=32, patch_size=8, embed_dim=8 * heads, depth=2)
+    module = timm_module("beit")
+    source = randomise(getattr(module, name)(pretrained=False, num_classes=5, **small), seed=4)
+    save_file(
+        {k: v.contiguous() for k, v in source.state_dict().items()}, tmp_path / "model.safetensors"
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps({"architecture": name, "num_classes": 5, "model_args": small})
     )
     assert _timm_diff(vitres.from_pretrained(tmp_path), source) <= TOLERANCE
 

@@ -183,10 +183,13 @@ _TIMM_BEIT_KEYS = re.compile(
 
 
 def is_timm_beit(state: dict[str, Tensor], architecture: str) -> bool:
-    """Whether timm weights are timm's ``beit.py`` model: by its architecture name, or
-    by keys only that model has (q / v biases, relative position tables)."""
+    """Whether timm weights are timm's ``beit.py`` model: by its architecture name when
+    there is one, else by its keys (q / v biases, relative position tables; a nameless
+    file is then refused unless its config records ``model_args``)."""
     base = architecture.split(".")[0]
-    return base.startswith(("beit_", "beitv2_")) or any(_TIMM_BEIT_KEYS.match(k) for k in state)
+    if base:
+        return base in TIMM_BEIT_ARCHS or base.startswith(("beit_", "beitv2_"))
+    return any(_TIMM_BEIT_KEYS.match(k) for k in state)
 
 
 def convert_timm_beit_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
