@@ -171,6 +171,18 @@ def test_merged_and_quadtree_tokens_are_refused(tmp_path):
         ours.encode(mixed)
 
 
+def test_token_modes_refuse_merging_and_mixed_tokens_up_front(tmp_path):
+    from vitres.tokens.mode import TokenMode
+
+    config = transformers.BeitConfig(**SMALL, num_labels=3, use_shared_relative_position_bias=True)
+    randomise(transformers.BeitForImageClassification(config)).save_pretrained(tmp_path)
+    ours = vitres.from_pretrained(tmp_path)
+    for mode in (TokenMode(merge=2), TokenMode(token_budget=8)):
+        with pytest.raises(ValueError, match="not supported for a model with BEiT's relative"):
+            mode.check_model(ours)
+    TokenMode(pack="pack").check_model(ours)  # packed sequences carry the tables
+
+
 def test_packed_sequences_match_one_image_at_a_time(tmp_path):
     from vitres.tokens.pack import forward_packed
 
