@@ -122,11 +122,17 @@ def test_hf_data2vec_vision(shared, tmp_path):
     assert worst_diff(ours, source, lambda r: r.logits) <= EXACT
 
 
-def test_data2vec_vision_model_without_a_final_norm_is_refused(tmp_path):
+def test_data2vec_vision_model_without_a_final_norm(tmp_path):
+    """``Data2VecVisionModel``'s default: mean pooling but no pooler, so no norm at all."""
     config = transformers.Data2VecVisionConfig(**SMALL, use_relative_position_bias=True)
-    transformers.Data2VecVisionModel(config).save_pretrained(tmp_path)  # no pooler, no norm
-    with pytest.raises(ValueError, match="without a final norm.*add_pooling_layer=True"):
-        vitres.from_pretrained(tmp_path)
+    source = randomise(transformers.Data2VecVisionModel(config))
+    source.save_pretrained(tmp_path)
+    ours = vitres.from_pretrained(tmp_path)
+    assert not ours.config.final_norm
+    diff = worst_diff(ours.forward_features, source, lambda r: r.last_hidden_state)
+    assert diff <= EXACT
+    tokens = lambda r: r.last_hidden_state[:, 1:].mean(dim=1)  # noqa: E731
+    assert worst_diff(ours, source, tokens) <= EXACT
 
 
 def test_non_square_native_image_is_refused(tmp_path):

@@ -157,6 +157,7 @@ class ViTConfig(ConfigBase):
     ``rel_pos_bias`` / ``shared_rel_pos_bias`` add BEiT's learned relative position bias
     tables (per block / shared; :mod:`vitres.layers.rel_pos_table`), beside any
     ``pos_embed`` kind; they need exactly one prefix token, the class token.
+    ``final_norm=False``: the model ends without a norm (``fc_norm`` then says nothing).
     """
 
     img_size: tuple[int, int] = (224, 224)
@@ -205,6 +206,8 @@ class ViTConfig(ConfigBase):
     # use_shared_rel_pos_bias), resampled bilinearly to each grid
     rel_pos_bias: bool = False
     shared_rel_pos_bias: bool = False
+    # False: no final norm at all (Data2VecVisionModel without its pooler)
+    final_norm: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.num_heads) and self.num_heads > 0):

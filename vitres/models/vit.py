@@ -163,7 +163,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         # one final norm, on the tokens (before pooling) or on the pooled vector (fc_norm)
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.attn_pool = (
             AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_ratio, cfg.act_layer, cfg.norm_eps)
             if cfg.global_pool == "map"

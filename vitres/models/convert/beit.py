@@ -86,8 +86,8 @@ def _refuse(what: str, why: str) -> ValueError:
     return ValueError(
         f"{what} is not supported: {why}. Supported BEiT / Data2Vec-vision models: a class "
         "token, per-block and/or shared relative position bias, optional absolute "
-        "positions, LayerScale, class-token or mean pooling with its norm, a square "
-        "native image"
+        "positions, LayerScale, class-token or mean pooling (with or without a norm), a "
+        "square native image"
     )
 
 
@@ -95,10 +95,13 @@ def beit_hf_fields(hf: dict, state: dict[str, Tensor]) -> dict:
     """The :class:`ViTConfig` fields a BEiT / Data2Vec-vision config sets beyond the
     shared Hugging Face ones (``state`` is converted).
 
+    A model with mean pooling and no pooler (``Data2VecVisionModel``'s default) has no
+    final norm at all: it loads with ``final_norm=False``, its ``last_hidden_state`` is
+    ``forward_features`` and ``model(x)`` the mean of its patch tokens.
+
     Raises:
         ValueError: a non-square native image (the source's own table reshape swaps
-            rows and columns there), or a model without any final norm
-            (``use_mean_pooling`` without the pooler: ``Data2VecVisionModel``'s default).
+            rows and columns there).
     """
     name = f"Hugging Face {hf.get('model_type')}"
     image = hf.get("image_size", 224)
@@ -108,17 +111,11 @@ def beit_hf_fields(hf: dict, state: dict[str, Tensor]) -> dict:
             "a non-square native image (the source resamples its tables as if square)",
         )
     mean_pool = bool(hf.get("use_mean_pooling", True))
-    if "norm.weight" not in state:
-        raise _refuse(
-            f"{name} without a final norm (use_mean_pooling=True and no pooler: "
-            "add_pooling_layer=False)",
-            "vitres models end in a norm; save the model with its pooler "
-            "(add_pooling_layer=True) or as ...ForImageClassification",
-        )
     scale = hf.get("layer_scale_init_value", 0.1)
     return {
         "global_pool": "avg" if mean_pool else "token",
         "fc_norm": mean_pool,
+        "final_norm": "norm.weight" in state or not mean_pool,
         "pos_embed": "learned" if "pos_embed" in state else "none",
         "rel_pos_bias": bool(hf.get("use_relative_position_bias")),
         "shared_rel_pos_bias": bool(hf.get("use_shared_relative_position_bias")),

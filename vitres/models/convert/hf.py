@@ -34,7 +34,9 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   ``pooler_output`` (class token after the final norm, or the normed mean of the patch
   tokens) and ``...ForImageClassification`` logits: relative position bias tables per
   block and/or shared, resampled bilinearly at other sizes exactly as the source does
-  (:mod:`vitres.models.convert.beit`), LayerScale, no key bias (zeros).
+  (:mod:`vitres.models.convert.beit`), LayerScale, no key bias (zeros); a model with
+  mean pooling and no pooler (``Data2VecVisionModel``'s default) has no final norm
+  (``final_norm=False``): its ``last_hidden_state`` is matched.
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
