@@ -224,12 +224,13 @@ def test_beit_loads_through_the_cli_and_refuses_dynamic_export(tmp_path, capsys)
 # ----------------------------------------------------------------------------- timm
 def _timm_beit(name: str, **kwargs) -> torch.nn.Module:
     beit = timm_module("beit")
-    args = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5, **kwargs)
+    args = {**dict(img_size=32, embed_dim=32, depth=2, num_heads=2, num_classes=5), **kwargs}
     return randomise(getattr(beit, name)(pretrained=False, **args), seed=3)
 
 
 def _timm_diff(ours, source) -> float:
-    x = torch.randn(2, 3, 32, 32)
+    """Max |diff| at timm's native size (its BEiT takes no other)."""
+    x = torch.randn(2, 3, *source.patch_embed.img_size)
     with torch.no_grad():
         return (ours(x) - source(x)).abs().max().item()
 
@@ -239,6 +240,7 @@ def _timm_diff(ours, source) -> float:
     [
         ("beit_base_patch16_224", dict(patch_size=8)),
         ("beitv2_base_patch16_224", dict(patch_size=8, global_pool="token")),
+        ("beit_base_patch16_224", dict(patch_size=8, img_size=[24, 48])),  # 3 x 6 patches
         (
             "beit_base_patch16_224",
             dict(
