@@ -36,6 +36,13 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   channels rotate in halves (``rotate_half``); vitres rotates adjacent pairs, so each
   head's q and k rows are permuted on import (dot products unchanged). The gated MLP
   (``use_gated_mlp``, the 7B model) is refused.
+* ``beit`` / ``data2vec-vision``: ``BeitModel`` / ``Data2VecVisionModel``
+  ``pooler_output`` (class token after the final norm, or the normed mean of the patch
+  tokens) and ``...ForImageClassification`` logits: relative position bias tables per
+  block and/or shared, resampled bilinearly at other sizes exactly as the source does
+  (:mod:`vitres.models.convert.beit`), LayerScale, no key bias (zeros); a model with
+  mean pooling and no pooler (``Data2VecVisionModel``'s default) has no final norm
+  (``final_norm=False``): its ``last_hidden_state`` is matched.
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
@@ -52,6 +59,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from vitres.models.convert.beit import BEIT_DROPPED, beit_hf_fields, beit_hf_key, fill_key_bias
 from vitres.models.convert.common import num_head_features, per_channel
 
 __all__ = [
@@ -90,6 +98,8 @@ HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     "vit_mae": ("vit_mae", IMAGENET_MEAN, IMAGENET_STD),
     "ijepa": ("ijepa", IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": ("dinov3", IMAGENET_MEAN, IMAGENET_STD),
+    "beit": ("beit", (0.5,), (0.5,)),
+    "data2vec-vision": ("beit", (0.5,), (0.5,)),
 }
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -105,6 +115,8 @@ _HF_PREFIXES = (
     "dinov2.",
     "vision_model.",
     "ijepa.",
+    "beit.",
+    "data2vec_vision.",
 )
 _HF_DROPPED = re.compile(
     r"^(?:embeddings\.mask_token|embeddings\.position_ids|text_model\..*|text_projection\..*"
@@ -205,7 +217,7 @@ def hf_family(hf: dict) -> str:
             f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
             f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
             "registers, SigLIP and SigLIP-2 vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, "
-            "DINOv3). Swin "
+            "DINOv3, BEiT, Data2Vec-vision). Swin "
             "and other hierarchical models are not ViTs with one token grid and stay refused"
         )
     act = hf.get("hidden_act", "gelu")
@@ -290,6 +302,31 @@ def _siglip2_parts(out: dict[str, Tensor], patch_size: int | Sequence[int] | Non
         out["patch_embed.proj.weight"] = kernel.contiguous()  # (D, C, ph, pw)
 
 
+def _map_outside_layers(bare: str, value: Tensor, family: str, out: dict[str, Tensor]) -> bool:
+    """Maps (into ``out``) or drops a key outside the per-layer q / k / v pattern; False
+    when the key is not one of those."""
+    if _HF_DROPPED.match(bare):
+        return True
+    if family == "beit" and (renamed := beit_hf_key(bare)) is not None:
+        if renamed != BEIT_DROPPED:
+            out[renamed] = value
+        return True
+    if bare in _HF_SIMPLE:
+        out[_HF_SIMPLE[bare]] = value
+    elif bare == "embeddings.class_embedding":  # CLIP: (D,)
+        out["cls_token"] = value.reshape(1, 1, -1)
+    elif bare == "embeddings.position_embedding.weight":  # CLIP / SigLIP nn.Embedding
+        out["pos_embed"] = value.unsqueeze(0)
+    elif bare in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
+        kind = "weight" if bare.endswith("weight") else "bias"
+        dim = value.shape[0] // 3
+        out[f"attn_pool.q.{kind}"] = value[:dim]
+        out[f"attn_pool.kv.{kind}"] = value[dim:]
+    else:
+        return False
+    return True
+
+
 def convert_hf_state_dict(
     state: dict[str, Tensor],
     family: str,
@@ -330,22 +367,7 @@ def convert_hf_state_dict(
             if bare.startswith(prefix):
                 bare = bare[len(prefix) :]
                 break
-        if _HF_DROPPED.match(bare):
-            continue
-        if bare in _HF_SIMPLE:
-            out[_HF_SIMPLE[bare]] = value
-            continue
-        if bare == "embeddings.class_embedding":  # CLIP: (D,)
-            out["cls_token"] = value.reshape(1, 1, -1)
-            continue
-        if bare == "embeddings.position_embedding.weight":  # CLIP / SigLIP nn.Embedding
-            out["pos_embed"] = value.unsqueeze(0)
-            continue
-        if bare in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
-            kind = "weight" if bare.endswith("weight") else "bias"
-            dim = value.shape[0] // 3
-            out[f"attn_pool.q.{kind}"] = value[:dim]
-            out[f"attn_pool.kv.{kind}"] = value[dim:]
+        if _map_outside_layers(bare, value, family, out):
             continue
         match = _HF_LAYER_RE.match(bare)
         if not match or match.group(2) not in _HF_LAYER_PARTS:
@@ -385,6 +407,8 @@ def _family_parts(
         # tower's attention pool is unused (global_pool becomes "avg")
         for key in [k for k in out if k.startswith("attn_pool.")]:
             del out[key]
+    if family == "beit":
+        fill_key_bias(qkv)
     if "reg_token" in out and out["reg_token"].shape[1] == 0:  # DINOv3 stores (1, 0, D)
         del out["reg_token"]
     for (index, kind), parts in sorted(qkv.items()):
@@ -425,6 +449,17 @@ def _siglip2_fields(hf: dict) -> dict:
             "pos_embed_antialias": True}  # fmt: skip
 
 
+def _global_pool(family: str, state: dict[str, Tensor], head_features: int) -> str:
+    """What the family's classifier reads."""
+    if family in ("siglip", "siglip2"):
+        return "map" if "attn_pool.latent" in state else "avg"
+    if family == "ijepa":
+        return "avg"  # the classifier reads the mean of the normed tokens
+    if family in ("dinov2", "dinov2_with_registers") and head_features:
+        return "token_avg"  # the classifier reads [class token, mean of patches]
+    return "token"
+
+
 def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
     """:class:`ViTConfig` fields of a Hugging Face model (its config and converted weights).
 
@@ -460,14 +495,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
     head_features = num_head_features(state)
-    if family in ("siglip", "siglip2"):
-        global_pool = "map" if "attn_pool.latent" in state else "avg"
-    elif family == "ijepa":
-        global_pool = "avg"  # the classifier reads the mean of the normed tokens
-    elif family in ("dinov2", "dinov2_with_registers") and head_features:
-        global_pool = "token_avg"  # the classifier reads [class token, mean of patches]
-    else:
-        global_pool = "token"
+    global_pool = _global_pool(family, state, head_features)
     init = hf.get("layerscale_value", 1.0) if "blocks.0.ls1.gamma" in state else None
     pooler = state.get("pre_logits.fc.weight")
     fields = {
@@ -503,6 +531,8 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
     }
     if family == "siglip2":
         return {**fields, **_siglip2_fields(hf)}
+    if family == "beit":
+        return {**fields, **beit_hf_fields(hf, state)}
     return {**fields, **_rope_fields(hf)} if family == "dinov3" else fields
 
 
