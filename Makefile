@@ -36,8 +36,9 @@ real-model: install
 
 # wheels a lent GPU machine lacks (no network there): carry .gpu-wheels to it and run
 # `bash scripts/gpu_check.sh` (docs/gpu.md)
-gpu-wheels:
+gpu-wheels: data
 	$(PY) -m pip download -q --no-deps torchao==0.17.0 nvidia-ml-py -d .gpu-wheels
+	mkdir -p .gpu-wheels/fashion-mnist && cp /usr/share/datasets/fashion-mnist/*.gz .gpu-wheels/fashion-mnist/
 
 test: install data browser
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts

@@ -37,6 +37,7 @@ Writes ``benchmarks/results/gpu_backends.{json,md}`` (``--out`` changes the stem
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
 import statistics
 import sys
@@ -268,6 +269,7 @@ def run_case(
         )
     _speedups(built)
     del runs, built
+    gc.collect()  # compiled backends hold reference cycles: free their graphs before the next case
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows

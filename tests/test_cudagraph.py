@@ -165,13 +165,13 @@ def test_the_cuda_backends_refuse_a_cpu_device_and_say_why_they_are_unavailable(
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="records real CUDA graphs: needs a GPU")
-@pytest.mark.parametrize("name", ["cudagraph", "cudagraph-bf16"])
-def test_real_cuda_graphs_replay_the_eager_result(name):
+@pytest.mark.parametrize("name, compiler", [("cudagraph", "none"), ("cudagraph-bf16", "inductor")])
+def test_real_cuda_graphs_replay_the_eager_result(name, compiler):
     """On a GPU: each bucket's replayed graph gives eager's logits at that batch (same
     dtype, same kernels up to Inductor's fusion), and a switch records nothing."""
     torch.manual_seed(0)
     model = vitres.create_model("vit_tiny_patch16", img_size=64, num_classes=16).eval().cuda()
-    backend = get_backend(name, device="cuda", allow_new_shapes=False)
+    backend = get_backend(name, device="cuda", allow_new_shapes=False, compiler=compiler)
     dtype = backend.dtype
     eager = vitres.create_model("vit_tiny_patch16", img_size=64, num_classes=16)
     eager.load_state_dict(model.state_dict())
@@ -189,3 +189,5 @@ def test_real_cuda_graphs_replay_the_eager_result(name):
             tolerance = 2e-2 if dtype == torch.bfloat16 else 1e-4
             assert (got - expected).abs().max() <= tolerance * (1 + expected.abs().max())
     assert backend.stats()["captures"] == recorded
+    assert backend.stats()["graph_memory_mb"] > 0
+    backend.close()

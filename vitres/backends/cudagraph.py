@@ -101,6 +101,8 @@ class ShapeGraphs:
         reserve_fraction: Before recording, old graphs are evicted while free memory is
             below this fraction of the total.
         allow_new_shapes: ``False``: a shape with no graph is refused instead of recorded.
+        on_evict: Called after each eviction (the CUDA backends return the freed pool to
+            the device there, so that the free-memory check sees it).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class ShapeGraphs:
         free_bytes: Callable[[], tuple[int, int]] | None = None,
         reserve_fraction: float = 0.1,
         allow_new_shapes: bool = True,
+        on_evict: Callable[[], Any] | None = None,
     ) -> None:
         if max_graphs < 1:
             raise ValueError(f"max_graphs must be at least 1, got {max_graphs}")
@@ -121,6 +124,7 @@ class ShapeGraphs:
         self.max_graphs, self.max_bytes = max_graphs, max_bytes
         self._free_bytes, self.reserve_fraction = free_bytes, reserve_fraction
         self.allow_new_shapes = allow_new_shapes
+        self._on_evict = on_evict
         self._graphs: OrderedDict[Shape, GraphEntry] = OrderedDict()
         self.captures = 0
         self.evictions = 0
@@ -173,6 +177,8 @@ class ShapeGraphs:
     def _evict_oldest(self) -> None:
         self._graphs.popitem(last=False)
         self.evictions += 1
+        if self._on_evict is not None:
+            self._on_evict()
 
     def _make_room(self) -> None:
         while len(self._graphs) >= self.max_graphs:
@@ -277,6 +283,7 @@ class CudaGraphBackend(Backend):
             free_bytes=free,
             reserve_fraction=reserve_fraction,
             allow_new_shapes=True,  # prepare records; the setting applies after it
+            on_evict=self._evicted,
         )
         self._allow_new_shapes = allow_new_shapes
         self._compiles = 0
@@ -336,24 +343,43 @@ class CudaGraphBackend(Backend):
             self.graphs.allow_new_shapes = allowed
 
     def _record(self, shape: Shape) -> GraphEntry:
-        """Records one graph for ``shape``: warm-up calls on a side stream, then the capture."""
-        start = time.perf_counter()
-        static_input = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(self.warmup_calls):
-                self.fn(static_input)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        torch.cuda.synchronize(self.device)
-        reserved = torch.cuda.memory_reserved(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            static_output = self.fn(static_input)
-        torch.cuda.synchronize(self.device)
-        held = max(0, torch.cuda.memory_reserved(self.device) - reserved) + static_input.nbytes
-        self.record_time_s += time.perf_counter() - start
-        return GraphEntry(static_input, static_output, graph.replay, held, graph)
+        """Records one graph for ``shape``: warm-up calls on a side stream, then the capture,
+        all with ``self.device`` current (a capture records the current device's work)."""
+        with torch.cuda.device(self.device):
+            start = time.perf_counter()
+            static_input = torch.zeros(shape, device=self.device, dtype=self.dtype)
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side), torch.inference_mode():
+                for _ in range(self.warmup_calls):
+                    self.fn(static_input)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            # the capture empties the allocator's cache first: empty it before the baseline
+            # too, so that the difference is the graph's own pool
+            torch.cuda.empty_cache()
+            reserved = torch.cuda.memory_reserved(self.device)
+            graph = torch.cuda.CUDAGraph()
+            capture = torch.cuda.Stream(self.device)
+            with torch.inference_mode(), torch.cuda.graph(graph, stream=capture):
+                static_output = self.fn(static_input)
+            torch.cuda.synchronize(self.device)
+            held = torch.cuda.memory_reserved(self.device) - reserved
+            self.record_time_s += time.perf_counter() - start
+        held += static_input.nbytes  # allocated before the baseline, held as long as the graph
+        return GraphEntry(static_input, static_output, graph.replay, max(0, held), graph)
+
+    def _evicted(self) -> None:
+        """Hands an evicted graph's private memory pool back to the device (the allocator
+        keeps it cached until told)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        """Drops every graph and the compiled model, and returns their memory."""
+        self.graphs.clear()
+        self.fn = self.model = None
+        self._evicted()
 
     def run(self, batch: Tensor) -> Tensor:
         x = batch.to(device=self.device, dtype=self.dtype)

@@ -21,6 +21,7 @@ agreement against float32.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 
 import torch
@@ -81,8 +82,14 @@ class FP8Backend(CudaGraphBackend):
             quantize_,
         )
 
-        model = super()._transform(model)
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        # a copy: backends prepared on the same model (one per ladder size or calibration
+        # point) must not quantise it twice
+        model = super()._transform(copy.deepcopy(model))
+        # set_inductor_config=False: torchao's default changes process-wide settings (TF32
+        # for every float32 matmul, Inductor's tuning) that would leak into other backends
+        config = Float8DynamicActivationFloat8WeightConfig(
+            granularity=PerRow(), set_inductor_config=False
+        )
         quantize_(model, config, filter_fn=lambda module, _name: fp8_eligible(module))
         self.converted = fp8_linear_names(model)
         return model

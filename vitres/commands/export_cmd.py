@@ -281,8 +281,8 @@ def _check_gpu_check(args: argparse.Namespace) -> None:
     """Refuses a GPU parity check this machine (or the format) cannot run, before any work."""
     from vitres.devices import check_device
 
-    if check_device(args.device).type == "cpu":
-        return
+    if check_device(args.device).type == "cpu" or args.format == "tensorrt":
+        return  # a TensorRT plan is checked by TensorRT itself, not ONNX Runtime
     if args.format == "openvino":
         raise ValueError(
             "--format openvino: OpenVINO runs on Intel CPUs and GPUs, and its IR is checked on "

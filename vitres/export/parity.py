@@ -85,7 +85,7 @@ def default_check_sizes(
     return list(dict.fromkeys(sizes))
 
 
-def parity_providers(device: torch.device) -> tuple[str, ...]:
+def parity_providers(device: torch.device) -> tuple[str | tuple[str, dict[str, str]], ...]:
     """ONNX Runtime's execution providers for a check on ``device``.
 
     Raises:
@@ -101,7 +101,7 @@ def parity_providers(device: torch.device) -> tuple[str, ...]:
             "this onnxruntime lacks: pip install onnxruntime-gpu, or check on the CPU "
             "(--device cpu)"
         )
-    return ("CUDAExecutionProvider",)
+    return (("CUDAExecutionProvider", {"use_tf32": "0"}),)  # true float32, as eager
 
 
 def _true_fp32(device: torch.device) -> contextlib.AbstractContextManager:

@@ -40,7 +40,7 @@ def onnx_session(
     threads: int | None = None,
     *,
     optimization: str = "all",
-    providers: Sequence[str] = ("CPUExecutionProvider",),
+    providers: Sequence[str | tuple[str, dict[str, str]]] = ("CPUExecutionProvider",),
 ) -> Any:
     """An ONNX Runtime session for ``path``, cached per file (path, size, modification
     time), thread count, optimisation level and providers.
@@ -49,7 +49,7 @@ def onnx_session(
         path: The ``.onnx`` file.
         threads: ``intra_op_num_threads``; torch's thread count when ``None``.
         optimization: ``"all"`` (default), ``"extended"``, ``"basic"`` or ``"disable"``.
-        providers: Execution providers in priority order.
+        providers: Execution providers in priority order (a name, or ``(name, options)``).
     """
     import onnxruntime as ort
 
@@ -66,7 +66,7 @@ def onnx_session(
         raise FileNotFoundError(f"ONNX file {resolved} does not exist")
     stat = resolved.stat()
     threads = int(threads or torch.get_num_threads())
-    key = (str(resolved), stat.st_size, stat.st_mtime_ns, threads, optimization, tuple(providers))
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns, threads, optimization, repr(providers))
     session = _SESSIONS.get(key)
     if session is None:
         options = ort.SessionOptions()

@@ -81,7 +81,10 @@ def nvml_reader(device: torch.device) -> tuple[Reader | None, str]:
     try:
         pynvml.nvmlInit()
         index = device.index if device.index is not None else torch.cuda.current_device()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        # NVML numbers GPUs its own way (all of them, PCI order); CUDA_VISIBLE_DEVICES and
+        # CUDA_DEVICE_ORDER renumber CUDA's: translate
+        nvml_index = getattr(torch.cuda, "_get_nvml_device_index", lambda i: i)(index)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
         pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)
     except Exception as err:  # NVML absent, or the GPU has no energy counter (pre-Volta)
         return None, f"the GPU's energy counter could not be read through NVML: {err}"

@@ -244,7 +244,7 @@ def cell_saliency(
         return _box_sums(_integral(per_cell(energy)), cells)[:, 0]
     sums = _box_sums(_integral(per_cell(torch.cat([x, x * x], dim=1))), cells)  # (B, 2C, M)
     first, second = sums.chunk(2, dim=1)
-    pixels = (cells.height * cells.width * ph * pw).to(torch.float64)
+    pixels = (cells.height * cells.width * ph * pw).to(first.device, torch.float64)
     return (second - first * first / pixels).sum(dim=1).clamp_min(0.0)
 
 
