@@ -191,3 +191,24 @@ def test_real_cuda_graphs_replay_the_eager_result(name, compiler):
     assert backend.stats()["captures"] == recorded
     assert backend.stats()["graph_memory_mb"] > 0
     backend.close()
+
+
+def test_models_that_compute_on_the_host_per_call_are_refused(tiny_vit):
+    from vitres.backends.cudagraph import check_recordable
+    from vitres.models.common import FixedPatchSize
+
+    check_recordable(tiny_vit)  # a learned table on the device: recordable
+    check_recordable(FixedPatchSize(tiny_vit, 4))  # its own patch size
+    sincos = vitres.create_model(
+        "vit_tiny_patch4", img_size=16, in_chans=1, num_classes=3, embed_dim=32, depth=1,
+        num_heads=2, pos_embed="sincos",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="'sincos' position embedding is computed per grid"):
+        check_recordable(sincos)
+    with pytest.raises(ValueError, match="resized to 2 px per call.*compile-bf16"):
+        check_recordable(FixedPatchSize(tiny_vit, 2))
+    with pytest.raises(ValueError, match="record vitres models"):
+        check_recordable(torch.nn.Linear(2, 2))
+    backend = EagerRecordedBackend(device="cpu", compiler="none")
+    with pytest.raises(ValueError, match="'sincos' position embedding"):
+        backend.prepare(sincos, (1, 1, 16, 16))

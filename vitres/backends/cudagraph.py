@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from vitres.backends.base import Backend, register_backend
+from vitres.layers.pos_embed import to_grid
 
 Shape = tuple[int, ...]
 _MIB = 1024 * 1024
@@ -226,6 +227,46 @@ def run_bucketed(graphs: ShapeGraphs, batch: Tensor, max_batch: int) -> Tensor:
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
+# position kinds whose tables live on the model's device: nothing is computed on the host
+# in a forward pass, which a CUDA graph could not record
+RECORDABLE_POSITIONS = ("learned", "none")
+
+
+def check_recordable(model: nn.Module) -> None:
+    """Refuses a model whose forward pass computes something on the CPU per call (a CUDA
+    graph records only the GPU's work, so a replay would reuse stale host results, and the
+    copy to the GPU cannot be captured).
+
+    Recordable: vitres ViTs with a learned position table (or none) and no relative
+    position bias tables, at their own patch size or a bound one equal to it.
+
+    Raises:
+        ValueError: what the model computes per call, and what to use instead.
+    """
+    base, bound = model, None
+    if getattr(model, "config", None) is None:
+        base, bound = getattr(model, "model", None), getattr(model, "patch_size", None)
+    config = getattr(base, "config", None)
+    if config is None:
+        raise ValueError(
+            f"CUDA graphs record vitres models (or a model with a bound patch size), got "
+            f"{type(model).__name__}; token merging and token budgets run on eager or compile"
+        )
+    kind = getattr(config, "pos_embed", "learned")
+    problems = []
+    if kind not in RECORDABLE_POSITIONS:
+        problems.append(f"its {kind!r} position embedding is computed per grid")
+    if getattr(config, "rel_pos_bias", False) or getattr(config, "shared_rel_pos_bias", False):
+        problems.append("its relative position bias tables are resampled per grid")
+    if bound is not None and to_grid(bound) != to_grid(config.patch_size):
+        problems.append(f"its patch embedding is resized to {bound} px per call")
+    if problems:
+        raise ValueError(
+            f"this model cannot be recorded as CUDA graphs: {'; '.join(problems)} on the "
+            "host in every forward pass. Use compile-bf16 (or eager-bf16) for it"
+        )
+
+
 @register_backend
 class CudaGraphBackend(Backend):
     """``torch.compile`` (or the eager model) recorded as CUDA graphs per shape, float32.
@@ -321,6 +362,7 @@ class CudaGraphBackend(Backend):
 
     def build(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:
         self._check_device()
+        check_recordable(model)
         model = self._transform(model.eval())
         for parameter in model.parameters():
             parameter.requires_grad_(False)
