@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitres.layers.mlp import Mlp
+from vitres.layers.mlp import Mlp, SwiGLU
 from vitres.layers.pos_embed import apply_rope
 
 __all__ = ["Attention", "Block", "LayerScale", "drop_path"]
@@ -34,6 +34,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
+        inner_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -41,6 +42,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        # EVA-02 CLIP's normalisation of the attention output before the projection
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if inner_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,7 +92,7 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Fused attention of per-head ``q, k, v`` back to ``shape`` ``(B, T, D)``, projected."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(shape))
+        return self.proj(self.norm(out.transpose(1, 2).reshape(shape)))
 
     def forward_with_metric(
         self,
@@ -126,7 +129,7 @@ class Attention(nn.Module):
             logits = logits + attn_mask
         weights = logits.float().softmax(dim=-1).to(q.dtype)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj(out), weights
+        return self.proj(self.norm(out)), weights
 
 
 class LayerScale(nn.Module):
@@ -157,16 +160,22 @@ class Block(nn.Module):
         """Args:
         cfg: the model's config (a :class:`~vitres.models.config.ViTConfig`: ``embed_dim``,
             ``num_heads``, ``qkv_bias``, ``qk_norm``, ``norm_eps``, ``init_values``,
-            ``mlp_ratio``, ``act_layer``).
+            ``mlp_ratio``, ``act_layer``, ``mlp_kind``, ``mlp_norm``, ``attn_norm``).
         drop_path_rate: the stochastic-depth rate of this block.
         """
         super().__init__()
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps)
+        self.attn = Attention(
+            dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps, cfg.attn_norm
+        )
         self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.act_layer)
+        hidden, sub_norm = int(dim * cfg.mlp_ratio), cfg.norm_eps if cfg.mlp_norm else None
+        if cfg.mlp_kind == "swiglu":
+            self.mlp = SwiGLU(dim, hidden, sub_norm)
+        else:
+            self.mlp = Mlp(dim, hidden, cfg.act_layer, norm_eps=sub_norm)
         self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.drop_path_rate = drop_path_rate
 

@@ -301,7 +301,7 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
             f"first keys: {list(raw)[:6]}"
         )
     fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
-    state = convert_timm_state_dict(raw)
+    state = convert_timm_state_dict(raw, document, arch)
     return _build_foreign(state, fields, overrides, str(weights))
 
 

@@ -47,6 +47,7 @@ from vitres.layers.positions import (
     ContinuousBiasPositions,
     CoordinateMLPPositions,
     LearnedPositions,
+    MixedRotaryPositions,
     RotaryPositions,
     SinCosPositions,
 )
@@ -97,18 +98,29 @@ class _PositionKinds:
     coordinate_mlp: CoordinateMLPPositions
     rotary: RotaryPositions
     relative_bias: ContinuousBiasPositions
+    mixed_rotary: MixedRotaryPositions
 
     @classmethod
     def of(cls, cfg: ViTConfig) -> _PositionKinds:
         prefix, grid = cfg.num_prefix_tokens, cfg.grid
+        head_dim = cfg.embed_dim // cfg.num_heads
         return cls(
             LearnedPositions(
                 grid, prefix, cfg.pos_embed_prefix, cfg.pos_embed_mode, cfg.pos_embed_antialias
             ),
             SinCosPositions(cfg.embed_dim, grid),
             CoordinateMLPPositions(),
-            RotaryPositions(cfg.embed_dim // cfg.num_heads, grid, cfg.rope_theta, cfg.rope_scale),
+            RotaryPositions(
+                head_dim,
+                grid,
+                cfg.rope_theta,
+                cfg.rope_scale,
+                cfg.rope_coords,
+                cfg.rope_offset,
+                cfg.rope_ref_grid,
+            ),
             ContinuousBiasPositions(prefix),
+            MixedRotaryPositions(head_dim, grid),
         )
 
 
@@ -146,13 +158,25 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             if cfg.pos_embed == "cpb"
             else None
         )
+        # RoPE-Mixed: (x, y) frequencies per block, head and channel pair
+        self.rope_freqs = (
+            nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, dim // cfg.num_heads // 2))
+            if cfg.rope_mixed
+            else None
+        )
         self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         # one final norm, on the tokens (before pooling) or on the pooled vector (fc_norm)
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
         self.attn_pool = (
-            AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_ratio, cfg.act_layer, cfg.norm_eps)
+            AttentionPoolLatent(
+                dim,
+                cfg.attn_pool_heads or cfg.num_heads,
+                cfg.attn_pool_mlp_ratio or cfg.mlp_ratio,
+                cfg.act_layer,
+                cfg.norm_eps,
+            )
             if cfg.global_pool == "map"
             else None
         )
@@ -195,6 +219,16 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             nn.init.normal_(self.reg_token, std=1e-6)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.rope_freqs is not None:  # RoPE-Mixed: axial magnitudes, a random turn per head
+            cfg = self.config
+            pairs = self.rope_freqs.shape[-1]
+            magnitude = cfg.rope_theta ** (-torch.arange(0, pairs, 2).float() / pairs)
+            turn = torch.rand(cfg.depth, cfg.num_heads, 1) * 2 * math.pi
+            turns = (turn, turn + math.pi / 2)  # the two halves of the pairs, at right angles
+            fx = torch.cat([magnitude * t.cos() for t in turns], dim=-1)
+            fy = torch.cat([magnitude * t.sin() for t in turns], dim=-1)
+            with torch.no_grad():
+                self.rope_freqs.copy_(torch.stack([fx, fy]))
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -336,7 +370,11 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                     self.cpb, index, layout, self._cache, self.training
                 )
                 mask = bias if mask is None else bias + mask
-            attn = {"rope": rope, "num_prefix_tokens": layout.num_prefix_tokens, "attn_mask": mask}
+            attn = {
+                "rope": self._block_rope(rope, index),
+                "num_prefix_tokens": layout.num_prefix_tokens,
+                "attn_mask": mask,
+            }
             if reduction is None:
                 tokens = block(tokens, **attn)
                 continue
@@ -351,9 +389,23 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return layout.replace(tokens=tokens)
 
     def _rope(self, layout: TokenLayout) -> tuple[Tensor, Tensor] | None:
-        if self.config.pos_embed != "rope":
+        """The layout's rotary ``(cos, sin)``; with learned frequencies (RoPE-Mixed) each
+        has a leading block axis (:meth:`_block_rope` picks a block's)."""
+        if not self.config.uses_rope:
             return None
+        if self.rope_freqs is not None:
+            return self.positions.mixed_rotary.for_layout(
+                self.rope_freqs, layout, self._cache, self.training
+            )
         return self.positions.rotary.for_layout(layout, self._cache)
+
+    def _block_rope(
+        self, rope: tuple[Tensor, Tensor] | None, index: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """Block ``index``'s rotary ``(cos, sin)``: its own with learned frequencies."""
+        if rope is None or self.rope_freqs is None:
+            return rope
+        return rope[0][index], rope[1][index]
 
     def forward_features(
         self,
@@ -388,7 +440,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         patch = tokens[:, prefix:]
         keep = None if token_mask is None else token_mask[..., prefix:].to(tokens.device)
         if cfg.global_pool == "map":
-            return self.attn_pool(patch, keep, token_sizes)
+            return self._attention_pool(tokens, token_mask, token_sizes)
         if keep is None and token_sizes is None:
             mean = patch.mean(dim=1)
             amax = patch.amax(dim=1) if cfg.global_pool in ("max", "avgmax") else None
@@ -407,6 +459,18 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         if cfg.global_pool == "avgmax":
             return 0.5 * (amax + mean)
         return torch.cat([tokens[:, 0], mean], dim=-1)  # token_avg
+
+    def _attention_pool(
+        self, tokens: Tensor, token_mask: Tensor | None, token_sizes: Tensor | None
+    ) -> Tensor:
+        """The attention pool over the patch tokens, or over every token when
+        ``attn_pool_prefix`` (prefix tokens count once each)."""
+        prefix = 0 if self.config.attn_pool_prefix else self.num_prefix_tokens
+        keep = None if token_mask is None else token_mask[..., prefix:].to(tokens.device)
+        if token_sizes is not None and self.config.attn_pool_prefix:
+            ones = token_sizes.new_ones(token_sizes.shape[0], self.num_prefix_tokens)
+            token_sizes = torch.cat([ones, token_sizes], dim=1)
+        return self.attn_pool(tokens[:, prefix:], keep, token_sizes)
 
     def forward_head(
         self,

@@ -1,8 +1,9 @@
 """timm ViTs to vitres, as pure mappings: the state dict (``state_dict -> state_dict``, as
 timm's ``checkpoint_filter_fn``) and the config (timm's ``config.json`` and the weights ->
 ViTConfig fields). vitres module names follow timm's ``VisionTransformer``, so timm state
-dicts map almost one to one. Nothing here reads files or builds models;
-:mod:`vitres.models.resolve` does that.
+dicts map almost one to one; those of timm's ``eva.py`` architectures (EVA, EVA-02, DINOv3,
+the RoPE ViTs, PE) go through :mod:`vitres.models.convert.timm_eva`. Nothing here reads
+files or builds models; :mod:`vitres.models.resolve` does that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from torch import Tensor
 
 from vitres.models.convert.common import num_head_features, per_channel
+from vitres.models.convert.timm_eva import convert_eva_state_dict, eva_config_fields
 
 __all__ = [
     "TIMM_ACTIVATIONS",
@@ -101,8 +103,12 @@ _TIMM_UNSUPPORTED_KEYS = re.compile(
 )
 
 
-def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names.
+def convert_timm_state_dict(
+    state: dict[str, Tensor], document: dict | None = None, arch: str | None = None
+) -> dict[str, Tensor]:
+    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names;
+    the weights of an ``eva.py`` architecture (named by ``arch`` or the config's
+    ``architecture``) go through :func:`~vitres.models.convert.timm_eva.convert_eva_state_dict`.
 
     Names are timm's own, except the final norm: timm keeps ``norm`` (before pooling) or
     ``fc_norm`` (after pooling) and an identity for the other; vitres has one ``norm``
@@ -113,6 +119,10 @@ def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: keys of timm variants vitres does not implement (named).
     """
+    if document or arch:
+        name, args, _ = _arch_and_args(document or {}, arch)
+        if _is_eva(name):
+            return convert_eva_state_dict(state, args)
     unsupported = sorted(k for k in state if _TIMM_UNSUPPORTED_KEYS.match(k))
     if unsupported:
         raise ValueError(
@@ -143,8 +153,14 @@ def timm_architectures() -> dict[str, dict]:
     return table["archs"]
 
 
+def _is_eva(arch: str | None) -> bool:
+    """Whether ``arch`` is an architecture of timm's ``eva.py``."""
+    facts = timm_architectures().get((arch or "").split(".")[0])
+    return facts is not None and facts["module"] == "eva"
+
+
 def _known_archs_hint() -> str:
-    names = [n for n, f in timm_architectures().items() if f["module"] != "eva"]
+    names = list(timm_architectures())
     return (
         f"{len(names)} timm architectures, e.g. vit_base_patch16_224, "
         "vit_small_patch14_reg4_dinov2, deit_base_distilled_patch16_224"
@@ -172,8 +188,7 @@ def _arch_args(arch: str, document_args: dict) -> dict:
     """The architecture's own ``model_args`` under the ones the config records.
 
     Raises:
-        ValueError: an architecture of timm's ``eva.py`` (not implemented here), or a
-            config that records no ``model_args`` for a name vitres does not know.
+        ValueError: a config that records no ``model_args`` for a name vitres does not know.
     """
     facts = timm_architectures().get(arch.split(".")[0])
     if facts is None:
@@ -184,13 +199,6 @@ def _arch_args(arch: str, document_args: dict) -> dict:
                 f"{_known_archs_hint()} (vitres.models.convert.timm_architectures())"
             )
         return dict(document_args)
-    if facts["module"] == "eva":
-        raise ValueError(
-            f"timm architecture {arch!r} (timm's eva.py: EVA, EVA-02, DINOv3, PE-core and the "
-            "RoPE ViTs) is not supported yet: its rotary positions, SwiGLU MLPs and sub-norms "
-            "have no exact vitres counterpart, so it is refused rather than loaded wrong; "
-            f"supported: timm's VisionTransformer and DeiT architectures ({_known_archs_hint()})"
-        )
     return {**facts["model_args"], **document_args}
 
 
@@ -346,7 +354,8 @@ def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
         )
     recorded_args = dict(document.get("model_args") or {})
     args = _arch_args(arch, recorded_args) if arch else recorded_args
-    _check_model_args(args, arch)
+    if not _is_eva(arch):  # eva.py's model_args are checked by its own reader
+        _check_model_args(args, arch)
     known = timm_architectures().get(arch.split(".")[0], {})
     if not pretrained and known:
         # the weights' own position table tells the native size, not the default config
@@ -371,18 +380,19 @@ def timm_config_fields(
         state: timm's own state dict (before :func:`convert_timm_state_dict`: the
             ``norm`` / ``fc_norm`` names tell where the final norm goes).
         document: timm's ``config.json`` (``None`` for a bare weights file).
-        num_heads: heads, for a config whose model_args do not give them, or read from the
-            weights' own shapes (a big_vision attention kernel); then the architecture gives
-            the function (activation, norms, pooling) of a narrower or shallower variant.
+        num_heads: heads, where model_args do not give them, or from the weights' shapes (a
+            big_vision kernel): the architecture gives the function of a narrower variant.
         arch: a timm architecture name, for a bare weights file (or to confirm the config's).
 
     Raises:
-        ValueError: a bare state dict without ``arch`` (its activation, pooling and norms
-            cannot be told from its keys), an architecture or argument vitres does not
-            implement exactly, or ``arch`` contradicting the config.
+        ValueError: a bare state dict without ``arch`` (its keys do not tell activation,
+            pooling, norms), an architecture or argument vitres does not implement exactly,
+            or ``arch`` contradicting the config.
     """
     document = document or {}
     arch, args, pretrained = _arch_and_args(document, arch)
+    if _is_eva(arch):
+        return eva_config_fields(state, args, arch, pretrained, num_heads)
     proj = state["patch_embed.proj.weight"]
     dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
     patch = (int(proj.shape[-2]), int(proj.shape[-1]))
