@@ -205,7 +205,8 @@ class ViTConfig(ConfigBase):
     # rope_ref_grid), learned per-block rotary frequencies (rope_mixed), RoPE beside a
     # learned table (pos_embed_rope), the MLP kind and its sub-LN (mlp_kind, mlp_norm), a
     # norm on the attention output (attn_norm), and the attention pool's own heads, MLP
-    # ratio and whether it reads the prefix tokens too (0: the blocks' values)
+    # ratio and whether it reads the prefix tokens too (0: the blocks' values), and whether
+    # the model ends in its one final norm (PE-spatial / PE-lang end without one)
     rope_coords: str = "centred"
     rope_offset: float = 0.0
     rope_ref_grid: tuple[int, int] | None = None
@@ -217,6 +218,7 @@ class ViTConfig(ConfigBase):
     attn_pool_heads: int = 0
     attn_pool_mlp_ratio: float = 0.0
     attn_pool_prefix: bool = False
+    final_norm: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.num_heads) and self.num_heads > 0):

@@ -168,7 +168,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(Block(cfg, rate) for rate in rates)
         # one final norm, on the tokens (before pooling) or on the pooled vector (fc_norm)
-        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps)
+        self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.attn_pool = (
             AttentionPoolLatent(
                 dim,
@@ -313,6 +313,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         centres: Tensor,
         learned: Tensor | None = None,
         learned_prefix: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> TokenLayout:
         """A layout of patch tokens at arbitrary centres (mixed-resolution tokens).
 
@@ -323,6 +324,8 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 :func:`~vitres.layers.pos_embed.grid_coordinates`).
             learned: ``(B, N, D)`` learned-table entries of the tokens (learned kind).
             learned_prefix: the table's prefix entries ``(prefix, D)``, if it has them.
+            grid: the finest grid the tokens were cut from, if any: rotary positions on
+                patch indices (``rope_coords="index"``) count that grid's patches.
 
         Returns:
             The layout with positions, prefix tokens and pre-norm applied, ``centres`` in
@@ -345,7 +348,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             if learned_prefix is not None:
                 prefix = prefix + learned_prefix
             tokens = torch.cat([prefix, tokens], dim=1)
-        return TokenLayout(self.norm_pre(tokens), self.num_prefix_tokens, centres=base)
+        return TokenLayout(self.norm_pre(tokens), self.num_prefix_tokens, grid, centres=base)
 
     # ---------------------------------------------------------------- the blocks
     def encode(self, layout: TokenLayout, reduction: TokenReduction | None = None) -> TokenLayout:

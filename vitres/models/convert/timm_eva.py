@@ -9,7 +9,7 @@ pre-training grid), timm's RoPE ViTs (RoPE-ViT, Heo et al., ECCV 2024: axial and
 Encoder (Bolya et al. 2025: a norm before the blocks, a grid offset, an attention pool
 over every token). What vitres has an exact counterpart for loads; everything else is
 refused by name (grouped-query attention, RMSNorm, post-norm blocks, LayerScale on the
-attention branch only, MRoPE).
+attention branch only, MRoPE, a token norm and an fc_norm both).
 
 Rotary layouts: vitres turns channel pairs ``(2i, 2i+1)``, rows first. timm's
 ``rope_rotate_half`` pairs channel ``i`` with ``i + head_dim / 2``, and
@@ -61,7 +61,7 @@ _SUPPORTED = (
     "vitres loads eva.py's EVA, EVA-02, DINOv3, RoPE-ViT (axial and mixed) and PE-core "
     "models: LayerNorm, SwiGLU with or without sub-LN, q/v or full qkv biases, q/k norm, "
     f"RoPE of rope_type {_ROPE_TYPES}, a learned table, register tokens, LayerScale on both "
-    "branches, avg/max/avgmax/token/map pools with one final norm"
+    "branches, avg/max/avgmax/token/map pools with at most one final norm"
 )
 
 
@@ -94,20 +94,21 @@ def _missing_features(args: dict) -> list[str]:
     return missing
 
 
-def _final_norm(args: dict, arch: str) -> bool:
-    """Whether the one final norm acts on the pool (``fc_norm``); refuses two or none."""
+def _final_norms(args: dict, arch: str) -> dict:
+    """Where the one final norm acts (``fc_norm``: on the pool) or that there is none;
+    refuses two (a token norm and an fc_norm)."""
     pool = args.get("global_pool", "avg")
     fc_norm = args.get("use_fc_norm")
     fc_norm = pool == "avg" if fc_norm is None else bool(fc_norm)
     post_norm = args.get("use_post_transformer_norm")
     post_norm = not fc_norm if post_norm is None else bool(post_norm)
-    if fc_norm == post_norm:
-        what = "both a final norm and an fc_norm" if fc_norm else "no final norm"
+    if fc_norm and post_norm:
         raise ValueError(
-            f"timm architecture {arch!r} (timm's eva.py) has {what}; vitres models end in "
-            "exactly one norm, so it is refused rather than loaded wrong"
+            f"timm architecture {arch!r} (timm's eva.py) has both a final norm and an "
+            "fc_norm; vitres models end in at most one norm, so it is refused rather than "
+            "loaded wrong"
         )
-    return fc_norm
+    return {"fc_norm": fc_norm, "final_norm": fc_norm or post_norm}
 
 
 def _mlp_fields(state: dict[str, Tensor], args: dict, dim: int) -> dict:
@@ -245,7 +246,7 @@ def eva_config_fields(
             f"timm architecture {arch!r} (timm's eva.py) uses {'; '.join(missing)}, which "
             f"vitres does not implement, so it is refused rather than loaded wrong; {_SUPPORTED}"
         )
-    fc_norm = _final_norm(args, arch)
+    norms = _final_norms(args, arch)
     _check_layout(state, args, arch)
     proj = state["patch_embed.proj.weight"]
     dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
@@ -278,7 +279,7 @@ def eva_config_fields(
         "class_token": class_token,
         "reg_tokens": reg_tokens,
         "global_pool": args.get("global_pool", "avg"),
-        "fc_norm": fc_norm,
+        **norms,
         "pre_norm": "norm_pre.weight" in state,
         "patch_embed_bias": "patch_embed.proj.bias" in state,
         "act_layer": "gelu",  # Eva's blocks and attention pool: nn.GELU
