@@ -198,3 +198,18 @@ def test_features_vitres_does_not_have_are_refused_by_name(tmp_path):
         assert name in str(err.value)
     with pytest.raises(ValueError, match="RmsNorm.*grouped-query attention.*attn_only_layer"):
         vitres.models.convert.timm_config_fields({}, arch="vit_large_patch16_sapiens2")
+
+
+@pytest.mark.parametrize("case", ["rope_mixed", "eva02_clip", "pe_spatial"])
+def test_imports_round_trip_through_a_vitres_checkpoint(loaded, case, tmp_path):
+    """The new config fields (reference grid, mixed frequencies, no final norm...) and
+    weights save and load with vitres's own safetensors + JSON checkpoint."""
+    from vitres.models.checkpoint import load_model, save_model
+
+    ours = loaded[case][1]
+    path = save_model(ours, tmp_path / "model")
+    again = load_model(path).eval()
+    assert again.config == ours.config
+    x = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), ours(x), atol=0, rtol=0)
