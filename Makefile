@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint data browser install clean real-model
+.PHONY: demo test lint data browser install clean real-model gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo: install data
 # ~/.cache/vitres/real, never committed) imported and checked against its ONNX graph
 real-model: install
 	$(PY) scripts/real_model.py
+
+# wheels a lent GPU machine lacks (no network there): carry .gpu-wheels to it and run
+# `bash scripts/gpu_check.sh` (docs/gpu.md)
+gpu-wheels:
+	$(PY) -m pip download -q --no-deps torchao==0.17.0 nvidia-ml-py -d .gpu-wheels
 
 test: install data browser
 	$(VENV)/bin/ruff check vitres tests benchmarks scripts

@@ -3,7 +3,7 @@ running them at any resolution in vitres against the source's own interpolating 
 
 Parity (default, not a timing): each Hugging Face family (ViT, DeiT with and without
 teacher, DINOv2 with and without registers and its classifier, SigLIP vision, CLIP vision
-and its projection) is a random ``transformers`` model, saved with ``save_pretrained``
+and its projection, BEiT and Data2Vec-vision with their relative position bias tables) is a random ``transformers`` model, saved with ``save_pretrained``
 and loaded with ``vitres.from_pretrained``; its outputs are compared with the source's
 (``interpolate_pos_encoding=True`` where the source has it) at the native size and at
 non-square sizes, one not divisible by the patch and one smaller than native. timm is
@@ -99,6 +99,32 @@ def _families(
             "image_embeds",
             True,
         ),
+        "beit (classifier, per-block bias)": (
+            lambda: T.BeitForImageClassification(
+                T.BeitConfig(**vit, num_labels=labels, use_relative_position_bias=True)
+            ),
+            "logits",
+            True,
+        ),
+        "beit (pooler, shared bias + abs pos)": (
+            lambda: T.BeitModel(
+                T.BeitConfig(
+                    **vit,
+                    use_shared_relative_position_bias=True,
+                    use_absolute_position_embeddings=True,
+                    use_mean_pooling=False,
+                )
+            ),
+            "pooler_output",
+            True,
+        ),
+        "data2vec-vision (classifier)": (
+            lambda: T.Data2VecVisionForImageClassification(
+                T.Data2VecVisionConfig(**vit, num_labels=labels, use_relative_position_bias=True)
+            ),
+            "logits",
+            True,
+        ),
     }
 
 
@@ -107,7 +133,7 @@ def _randomise(model: torch.nn.Module) -> torch.nn.Module:
     with torch.no_grad():
         for name, param in model.named_parameters():
             if any(k in name for k in ("position", "cls_token", "distillation_token", "class_embedding",
-                                       "register_tokens", "probe", "lambda1")):  # fmt: skip
+                                       "register_tokens", "probe", "lambda1", "lambda_")):  # fmt: skip
                 param.normal_(0, 1.0)
     return model.eval()
 

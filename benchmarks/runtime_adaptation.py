@@ -129,6 +129,23 @@ CASES = {
     ],
 }
 VIT_TINY_OVERRIDES = {"in_chans": 1, "num_classes": 10}
+# the real DINOv2-S/14 classifier of `make real-model` (issue 27): deadline 1.5 x the quiet
+# p95 at 168 px, two competing processes during the load phase; once with the sweep taken
+# on the quiet machine, once with it taken while the same load ran (a busy sweep)
+REAL_CACHE = Path(os.environ.get("VITRES_REAL_CACHE", Path.home() / ".cache" / "vitres" / "real"))
+_REAL = {
+    "model": str(REAL_CACHE / "probe" / "model.safetensors"),
+    "ladder": [84, 112, 140, 168, 196],
+    "frames": 450,
+    "eval_limit": 1000,
+    "trained": True,
+    "deadline": {"size": 168, "percentile": 95, "factor": 1.5},
+    "processes": 2,
+}
+CASES["real"] = [
+    {**_REAL, "name": "dinov2-s14 (quiet sweep)"},
+    {**_REAL, "name": "dinov2-s14 (busy sweep)", "busy_sweep": True},
+]
 
 
 # ----------------------------------------------------------------------------- load
@@ -154,34 +171,39 @@ def _spin(cpu: int | None, duty: float, running: Any, stop: Any, limit_s: float)
 
 
 class CompetingLoad:
-    """One busy process pinned to the runner's CPU, started and stopped by the script."""
+    """Busy processes (one by default) pinned to the runner's CPU, started and stopped by
+    the script."""
 
-    def __init__(self, cpu: int | None, duty: float = DUTY) -> None:
+    def __init__(self, cpu: int | None, duty: float = DUTY, processes: int = 1) -> None:
         if not 0 < duty <= 1:
             raise ValueError(f"the load's duty cycle must be in (0, 1], got {duty}")
-        self.cpu, self.duty = cpu, duty
+        self.cpu, self.duty, self.count = cpu, duty, processes
         self.context = multiprocessing.get_context("fork")
-        self.process: Any = None
+        self.processes: list[Any] = []
 
     def start(self) -> None:
-        running, self.stop_event = self.context.Event(), self.context.Event()
-        self.process = self.context.Process(
-            target=_spin,
-            args=(self.cpu, self.duty, running, self.stop_event, LOAD_LIMIT_S),
-            daemon=True,
-        )
-        self.process.start()
-        running.wait(10.0)
+        self.stop_event = self.context.Event()
+        for _ in range(self.count):
+            running = self.context.Event()
+            process = self.context.Process(
+                target=_spin,
+                args=(self.cpu, self.duty, running, self.stop_event, LOAD_LIMIT_S),
+                daemon=True,
+            )
+            process.start()
+            running.wait(10.0)
+            self.processes.append(process)
 
     def stop(self) -> None:
-        if self.process is None:
+        if not self.processes:
             return
         self.stop_event.set()
-        self.process.join(5.0)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(5.0)
-        self.process = None
+        for process in self.processes:
+            process.join(5.0)
+            if process.is_alive():
+                process.terminate()
+                process.join(5.0)
+        self.processes = []
 
 
 # ----------------------------------------------------------------------------- runs
@@ -236,10 +258,24 @@ def run_scenario(
 
 
 def quiet_deadline(
-    model: torch.nn.Module, ladder: list[int], latency: LatencyModel, images: torch.Tensor
+    model: torch.nn.Module,
+    ladder: list[int],
+    latency: LatencyModel,
+    images: torch.Tensor,
+    rule: dict[str, Any] | None = None,
 ) -> tuple[float, int]:
     """``GUARD`` × the p99 frame latency of ``fixed:<mid>`` over a quiet pre-run, and the
-    middle size."""
+    middle size; with ``rule`` (``size``, ``percentile``, ``factor``): ``factor`` × that
+    percentile at that size."""
+    if rule is not None:
+        size, runner = rule["size"], None
+        runner = AdaptiveRunner(
+            model, ladder, max_latency_ms=1e9, controller=f"fixed:{size}", records=latency
+        )
+        for image in images:
+            runner.process(image)
+        latencies = sorted(r.latency_ms for r in runner.results)
+        return rule["factor"] * float(np.percentile(latencies, rule["percentile"])), size
     mid = ladder[(len(ladder) - 1) // 2]
     runner = AdaptiveRunner(
         model, ladder, max_latency_ms=1e9, controller=f"fixed:{mid}", records=latency
@@ -492,6 +528,24 @@ def tiny_factory() -> torch.nn.Module:
     return vitres.create_model("vit_tiny_patch16", **VIT_TINY_OVERRIDES)
 
 
+def _sweep(
+    spec: dict[str, Any], path: Path, reference: Any, timing: TimingConfig, progress: bool
+) -> list[Any]:
+    """The ladder's records: a real sweep, eager fp32, one thread."""
+    return run_sweep(
+        reference,
+        out_path=path,
+        resolutions=spec["ladder"],
+        backends=("eager",),
+        threads=1,
+        data="fashion-mnist" if spec["trained"] else None,
+        eval_limit=spec["eval_limit"],
+        isolate=False,
+        timing=timing,
+        progress=progress,
+    )
+
+
 def run_case(spec: dict[str, Any], quick: bool, duty: float, progress: bool) -> dict[str, Any]:
     model = build_model(spec)
     ladder = spec["ladder"]
@@ -502,25 +556,21 @@ def run_case(spec: dict[str, Any], quick: bool, duty: float, progress: bool) -> 
         TimingConfig(min_calls=20, min_s=0.3) if quick else TimingConfig(min_calls=60, min_s=1.5)
     )
     reference = tiny_factory if spec["model"] == "vit_tiny_patch16" else spec["model"]
-    records = run_sweep(
-        reference,
-        out_path=records_path,
-        resolutions=ladder,
-        backends=("eager",),
-        threads=1,
-        data="fashion-mnist" if spec["trained"] else None,
-        eval_limit=spec["eval_limit"],
-        isolate=False,
-        timing=timing,
-        progress=progress,
-    )
+    load = CompetingLoad(cpu=_pinned_cpu(), duty=duty, processes=spec.get("processes", 1))
+    if spec.get("busy_sweep"):
+        load.start()  # the sweep measures a busy machine; the run starts quiet
+    try:
+        records = _sweep(spec, records_path, reference, timing, progress)
+    finally:
+        load.stop()
     latency = LatencyModel.from_records(records, backend="eager")
     test = load_fashion_mnist("test")
     offset = spec["eval_limit"] or 0
     images = test.images[offset : offset + spec["frames"]]
     labels = test.labels[offset : offset + spec["frames"]]
-    deadline, mid = quiet_deadline(model, ladder, latency, images[: min(200, len(images))])
-    load = CompetingLoad(cpu=_pinned_cpu(), duty=duty)
+    deadline, mid = quiet_deadline(
+        model, ladder, latency, images[: min(200, len(images))], spec.get("deadline")
+    )
     controllers = ["step", "predictive", *(f"fixed:{s}" for s in ladder)]
     summaries, series = {}, {}
     for name in controllers:
@@ -567,6 +617,11 @@ def main(argv: list[str] | None = None) -> int:
         default=DUTY,
         help="share of the CPU the competing process takes during the load phase (default 1/3)",
     )
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="the real DINOv2-S/14 classifier of `make real-model` (issue 27's targets)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -576,15 +631,17 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpu})
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = "runtime_adaptation_quick" if args.quick else "runtime_adaptation"
+    mode = "real" if args.real else "quick" if args.quick else "full"
+    stem = {"real": "runtime_adaptation_real", "quick": "runtime_adaptation_quick"}.get(
+        mode, "runtime_adaptation"
+    )
     load_start = os.getloadavg()[0]
     cases = [
-        run_case(spec, args.quick, args.load_duty, not args.no_progress)
-        for spec in CASES["quick" if args.quick else "full"]
+        run_case(spec, args.quick, args.load_duty, not args.no_progress) for spec in CASES[mode]
     ]
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "mode": "quick" if args.quick else "full",
+        "mode": mode,
         "env": environment(
             pinned_cpu=cpu,
             load_start=load_start,

@@ -119,6 +119,21 @@ FULL = Plan(
     warmup_s=2.0,
     images=2000,
 )
+# the real DINOv2-S/14 classifier of `make real-model` (issue 27): 500 ms SLO, fixed 224 px
+REAL = Plan(
+    name="serve_load_real",
+    resolutions=(112, 140, 168, 196, 224),
+    sweep_batches=(1, 2, 4, 8),
+    eval_limit=500,
+    timing=TimingConfig(warmup_calls=2, warmup_s=0.2, min_calls=8, min_s=1.0),
+    fixed_batches=(1, 4),
+    start_rate=2.0,
+    rate_step=1.5,
+    max_rate=200.0,
+    duration_s=20.0,
+    warmup_s=3.0,
+    images=500,
+)
 QUICK = Plan(
     name="serve_load_quick",
     resolutions=(16, 28, 56),
@@ -466,10 +481,17 @@ def main() -> int:
     parser.add_argument(
         "--res", help="resolutions to sweep and serve, e.g. 16,28,56 (default: the plan's)"
     )
+    parser.add_argument(
+        "--plan", choices=("full", "real"), default="full",
+        help="real: the grid for the real DINOv2-S/14 classifier (--model its checkpoint)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--fixed", default="native", help="the fixed controller's size (native, or e.g. 224)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
-    plan = QUICK if args.quick else FULL
+    plan = QUICK if args.quick else REAL if args.plan == "real" else FULL
     if args.res:
         plan = replace(plan, resolutions=tuple(int(r) for r in args.res.split(",")))
     model = args.model
@@ -521,11 +543,18 @@ def main() -> int:
     break_rate: dict[int, float | None] = {}
     fixed_servers = {}
     for batch in plan.fixed_batches:
-        label = f"fixed:28/b{batch}"
+        label = f"fixed:{args.fixed}/b{batch}"
         server = ServerProcess(
             label,
             model,
-            ["--controller", "fixed:native", "--max-batch", str(batch), "--queue-limit", "4096"],
+            [
+                "--controller",
+                f"fixed:{args.fixed}",
+                "--max-batch",
+                str(batch),
+                "--queue-limit",
+                "4096",
+            ],  # fmt: skip
             records,
             slo,
             logs,
@@ -546,7 +575,7 @@ def main() -> int:
     grid = sorted({r for r in rates if r <= fixed_break} | set(extra))
     # 2. every fixed batch at the rates it has not run (up to 2x the breaking rate)
     for batch, server in fixed_servers.items():
-        label = f"fixed:28/b{batch}"
+        label = f"fixed:{args.fixed}/b{batch}"
         done = {r["rate"] for r in rows if r["controller"] == label}
         for rate in grid:
             if rate not in done:
@@ -554,7 +583,12 @@ def main() -> int:
         exits[label] = server.stop()
     # 3. predictive at every rate
     server = ServerProcess(
-        "predictive", model, ["--controller", "predictive", "--max-batch", "32"], records, slo, logs
+        "predictive",
+        model,
+        ["--controller", "predictive", "--max-batch", str(max(plan.sweep_batches))],
+        records,
+        slo,
+        logs,
     )
     print("predictive: starting")
     server.start()

@@ -48,12 +48,23 @@ def test_smoke_run_on_cpu_times_compares_and_reports_what_it_skipped(tmp_path):
         assert eager["relative_error"] <= 1e-6
         # no TensorRT here: listed with the reason, never timed
         assert "median_ms" not in by["tensorrt"] and by["tensorrt"]["skipped"]
+        assert "median_ms" not in by["fp8"] and "compute capability" in by["fp8"]["skipped"]
+        # the peers hold the vitres model's weights: bf16 close to the fp32 reference
+        peers = [by[name] for name in ("peer:timm-eager-bf16", "peer:hf-sdpa-bf16")]
+        for peer in peers:
+            assert peer["relative_error"] < 0.05 and "speedup_vs_best_peer" not in peer
+        best_peer = min(p["median_ms"] for p in peers)
+        for row in timed:
+            if not row["backend"].startswith("peer:"):
+                assert row["speedup_vs_best_peer"] == pytest.approx(best_peer / row["median_ms"])
     table = out.with_suffix(".md").read_text()
     assert "tensorrt: not measured" in table and "| eager | " in table
 
 
 def test_every_backend_name_resolves_to_a_backend_or_a_reason():
     for name in gpu_backends.BACKENDS:
+        if name.startswith("peer:"):
+            continue  # peers are made per case, with the case's weights
         backend, reason = gpu_backends.make_backend(name, "cpu", 224, 32)
         assert (backend is None) == bool(reason), name
         if name.startswith("tensorrt"):
@@ -72,6 +83,28 @@ def test_verdicts_judge_the_worst_tensorrt_case_against_the_target():
     assert lines[1] == "- tensorrt-int8: not measured (no | engine)."
     rows[1]["speedup_vs_eager_fp32"] = 3.0
     assert gpu_backends.verdicts(rows)[0].startswith("- [MET] tensorrt: worst speed-up 3.00×")
+
+
+def test_verdicts_judge_peers_fp8_and_the_resolution_switch():
+    case = {"model": "vit_base_patch16", "resolution": 224}
+    rows = [
+        {**case, "batch": 1, "backend": "cudagraph-bf16", "speedup_vs_best_peer": 3.2},
+        {**case, "batch": 1, "backend": "compile-bf16", "speedup_vs_best_peer": 1.1},
+        {**case, "batch": 64, "backend": "fp8", "speedup_vs_best_peer": 1.2,
+         "relative_error": 0.015, "top1_agreement": 0.995},
+    ]  # fmt: skip
+    switch = {"added_ms_per_switch": 0.04, "recorded_while_switching": 0,
+              "compiled_while_switching": 0}  # fmt: skip
+    lines = gpu_backends.verdicts(rows, switch)
+    assert (
+        "- [MET] vit_base_patch16 224 px batch 1: best vitres path cudagraph-bf16 is 3.20×"
+        in lines[2]
+    )
+    assert lines[3].startswith("- [MISSED] vit_base_patch16 224 px batch 64: best vitres path fp8")
+    assert lines[4].startswith("- [MET] fp8 accuracy: worst logits' relative error 1.50 %")
+    assert lines[5].startswith("- [MET] resolution switch") and "+0.040 ms" in lines[5]
+    switch["recorded_while_switching"] = 1
+    assert gpu_backends.verdicts(rows, switch)[5].startswith("- [MISSED] resolution switch")
 
 
 def test_a_skip_reason_cannot_break_the_table():

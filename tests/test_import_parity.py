@@ -269,10 +269,12 @@ def test_hidden_act_is_exact(act, tmp_path):
 
 
 def test_unsupported_architecture_is_named(tmp_path):
-    config = transformers.BeitConfig(**SMALL, intermediate_size=64)
-    transformers.BeitModel(config).save_pretrained(tmp_path / "beit")
-    with pytest.raises(ValueError, match=r"model_type 'beit'.*supported: .*deit.*dinov2.*siglip"):
-        vitres.from_pretrained(tmp_path / "beit")
+    config = transformers.SwinConfig(
+        image_size=28, patch_size=7, embed_dim=8, depths=[1], num_heads=[2], window_size=2
+    )
+    transformers.SwinModel(config).save_pretrained(tmp_path / "swin")
+    with pytest.raises(ValueError, match=r"model_type 'swin'.*supported: .*beit.*deit.*dinov2"):
+        vitres.from_pretrained(tmp_path / "swin")
     config = transformers.Dinov2Config(**SMALL, use_swiglu_ffn=True)
     transformers.Dinov2Model(config).save_pretrained(tmp_path / "swiglu")
     with pytest.raises(ValueError, match="use_swiglu_ffn"):

@@ -213,3 +213,37 @@ def test_imports_round_trip_through_a_vitres_checkpoint(loaded, case, tmp_path):
     x = torch.randn(1, 3, 40, 56, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(again(x), ours(x), atol=0, rtol=0)
+
+
+def test_rotary_angles_are_timms_to_the_bit():
+    """Index-coordinate RoPE (reference grid, offset) and RoPE-Mixed give timm's own sin
+    and cos bit for bit; token centres of a grid map back onto its indices."""
+    import importlib
+
+    from vitres.layers.pos_embed import rope_at
+    from vitres.layers.rotary import index_coordinates, rope_index, rope_mixed
+
+    load_timm()
+    sincos = importlib.import_module("timm.layers.pos_embed_sincos")
+    rope = sincos.RotaryEmbeddingCat(
+        dim=16, temperature=37.0, in_pixels=False, ref_feat_shape=[5, 7], grid_offset=0.5
+    )
+    sin, cos = rope.get_embed(shape=[6, 4]).chunk(2, dim=-1)
+    ours_cos, ours_sin = rope_index((6, 4), 16, 37.0, 0.5, (5, 7))
+    assert torch.equal(ours_cos, cos) and torch.equal(ours_sin, sin)
+
+    mixed = sincos.RotaryEmbeddingMixed(dim=24, depth=2, num_heads=2, grid_indexing="xy")
+    sin, cos = mixed.get_embed(shape=[3, 5]).chunk(2, dim=-1)  # (depth, heads, N, 12)
+    rows, cols = torch.meshgrid(torch.arange(3.0), torch.arange(5.0), indexing="ij")
+    ours_cos, ours_sin = rope_mixed(mixed.freqs.detach(), rows.reshape(-1), cols.reshape(-1))
+    assert torch.equal(ours_cos, cos) and torch.equal(ours_sin, sin)
+
+    base, grid = (4, 4), (6, 4)  # centres in base-grid units of a 6 x 4 grid
+    ys = ((torch.arange(6.0) + 0.5) / 6 * 2 - 1) * base[0] / 2
+    xs = ((torch.arange(4.0) + 0.5) / 4 * 2 - 1) * base[1] / 2
+    centres = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
+    iy, ix = index_coordinates(centres.double(), base, grid, 0.5, (5, 7))
+    at_cos, at_sin = rope_at(iy, ix, 16, 37.0)
+    ours_cos, ours_sin = rope_index(grid, 16, 37.0, 0.5, (5, 7))
+    torch.testing.assert_close(at_cos, ours_cos, atol=1e-6, rtol=0)
+    torch.testing.assert_close(at_sin, ours_sin, atol=1e-6, rtol=0)

@@ -62,6 +62,13 @@ def load_timm() -> types.ModuleType | None:
     return importlib.import_module("timm.models._registry")
 
 
+def timm_module(name: str) -> types.ModuleType:
+    """timm's ``timm.models.<name>`` (e.g. ``beit``, outside the walk's registries),
+    imported after :func:`load_timm` set the shim up."""
+    load_timm()
+    return importlib.import_module(f"timm.models.{name}")
+
+
 # ----------------------------------------------------------------------------- the walk
 def architectures() -> list[tuple[str, str]]:
     """``(module, name)`` of every architecture in timm's ViT, EVA and DeiT registries."""

@@ -12,6 +12,19 @@ import torch
 DEVICE_HELP = "where the model runs: cpu, cuda or cuda:N (an NVIDIA GPU)"
 
 
+def check_device_name(name: str) -> str:
+    """``name`` once it is spelled ``cpu``, ``cuda`` or ``cuda:N`` (usable or not here:
+    for work that runs on other machines, such as Ray nodes).
+
+    Raises:
+        ValueError: any other spelling.
+    """
+    text = str(name).strip()
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N (N a GPU index), got {name!r}")
+    return text
+
+
 def check_device(name: str) -> torch.device:
     """The ``torch.device`` for ``name``, once it is known to be usable here.
 
@@ -19,9 +32,7 @@ def check_device(name: str) -> torch.device:
         ValueError: ``name`` is not ``cpu``, ``cuda`` or ``cuda:N``; CUDA is asked for on
             a machine (or a PyTorch build) without it; or ``N`` is not a GPU of this machine.
     """
-    text = str(name).strip()
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise ValueError(f"--device must be cpu, cuda or cuda:N (N a GPU index), got {name!r}")
+    text = check_device_name(name)
     device = torch.device(text)
     if device.type == "cpu":
         return device
@@ -72,4 +83,4 @@ def _driver_version() -> str | None:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
-__all__ = ["DEVICE_HELP", "check_device", "device_record"]
+__all__ = ["DEVICE_HELP", "check_device", "check_device_name", "device_record"]

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vitres.data import Dataset, data_problems, eval_batches, get_dataset, native_batches
+from vitres.devices import check_device
 from vitres.layers.patch_embed import PatchSize, canonical_patch
 from vitres.layers.sizes import (
     DEFAULT_MAX_TOKENS,
@@ -45,10 +46,16 @@ __all__ = [
 ]
 
 
-def _autocast(precision: str) -> contextlib.AbstractContextManager:
+def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
     if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    """Where ``model``'s weights are (the CPU for a model without any)."""
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
 
 
 @torch.no_grad()
@@ -82,6 +89,7 @@ def accuracy_at(
     config = model.config
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     correct = total = 0
     mode = TokenMode(merge, token_budget, quadtree)
     try:
@@ -94,9 +102,9 @@ def accuracy_at(
             in_chans=config.in_chans,
             limit=limit,
         ):
-            with _autocast(precision):
-                logits = mode.forward(model, x, patch_size)
-            correct += int((logits.argmax(dim=-1) == y).sum())
+            with _autocast(precision, device):
+                logits = mode.forward(model, x.to(device), patch_size)
+            correct += int((logits.argmax(dim=-1).cpu() == y).sum())
             total += len(y)
             if progress is not None:
                 progress.update(len(y))
@@ -132,6 +140,7 @@ def accuracy_packed(
     config = model.config
     was_training = model.training
     model.eval()
+    device = _device_of(model)
     correct = total = 0
     used: dict[str, int] = {}
     try:
@@ -143,11 +152,12 @@ def accuracy_packed(
             in_chans=config.in_chans,
             limit=limit,
         ):
-            with _autocast(precision):
+            images = [image.to(device) for image in images]
+            with _autocast(precision, device):
                 plan = pack(images, model, strategy, patch_size=patch_size)
                 logits = run_plan(model, plan)
             used[plan.strategy] = used.get(plan.strategy, 0) + 1
-            correct += int((logits.argmax(dim=-1) == y).sum())
+            correct += int((logits.argmax(dim=-1).cpu() == y).sum())
             total += len(y)
             if progress is not None:
                 progress.update(len(y))
@@ -267,6 +277,7 @@ def evaluate(
     token_budget: int | None = None,
     quadtree_levels: int | None = None,
     max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    device: str = "cpu",
 ) -> EvaluationResult:
     """Scores a model at several input resolutions, or at each image's own size.
 
@@ -285,7 +296,7 @@ def evaluate(
             ``bilinear``, ``bicubic``, ``area``, ``fourier``); on a model object, for the
             call only. ``size_policy`` likewise (``pad``, ``crop``, ``resize``, ``error``).
         data_dir: folder of the Fashion-MNIST files when ``dataset`` is a name.
-        precision: ``"fp32"`` or ``"bf16"`` (CPU autocast).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast on ``device``).
         threads: torch CPU threads for the call (``None``: leave as set).
         progress: Show a progress bar over every resolution's examples.
         merge: token merging inside the blocks (:mod:`vitres.tokens.merge`): an int ``r``
@@ -299,10 +310,13 @@ def evaluate(
         quadtree_levels: Levels of that quadtree (``None``: ``QuadtreeTokenizer()``'s).
         max_tokens: Refuse resolutions with more patch tokens per image than this
             (:func:`vitres.layers.sizes.check_token_count`; ``None``: no limit).
+        device: Where the model runs (``cpu``, ``cuda``, ``cuda:N``); a model object is
+            moved there for the call and back after it. ``bf16`` autocasts on it.
 
     Returns:
         An :class:`EvaluationResult`; ``result.to_dict()`` is the JSON-ready dict.
     """
+    target = check_device(device)
     mode = _token_mode(resolutions, merge, token_budget, quadtree_levels, pack)
     overrides = {"pos_embed_mode": pos_embed_mode, "size_policy": size_policy}
     net, previous = _load_model(model, {k: v for k, v in overrides.items() if v is not None})
@@ -312,11 +326,14 @@ def evaluate(
     sizes = _checked_sizes(resolutions, pack, patch_size or net.config.patch_size, max_tokens)
     mode.check_model(net)
     settings = _Settings(batch_size, limit, patch_size, precision)
+    home = _device_of(net)
     try:
         with _torch_threads(threads):
             used = net.config  # the config in effect, overrides included
+            net.to(target)
             rows, pack_used = _score(net, data, sizes, mode, settings, progress)
     finally:
+        net.to(home)
         if previous is not None:
             net.config = previous
     learned = getattr(used, "pos_embed", None) == "learned"

@@ -26,6 +26,8 @@ _OPTIONAL_MODULES = (
     "onnx_fused",
     "openvino_backend",
     "tensorrt_backend",
+    "cudagraph",
+    "fp8",
 )
 
 for _module in _OPTIONAL_MODULES:
@@ -42,6 +44,9 @@ AUTO_ORDER = (
     "eager-bf16",
     "compile",
     "compile-bf16",
+    "cudagraph",
+    "cudagraph-bf16",
+    "fp8",
     "onnxruntime",
     "onnxruntime-fused",
     "onnxruntime-int8",

@@ -86,6 +86,7 @@ class TensorRTBackend(Backend):
         self.workspace_gb = workspace_gb
         self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
         self.engine_time_s: float | None = None
+        self.engine_path: Path | None = None  # the serialized plan, after build
         self.profile: dict[str, tuple[int, ...]] = {}
 
     @classmethod
@@ -142,6 +143,7 @@ class TensorRTBackend(Backend):
         else:
             serialized = self._build_engine(trt, logger, onnx_path)
             engine_path.write_bytes(serialized)
+        self.engine_path = engine_path
         self.engine = runtime.deserialize_cuda_engine(serialized)
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not load the engine {engine_path}")

@@ -10,6 +10,7 @@ from vitres.commands.args import (
     RES_HELP,
     DefaultsFormatter,
     add_common_arguments,
+    add_device_argument,
     add_merge_argument,
     add_model_argument,
 )
@@ -70,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_common_arguments(parser, batch_default=256)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    add_device_argument(parser)
     parser.add_argument(
         "--max-tokens",
         type=int,
@@ -108,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         token_budget=args.token_budget,
         quadtree_levels=args.quadtree_levels,
         max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+        device=args.device,
     )
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

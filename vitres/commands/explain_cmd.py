@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitres.commands.args import add_model_argument, thread_count
+from vitres.commands.args import add_device_argument, add_model_argument, thread_count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--head-fusion", choices=("mean", "max", "min"), default="mean")
     parser.add_argument("--patch-size", type=int, default=None, help="patch size for every call")
     parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads")
+    add_device_argument(parser)
     parser.add_argument(
         "--out",
         default="attn.png",
@@ -56,6 +57,9 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.out).is_dir():  # a folder: the picture goes inside it, named after the image
         args.out = str(Path(args.out) / f"{Path(args.image).stem}_attention.png")
     check_output_file(args.out, "--out")
+    from vitres.devices import check_device
+
+    check_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         layers=parse_layers(args.layers),
         head_fusion=args.head_fusion,
         patch_size=args.patch_size,
+        device=args.device,
     )
     figure = attention_figure(panels, title=f"{args.model}: attention ({args.method})")
     figure.savefig(args.out, dpi=120, bbox_inches="tight")

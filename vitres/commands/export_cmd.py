@@ -50,8 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=FORMATS,
         default="onnx",
         help="onnx; openvino (an IR, .xml + .bin, from the checked ONNX graph, that "
-        "OpenVINO and its benchmark_app run without vitres); tensorrt (needs TensorRT and "
-        "an NVIDIA GPU)",
+        "OpenVINO and its benchmark_app run without vitres); tensorrt (a .plan, fp16, for "
+        "half to twice the native size; needs TensorRT and an NVIDIA GPU)",
     )
     parser.add_argument(
         "--preprocess",
@@ -68,6 +68,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"parity tolerance vs eager, fp32 (default {_DEFAULTS.atol:g})",
     )
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where the parity check also runs: cuda or cuda:N checks the graph on ONNX "
+        "Runtime's CUDA provider against eager PyTorch on that GPU (the CPU check always runs)",
+    )
     add_budget_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -233,11 +239,8 @@ def _check_format(args: argparse.Namespace) -> None:
                 f"--format tensorrt needs TensorRT and an NVIDIA GPU: {reason}. Export ONNX "
                 "(the default) and build the engine on the GPU machine (trtexec --onnx=FILE)"
             )
-        raise ValueError(
-            "--format tensorrt: TensorRT is installed, but plans are built by the tensorrt "
-            "backends on the GPU (vitres serve/run --backend tensorrt); export ONNX and let "
-            "them build it, or run trtexec --onnx=FILE"
-        )
+        if out.suffix not in (".plan", ".engine"):
+            raise ValueError(f"--format tensorrt writes a plan: --out must end in .plan, got {out}")
     if args.format == "onnx" and out.suffix != ".onnx":
         raise ValueError(f"--out must end in .onnx for an ONNX file, got {out}")
     if args.format == "openvino":
@@ -248,6 +251,59 @@ def _check_format(args: argparse.Namespace) -> None:
                 "--format openvino writes the float32 IR; OpenVINO INT8 is the openvino-int8 "
                 "backend's (NNCF); drop --int8/--fused, or export ONNX with them"
             )
+
+
+def _write_tensorrt(args: argparse.Namespace) -> int:
+    """A TensorRT plan (fp16, one profile: half to twice the native size, batch 1..64),
+    built by the tensorrt backend from the checked ONNX graph and checked against eager."""
+    import shutil
+
+    import torch
+
+    from vitres.backends import get_backend
+    from vitres.models.resolve import resolve_model
+
+    model = resolve_model(args.model).eval()
+    height, width = (int(v) for v in model.config.img_size)
+    backend = get_backend("tensorrt", device=args.device if args.device != "cpu" else "cuda")
+    backend.prepare(model, (1, model.config.in_chans, height, width))
+    x = torch.randn(2, model.config.in_chans, height, width)
+    with torch.inference_mode():
+        worst = float((backend.run(x).cpu() - model(x)).abs().max())
+    shutil.copyfile(backend.engine_path, args.out)
+    print(
+        f"wrote {args.out} (TensorRT fp16 plan, profile {backend.profile}; max |diff| vs eager {worst:.2e})"
+    )
+    return 0
+
+
+def _check_gpu_check(args: argparse.Namespace) -> None:
+    """Refuses a GPU parity check this machine (or the format) cannot run, before any work."""
+    from vitres.devices import check_device
+
+    if check_device(args.device).type == "cpu":
+        return
+    if args.format == "openvino":
+        raise ValueError(
+            "--format openvino: OpenVINO runs on Intel CPUs and GPUs, and its IR is checked on "
+            "the CPU; drop --device"
+        )
+    from vitres.export.parity import parity_providers
+
+    parity_providers(check_device(args.device))
+
+
+def _gpu_parity(model, artifact, args: argparse.Namespace) -> None:  # noqa: ANN001
+    """The float32 graph checked again on the GPU, at the sizes of the CPU check."""
+    from vitres.export.parity import check_parity
+
+    result = artifact.fp32
+    sizes = [tuple(int(v) for v in key.split("x")) for key in result.parity.max_abs_diff]
+    report = check_parity(
+        model, result.path, sizes, patch_size=result.patch_size, atol=args.atol or result.parity.atol,
+        device=args.device,
+    )  # fmt: skip
+    print(f"  parity on {args.device}: {report}")
 
 
 def _write_openvino(model, artifact, out: str) -> str:  # noqa: ANN001 - nn.Module, ExportArtifact
@@ -280,11 +336,16 @@ def run(args: argparse.Namespace) -> int:
 
     check_output_file(args.out, "--out")
     _check_format(args)
+    _check_gpu_check(args)
+    if args.format == "tensorrt":
+        return _write_tensorrt(args)
     xml = args.out if args.format == "openvino" else None
     if xml is not None:  # the checked ONNX graph goes beside the IR
         args.out = str(Path(xml).with_suffix(".onnx"))
     model, artifact = _export(args)
     _print_artifact(artifact)
+    if args.device != "cpu":
+        _gpu_parity(model, artifact, args)
     if args.preprocess:
         from vitres.export.preprocess import add_preprocessing
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from vitres.commands.flags import add_dataclass_arguments, config_from_args
-from vitres.commands.train_cmd import print_run_summary
+from vitres.commands.train_cmd import DEVICE_FLAG_HELP, check_device, print_run_summary
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "patch_sizes": ["--patch-size", "--patch-sizes"],
             "out_dir": ["--out", "--out-dir"],
         },
+        help=DEVICE_FLAG_HELP,
     )
     parser.add_argument("--json", action="store_true", help="print the final record as JSON")
     parser.set_defaults(func=run)
@@ -42,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = config_from_args(FlexifyConfig, args)
     from vitres.commands.paths import check_output_dir
+
+    check_device(config.device)  # refused before any work (loading the models included)
 
     check_output_dir(config.out_dir, "--out-dir")
     # "auto" threads (no --num-threads): a training step timed at 1 and at all cores

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from vitres.commands.args import add_analysis_arguments, add_model_argument
+from vitres.commands.args import add_analysis_arguments, add_device_argument, add_model_argument
 from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
 
 
@@ -36,6 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tsne", default=None, help="write a t-SNE scatter per resolution to this PNG"
     )
+    add_device_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     add_csv_argument(parser)
     parser.set_defaults(func=run)
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         patch_size=args.patch_size,
         data_dir=args.data_dir,
         progress=not args.no_progress and not args.json,
+        device=args.device,
     )
     written = []
     if args.plot:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from vitres.commands.args import positive_int, thread_count
+from vitres.commands.args import add_device_argument, positive_int, thread_count
 from vitres.commands.csv_out import add_csv_argument, check_csv_path, write_csv
 
 
@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default=None, help="folder of the Fashion-MNIST files")
     parser.add_argument("--threads", type=thread_count, default=None, help="CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="no progress lines")
+    add_device_argument(parser)
     add_csv_argument(parser)
     parser.set_defaults(func=run)
 
@@ -38,9 +39,11 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from vitres.commands.paths import check_output_dir
+    from vitres.devices import check_device
     from vitres.layers.sizes import parse_resolutions
     from vitres.train.probe import ProbeConfig, probe
 
+    check_device(args.device)  # before any work
     check_csv_path(args.csv)
     check_output_dir(args.out_dir, "--out-dir")
     sizes = parse_resolutions(args.res)
@@ -52,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, data=args.data, resolutions=tuple(h for h, _ in sizes),
         out_dir=args.out_dir, train_limit=args.train_limit, test_limit=args.limit,
         batch_size=args.batch_size, k=args.k, data_dir=args.data_dir,
-        progress=not args.no_progress,
+        progress=not args.no_progress, device=args.device,
     )  # fmt: skip
     result = probe(config)
     print(f"{'resolution':>10}  {'linear':>8}  {'95 % interval':>15}  {'k-NN':>7}")

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from vitres.commands.args import thread_count
+from vitres.commands.args import add_device_argument, thread_count
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -81,6 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="PNG",
         help="draw the run: resolution per frame, and latency against the deadline",
     )
+    add_device_argument(parser)
     parser.set_defaults(func=run)
 
 
@@ -124,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         progress=not args.no_progress,
         log=lambda message: print(message, file=sys.stderr),
+        device=args.device,
     )
     print(format_summary(result.report, result.deadline_ms))
     if args.plot:

@@ -3,7 +3,8 @@
 Datasets keep images at their native size (:class:`ArrayDataset` in memory,
 :class:`ImageFolderDataset` decoded lazily from disk); the resolution is chosen by the
 loader (:func:`prepare_batch`, :func:`eval_batches`), so one dataset serves every
-resolution of a sweep.
+resolution of a sweep. :func:`naflex_from_pil` makes SigLIP-2's NaFlex batches from
+decoded images exactly as Hugging Face's PIL processor does.
 """
 
 from vitres.data.checks import data_problems
@@ -30,6 +31,7 @@ from vitres.data.loader import (
     prepare_batch,
     take_batch,
 )
+from vitres.data.naflex import SIGLIP2_MEAN, SIGLIP2_STD, naflex_from_pil
 from vitres.data.transforms import (
     LUMA_WEIGHTS,
     match_channels,
@@ -53,6 +55,8 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_EXTENSIONS",
     "LUMA_WEIGHTS",
+    "SIGLIP2_MEAN",
+    "SIGLIP2_STD",
     "ArrayDataset",
     "Dataset",
     "ImageFolderDataset",
@@ -63,6 +67,7 @@ __all__ = [
     "load_fashion_mnist",
     "native_batches",
     "match_channels",
+    "naflex_from_pil",
     "normalize",
     "prepare_batch",
     "take_batch",

@@ -79,11 +79,10 @@ def extract_features(
 ) -> FeatureSet:
     """Runs ``model`` on ``dataset`` resized to ``resolution`` and keeps features and logits.
 
-    Images are prepared as for evaluation (:func:`vitres.data.eval_batches`: whole image
-    resized, antialiased, converted to the model's channels, normalised with its mean/std).
+    Images are prepared as for evaluation (:func:`vitres.data.eval_batches`).
 
     Args:
-        model: a classifier with a linear ``head`` (run in eval mode, its mode restored).
+        model: a classifier with a linear ``head`` (in eval mode, on its weights' device).
         dataset: any dataset accepted by :func:`vitres.data.eval_batches`.
         resolution: ``(height, width)`` or one int for a square.
         batch_size: images per forward pass.
@@ -106,6 +105,7 @@ def extract_features(
     total = len(dataset) if limit is None else min(len(dataset), limit)
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device  # where the batches go
     try:
         batches = eval_batches(
             dataset,
@@ -121,7 +121,7 @@ def extract_features(
         )
         for x, y in batches:
             captured.clear()
-            out = model(x, **kwargs)
+            out = model(x.to(device), **kwargs)
             if len(captured) != 1:
                 raise RuntimeError(f"the model called its head {len(captured)} times, expected 1")
             features.append(captured[0])

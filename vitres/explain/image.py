@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from vitres.data import prepare_batch
+from vitres.devices import check_device
 from vitres.explain.attention import AttentionMaps, attention_maps
 from vitres.limits import DEFAULT_MAX_PIXELS
 
@@ -96,6 +98,7 @@ def explain_image(
     layers: int | Sequence[int] | None = None,
     head_fusion: str = "mean",
     patch_size: int | None = None,
+    device: str | None = None,
 ) -> list[AttentionPanel]:
     """Attention maps of ``image`` at each resolution.
 
@@ -107,8 +110,14 @@ def explain_image(
         layers: blocks to use (all when ``None``).
         head_fusion: ``mean``, ``max`` or ``min``.
         patch_size: patch side (the model's own when ``None``).
+        device: where the model runs (``cpu``, ``cuda``...; moved there); ``None``: where
+            its weights are.
     """
     config = model.config
+    if device is not None:
+        model.to(check_device(device))
+    first = next(model.parameters(), None)
+    target = torch.device("cpu") if first is None else first.device
     names = _class_names(model)
     panels = []
     for resolution in resolutions:
@@ -120,7 +129,7 @@ def explain_image(
             mean=config.mean,
             std=config.std,
             in_chans=config.in_chans,
-        )
+        ).to(target)
         shown = prepare_batch(
             image[None], size, train=False, mean=(0.0,), std=(1.0,), in_chans=config.in_chans
         )[0]

@@ -74,6 +74,13 @@ def check_exportable(model: nn.Module, dynamic: bool, opset: int) -> None:
             f"export supports pos_embed in {_DYNAMIC_POS_EMBED_KINDS}. Export with "
             "dynamic=False for one graph per resolution"
         )
+    if getattr(cfg, "rel_pos_bias", False) or getattr(cfg, "shared_rel_pos_bias", False):
+        raise ValueError(
+            "BEiT's relative position bias tables (rel_pos_bias / shared_rel_pos_bias) do "
+            "not export with dynamic sizes (the bias is gathered from the table by an index "
+            "built per grid, which the ONNX exporter cannot keep symbolic). Export with "
+            "dynamic=False for one graph per resolution"
+        )
     mode = getattr(cfg, "pos_embed_mode", "bicubic")
     if kind == "learned" and mode not in _DYNAMIC_RESAMPLE_MODES:
         raise ValueError(

@@ -10,6 +10,7 @@ constant, an operator with other numerics) must not be deployed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ from torch import nn
 from vitres.export.exportable import unwrap_model
 from vitres.export.runtime import INPUT_NAME, onnx_session
 
-__all__ = ["ExportParityError", "ParityReport", "check_parity", "default_check_sizes"]
+__all__ = [
+    "ExportParityError",
+    "ParityReport",
+    "check_parity",
+    "default_check_sizes",
+    "parity_providers",
+]
 
 
 class ExportParityError(RuntimeError):
@@ -78,6 +85,32 @@ def default_check_sizes(
     return list(dict.fromkeys(sizes))
 
 
+def parity_providers(device: torch.device) -> tuple[str, ...]:
+    """ONNX Runtime's execution providers for a check on ``device``.
+
+    Raises:
+        ValueError: a CUDA device, and this onnxruntime has no CUDA provider.
+    """
+    if device.type != "cuda":
+        return ("CPUExecutionProvider",)
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise ValueError(
+            "checking the exported graph on the GPU needs ONNX Runtime's CUDA provider, which "
+            "this onnxruntime lacks: pip install onnxruntime-gpu, or check on the CPU "
+            "(--device cpu)"
+        )
+    return ("CUDAExecutionProvider",)
+
+
+def _true_fp32(device: torch.device) -> contextlib.AbstractContextManager:
+    """float32 convolutions without TF32 on a GPU (cuDNN allows TF32 by default)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, allow_tf32=False)
+
+
 def check_parity(
     model: nn.Module,
     onnx_path: str | os.PathLike[str],
@@ -88,6 +121,7 @@ def check_parity(
     atol: float = 1e-4,
     seed: int = 0,
     raise_on_failure: bool = True,
+    device: str = "cpu",
 ) -> ParityReport:
     """Compares ONNX Runtime with eager PyTorch (float32) on random images.
 
@@ -100,19 +134,26 @@ def check_parity(
         atol: Largest allowed absolute logit difference.
         seed: Seed of the random images.
         raise_on_failure: Raise :class:`ExportParityError` above ``atol``.
+        device: ``cpu``, or a CUDA device: the graph then runs on ONNX Runtime's CUDA
+            provider and eager PyTorch on that GPU (float32, TF32 off), the model moved
+            there for the check and back after it.
     """
     base, bound_patch = unwrap_model(model)
     patch = int(patch_size or bound_patch or base.config.patch_size)
-    session = onnx_session(onnx_path, threads=torch.get_num_threads())
+    target = torch.device(device)
+    session = onnx_session(
+        onnx_path, threads=torch.get_num_threads(), providers=parity_providers(target)
+    )
     generator = torch.Generator().manual_seed(seed)
     diffs: dict[str, float] = {}
     was_training = base.training
-    base.eval()
+    home = next(base.parameters()).device
+    base.eval().to(target)
     try:
         for height, width in sizes:
             x = torch.randn(batch_size, base.config.in_chans, height, width, generator=generator)
-            with torch.inference_mode():
-                expected = base(x, patch_size=patch).float().numpy()
+            with torch.inference_mode(), _true_fp32(target):
+                expected = base(x.to(target), patch_size=patch).float().cpu().numpy()
             try:
                 got = session.run(None, {INPUT_NAME: x.numpy()})[0]
             except Exception as error:  # onnxruntime raises its own exception types
@@ -121,7 +162,7 @@ def check_parity(
                 ) from error
             diffs[f"{height}x{width}"] = float(np.abs(got - expected).max())
     finally:
-        base.train(was_training)
+        base.train(was_training).to(home)
     report = ParityReport(max_abs_diff=diffs, batch_size=batch_size, atol=atol)
     if raise_on_failure and not report.ok:
         raise ExportParityError(

@@ -9,6 +9,9 @@ object here with one way to position a layout:
 * attention kinds (:class:`RotaryPositions`, :class:`ContinuousBiasPositions`) give
   arguments of every block's attention: rotary ``(cos, sin)`` or an additive bias.
 
+Beside the kind, a model may add BEiT's learned relative position bias tables
+(:class:`RelativeTablePositions`, ``ViTConfig.rel_pos_bias`` / ``shared_rel_pos_bias``).
+
 Uniform grids use cached tables (:class:`~vitres.layers.cache.VersionedCache`): tables
 of learned kinds are cached in eval mode and recomputed while training; parameter-free
 tables are always cached. The objects hold no parameters: the model owns them (so its
@@ -36,6 +39,7 @@ from vitres.layers.pos_embed import (
     sincos_2d,
     sincos_at,
 )
+from vitres.layers.rel_pos_table import RelativePositionTable
 from vitres.layers.rotary import index_coordinates, rope_index, rope_mixed
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "CoordinateMLPPositions",
     "LearnedPositions",
     "MixedRotaryPositions",
+    "RelativeTablePositions",
     "RotaryPositions",
     "SinCosPositions",
 ]
@@ -333,3 +338,73 @@ class ContinuousBiasPositions:
             centres = layout.centres
             return module.at(centres[..., 0], centres[..., 1], prefix).to(dtype)
         return self.grid_bias(module, index, layout.grid, cache, training).to(dtype)[None]
+
+
+class RelativeTablePositions:
+    """BEiT's learned relative position bias tables (:class:`RelativePositionTable`: one
+    per block, or one shared by all blocks) as an additive bias on the attention logits,
+    resampled bilinearly to each grid as Hugging Face's BEiT does.
+
+    The table holds biases between cells of one grid and three entries for the one
+    class token, so it positions uniform grids and packed sequences of uniform grids;
+    merged and mixed-resolution tokens are refused, never given a bias they do not have.
+    """
+
+    def grid_bias(
+        self,
+        module: RelativePositionTable,
+        key: object,
+        grid: Grid,
+        cache: VersionedCache,
+        training: bool,
+    ) -> Tensor:
+        """The bias ``(heads, 1 + N, 1 + N)`` of ``module`` (cached under ``key``) on ``grid``."""
+        return cache.get(
+            ("rel-table", key, grid),
+            [module.relative_position_bias_table],
+            lambda: module(grid),
+            enabled=not training,
+        )
+
+    def for_layout(
+        self,
+        module: RelativePositionTable,
+        key: object,
+        layout: TokenLayout,
+        cache: VersionedCache,
+        training: bool,
+    ) -> Tensor:
+        """The bias of ``module`` for the layout's tokens, in the tokens' dtype.
+
+        Raises:
+            ValueError: tokens that are not one grid's (merged, mixed-resolution), or a
+                prefix other than the one class token the table has entries for.
+        """
+        dtype = layout.tokens.dtype
+        if layout.segments is not None:  # each image's block holds its own grid's bias
+            rows, length = layout.tokens.shape[:2]
+            bias = layout.tokens.new_zeros(rows, module.num_heads, length, length)
+            for s in layout.segments:
+                self._check_prefix(s.num_prefix_tokens)
+                end = s.offset + s.length
+                bias[s.row, :, s.offset : end, s.offset : end] = self.grid_bias(
+                    module, key, s.grid, cache, training
+                ).to(dtype)
+            return bias
+        if not layout.uniform:
+            raise ValueError(
+                "BEiT's relative position bias table (rel_pos_bias / shared_rel_pos_bias) "
+                "holds biases between cells of one uniform grid: merged or mixed-resolution "
+                "(quadtree) tokens cannot carry it, so they are refused for this model; "
+                "supported: uniform grids at any size and packed sequences"
+            )
+        self._check_prefix(layout.num_prefix_tokens)
+        return self.grid_bias(module, key, layout.grid, cache, training).to(dtype)[None]
+
+    @staticmethod
+    def _check_prefix(num_prefix_tokens: int) -> None:
+        if num_prefix_tokens != 1:
+            raise ValueError(
+                "BEiT's relative position bias table has entries for exactly one class "
+                f"token, but the tokens have {num_prefix_tokens} prefix tokens"
+            )

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from vitres.devices import device_record
+
 CPU_FLAGS_OF_INTEREST = ("avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
 
 
@@ -59,7 +61,5 @@ def env_fingerprint(threads: int | None = None, device: str = "cpu") -> dict[str
         "device": device,
         "hostname_hash": hashlib.sha256(socket.gethostname().encode()).hexdigest()[:12],
     }
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        fingerprint["gpu"] = torch.cuda.get_device_name(torch.device(device))
-        fingerprint["cuda"] = torch.version.cuda
+    fingerprint.update(device_record(device))  # the GPU's name, capability, driver
     return fingerprint

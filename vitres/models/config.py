@@ -157,6 +157,10 @@ class ViTConfig(ConfigBase):
     norm after pooling instead of before; ``None``: after for avg/max/avgmax pools),
     ``act_layer``, ``patch_embed_bias``, ``representation_size`` (a tanh pre-logits
     layer, Hugging Face's pooler) and ``head_bias`` (CLIP's projection has none).
+    ``rel_pos_bias`` / ``shared_rel_pos_bias`` add BEiT's learned relative position bias
+    tables (per block / shared; :mod:`vitres.layers.rel_pos_table`), beside any
+    ``pos_embed`` kind; they need exactly one prefix token, the class token.
+    ``final_norm=False``: the model ends without a norm (``fc_norm`` then says nothing).
     """
 
     img_size: tuple[int, int] = (224, 224)
@@ -200,13 +204,17 @@ class ViTConfig(ConfigBase):
     patch_embed_bias: bool = True
     representation_size: int = 0
     head_bias: bool = True
+    # BEiT / Data2Vec-vision: learned relative position bias tables on the attention
+    # logits, one per block and/or one shared by all blocks (timm's use_rel_pos_bias /
+    # use_shared_rel_pos_bias), resampled bilinearly to each grid
+    rel_pos_bias: bool = False
+    shared_rel_pos_bias: bool = False
     # timm's eva.py families (EVA-02, the RoPE ViTs, DINOv3, PE): where rotary coordinates
     # come from (ROPE_COORDS: "index" = patch index + rope_offset, scaled to
     # rope_ref_grid), learned per-block rotary frequencies (rope_mixed), RoPE beside a
     # learned table (pos_embed_rope), the MLP kind and its sub-LN (mlp_kind, mlp_norm), a
     # norm on the attention output (attn_norm), and the attention pool's own heads, MLP
-    # ratio and whether it reads the prefix tokens too (0: the blocks' values), and whether
-    # the model ends in its one final norm (PE-spatial / PE-lang end without one)
+    # ratio and whether it reads the prefix tokens too (0: the blocks' values)
     rope_coords: str = "centred"
     rope_offset: float = 0.0
     rope_ref_grid: tuple[int, int] | None = None
@@ -218,6 +226,7 @@ class ViTConfig(ConfigBase):
     attn_pool_heads: int = 0
     attn_pool_mlp_ratio: float = 0.0
     attn_pool_prefix: bool = False
+    # False: no final norm at all (Data2VecVisionModel without its pooler; PE-spatial)
     final_norm: bool = True
 
     def __post_init__(self) -> None:
@@ -283,6 +292,14 @@ class ViTConfig(ConfigBase):
                 ),
             ]
         )
+        if (self.rel_pos_bias or self.shared_rel_pos_bias) and (
+            not self.class_token or self.num_prefix_tokens != 1
+        ):
+            raise ValueError(
+                "invalid ViTConfig: rel_pos_bias / shared_rel_pos_bias (BEiT's relative "
+                "position bias table) has entries for exactly one class token: it needs "
+                f"class_token=True and no distillation or register tokens (got {self})"
+            )
         head_dim = self.embed_dim // self.num_heads
         if self.uses_rope and head_dim % 4:
             raise ValueError(f"pos_embed='rope' needs head_dim divisible by 4, got {head_dim}")

@@ -66,6 +66,11 @@ from vitres.models.convert import (
     hf_vision_config,
     timm_config_fields,
 )
+from vitres.models.convert.beit import (
+    convert_timm_beit_state_dict,
+    is_timm_beit,
+    timm_beit_config_fields,
+)
 from vitres.models.registry import create_model, model_config
 from vitres.models.vit import VisionTransformer
 
@@ -276,8 +281,13 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         hf = _read_json(path / "config.json")
         family = hf_family(hf_vision_config(hf))  # an unsupported model_type fails here
         weights = find_weights(path)
-        heads = hf_vision_config(hf).get("num_attention_heads")
-        state = convert_hf_state_dict(read_state_dict(weights), family, num_heads=heads)
+        vision = hf_vision_config(hf)
+        state = convert_hf_state_dict(
+            read_state_dict(weights),
+            family,
+            num_heads=vision.get("num_attention_heads"),
+            patch_size=vision.get("patch_size"),
+        )
         preprocessor = path / "preprocessor_config.json"
         fields = hf_config_fields(
             hf, state, _read_json(preprocessor) if preprocessor.exists() else None
@@ -300,8 +310,13 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
             f"{weights} is not a timm ViT state dict (no patch_embed.proj.weight / blocks.0.*); "
             f"first keys: {list(raw)[:6]}"
         )
-    fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
-    state = convert_timm_state_dict(raw, document, arch)
+    named = arch or str(document.get("architecture") or "")
+    if is_timm_beit(raw, named):  # timm's beit.py (BEiT, BEiT v2)
+        fields = timm_beit_config_fields(raw, document, named)
+        state = convert_timm_beit_state_dict(raw)
+    else:
+        fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
+        state = convert_timm_state_dict(raw, document, arch)
     return _build_foreign(state, fields, overrides, str(weights))
 
 

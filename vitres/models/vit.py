@@ -48,9 +48,11 @@ from vitres.layers.positions import (
     CoordinateMLPPositions,
     LearnedPositions,
     MixedRotaryPositions,
+    RelativeTablePositions,
     RotaryPositions,
     SinCosPositions,
 )
+from vitres.layers.rel_pos_table import RelativePositionTable
 from vitres.models.common import AnyResolutionMixin
 from vitres.models.config import GLOBAL_POOLS, POS_EMBED_KINDS, ViTConfig
 
@@ -98,6 +100,7 @@ class _PositionKinds:
     coordinate_mlp: CoordinateMLPPositions
     rotary: RotaryPositions
     relative_bias: ContinuousBiasPositions
+    relative_table: RelativeTablePositions
     mixed_rotary: MixedRotaryPositions
 
     @classmethod
@@ -120,6 +123,7 @@ class _PositionKinds:
                 cfg.rope_ref_grid,
             ),
             ContinuousBiasPositions(prefix),
+            RelativeTablePositions(),
             MixedRotaryPositions(head_dim, grid),
         )
 
@@ -163,6 +167,15 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, dim // cfg.num_heads // 2))
             if cfg.rope_mixed
             else None
+        )
+        # BEiT's relative position bias tables: one per block, and one shared (timm's names)
+        self.rel_pos_tables = (
+            nn.ModuleList(RelativePositionTable(cfg.num_heads, grid) for _ in range(cfg.depth))
+            if cfg.rel_pos_bias
+            else None
+        )
+        self.rel_pos_bias = (
+            RelativePositionTable(cfg.num_heads, grid) if cfg.shared_rel_pos_bias else None
         )
         self.norm_pre = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.pre_norm else nn.Identity()
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
@@ -366,13 +379,15 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         """
         tokens = layout.tokens
         rope = self._rope(layout)
+        if reduction is not None and (self.config.rel_pos_bias or self.config.shared_rel_pos_bias):
+            raise ValueError(
+                "token merging is not supported for a model with BEiT's relative position "
+                "bias table (rel_pos_bias / shared_rel_pos_bias): the table holds biases "
+                "between cells of one grid, which merged tokens are not; run it on uniform "
+                "or packed tokens"
+            )
         for index, block in enumerate(self.blocks):
-            mask = layout.attn_mask
-            if self.cpb is not None:
-                bias = self.positions.relative_bias.for_layout(
-                    self.cpb, index, layout, self._cache, self.training
-                )
-                mask = bias if mask is None else bias + mask
+            mask = self._attn_bias(index, layout)
             attn = {
                 "rope": self._block_rope(rope, index),
                 "num_prefix_tokens": layout.num_prefix_tokens,
@@ -390,6 +405,33 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         if not self.config.use_fc_norm:
             tokens = self.norm(tokens)
         return layout.replace(tokens=tokens)
+
+    def _attn_bias(self, index: int, layout: TokenLayout) -> Tensor | None:
+        """Block ``index``'s additive attention logits: the continuous or the learned
+        relative position bias (the block's own table, then the shared one), then the
+        layout's mask; ``None`` when there is none."""
+        biases = []
+        if self.cpb is not None:
+            biases.append(
+                self.positions.relative_bias.for_layout(
+                    self.cpb, index, layout, self._cache, self.training
+                )
+            )
+        tables = self.positions.relative_table
+        if self.rel_pos_tables is not None:
+            module = self.rel_pos_tables[index]
+            biases.append(tables.for_layout(module, index, layout, self._cache, self.training))
+        if self.rel_pos_bias is not None:
+            module = self.rel_pos_bias
+            biases.append(tables.for_layout(module, "shared", layout, self._cache, self.training))
+        if layout.attn_mask is not None:
+            biases.append(layout.attn_mask)
+        if not biases:
+            return None
+        total = biases[0]
+        for bias in biases[1:]:
+            total = total + bias
+        return total
 
     def _rope(self, layout: TokenLayout) -> tuple[Tensor, Tensor] | None:
         """The layout's rotary ``(cos, sin)``; with learned frequencies (RoPE-Mixed) each

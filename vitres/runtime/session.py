@@ -110,6 +110,7 @@ def _check_options(controller: Any, backend: str | None, threads: int | None) ->
         raise ValueError(f"threads must be a positive number, got {threads}")
 
 
+# long: the public entry point; most of it is the documentation of its twenty arguments
 def run_session(
     model_ref: str,
     source: str,
@@ -131,6 +132,7 @@ def run_session(
     threads: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    device: str = "cpu",
 ) -> SessionResult:
     """Runs ``model_ref`` over ``source`` under a frame-rate or latency target.
 
@@ -158,14 +160,18 @@ def run_session(
             Restored afterwards.
         progress: Live progress line.
         log: Where the run's messages go.
+        device: Where the model runs (``cpu``, ``cuda``, ``cuda:N``); the calibration
+            times it there.
 
     Raises:
         ValueError, FileNotFoundError: bad model, source, target, records or options.
     """
+    from vitres.devices import check_device
     from vitres.measure import set_threads
 
     deadline_ms = deadline_from(target_fps, max_latency_ms)
     _check_options(controller, backend, threads)
+    check_device(device)
     threads_before = torch.get_num_threads()
     set_threads(threads)
     try:
@@ -175,11 +181,12 @@ def run_session(
         )
         setup = _latency_setup(
             model_ref, model, records, ladder, backend, threads, progress, log,
-            _calibration_file(calibration_path, trace_path),
+            _calibration_file(calibration_path, trace_path), device,
         )  # fmt: skip
         runner = AdaptiveRunner(
             model, setup.sizes, max_latency_ms=deadline_ms, controller=controller,
             records=setup.latency, backend=setup.backend, escalate_below=escalate_below, step=step,
+            backend_options={"device": device},
         )  # fmt: skip
         infeasible = _say_if_infeasible(runner, setup.latency, deadline_ms, log)
         report = run_stream(runner, stream, frames=frames, trace_path=trace_path, progress=progress)
@@ -235,6 +242,7 @@ def _latency_setup(
     progress: bool,
     log: Callable[[str], None],
     calibration_file: Callable[[], str],
+    device: str = "cpu",
 ) -> _LatencySetup:
     """The latency model and ladder of a run: from ``records``, else from a calibration
     timed now (its records written to ``calibration_file()``)."""
@@ -265,7 +273,9 @@ def _latency_setup(
         f"{path}; for accurate predictions and accuracy per size, run "
         "`vitres sweep --data ...` and pass --records"
     )
-    calibration = calibrate(model, sizes, backend=backend, threads=threads, progress=progress)
+    calibration = calibrate(
+        model, sizes, backend=backend, threads=threads, progress=progress, device=device
+    )
     calibration.write(path, model_ref)
     if not calibration.ok:
         errors = "; ".join(f"{p.size[0]} px: {p.error}" for p in calibration.points)

@@ -36,6 +36,7 @@ from typing import Any
 
 from torch import nn
 
+from vitres.devices import check_device, check_device_name
 from vitres.measure import TimingConfig, set_threads
 from vitres.models.checkpoint import checkpoint_digest
 from vitres.runtime.calibration import CALIBRATION_TIMING
@@ -260,8 +261,10 @@ def serving_threads(config: ServeConfig, records: Sequence[Measurement]) -> int 
     return _latency_model(records, config, config.backend, lambda line: None).threads
 
 
-def check_settings(config: ServeConfig) -> None:
-    """Refuses settings no server can run with (before any model is loaded)."""
+def check_settings(config: ServeConfig, *, local_device: bool = True) -> None:
+    """Refuses settings no server can run with (before any model is loaded); on Ray
+    (``local_device=False``) the replicas may have GPUs this machine lacks."""
+    (check_device if local_device else check_device_name)(config.device)
     if not config.slo_ms > 0:
         raise ValueError(f"--slo-ms must be a positive number of milliseconds, got {config.slo_ms}")
     if config.max_batch < 1:

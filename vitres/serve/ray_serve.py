@@ -468,7 +468,7 @@ def deploy(
 
     ray_config = ray_config or RayServeConfig()
     ray, serve = require_serve()
-    check_settings(config)
+    check_settings(config, local_device=False)
     local = ray_config.address is None and not ray.is_initialized()
     if local:
         _check_port_free(config.host, config.port)

@@ -9,6 +9,10 @@ different image regions (mixed-resolution tokens).
   (loop, pad, bucket, pack, auto) and :func:`forward_packed` runs them, each image as
   if alone (NaViT, Dehghani et al. 2023); :mod:`vitres.tokens.pack_plan` is the pure
   planning, :mod:`vitres.tokens.packed_forward` the packed layout;
+- :mod:`vitres.tokens.naflex`: SigLIP-2's NaFlex batches (flattened patches, a padding
+  mask and each image's grid, Hugging Face's layout): :func:`forward_naflex` runs them
+  through the packed path, :func:`to_naflex` makes them from images as
+  ``Siglip2ImageProcessor`` does;
 - :mod:`vitres.tokens.quadtree`: a saliency-driven quadtree tokeniser under a token
   budget, run by :func:`quadtree_forward` (:mod:`vitres.tokens.quadtree_forward`);
 - :mod:`vitres.tokens.mode`: :class:`TokenMode`, the one typed choice among these.
@@ -32,6 +36,14 @@ from vitres.tokens.merge import (
     parse_merge_list,
 )
 from vitres.tokens.mode import TOKEN_MODE_KINDS, BoundTokenMode, TokenMode
+from vitres.tokens.naflex import (
+    NaFlexInputs,
+    NaFlexOutput,
+    forward_naflex,
+    naflex_grid,
+    naflex_images,
+    to_naflex,
+)
 from vitres.tokens.pack import (
     PACK_STRATEGIES,
     PackPlan,
@@ -50,6 +62,8 @@ __all__ = [
     "BoundTokenMode",
     "MergeReduction",
     "MergeSpec",
+    "NaFlexInputs",
+    "NaFlexOutput",
     "PackPlan",
     "QuadtreePlan",
     "QuadtreeTokenizer",
@@ -63,6 +77,9 @@ __all__ = [
     "merge_schedule",
     "merged_forward",
     "model_merge_schedule",
+    "naflex_grid",
+    "naflex_images",
+    "forward_naflex",
     "forward_packed",
     "forward_plan",
     "pack",
@@ -72,4 +89,5 @@ __all__ = [
     "quadtree_forward",
     "quadtree_plan",
     "run_plan",
+    "to_naflex",
 ]

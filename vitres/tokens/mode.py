@@ -103,11 +103,23 @@ class TokenMode:
 
     def check_model(self, model: nn.Module) -> None:
         """``ValueError`` unless ``model`` can take a token budget (mixed-resolution
-        tokens need attention: a ViT). Merging and packing refuse a model themselves."""
+        tokens need attention: a ViT), nor merge or mix the tokens of a model with BEiT's
+        relative position bias tables (biases between cells of one grid only). Merging
+        and packing refuse other models themselves."""
         if self.token_budget is not None and not hasattr(model, "layout_at"):
             raise ValueError(
                 f"--token-budget needs a ViT (mixed-resolution tokens); {type(model).__name__} "
                 "mixes one grid of equal patches"
+            )
+        config = getattr(model, "config", None)
+        tables = getattr(config, "rel_pos_bias", False) or getattr(
+            config, "shared_rel_pos_bias", False
+        )
+        if tables and self.kind in ("merge", "quadtree"):
+            raise ValueError(
+                f"{self.kind} tokens are not supported for a model with BEiT's relative "
+                "position bias tables (BEiT, Data2Vec-vision): the tables hold biases between "
+                "cells of one uniform grid; run it with uniform or packed tokens"
             )
 
     def check_exportable(self) -> None:

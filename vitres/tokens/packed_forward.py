@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from vitres.layers.layout import TokenLayout, TokenSegment
 from vitres.tokens.pack_plan import PackedBatch
 
-__all__ = ["forward_batch", "packed_layout"]
+__all__ = ["encode_batch", "forward_batch", "packed_layout"]
 
 
 def _positions(batch: PackedBatch, lengths: Sequence[int], skip: int = 0) -> Tensor:
@@ -57,6 +57,33 @@ def forward_batch(
     """
     if batch.layout == "single":
         return model(images[batch.images[0]][None], patch_size=patch_size)
+    tokens, valid = encode_batch(model, images, batch, patch_size)
+    return model.forward_head(tokens, token_mask=valid)
+
+
+def encode_batch(
+    model: nn.Module,
+    images: Sequence[Tensor],
+    batch: PackedBatch,
+    patch_size: int | tuple[int, int] | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Each image's encoded tokens, taken back out of the packed rows.
+
+    Args:
+        model: the ViT.
+        images: all images of the plan, ``(in_chans, H, W)`` each.
+        batch: the batch to run.
+        patch_size: the patch size for every image.
+
+    Returns:
+        The tokens ``(len(batch.images), T, D)``, in slot order, each image's sequence
+        (prefix tokens first, after the final token norm) padded to the longest ``T``
+        with copies of its first token, and the mask ``(len(batch.images), T)`` of its
+        real tokens.
+    """
+    if batch.layout == "single":
+        tokens = model.encode(model.tokenize(images[batch.images[0]][None], patch_size)).tokens
+        return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
     layout = packed_layout(model, images, batch, patch_size)
     rows, length, dim = layout.tokens.shape
     device = layout.tokens.device
@@ -68,7 +95,7 @@ def forward_batch(
     )
     valid = steps[None, :] < torch.tensor(batch.lengths, device=device)[:, None]  # (n, T)
     gather = torch.where(valid, starts[:, None] + steps[None, :], starts[:, None])
-    return model.forward_head(sequence[gather], token_mask=valid)
+    return sequence[gather], valid
 
 
 def packed_layout(

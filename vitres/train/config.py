@@ -12,6 +12,7 @@ help, with defaults) from them.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +65,9 @@ class RunConfig:
         betas: AdamW betas, e.g. 0.9,0.999
         label_smoothing: label smoothing of the cross-entropy
         grad_clip: max gradient norm (0 disables)
-        precision: auto | bf16 | fp32 (auto: bf16 only on CPUs with AMX)
+        precision: auto | bf16 | fp32 (auto: bf16 on a GPU and on CPUs with AMX, else fp32)
+        device: where training runs: cpu, cuda or cuda:N (under torchrun, cuda means each
+            process's own GPU)
         seed: seed of initialisation, data order and augmentation
         num_threads: torch CPU threads (none: 1 or all cores, whichever a training step runs
             faster now)
@@ -101,6 +104,7 @@ class RunConfig:
     label_smoothing: float = 0.1
     grad_clip: float = 1.0
     precision: str = "auto"
+    device: str = "cpu"
     seed: int = 0
     num_threads: int | None = None
     # evaluation after each epoch
@@ -123,6 +127,7 @@ class RunConfig:
         "overwrite",
         "progress",
         "num_threads",
+        "device",
         "log_every_steps",
         "checkpoint_every_steps",
     )
@@ -135,6 +140,10 @@ class RunConfig:
         self.betas = tuple(float(v) for v in self.betas)
         checks = [
             (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}"),
+            (
+                re.fullmatch(r"cpu|cuda(:\d+)?", str(self.device)) is not None,
+                f"device must be cpu, cuda or cuda:N, got {self.device!r}",
+            ),
             (len(self.resolutions) > 0, "resolutions needs at least one size"),
             (all(r > 0 for r in self.resolutions), "resolutions must be positive"),
             (all(p > 0 for p in self.patch_sizes), "patch_sizes must be positive"),
@@ -232,6 +241,9 @@ class TrainResult:
         steps: optimisation steps done.
         cpu_seconds: CPU time of the process over the same spans (with one thread, the
             core-seconds used; less sensitive than ``train_seconds`` to other jobs).
+        device: where this process trained (``cpu``, ``cuda:0`` ...).
+        world_size: processes that trained together (``torchrun``), 1 otherwise.
+        rank: this process's rank among them (0 wrote the run folder).
     """
 
     model: nn.Module
@@ -241,6 +253,9 @@ class TrainResult:
     precision: str
     steps: int
     cpu_seconds: float = 0.0
+    device: str = "cpu"
+    world_size: int = 1
+    rank: int = 0
 
     @property
     def final_accuracy(self) -> dict[str, float]:
@@ -260,19 +275,25 @@ def cpu_supports_bf16(cpuinfo: str = CPUINFO, flags: tuple[str, ...] = BF16_FLAG
     return False
 
 
-def resolve_precision(precision: str, cpuinfo: str = CPUINFO) -> str:
-    """``auto`` -> ``bf16`` on CPUs with AMX (``amx_bf16``), else ``fp32``; others pass through.
+def resolve_precision(precision: str, cpuinfo: str = CPUINFO, device: str = "cpu") -> str:
+    """``auto`` -> ``bf16`` on a GPU and on CPUs with AMX (``amx_bf16``), else ``fp32``;
+    others pass through.
 
     ``bf16`` autocast is accepted on any CPU (PyTorch emulates it without native support,
-    slowly); ``auto`` only picks it where it measured faster. A run stores the resolved
-    value, so resuming it elsewhere keeps the precision it started with.
+    slowly); ``auto`` only picks it where it measured faster. On CUDA, bf16 autocast is
+    the usual mixed precision of ViT training (bf16 matmuls, fp32 weights, optimiser and
+    loss; no loss scaling needed, unlike fp16). A run stores the resolved value, so
+    resuming it elsewhere keeps the precision it started with.
 
     Args:
         precision: ``auto``, ``bf16`` or ``fp32``.
         cpuinfo: the file listing the CPU flags (``/proc/cpuinfo``).
+        device: where the run trains (``cpu``, ``cuda``, ``cuda:N`` or a ``torch.device``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r}")
     if precision == "auto":
+        if str(device).startswith("cuda"):
+            return "bf16"
         return "bf16" if cpu_supports_bf16(cpuinfo, flags=BF16_FAST_FLAGS) else "fp32"
     return precision

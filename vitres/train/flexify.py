@@ -41,6 +41,7 @@ from torch import Tensor, nn
 from vitres.data import get_dataset, take_batch
 from vitres.data.transforms import match_channels, normalize, resize, sample_crop_box, to_float
 from vitres.train.config import RunConfig, TrainResult
+from vitres.train.distributed import Ranks
 from vitres.train.loop import (
     StepOutput,
     StepShape,
@@ -203,6 +204,8 @@ class FlexifyRecipe:
         self.config, self.precision = config, precision
         torch.manual_seed(config.seed)  # registry sources start from seeded random weights
         self.model = load_source(config.model, **config.model_overrides)
+        # where steps run, and through what (DDP wraps the student under torchrun)
+        self.device, self.student, self.ranks = torch.device("cpu"), self.model, Ranks()
         cfg = self.model.config
         self.in_chans = cfg.in_chans
         self.train_set = get_dataset(
@@ -328,17 +331,22 @@ class FlexifyRecipe:
                 view = resize(batch, size)
             else:
                 view = torch.stack([resize(to_float(im)[None], size)[0] for im in images])
-            x = self._model_input(view, self.teacher)
-            with autocast(self.precision):
-                plain.append(self.teacher(x).float())
+            x = self._model_input(view, self.teacher).to(self.device)
+            with autocast(self.precision, self.device.type):
+                plain.append(self.teacher(x).float().cpu())
                 if self.config.hflip:
-                    flipped.append(self.teacher(x.flip(-1)).float())
+                    flipped.append(self.teacher(x.flip(-1)).float().cpu())
         passes = 2 if self.config.hflip else 1
         self._count_work("teacher", self.count * passes, self._teacher_tokens())
         plain_logits = torch.cat(plain)
         return plain_logits, torch.cat(flipped) if flipped else plain_logits
 
     # ------------------------------------------------------------------ the loop's hooks
+    def place(self, device: torch.device, student: nn.Module, ranks: Ranks) -> None:
+        self.device, self.student, self.ranks = device, student, ranks
+        if self.teacher is not None:
+            self.teacher.to(device)
+
     def plan_step(self, epoch: int, step_in_epoch: int, generator: torch.Generator) -> FlexifyStep:
         config = self.config
         res, patch = self.sampler.draw(generator)
@@ -357,8 +365,9 @@ class FlexifyRecipe:
         )
         return FlexifyStep(res, patch, batch, partner)
 
-    def _forward(self, x: Tensor, patch: int | None) -> Tensor:
-        return self.model(x) if patch is None else self.model(x, patch_size=patch)
+    def _forward(self, view: Tensor, patch: int | None) -> Tensor:
+        x = self._model_input(view, self.model).to(self.device)
+        return self.student(x) if patch is None else self.student(x, patch_size=patch)
 
     def _view_loss(
         self, logits: Tensor, labels: Tensor, teacher_logits: Tensor | None
@@ -380,6 +389,7 @@ class FlexifyRecipe:
         shape: FlexifyStep,
         generator: torch.Generator,
     ) -> StepOutput:
+        examples = len(labels) * self.ranks.world_size  # every rank's equal share
         sizes: list = [shape.resolution]
         if shape.partner is not None:
             sizes.append(shape.partner)
@@ -394,20 +404,20 @@ class FlexifyRecipe:
             if self.cache is not None:
                 plain, flipped = self.cache
                 teacher_logits = torch.where(flip[:, None], flipped[indices], plain[indices])
+                teacher_logits = teacher_logits.to(self.device)
             else:
+                x = self._model_input(views[-1], self.teacher).to(self.device)
                 with torch.no_grad():
-                    teacher_logits = self.teacher(self._model_input(views[-1], self.teacher))
-                self._count_work("teacher", len(labels), self._teacher_tokens())
-        self._count_work("student", len(labels), self._tokens(shape.resolution, shape.patch_size))
+                    teacher_logits = self.teacher(x)
+                self._count_work("teacher", examples, self._teacher_tokens())
+        self._count_work("student", examples, self._tokens(shape.resolution, shape.patch_size))
         if shape.partner is not None:
-            self._count_work("student", len(labels), self._tokens(shape.partner, shape.patch_size))
-        logits = self._forward(self._model_input(views[0], self.model), shape.patch_size)
+            self._count_work("student", examples, self._tokens(shape.partner, shape.patch_size))
+        logits = self._forward(views[0], shape.patch_size)
         loss, terms, gap = self._view_loss(logits, labels, teacher_logits)
         gaps = [((shape.resolution, shape.patch_size), gap)]
         if shape.partner is not None:
-            partner_logits = self._forward(
-                self._model_input(views[1], self.model), shape.patch_size
-            )
+            partner_logits = self._forward(views[1], shape.patch_size)
             partner_loss, partner_terms, partner_gap = self._view_loss(
                 partner_logits, labels, teacher_logits
             )
@@ -425,7 +435,10 @@ class FlexifyRecipe:
         return StepOutput(loss, logits, terms)
 
     def after_step(self, shape: StepShape, output: StepOutput) -> None:
-        for arm, gap in self._pending_gaps:
+        # every rank measured its own share: the sampler folds in the mean over the ranks,
+        # so that all of them keep drawing the same sizes
+        gaps = self.ranks.mean([gap for _, gap in self._pending_gaps])
+        for (arm, _), gap in zip(self._pending_gaps, gaps):
             self.sampler.update(arm, gap)
 
     def evaluate(self, precision: str) -> dict:

@@ -20,126 +20,66 @@ unless ``overwrite=True``; every start removes the temporary files a killed writ
 there; the precision is resolved once and stored, so a resume on another CPU keeps it;
 ``epochs`` may grow (or shrink, not below what is done) on resume, and any other change
 that would alter the result is refused with the field's name.
+
+Devices: ``config.device`` is checked before any work (:func:`vitres.devices.check_device`);
+the model, the batches and the loss live there, and ``bf16`` runs under
+``torch.autocast`` of that device's type (:func:`autocast`). ``auto`` precision is bf16
+on CUDA. Every step re-seeds torch (which seeds the CUDA generators too), so the CPU
+RNG state in the checkpoint is all a bit-exact resume needs on a GPU as well; a CUDA
+run also asks PyTorch for deterministic kernels (:func:`deterministic_cuda`), without
+which two runs on a GPU could differ in the last bits whether resumed or not. Under
+``torchrun`` the loop trains data-parallel (:mod:`vitres.train.distributed`): each
+process its share of every batch, rank 0 alone writing the run folder.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from vitres.data import Dataset, epoch_order, take_batch
+from vitres.data import epoch_order, take_batch
+from vitres.devices import device_record
 from vitres.train.checkpoint import (
     LOG_FILE,
     MODEL_FILE,
     atomic_write_text,
     decode_rng,
+    load_checkpoint,
     save_checkpoint,
 )
 from vitres.train.config import RunConfig, TrainResult, resolve_precision
+from vitres.train.distributed import Ranks, join, launched_ranks, training_device
+from vitres.train.recipe import (
+    Recipe,
+    StepOutput,
+    StepShape,
+    ThreadChooser,
+    autocast,
+    deterministic_cuda,
+)
 from vitres.train.run_dir import check_resume, prepare_out_dir
 from vitres.train.schedule import STREAM_TORCH, lr_at, mix_seed, step_generator
 
-__all__ = ["Recipe", "StepOutput", "StepShape", "ThreadChooser", "autocast", "run_recipe"]
-
-
-@dataclass(frozen=True)
-class StepShape:
-    """The input of one step: square ``resolution``, ``patch_size`` (``None``: the model's
-    own) and the number of examples."""
-
-    resolution: int
-    patch_size: int | None
-    batch_size: int
-
-
-@dataclass
-class StepOutput:
-    """What a recipe's step returns: the loss to minimise, the student's logits at the
-    step's size (for the train accuracy) and named loss parts to log."""
-
-    loss: Tensor
-    logits: Tensor
-    terms: dict[str, float] = field(default_factory=dict)
-
-
-class Recipe(Protocol):
-    """One kind of training, as the loop sees it.
-
-    Attributes:
-        model: the model being trained (its ``config`` has ``patch_size``).
-        train_set: the training examples.
-        images_per_epoch: examples one epoch uses, for the learning-rate schedule and
-            the progress bar (the epoch ends when fewer than the next step needs remain).
-        min_batch_size: the smallest batch a step may use.
-    """
-
-    model: nn.Module
-    train_set: Dataset
-    images_per_epoch: int
-    min_batch_size: int
-
-    def plan_step(self, epoch: int, step_in_epoch: int, generator: torch.Generator) -> StepShape:
-        """The step's size and batch size; random draws come from ``generator`` only."""
-        ...
-
-    def step_loss(
-        self,
-        images: Tensor | list[Tensor],
-        labels: Tensor,
-        indices: Tensor,
-        shape: StepShape,
-        generator: torch.Generator,
-    ) -> StepOutput:
-        """The loss of one batch (called under the run's autocast)."""
-        ...
-
-    def after_step(self, shape: StepShape, output: StepOutput) -> None:
-        """Updates the recipe's state once the optimiser step is done."""
-        ...
-
-    def evaluate(self, precision: str) -> dict:
-        """Fields of the epoch record; at least ``accuracy`` (``{"28": 0.9, ...}``)."""
-        ...
-
-    def state_dict(self) -> dict:
-        """The recipe's JSON-ready state (stored in every checkpoint)."""
-        ...
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restores :meth:`state_dict` on resume."""
-        ...
-
-    def model_metadata(self) -> dict:
-        """Facts stored in the final model's metadata."""
-        ...
-
-
-def autocast(precision: str) -> contextlib.AbstractContextManager:
-    """bf16 CPU autocast for ``"bf16"``, nothing for ``"fp32"``."""
-    if precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+__all__ = [
+    "Recipe",
+    "StepOutput",
+    "StepShape",
+    "ThreadChooser",
+    "autocast",
+    "deterministic_cuda",
+    "run_recipe",
+]
 
 
 def _zero_sums() -> dict:
     return {"loss_sum": 0.0, "seen": 0, "correct": 0, "seconds": 0.0, "terms": {}}
-
-
-class ThreadChooser(Protocol):
-    """Chooses the thread count by timing a call (e.g.
-    :func:`vitres.measure.threads.choose_threads`); returns an object with ``threads``
-    and ``to_dict()``."""
-
-    def __call__(self, fn: Callable[[], Any], *, rounds: int, calls: int) -> Any: ...
 
 
 def run_recipe(
@@ -172,28 +112,69 @@ def run_recipe(
         thread_chooser: with ``config.num_threads`` unset, times a training step at 1
             thread and at all cores and sets the faster (the CLI passes
             :func:`vitres.measure.threads.choose_threads`); without it torch's current
-            thread count is kept.
+            thread count is kept (also on a GPU and under ``torchrun``, where each
+            process keeps the threads it was started with).
 
     Returns:
-        A :class:`vitres.train.TrainResult`.
+        A :class:`vitres.train.TrainResult` (its model on ``config.device``).
+
+    Raises:
+        ValueError: ``config.device`` is not usable here, or under ``torchrun`` the batch
+            size does not divide by the number of processes (before any work).
     """
+    rank, world_size, local_rank = launched_ranks()
+    device = training_device(config.device, local_rank, world_size)  # refused before any work
+    if world_size > 1 and config.batch_size % world_size:
+        raise ValueError(
+            f"batch_size {config.batch_size} does not split over the {world_size} processes "
+            f"torchrun started: the global batch is shared equally; use a multiple of "
+            f"{world_size} (e.g. {config.batch_size + world_size - config.batch_size % world_size})"
+        )
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    if device.type == "cuda":
+        deterministic_cuda()
+    ranks = join(device)
+    try:
+        return _run_recipe_on(config, recipe_name, make_recipe, device, ranks,
+                              callback, until_epoch, thread_chooser)  # fmt: skip
+    finally:
+        ranks.close()
+
+
+def _run_recipe_on(
+    config: RunConfig,
+    recipe_name: str,
+    make_recipe: Callable[[str], Recipe],
+    device: torch.device,
+    ranks: Ranks,
+    callback: Callable[[dict], None] | None,
+    until_epoch: int | None,
+    thread_chooser: ThreadChooser | None,
+) -> TrainResult:
+    """:func:`run_recipe` once the device is known and the process group joined."""
     out_dir = Path(config.out_dir)
-    checkpoint = prepare_out_dir(config, out_dir)
+    # rank 0 guards and cleans the folder; then every rank reads the same checkpoint
+    checkpoint = ranks.run_on_main(lambda: prepare_out_dir(config, out_dir))
+    if not ranks.is_main and config.resume:
+        checkpoint = load_checkpoint(out_dir)
     if checkpoint is None:
-        precision = resolve_precision(config.precision)
+        precision = resolve_precision(config.precision, device=device)
     else:
         precision = check_resume(config, checkpoint, recipe_name, out_dir)
     setup_start, setup_cpu_start = time.perf_counter(), time.process_time()
     recipe = make_recipe(precision)
+    recipe.model.to(device)
     # building the recipe (loading the data and models) is part of the cost
     setup = (time.perf_counter() - setup_start, time.process_time() - setup_cpu_start)
     thread_choice = None
-    if not config.num_threads and thread_chooser is not None:
+    alone_on_cpu = device.type == "cpu" and not ranks.distributed
+    if not config.num_threads and thread_chooser is not None and alone_on_cpu:
         thread_choice = _choose_training_threads(recipe.model, config, thread_chooser)
-    run = _Run(config, recipe_name, recipe, precision, out_dir)
+    run = _Run(config, recipe_name, recipe, precision, out_dir, ranks)
     run.restore(checkpoint)
+    recipe.place(device, ranks.wrap(recipe.model), ranks)
+    run.note_device(device)
     if thread_choice is not None:
         run.log.append(
             {"kind": "threads", "global_step": run.global_step, **thread_choice.to_dict()}
@@ -202,15 +183,9 @@ def run_recipe(
     run.cpu_seconds += setup[1]
     last_epoch = config.epochs if until_epoch is None else min(until_epoch, config.epochs)
     run.train(last_epoch, callback)
-    result = TrainResult(
-        recipe.model,
-        run.history,
-        out_dir,
-        run.train_seconds,
-        precision,
-        run.global_step,
-        run.cpu_seconds,
-    )
+    result = TrainResult(recipe.model, run.history, out_dir, run.train_seconds, precision,
+                         run.global_step, run.cpu_seconds, str(device), ranks.world_size,
+                         ranks.rank)  # fmt: skip
     if last_epoch >= config.epochs:  # not stopped early by until_epoch: save the model
         run.save_final_model()
     return result
@@ -227,12 +202,14 @@ class _Run:
         recipe: Recipe,
         precision: str,
         out_dir: Path,
+        ranks: Ranks,
     ) -> None:
         from vitres.train.optim import build_optimizer
 
         self.config, self.recipe_name, self.recipe = config, recipe_name, recipe
-        self.precision, self.out_dir = precision, out_dir
+        self.precision, self.out_dir, self.ranks = precision, out_dir, ranks
         self.model = recipe.model
+        self.device = next(self.model.parameters()).device
         self.optimizer = build_optimizer(self.model, config)
         # the config as run: "auto" replaced by what it resolved to on the first start
         self.run_config = dataclasses.replace(config, precision=precision).to_dict()
@@ -279,11 +256,22 @@ class _Run:
                 }
             )
 
+    def note_device(self, device: torch.device) -> None:
+        """Logs where the run trains when that is not one process on the CPU (the place a
+        log without such a record ran), at the start and at a resume that moved it."""
+        where = {"device": str(device), **self.ranks.describe()}
+        last = {"device": "cpu", "world_size": 1}
+        last = next((r for r in reversed(self.log) if r.get("kind") == "device"), last)
+        if any(last.get(k) != v for k, v in where.items()):
+            entry = {"kind": "device", "global_step": self.global_step, **where}
+            self.log.append({**entry, **device_record(device)})
+
     def record(self, entry: dict) -> None:
         """Appends ``entry`` to the log and to ``log.jsonl``."""
         self.log.append(entry)
-        self.log_handle.write(json.dumps(entry) + "\n")
-        self.log_handle.flush()
+        if self.log_handle is not None:  # rank 0 only
+            self.log_handle.write(json.dumps(entry) + "\n")
+            self.log_handle.flush()
 
     def position(self, next_epoch: int, next_step: int, next_images: int) -> dict:
         """Where a checkpoint taken now resumes."""
@@ -299,21 +287,23 @@ class _Run:
         }
 
     def checkpoint(self, position: dict) -> None:
-        """Writes a checkpoint at ``position``."""
-        extra = {"recipe": self.recipe_name, "precision": self.precision}
-        extra["recipe_state"] = self.recipe.state_dict()
-        save_checkpoint(
-            self.out_dir, self.model, self.optimizer, position, self.run_config, self.log, extra
-        )
+        """Writes a checkpoint at ``position`` (rank 0; the others wait for it)."""
+        if self.ranks.is_main:
+            extra = {"recipe": self.recipe_name, "precision": self.precision}
+            extra["recipe_state"] = self.recipe.state_dict()
+            save_checkpoint(self.out_dir, self.model, self.optimizer, position,
+                            self.run_config, self.log, extra)  # fmt: skip
+        self.ranks.barrier()
 
     def train(self, last_epoch: int, callback: Callable[[dict], None] | None) -> None:
         """Trains epochs ``start_epoch .. last_epoch - 1``, logging and checkpointing."""
         # log.jsonl mirrors the checkpoint's log: records of lost steps are dropped.
-        log_path = self.out_dir / LOG_FILE
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in self.log))
-        self.log_handle = open(log_path, "a")
+        if self.ranks.is_main:
+            log_path = self.out_dir / LOG_FILE
+            atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in self.log))
+            self.log_handle = open(log_path, "a")
         self.history = [r for r in self.log if r.get("kind") == "epoch"]
-        if self.config.progress:
+        if self.config.progress and self.ranks.is_main:
             from vitres.progress import progress_bar
 
             self.bar = progress_bar(
@@ -327,7 +317,8 @@ class _Run:
             for epoch in range(self.start_epoch, last_epoch):
                 self.train_epoch(epoch, callback)
         finally:
-            self.log_handle.close()
+            if self.log_handle is not None:
+                self.log_handle.close()
             if self.bar is not None:
                 self.bar.close()
         self.model.eval()
@@ -345,17 +336,24 @@ class _Run:
             limit=config.train_limit,
         )
         while True:
-            generator = step_generator(config.seed, epoch, self.step_in_epoch)
-            torch.manual_seed(mix_seed(config.seed, epoch, self.step_in_epoch, STREAM_TORCH))
-            shape = recipe.plan_step(epoch, self.step_in_epoch, generator)
+            step = self.step_in_epoch
+            generator = step_generator(config.seed, epoch, step)
+            torch.manual_seed(mix_seed(config.seed, epoch, step, STREAM_TORCH))
+            shape = recipe.plan_step(epoch, step, generator)
+            if self.ranks.distributed:  # a batch that varies per step, shared equally
+                shape = dataclasses.replace(
+                    shape, batch_size=self.ranks.fit_batch(shape.batch_size)
+                )
             if self.images_in_epoch + shape.batch_size > len(order):
                 break  # the last partial batch is dropped
             indices = order[self.images_in_epoch : self.images_in_epoch + shape.batch_size]
+            indices = self.ranks.shard(indices)
+            generator = self.ranks.own_streams(config.seed, epoch, step, generator)
             images, labels = take_batch(recipe.train_set, indices)
             self.images_in_epoch += shape.batch_size
             self.step_in_epoch += 1
-            if len(labels) == 0:
-                continue  # every file of the batch was unreadable
+            if not self.ranks_agree(shape, len(labels)):
+                continue  # every file of the batch (of a rank's share) was unreadable
             info = self.step(epoch, images, labels, indices, shape, generator)
             if config.log_every_steps and self.global_step % config.log_every_steps == 0:
                 self.record(info)
@@ -372,6 +370,25 @@ class _Run:
                 callback(info)
         self.finish_epoch(epoch)
 
+    def ranks_agree(self, shape: StepShape, count: int) -> bool:
+        """Whether every rank has examples for this step; refuses ranks that planned
+        different steps (they would train different models from here on).
+
+        Raises:
+            ValueError: the ranks drew different sizes, patch sizes or batch sizes.
+        """
+        if not self.ranks.distributed:
+            return count > 0
+        planned = [0 if v is None else v for v in dataclasses.astuple(shape)]
+        low, high = self.ranks.bounds([*planned, count])
+        if low[:-1] != high[:-1]:
+            raise ValueError(
+                f"the {self.ranks.world_size} processes planned different steps at global "
+                f"step {self.global_step} ({shape} on rank {self.ranks.rank}): every "
+                "rank must run the same vitres version with the same config and seed"
+            )
+        return low[-1] > 0
+
     def step(
         self,
         epoch: int,
@@ -385,7 +402,8 @@ class _Run:
         lr = self.lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with autocast(self.precision):
+        labels = labels.to(self.device)
+        with autocast(self.precision, self.device.type):
             output = self.recipe.step_loss(images, labels, indices, shape, generator)
         self.optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
@@ -394,14 +412,24 @@ class _Run:
         self.optimizer.step()
         self.recipe.after_step(shape, output)
         self.global_step += 1
-        self.images_done += len(labels)
-        loss_value = float(output.loss.detach())
+        loss_value, count = float(output.loss.detach()), len(labels)
+        correct = int((output.logits.detach().argmax(-1) == labels).sum())
+        names = list(output.terms)
+        # over every rank's share (the step's own numbers on one process)
+        totals = self.ranks.sum([loss_value * count, count, correct,
+                                 *(output.terms[name] * count for name in names)])  # fmt: skip
+        seen = int(totals[1])
+        terms = output.terms
+        if self.ranks.distributed:
+            loss_value = totals[0] / seen
+            terms = {name: total / seen for name, total in zip(names, totals[3:])}
+        self.images_done += seen
         sums = self.sums
-        sums["loss_sum"] += loss_value * len(labels)
-        sums["seen"] += len(labels)
-        sums["correct"] += int((output.logits.detach().argmax(-1) == labels).sum())
-        for name, value in output.terms.items():
-            sums["terms"][name] = sums["terms"].get(name, 0.0) + value * len(labels)
+        sums["loss_sum"] += totals[0]
+        sums["seen"] += seen
+        sums["correct"] += int(totals[2])
+        for name, total in zip(names, totals[3:]):
+            sums["terms"][name] = sums["terms"].get(name, 0.0) + total
         if self.bar is not None:
             elapsed = sums["seconds"] + time.perf_counter() - self.segment_start
             self.bar.set_postfix(
@@ -410,7 +438,7 @@ class _Run:
                 res=shape.resolution,
                 img_s=f"{sums['seen'] / max(elapsed, 1e-9):.0f}",
             )
-            self.bar.update(len(labels))
+            self.bar.update(seen)
         return {
             "kind": "step",
             "epoch": epoch,
@@ -420,8 +448,8 @@ class _Run:
             "lr": lr,
             "resolution": shape.resolution,
             "patch_size": shape.patch_size or self.model.config.patch_size,
-            "batch_size": len(labels),
-            **{name: round(value, 5) for name, value in output.terms.items()},
+            "batch_size": seen,
+            **{name: round(value, 5) for name, value in terms.items()},
         }
 
     def finish_epoch(self, epoch: int) -> None:
@@ -460,23 +488,27 @@ class _Run:
         self.checkpoint(self.position(epoch + 1, 0, 0))
 
     def save_final_model(self) -> None:
-        """Writes ``model.safetensors`` + ``model.json`` with the run's metadata."""
+        """Writes ``model.safetensors`` + ``model.json`` with the run's metadata (rank 0;
+        the others wait for it). ``device`` and ``world_size`` are those of the last
+        segment of the run (the log's ``device`` records hold every start's)."""
         from vitres.models.checkpoint import save_model
 
-        save_model(
-            self.model,
-            self.out_dir / MODEL_FILE,
-            metadata={
+        if self.ranks.is_main:
+            metadata = {
                 **self.recipe.model_metadata(),
                 "recipe": self.recipe_name,
                 "train_config": self.run_config,
                 "train_seconds": round(self.train_seconds, 1),
                 "cpu_seconds": round(self.cpu_seconds, 1),
                 "precision": self.precision,
+                "device": str(self.device),
+                **self.ranks.describe(),
+                **device_record(self.device),
                 "steps": self.global_step,
                 "history": self.history,
-            },
-        )
+            }
+            save_model(self.model, self.out_dir / MODEL_FILE, metadata=metadata)
+        self.ranks.barrier()
 
 
 def _choose_training_threads(

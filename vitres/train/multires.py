@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from vitres.data import FASHION_MNIST_ALIASES, FMNIST_MEAN, FMNIST_STD, get_dataset, prepare_batch
 from vitres.train.config import TrainConfig, TrainResult
+from vitres.train.distributed import Ranks
 from vitres.train.loop import StepOutput, StepShape, ThreadChooser, eval_accuracies, run_recipe
 from vitres.train.sampling import sample_step_shape
 
@@ -102,6 +103,8 @@ class MultiResRecipe:
             config.data, "test", data_dir=config.data_dir, in_chans=in_chans
         )
         self.model = build_model(config, len(self.train_set.classes), in_chans)
+        self.student: nn.Module = self.model  # what a step runs (DDP wraps it under torchrun)
+        self.device = torch.device("cpu")
         count = len(self.train_set)
         if config.train_limit is not None:
             count = min(count, config.train_limit)
@@ -113,6 +116,9 @@ class MultiResRecipe:
             )
         self.images_per_epoch = steps_per_epoch * config.batch_size
         self.min_batch_size = config.batch_size
+
+    def place(self, device: torch.device, student: nn.Module, ranks: Ranks) -> None:
+        self.device, self.student = device, student
 
     def plan_step(self, epoch: int, step_in_epoch: int, generator: torch.Generator) -> StepShape:
         res, patch = sample_step_shape(self.config.resolutions, self.config.patch_sizes, generator)
@@ -138,11 +144,11 @@ class MultiResRecipe:
             hflip=config.hflip,
             crop_scale=config.crop_scale,
         )
-        x = flip_unaugmented(x, generator, config.hflip, config.random_crop)
+        x = flip_unaugmented(x, generator, config.hflip, config.random_crop).to(self.device)
         if shape.patch_size is None:
-            logits = self.model(x)
+            logits = self.student(x)
         else:
-            logits = self.model(x, patch_size=shape.patch_size)
+            logits = self.student(x, patch_size=shape.patch_size)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         return StepOutput(loss, logits)
 

@@ -42,6 +42,8 @@ class ProbeConfig:
         k: Neighbours of the k-NN probe.
         data_dir: Folder of the Fashion-MNIST files.
         progress: Progress lines while extracting.
+        device: Where the backbone runs (``cpu``, ``cuda``, ``cuda:N``); the features
+            come back to the CPU, where the heads are fitted.
     """
 
     model: str
@@ -56,6 +58,7 @@ class ProbeConfig:
     k: int = 20
     data_dir: str | None = None
     progress: bool = True
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         self.resolutions = tuple(int(r) for r in self.resolutions)
@@ -94,9 +97,9 @@ def extract_features(
     cache: Path | None = None,
     progress: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """The pooled features ``(N, D)`` and labels of the first ``limit`` images at
-    ``resolution``, read from ``cache`` when it holds them (written there otherwise,
-    through a temporary file)."""
+    """The pooled features ``(N, D)`` (on the CPU) and labels of the first ``limit``
+    images at ``resolution``, computed on the model's device, read from ``cache`` when it
+    holds them (written there otherwise, through a temporary file)."""
     from safetensors.torch import load_file, save_file
 
     from vitres.data import eval_batches
@@ -106,6 +109,7 @@ def extract_features(
         stored = load_file(str(cache))
         return stored["features"], stored["labels"]
     cfg = model.config
+    device = next(model.parameters()).device
     total = min(limit, len(dataset))
     features, labels = [], []
     bar = progress_bar(total=total, desc=f"features at {resolution} px", unit="img",
@@ -113,7 +117,7 @@ def extract_features(
     with torch.inference_mode():
         for x, y in eval_batches(dataset, resolution, batch_size, mean=cfg.mean, std=cfg.std,
                                  in_chans=cfg.in_chans, limit=limit):  # fmt: skip
-            features.append(_features_of(model, x).float())
+            features.append(_features_of(model, x.to(device)).float().cpu())
             labels.append(y)
             bar.update(len(y))
     bar.close()
@@ -193,14 +197,17 @@ def probe(config: ProbeConfig) -> ProbeResult:
     checkpoint.
 
     Raises:
-        ValueError: a backbone that is not a ViT, or data with fewer than two classes.
+        ValueError: a device this machine cannot use, a backbone that is not a ViT, or
+            data with fewer than two classes.
     """
     from vitres.data import get_dataset
+    from vitres.devices import check_device
     from vitres.models.resolve import resolve_model
     from vitres.models.vit import VisionTransformer
     from vitres.stats import wilson_interval
 
-    backbone = resolve_model(config.model).eval()
+    device = check_device(config.device)
+    backbone = resolve_model(config.model).eval().to(device)
     if not isinstance(backbone, VisionTransformer):
         raise ValueError(f"{config.model} is not a ViT; a probe reads a ViT's pooled features")
     in_chans = backbone.config.in_chans
@@ -238,7 +245,7 @@ def probe(config: ProbeConfig) -> ProbeResult:
     model = _classifier(backbone, heads[result.best_resolution])
     meta = {"probe": {"backbone": config.model, "resolution": result.best_resolution,
                       "data": config.data, "train_images": best["train_images"],
-                      "classes": classes}}  # fmt: skip
+                      "classes": classes, "device": str(device)}}  # fmt: skip
     result.checkpoint = str(save_model(model, out / "model.safetensors", metadata=meta))
     (out / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return result

@@ -27,6 +27,7 @@ from vitres.measure import (
     set_threads,
     time_calls,
 )
+from vitres.measure.energy import EnergyMeter, energy_per_image
 from vitres.measure.interference import assess, other_cores, reference_kernel_ms, sample_cpu
 from vitres.models.common import FixedPatchSize
 from vitres.tokens import TokenMode, quadtree_plan
@@ -115,8 +116,7 @@ def measure_config(
             for the interference verdict (:mod:`vitres.measure.interference`).
     """
     threads = set_threads(config.threads if config.threads is not None else threads)
-    tracker = PeakMemoryTracker(torch.device(config.device), isolated=isolated)
-    tracker.start()
+    cost = _Cost(torch.device(config.device), isolated)
     model = build_model().eval()
     facts = _ModelFacts.of(model)
     runnable = _runnable(model, config)
@@ -124,8 +124,10 @@ def measure_config(
     shape = (config.batch_size, facts.in_chans, *config.resolution)
     backend.prepare(runnable, shape)
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(config.device)  # untimed
-    stats, evidence = _time_backend(backend, x, timing, threads, reference_best_ms)
-    peak = tracker.peak_mb()
+    stats, evidence, calls = _time_backend(
+        backend, x, timing, threads, reference_best_ms, cost.meter
+    )
+    cost_fields = cost.fields(calls * config.batch_size)
     accuracy, n_eval = (None, 0) if known_accuracy is None else known_accuracy
     if eval_data is not None and known_accuracy is None:
         accuracy, n_eval = _backend_accuracy(backend, model, config, eval_data)
@@ -142,8 +144,7 @@ def measure_config(
         data=data_name if accuracy is not None else None,
         latency=stats,
         throughput_ips=config.batch_size / median_s if stats.median_ms > 0 else None,
-        peak_mem_mb=peak,
-        mem_method=tracker.method,
+        **cost_fields,
         flops=flops,
         flops_analytic=flops_analytic,
         tokens=tokens,
@@ -155,6 +156,33 @@ def measure_config(
         data_warnings=warnings,
         ood_auroc=ood_auroc,
     )
+
+
+class _Cost:
+    """The memory peaks (the device's, and the host's beside it on a GPU) from the moment
+    it is made, and the energy meter of the timing window."""
+
+    def __init__(self, device: torch.device, isolated: bool) -> None:
+        self.tracker = PeakMemoryTracker(device, isolated=isolated)
+        self.host = (
+            None if device.type == "cpu" else PeakMemoryTracker(torch.device("cpu"), isolated)
+        )
+        self.tracker.start()
+        if self.host is not None:
+            self.host.start()
+        self.meter = EnergyMeter(device)
+
+    def fields(self, images: int) -> dict[str, Any]:
+        """The record's memory and energy fields, ``images`` run in the energy window."""
+        joules = self.meter.joules
+        return {
+            "peak_mem_mb": self.tracker.peak_mb(),
+            "mem_method": self.tracker.method,
+            "host_peak_mem_mb": None if self.host is None else self.host.peak_mb(),
+            "energy_j_per_image": energy_per_image(joules, images),
+            "energy_method": self.meter.method if joules is not None else None,
+            "energy_missing": None if joules is not None else self.meter.missing,
+        }
 
 
 @dataclass(frozen=True)
@@ -215,13 +243,25 @@ def _time_backend(
     timing: TimingConfig | None,
     threads: int,
     reference_best_ms: float | None,
-) -> tuple[LatencyStats, Any]:
-    """Latency statistics of ``backend.run(x)`` and the interference verdict of the run
-    (``timing``: the default :class:`TimingConfig` when ``None``)."""
+    meter: EnergyMeter,
+) -> tuple[LatencyStats, Any, int]:
+    """Latency statistics of ``backend.run(x)``, the interference verdict of the run
+    (``timing``: the default :class:`TimingConfig` when ``None``) and the number of calls
+    (warm-up included) that ``meter``'s energy window covered."""
     timing = timing or TimingConfig()
     reference_before = reference_kernel_ms(threads)
     before = sample_cpu()
-    samples = time_calls(lambda: backend.run(x), sync=backend.sync, **timing.as_kwargs())
+    calls = 0
+
+    def call() -> None:
+        nonlocal calls
+        backend.run(x)
+        calls += 1
+
+    meter.start()
+    samples = time_calls(call, sync=backend.sync, **timing.as_kwargs())
+    backend.sync()
+    meter.stop()  # before the reference kernel, whose work is not the model's
     after = sample_cpu()
     reference = (reference_before, reference_kernel_ms(threads))
     stats = latency_stats(samples)
@@ -233,7 +273,7 @@ def _time_backend(
         tail_ratio=stats.tail_ratio,
         threads=threads,
     )
-    return stats, evidence
+    return stats, evidence, calls
 
 
 def _grid_and_tokens(

@@ -94,6 +94,14 @@ Record format (``schema_version`` 1). Units: milliseconds, MiB (2**20 bytes), se
     ood_auroc: the best out-of-distribution AUROC (MSP, MaxLogit, energy, Mahalanobis,
         ViM) of the model at this resolution against the sweep's ``ood`` data, ``null``
         without it (:func:`vitres.explain.analysis.ood_auroc_for_config`).
+    energy_j_per_image: joules per image over the timed calls (warm-up included), read
+        from the hardware's counter (:mod:`vitres.measure.energy`); ``null`` where none
+        could be read, and ``energy_missing`` says why.
+    energy_method: ``"nvml"`` (the GPU's counter) or ``"rapl"`` (the CPU packages'), or
+        ``null``.
+    energy_missing: why the energy is missing, as a sentence (``null`` when it is there).
+    host_peak_mem_mb: on a GPU, the peak host memory (resident set) of the same work,
+        beside ``peak_mem_mb`` (the device's); ``null`` on a CPU, where they are one.
     timestamp: ISO-8601 UTC time the record was made.
 """
 
@@ -205,6 +213,10 @@ class Measurement:
     interference: dict[str, Any] | None = None
     data_warnings: list[str] = field(default_factory=list)
     ood_auroc: float | None = None
+    energy_j_per_image: float | None = None
+    energy_method: str | None = None
+    energy_missing: str | None = None
+    host_peak_mem_mb: float | None = None
     timestamp: str = field(default_factory=utc_timestamp)
     source: str = "measured"
     key: str = ""

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from vitres.layers.patch_embed import resample_patch_embed
 from vitres.layers.pos_embed import resample_pos_embed
+from vitres.layers.rel_pos_table import resample_relative_table
 from vitres.models.config import ViTConfig
 
 __all__ = ["adapt_state_dict", "num_head_features", "per_channel"]
@@ -28,7 +29,8 @@ def per_channel(values: tuple[float, ...], channels: int) -> tuple[float, ...]:
 def adapt_state_dict(
     state: dict[str, Tensor], source: ViTConfig, target: ViTConfig
 ) -> dict[str, Tensor]:
-    """Resamples position table and patch kernel from ``source`` to ``target`` geometry (pure)."""
+    """Resamples position table, relative position bias tables (BEiT) and patch kernel
+    from ``source`` to ``target`` geometry (pure)."""
     state = dict(state)
     if target.patch_hw != source.patch_hw:
         state["patch_embed.proj.weight"] = resample_patch_embed(
@@ -47,4 +49,7 @@ def adapt_state_dict(
             target.pos_embed_mode,
             target.pos_embed_antialias,
         )
+    if target.grid != source.grid:
+        for key in [k for k in state if k.endswith("relative_position_bias_table")]:
+            state[key] = resample_relative_table(state[key], source.grid, target.grid)
     return state

@@ -12,7 +12,13 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   registers have no position (folded as timm does: ``cls += pos[0]``, table without
   prefix positions); the with-registers model resamples with antialias, plain DINOv2 not;
 * ``siglip_vision_model`` / ``siglip``: ``pooler_output`` of the attention-pool head,
-  no class token, tanh GELU;
+  no class token, tanh GELU; ``SiglipForImageClassification`` logits (the mean of the
+  normed tokens; the tower's unused attention pool is dropped);
+* ``siglip2_vision_model`` / ``siglip2``: ``Siglip2VisionModel`` ``pooler_output`` and
+  ``last_hidden_state`` for an image cut into patches without padding (NaFlex batches:
+  :mod:`vitres.tokens.naflex`); its linear patch embedding becomes the conv kernel, its
+  square table of ``num_patches`` positions is resized bilinear with antialias;
+  ``Siglip2ForImageClassification`` logits (the mean of the normed tokens);
 * ``clip_vision_model`` / ``clip``: ``pooler_output`` (post-LayerNorm of the class
   token), ``image_embeds`` (the bias-free projection), pre-LayerNorm, quick GELU, no
   patch bias;
@@ -30,20 +36,30 @@ Supported Hugging Face families (``config.json`` ``model_type``) and what is mat
   channels rotate in halves (``rotate_half``); vitres rotates adjacent pairs, so each
   head's q and k rows are permuted on import (dot products unchanged). The gated MLP
   (``use_gated_mlp``, the 7B model) is refused.
+* ``beit`` / ``data2vec-vision``: ``BeitModel`` / ``Data2VecVisionModel``
+  ``pooler_output`` (class token after the final norm, or the normed mean of the patch
+  tokens) and ``...ForImageClassification`` logits: relative position bias tables per
+  block and/or shared, resampled bilinearly at other sizes exactly as the source does
+  (:mod:`vitres.models.convert.beit`), LayerScale, no key bias (zeros); a model with
+  mean pooling and no pooler (``Data2VecVisionModel``'s default) has no final norm
+  (``final_norm=False``): its ``last_hidden_state`` is matched.
 
 Each imported model keeps its source's size policy: the grid is floored by the strided
 convolution (``size_policy="crop"``) and the position table resampled bicubic, as the
-source's ``interpolate_pos_encoding`` does.
+source's ``interpolate_pos_encoding`` does (SigLIP-2, which never sees such a size, is
+cropped the same way; its processor resizes instead, :func:`vitres.tokens.to_naflex`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
+from vitres.models.convert.beit import BEIT_DROPPED, beit_hf_fields, beit_hf_key, fill_key_bias
 from vitres.models.convert.common import num_head_features, per_channel
 
 __all__ = [
@@ -74,12 +90,16 @@ HF_FAMILIES: dict[str, tuple[str, tuple[float, ...], tuple[float, ...]]] = {
     "dinov2_with_registers": ("dinov2_with_registers", IMAGENET_MEAN, IMAGENET_STD),
     "siglip_vision_model": ("siglip", (0.5,), (0.5,)),
     "siglip": ("siglip", (0.5,), (0.5,)),
+    "siglip2_vision_model": ("siglip2", (0.5,), (0.5,)),
+    "siglip2": ("siglip2", (0.5,), (0.5,)),
     "clip_vision_model": ("clip", CLIP_MEAN, CLIP_STD),
     "clip": ("clip", CLIP_MEAN, CLIP_STD),
     "vit_msn": ("vit", IMAGENET_MEAN, IMAGENET_STD),
     "vit_mae": ("vit_mae", IMAGENET_MEAN, IMAGENET_STD),
     "ijepa": ("ijepa", IMAGENET_MEAN, IMAGENET_STD),
     "dinov3_vit": ("dinov3", IMAGENET_MEAN, IMAGENET_STD),
+    "beit": ("beit", (0.5,), (0.5,)),
+    "data2vec-vision": ("beit", (0.5,), (0.5,)),
 }
 HF_ACTIVATIONS = {
     "gelu": "gelu",
@@ -95,6 +115,8 @@ _HF_PREFIXES = (
     "dinov2.",
     "vision_model.",
     "ijepa.",
+    "beit.",
+    "data2vec_vision.",
 )
 _HF_DROPPED = re.compile(
     r"^(?:embeddings\.mask_token|embeddings\.position_ids|text_model\..*|text_projection\..*"
@@ -194,7 +216,8 @@ def hf_family(hf: dict) -> str:
         raise ValueError(
             f"unsupported Hugging Face model_type {model_type!r}{named}; supported: "
             f"{', '.join(supported_hf_model_types())} (ViT, DeiT, DINOv2, DINOv2 with "
-            "registers, SigLIP vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, DINOv3). Swin "
+            "registers, SigLIP and SigLIP-2 vision, CLIP vision, ViT-MSN, ViT-MAE encoder, I-JEPA, "
+            "DINOv3, BEiT, Data2Vec-vision). Swin "
             "and other hierarchical models are not ViTs with one token grid and stay refused"
         )
     act = hf.get("hidden_act", "gelu")
@@ -212,8 +235,9 @@ def hf_family(hf: dict) -> str:
 
 
 def hf_vision_config(hf: dict) -> dict:
-    """The vision part of a config: itself, or ``vision_config`` of a CLIP / SigLIP pair."""
-    if hf.get("model_type") in ("clip", "siglip"):
+    """The vision part of a config: itself, or ``vision_config`` of a CLIP / SigLIP /
+    SigLIP-2 pair."""
+    if hf.get("model_type") in ("clip", "siglip", "siglip2"):
         vision = dict(hf.get("vision_config") or {})
         vision.setdefault("model_type", hf["model_type"])
         if "projection_dim" in hf:
@@ -256,8 +280,58 @@ def _dinov3_parts(
                 out[f"{key}.bias"] = out[f"{key}.weight"].new_zeros(out[f"{key}.weight"].shape[0])
 
 
+def _siglip2_parts(out: dict[str, Tensor], patch_size: int | Sequence[int] | None) -> None:
+    """SigLIP-2's patch embedding as vitres's convolution kernel.
+
+    Its ``nn.Linear`` reads patches flattened as (row in patch, column in patch, channel)
+    (``convert_image_to_patches`` of its image processor): the weight ``(D, p * p * C)``
+    is that kernel ``(D, C, p, p)`` with its axes permuted.
+    """
+    weight = out.get("patch_embed.proj.weight")
+    if weight is not None and weight.ndim == 2:
+        if not patch_size:
+            raise ValueError("SigLIP-2 weights need the config's patch_size to convert")
+        ph, pw = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+        dim, features = weight.shape
+        if features % (ph * pw):
+            raise ValueError(
+                f"SigLIP-2 patch embedding has {features} inputs per patch, not a multiple of "
+                f"the config's {ph}x{pw} patch"
+            )
+        kernel = weight.reshape(dim, ph, pw, features // (ph * pw)).permute(0, 3, 1, 2)
+        out["patch_embed.proj.weight"] = kernel.contiguous()  # (D, C, ph, pw)
+
+
+def _map_outside_layers(bare: str, value: Tensor, family: str, out: dict[str, Tensor]) -> bool:
+    """Maps (into ``out``) or drops a key outside the per-layer q / k / v pattern; False
+    when the key is not one of those."""
+    if _HF_DROPPED.match(bare):
+        return True
+    if family == "beit" and (renamed := beit_hf_key(bare)) is not None:
+        if renamed != BEIT_DROPPED:
+            out[renamed] = value
+        return True
+    if bare in _HF_SIMPLE:
+        out[_HF_SIMPLE[bare]] = value
+    elif bare == "embeddings.class_embedding":  # CLIP: (D,)
+        out["cls_token"] = value.reshape(1, 1, -1)
+    elif bare == "embeddings.position_embedding.weight":  # CLIP / SigLIP nn.Embedding
+        out["pos_embed"] = value.unsqueeze(0)
+    elif bare in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
+        kind = "weight" if bare.endswith("weight") else "bias"
+        dim = value.shape[0] // 3
+        out[f"attn_pool.q.{kind}"] = value[:dim]
+        out[f"attn_pool.kv.{kind}"] = value[dim:]
+    else:
+        return False
+    return True
+
+
 def convert_hf_state_dict(
-    state: dict[str, Tensor], family: str, num_heads: int | None = None
+    state: dict[str, Tensor],
+    family: str,
+    num_heads: int | None = None,
+    patch_size: int | Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Maps a Hugging Face state dict of a supported family to vitres names.
 
@@ -271,10 +345,19 @@ def convert_hf_state_dict(
         state: the source's state dict.
         family: :func:`hf_family` of its config.
         num_heads: the config's heads (DINOv3 needs them to reorder its q / k channels).
+        patch_size: the config's patch size (SigLIP-2 needs it to fold its linear patch
+            embedding into a kernel).
 
     Raises:
         ValueError: keys this mapping does not know (it never drops weights silently).
     """
+    if family == "clip" and any(key.endswith("classifier.weight") for key in state):
+        raise ValueError(
+            "CLIPForImageClassification is not supported: it classifies the mean of the "
+            "patch tokens before CLIP's post-LayerNorm, and vitres applies that norm to every "
+            "token; supported CLIP models: CLIPVisionModel, CLIPVisionModelWithProjection, "
+            "CLIPModel (its vision tower)"
+        )
     out: dict[str, Tensor] = {}
     qkv: dict[tuple[int, str], dict[str, Tensor]] = {}
     unknown = []
@@ -284,22 +367,7 @@ def convert_hf_state_dict(
             if bare.startswith(prefix):
                 bare = bare[len(prefix) :]
                 break
-        if _HF_DROPPED.match(bare):
-            continue
-        if bare in _HF_SIMPLE:
-            out[_HF_SIMPLE[bare]] = value
-            continue
-        if bare == "embeddings.class_embedding":  # CLIP: (D,)
-            out["cls_token"] = value.reshape(1, 1, -1)
-            continue
-        if bare == "embeddings.position_embedding.weight":  # CLIP / SigLIP nn.Embedding
-            out["pos_embed"] = value.unsqueeze(0)
-            continue
-        if bare in ("head.attention.in_proj_weight", "head.attention.in_proj_bias"):
-            kind = "weight" if bare.endswith("weight") else "bias"
-            dim = value.shape[0] // 3
-            out[f"attn_pool.q.{kind}"] = value[:dim]
-            out[f"attn_pool.kv.{kind}"] = value[dim:]
+        if _map_outside_layers(bare, value, family, out):
             continue
         match = _HF_LAYER_RE.match(bare)
         if not match or match.group(2) not in _HF_LAYER_PARTS:
@@ -317,8 +385,30 @@ def convert_hf_state_dict(
             f"unknown keys in Hugging Face {family} weights: {unknown[:8]}"
             f"{'...' if len(unknown) > 8 else ''}; this architecture variant is not supported"
         )
+    _family_parts(family, qkv, out, num_heads, patch_size)
+    return out
+
+
+def _family_parts(
+    family: str,
+    qkv: dict[tuple[int, str], dict[str, Tensor]],
+    out: dict[str, Tensor],
+    num_heads: int | None,
+    patch_size: int | Sequence[int] | None,
+) -> None:
+    """What follows the key mapping: each family's own adjustments, and the query, key and
+    value of each layer concatenated into ``qkv``."""
     if family == "dinov3":
         _dinov3_parts(qkv, out, num_heads)
+    if family == "siglip2":
+        _siglip2_parts(out, patch_size)
+    if family in ("siglip", "siglip2") and "head.weight" in out:
+        # Siglip(2)ForImageClassification classifies the mean of the normed tokens; its
+        # tower's attention pool is unused (global_pool becomes "avg")
+        for key in [k for k in out if k.startswith("attn_pool.")]:
+            del out[key]
+    if family == "beit":
+        fill_key_bias(qkv)
     if "reg_token" in out and out["reg_token"].shape[1] == 0:  # DINOv3 stores (1, 0, D)
         del out["reg_token"]
     for (index, kind), parts in sorted(qkv.items()):
@@ -334,13 +424,40 @@ def convert_hf_state_dict(
         # into the token, keep a table of patch positions only (exact; timm does the same)
         out["cls_token"] = out["cls_token"] + out["pos_embed"][:, :1]
         out["pos_embed"] = out["pos_embed"][:, 1:]
-    return out
 
 
 def _rope_fields(hf: dict) -> dict:
     """DINOv3's position kind: RoPE on normalised patch centres, angles times 2 pi."""
     return {"pos_embed": "rope", "rope_theta": float(hf.get("rope_theta", 100.0)),
             "rope_scale": 2 * math.pi}  # fmt: skip
+
+
+def _siglip2_fields(hf: dict) -> dict:
+    """SigLIP-2's geometry and position resampling: a square table of ``num_patches``
+    positions, resized per grid bilinear with antialias (``align_corners=False``, in
+    float32), as its ``resize_positional_embeddings`` does."""
+    num_patches = int(hf.get("num_patches", 256))
+    side = math.isqrt(num_patches)
+    if side * side != num_patches:
+        raise ValueError(
+            f"SigLIP-2 with num_patches={num_patches} is not supported: its position table "
+            "is a square grid, so num_patches must be a square (256, 576, 1024...)"
+        )
+    patch = hf.get("patch_size", 16)
+    ph, pw = (patch, patch) if isinstance(patch, int) else tuple(patch)
+    return {"img_size": (side * ph, side * pw), "pos_embed_mode": "bilinear",
+            "pos_embed_antialias": True}  # fmt: skip
+
+
+def _global_pool(family: str, state: dict[str, Tensor], head_features: int) -> str:
+    """What the family's classifier reads."""
+    if family in ("siglip", "siglip2"):
+        return "map" if "attn_pool.latent" in state else "avg"
+    if family == "ijepa":
+        return "avg"  # the classifier reads the mean of the normed tokens
+    if family in ("dinov2", "dinov2_with_registers") and head_features:
+        return "token_avg"  # the classifier reads [class token, mean of patches]
+    return "token"
 
 
 def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | None = None) -> dict:
@@ -378,14 +495,7 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         raise ValueError(f"unsupported pooler_act {hf.get('pooler_act')!r}; only tanh is")
     class_token = "cls_token" in state
     head_features = num_head_features(state)
-    if family == "siglip":
-        global_pool = "map" if "attn_pool.latent" in state else "avg"
-    elif family == "ijepa":
-        global_pool = "avg"  # the classifier reads the mean of the normed tokens
-    elif family in ("dinov2", "dinov2_with_registers") and head_features:
-        global_pool = "token_avg"  # the classifier reads [class token, mean of patches]
-    else:
-        global_pool = "token"
+    global_pool = _global_pool(family, state, head_features)
     init = hf.get("layerscale_value", 1.0) if "blocks.0.ls1.gamma" in state else None
     pooler = state.get("pre_logits.fc.weight")
     fields = {
@@ -419,6 +529,10 @@ def hf_config_fields(hf: dict, state: dict[str, Tensor], preprocessor: dict | No
         "mean": per_channel(mean, channels),
         "std": per_channel(std, channels),
     }
+    if family == "siglip2":
+        return {**fields, **_siglip2_fields(hf)}
+    if family == "beit":
+        return {**fields, **beit_hf_fields(hf, state)}
     return {**fields, **_rope_fields(hf)} if family == "dinov3" else fields
 
 
