@@ -8,7 +8,9 @@ time (``ViTConfig.pos_embed``, :mod:`vitres.layers.positions`):
 * ``learned``: a table learned for the native grid, resampled per grid
   (``pos_embed_mode``: nearest, bilinear, bicubic, area or fourier);
 * ``sincos``: fixed 2-D sin-cos, regenerated per grid;
-* ``rope``: 2-D axial rotary embedding of q and k;
+* ``rope``: 2-D axial rotary embedding of q and k, on base-grid or normalised centres or
+  on patch indices (``rope_coords``), or with learned per-block frequencies
+  (``rope_mixed``, RoPE-Mixed); ``pos_embed_rope`` adds it to an additive kind (EVA-02);
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
@@ -24,8 +26,10 @@ the options of the families vitres imports are built in: DeiT's distillation tok
 head (Touvron et al., ICML 2021), LayerScale (Touvron et al., ICCV 2021; DINOv2),
 register tokens (Darcet et al., ICLR 2024), q/k normalisation, CLIP's pre-LayerNorm and
 bias-free projection (Radford et al., ICML 2021), SigLIP's attention-pool head (Zhai et
-al., ICCV 2023), and timm's pools (token, avg, max, avgmax, map) with the final norm
-before or after pooling.
+al., ICCV 2023), timm's pools (token, avg, max, avgmax, map) with the final norm
+before or after pooling (or none), and the options of timm's ``eva.py`` (EVA-02's SwiGLU
+with sub-LN and attention-output norm, Fang et al. 2023; PE's attention pool over every
+token, Bolya et al. 2025).
 """
 
 from __future__ import annotations
