@@ -62,6 +62,8 @@ CASES = {
     # timm's zero padding of sizes the patch does not divide (dynamic_img_pad)
     "rope_padded": ("vit_small_patch16_rope_224", {"embed_dim": 32, "num_heads": 2,
                     "dynamic_img_pad": True}),
+    # EVA-02-E: residual post-norm blocks, x + norm(attn(x))
+    "eva02_post_norm": ("eva02_enormous_patch14_clip_224", {"embed_dim": 32, "num_heads": 2}),
     # PE-spatial: no final norm at all, LayerScale, avg pool of patches only
     "pe_spatial": ("vit_pe_spatial_tiny_patch16_512", {"embed_dim": 32, "num_heads": 2,
                    "ref_feat_shape": [6, 2], "init_values": 0.4}),
@@ -189,7 +191,6 @@ def test_features_vitres_does_not_have_are_refused_by_name(tmp_path):
     registry = load_timm()
     small = {**COMMON, "embed_dim": 32, "num_heads": 2}
     cases = {
-        "use_post_norm": ("eva02_enormous_patch14_clip_224", {}, "post-norm blocks"),
         "two_norms": (
             "vit_base_patch16_rope_224",
             {"use_fc_norm": True, "use_post_transformer_norm": True},

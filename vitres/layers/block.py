@@ -154,13 +154,16 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block, with LayerScale when ``init_values`` is set."""
+    """Pre-norm transformer block, with LayerScale when ``init_values`` is set; with
+    ``res_post_norm`` the norms act on each branch's output instead
+    (``x + norm(attn(x))``, Swin-V2's residual post-norm; EVA-02-E's post-norm block)."""
 
     def __init__(self, cfg, drop_path_rate: float = 0.0) -> None:
         """Args:
         cfg: the model's config (a :class:`~vitres.models.config.ViTConfig`: ``embed_dim``,
             ``num_heads``, ``qkv_bias``, ``qk_norm``, ``norm_eps``, ``init_values``,
-            ``mlp_ratio``, ``act_layer``, ``mlp_kind``, ``mlp_norm``, ``attn_norm``).
+            ``mlp_ratio``, ``act_layer``, ``mlp_kind``, ``mlp_norm``, ``attn_norm``,
+            ``res_post_norm``).
         drop_path_rate: the stochastic-depth rate of this block.
         """
         super().__init__()
@@ -178,19 +181,30 @@ class Block(nn.Module):
             self.mlp = Mlp(dim, hidden, cfg.act_layer, norm_eps=sub_norm)
         self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.drop_path_rate = drop_path_rate
+        self.res_post_norm = cfg.res_post_norm
+
+    def _residual(self, x: Tensor, branch: Tensor, scale: nn.Module) -> Tensor:
+        return x + drop_path(scale(branch), self.drop_path_rate, self.training)
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
-        rate, training = self.drop_path_rate, self.training
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x), **attn_kwargs)), rate, training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
+        if self.res_post_norm:
+            x = self._residual(x, self.norm1(self.attn(x, **attn_kwargs)), self.ls1)
+        else:
+            x = self._residual(x, self.attn(self.norm1(x), **attn_kwargs), self.ls1)
+        return self.forward_mlp(x)
 
     def forward_attention(self, x: Tensor, **attn_kwargs) -> tuple[Tensor, Tensor]:
         """The first half of :meth:`forward` (attention and its residual) and the keys
         averaged over heads, ``(B, T, head_dim)``: the similarity metric a token reduction
         between the attention and the MLP uses (token merging, ToMe)."""
+        if self.res_post_norm:
+            out, metric = self.attn.forward_with_metric(x, **attn_kwargs)
+            return self._residual(x, self.norm1(out), self.ls1), metric
         out, metric = self.attn.forward_with_metric(self.norm1(x), **attn_kwargs)
-        return x + drop_path(self.ls1(out), self.drop_path_rate, self.training), metric
+        return self._residual(x, out, self.ls1), metric
 
     def forward_mlp(self, x: Tensor) -> Tensor:
         """The second half of :meth:`forward`: the MLP and its residual."""
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
+        if self.res_post_norm:
+            return self._residual(x, self.norm2(self.mlp(x)), self.ls2)
+        return self._residual(x, self.mlp(self.norm2(x)), self.ls2)

@@ -226,6 +226,8 @@ class ViTConfig(ConfigBase):
     attn_pool_heads: int = 0
     attn_pool_mlp_ratio: float = 0.0
     attn_pool_prefix: bool = False
+    # the norms of each block on its branches' outputs, x + norm(attn(x)) (EVA-02-E)
+    res_post_norm: bool = False
     # False: no final norm at all (Data2VecVisionModel without its pooler; PE-spatial)
     final_norm: bool = True
 

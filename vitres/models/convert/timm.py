@@ -83,7 +83,17 @@ _TIMM_ARGS = {
     "final_norm",
     "distilled",
     "dynamic_img_pad",
+    "block_fn",
+    "mlp_layer",
 }
+# timm's block classes vitres has (as timm_archs.json spells them): the pre-norm Block and
+# the residual post-norm block (vit_base_patch16_rpn_224)
+_RES_POST_BLOCK = "timm.models.vision_transformer.ResPostBlock"
+_TIMM_BLOCKS = (None, "timm.models.vision_transformer.Block", _RES_POST_BLOCK)
+# timm's MLPs vitres has: Mlp, and the packed SiLU-gated GluMlp (DINOv2-g's SwiGLU)
+_SILU = "torch.nn.modules.activation.SiLU"
+_PACKED_SWIGLU = f"partial:timm.layers.mlp.GluMlp:act_layer={_SILU},gate_last=False"
+_TIMM_MLPS = (None, "timm.layers.mlp.Mlp", _PACKED_SWIGLU)
 _TIMM_IGNORED_ARGS = {
     "dynamic_img_size",
     "drop_rate",
@@ -119,6 +129,7 @@ def convert_timm_state_dict(
     Raises:
         ValueError: keys of timm variants vitres does not implement (named).
     """
+    args: dict = {}
     if document or arch:
         name, args, _ = _arch_and_args(document or {}, arch)
         if _is_eva(name):
@@ -139,6 +150,10 @@ def convert_timm_state_dict(
             out["norm." + key[len("fc_norm.") :]] = value
         elif re.match(r"^blocks\.\d+\.gamma_[12]$", key):
             out[re.sub(r"gamma_([12])$", r"ls\1.gamma", key)] = value
+        elif args.get("mlp_layer") == _PACKED_SWIGLU and re.match(r"^blocks\.\d+\.mlp\.fc1\.", key):
+            gate, values = value.chunk(2, dim=0)  # GluMlp: gate rows, then value rows
+            out[key.replace(".fc1.", ".fc1_g.")] = gate
+            out[key.replace(".fc1.", ".fc1_x.")] = values
         else:
             out[key] = value
     return out
@@ -210,6 +225,19 @@ def _check_model_args(args: dict, arch: str = "") -> None:
         raise ValueError(
             f"unsupported timm model_args {unknown} for {where} ({shown}): vitres implements "
             f"timm's plain VisionTransformer blocks only; it reads {sorted(_TIMM_ARGS)}"
+        )
+    if args.get("block_fn") not in _TIMM_BLOCKS:
+        raise ValueError(
+            f"unsupported timm block_fn {args['block_fn']!r} for {where}: vitres has timm's "
+            "pre-norm Block and the residual post-norm ResPostBlock (parallel blocks are not "
+            "implemented)"
+        )
+    if args.get("mlp_layer") not in _TIMM_MLPS or (
+        args.get("mlp_layer") == _PACKED_SWIGLU and args.get("act_layer") not in (None, _SILU)
+    ):
+        raise ValueError(
+            f"unsupported timm mlp_layer {args['mlp_layer']!r} for {where}: vitres has timm's "
+            "Mlp and the packed SiLU-gated GluMlp (SwiGLU)"
         )
     if args.get("norm_layer") not in _TIMM_NORMS:
         raise ValueError(
@@ -310,6 +338,8 @@ def _pool_and_norm(
 
 def _activation(args: dict, arch: str) -> str:
     act = args.get("act_layer") or "gelu"  # VisionTransformer's default: exact GELU
+    if args.get("mlp_layer") == _PACKED_SWIGLU:
+        return "gelu"  # the SwiGLU gates with SiLU; no block activation is left to choose
     if act not in TIMM_ACTIVATIONS:
         raise ValueError(
             f"unsupported timm act_layer {act!r}; supported: {sorted(TIMM_ACTIVATIONS)}"
@@ -329,11 +359,25 @@ def _checked_num_classes(state: dict[str, Tensor], args: dict, document: dict) -
     return head_features
 
 
-def _init_values(state: dict[str, Tensor], args: dict) -> float | None:
-    init = args.get("init_values")
+def _block_fields(state: dict[str, Tensor], args: dict, dim: int) -> dict:
+    """LayerScale's ``init_values``, the block kind and the MLP: timm's ``ResPostBlock``
+    (residual post-norm, ``x + norm(attn(x))``) reads ``init_values`` as its norms' initial
+    weight, not as a LayerScale; timm's packed ``GluMlp`` (DINOv2-g) is a SwiGLU whose
+    ``fc1`` holds the gate rows, then the value rows."""
+    res_post_norm = args.get("block_fn") == _RES_POST_BLOCK
+    init = None if res_post_norm else args.get("init_values")
     if init is None and ("blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state):
         init = 1e-5  # the stored gammas are loaded over it
-    return init
+    hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0])
+    swiglu = args.get("mlp_layer") == _PACKED_SWIGLU
+    hidden = hidden // 2 if swiglu else hidden
+    ratio = hidden / dim if int(dim * (hidden / dim)) == hidden else (hidden + 0.5) / dim
+    return {
+        "init_values": init,
+        "res_post_norm": res_post_norm,
+        "mlp_ratio": ratio,
+        "mlp_kind": "swiglu" if swiglu else "mlp",
+    }
 
 
 def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
@@ -397,7 +441,6 @@ def timm_config_fields(
     dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
     patch = (int(proj.shape[-2]), int(proj.shape[-1]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
     if num_heads is None:  # heads from the architecture: its widths must be the weights'
         _check_fit(args, arch, {"embed_dim": dim, "depth": depth, "patch_size": patch})
     class_token = "cls_token" in state
@@ -418,10 +461,9 @@ def timm_config_fields(
         "embed_dim": dim,
         "depth": depth,
         "num_heads": heads,
-        "mlp_ratio": hidden / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "qk_norm": "blocks.0.attn.q_norm.weight" in state,
-        "init_values": _init_values(state, args),
+        **_block_fields(state, args, dim),
         "class_token": class_token,
         "dist_token": dist_token,
         "head_dist": "head_dist.weight" in state,

@@ -8,8 +8,9 @@ pre-training grid), timm's RoPE ViTs (RoPE-ViT, Heo et al., ECCV 2024: axial and
 2025: RoPE on normalised patch centres, register tokens, LayerScale) and the Perception
 Encoder (Bolya et al. 2025: a norm before the blocks, a grid offset, an attention pool
 over every token). What vitres has an exact counterpart for loads; everything else is
-refused by name (grouped-query attention, RMSNorm, post-norm blocks, LayerScale on the
-attention branch only, MRoPE, a token norm and an fc_norm both).
+refused by name (grouped-query attention, RMSNorm, LayerScale on the attention branch
+only, MRoPE, a token norm and an fc_norm both). EVA-02-E's post-norm blocks
+(``use_post_norm``: ``x + norm(attn(x))``) are vitres's ``res_post_norm``.
 
 Rotary layouts: vitres turns channel pairs ``(2i, 2i+1)``, rows first. timm's
 ``rope_rotate_half`` pairs channel ``i`` with ``i + head_dim / 2``, and
@@ -58,8 +59,8 @@ _EVA_NORMS = {
 }
 _ROPE_TYPES = ("cat", "dinov3", "mixed")
 _SUPPORTED = (
-    "vitres loads eva.py's EVA, EVA-02, DINOv3, RoPE-ViT (axial and mixed) and PE-core "
-    "models: LayerNorm, SwiGLU with or without sub-LN, q/v or full qkv biases, q/k norm, "
+    "vitres loads eva.py's EVA, EVA-02 (E too), DINOv3, RoPE-ViT (axial and mixed) and PE "
+    "models: LayerNorm, pre- or post-norm blocks, SwiGLU with or without sub-LN, q/v or full qkv biases, q/k norm, "
     f"RoPE of rope_type {_ROPE_TYPES}, a learned table, register tokens, LayerScale on both "
     "branches, avg/max/avgmax/token/map pools with at most one final norm"
 )
@@ -78,8 +79,6 @@ def _missing_features(args: dict) -> list[str]:
     kv_heads = kv_heads if isinstance(kv_heads, (list, tuple)) else [kv_heads]
     if any(h is not None and h != heads for h in kv_heads):
         missing.append("grouped-query attention (num_kv_heads)")
-    if args.get("use_post_norm"):
-        missing.append("post-norm blocks (use_post_norm)")
     if args.get("attn_only_layer_scale"):
         missing.append("LayerScale on the attention branch only (attn_only_layer_scale)")
     rope_type = args.get("rope_type", "cat")
@@ -291,6 +290,7 @@ def eva_config_fields(
         "attn_pool_heads": int(args.get("attn_pool_num_heads") or 0),
         "attn_pool_mlp_ratio": float(args.get("attn_pool_mlp_ratio") or 0.0),
         "attn_pool_prefix": True,  # Eva's attention pool reads every token
+        "res_post_norm": bool(args.get("use_post_norm")),  # EvaBlockPostNorm
         **table,
         **_mlp_fields(state, args, dim),
         **_rope_fields(args),
