@@ -85,6 +85,8 @@ _TIMM_ARGS = {
     "dynamic_img_pad",
     "block_fn",
     "mlp_layer",
+    "scale_attn_norm",
+    "scale_mlp_norm",
 }
 # timm's block classes vitres has (as timm_archs.json spells them): the pre-norm Block and
 # the residual post-norm block (vit_base_patch16_rpn_224)
@@ -134,7 +136,16 @@ def convert_timm_state_dict(
         name, args, _ = _arch_and_args(document or {}, arch)
         if _is_eva(name):
             return convert_eva_state_dict(state, args)
-    unsupported = sorted(k for k in state if _TIMM_UNSUPPORTED_KEYS.match(k))
+    inner_norms = {  # the attention / MLP norms the architecture declares
+        "attn": bool(args.get("scale_attn_norm")),
+        "mlp": bool(args.get("scale_mlp_norm")),
+    }
+    unsupported = sorted(
+        k
+        for k in state
+        if _TIMM_UNSUPPORTED_KEYS.match(k)
+        and not (re.match(r"^blocks\.\d+\.(attn|mlp)\.norm\.", k) and inner_norms[k.split(".")[2]])
+    )
     if unsupported:
         raise ValueError(
             f"unsupported timm ViT variant: keys {unsupported[:6]} (patch-embed norm, scaled "
@@ -243,11 +254,6 @@ def _check_model_args(args: dict, arch: str = "") -> None:
         raise ValueError(
             f"unsupported timm norm_layer {args['norm_layer']!r} for {where}; vitres has "
             "LayerNorm only"
-        )
-    if args.get("final_norm", True) is False:
-        raise ValueError(
-            f"{where} has no final norm (final_norm=False); vitres models always end in one, "
-            "so it is refused rather than loaded with a norm its source does not have"
         )
 
 
@@ -363,7 +369,9 @@ def _block_fields(state: dict[str, Tensor], args: dict, dim: int) -> dict:
     """LayerScale's ``init_values``, the block kind and the MLP: timm's ``ResPostBlock``
     (residual post-norm, ``x + norm(attn(x))``) reads ``init_values`` as its norms' initial
     weight, not as a LayerScale; timm's packed ``GluMlp`` (DINOv2-g) is a SwiGLU whose
-    ``fc1`` holds the gate rows, then the value rows."""
+    ``fc1`` holds the gate rows, then the value rows; the norms inside the attention and
+    the MLP (``scale_attn_norm`` / ``scale_mlp_norm``), and none at the end
+    (``final_norm=False``)."""
     res_post_norm = args.get("block_fn") == _RES_POST_BLOCK
     init = None if res_post_norm else args.get("init_values")
     if init is None and ("blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state):
@@ -377,6 +385,9 @@ def _block_fields(state: dict[str, Tensor], args: dict, dim: int) -> dict:
         "res_post_norm": res_post_norm,
         "mlp_ratio": ratio,
         "mlp_kind": "swiglu" if swiglu else "mlp",
+        "attn_norm": bool(args.get("scale_attn_norm")),  # a norm before the projection
+        "mlp_norm": bool(args.get("scale_mlp_norm")),  # a norm before fc2 (BEiT-3)
+        "final_norm": args.get("final_norm", True) is not False,  # neither norm nor fc_norm
     }
 
 
