@@ -148,5 +148,5 @@ def test_npz_refusals_are_clear(tmp_path):
     np.savez(tmp_path / "pickled.npz", **{"embedding/kernel": objects})
     with pytest.raises(ValueError, match="never pickled objects|not a readable"):
         vitres.from_pretrained(tmp_path / "pickled.npz", arch="vit_tiny_patch16_224")
-    with pytest.raises(ValueError, match="eva.py"):
+    with pytest.raises(ValueError, match="do not fit timm architecture 'vit_base_patch16_dinov3'"):
         vitres.from_pretrained(path, arch="vit_base_patch16_dinov3")

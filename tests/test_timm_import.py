@@ -317,5 +317,5 @@ def test_unsupported_timm_variants_are_named(tmp_path):
     folder = save_for_hf(tmp_path / "args", timm_state(), architecture="vit_custom",
                          model_args={"num_heads": HEADS, "block_fn": "ParallelScalingBlock"},
                          pool="token", img=(28, 28), num_classes=5)  # fmt: skip
-    with pytest.raises(ValueError, match=r"unsupported timm model_args \['block_fn'\]"):
+    with pytest.raises(ValueError, match=r"unsupported timm block_fn 'ParallelScalingBlock'"):
         vitres.from_pretrained(folder)

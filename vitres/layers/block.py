@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitres.layers.mlp import Mlp
+from vitres.layers.mlp import Mlp, SwiGLU
 from vitres.layers.pos_embed import apply_rope
 
 __all__ = ["Attention", "Block", "LayerScale", "drop_path"]
@@ -34,6 +34,7 @@ class Attention(nn.Module):
         qkv_bias: bool = True,
         qk_norm: bool = False,
         norm_eps: float = 1e-6,
+        inner_norm: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -41,6 +42,8 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.q_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
         self.k_norm = nn.LayerNorm(self.head_dim, eps=norm_eps) if qk_norm else nn.Identity()
+        # EVA-02 CLIP's normalisation of the attention output before the projection
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if inner_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -89,7 +92,7 @@ class Attention(nn.Module):
     ) -> Tensor:
         """Fused attention of per-head ``q, k, v`` back to ``shape`` ``(B, T, D)``, projected."""
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(out.transpose(1, 2).reshape(shape))
+        return self.proj(self.norm(out.transpose(1, 2).reshape(shape)))
 
     def forward_with_metric(
         self,
@@ -126,7 +129,7 @@ class Attention(nn.Module):
             logits = logits + attn_mask
         weights = logits.float().softmax(dim=-1).to(q.dtype)
         out = (weights @ v).transpose(1, 2).reshape(batch, tokens, dim)
-        return self.proj(out), weights
+        return self.proj(self.norm(out)), weights
 
 
 class LayerScale(nn.Module):
@@ -151,37 +154,57 @@ def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block, with LayerScale when ``init_values`` is set."""
+    """Pre-norm transformer block, with LayerScale when ``init_values`` is set; with
+    ``res_post_norm`` the norms act on each branch's output instead
+    (``x + norm(attn(x))``, Swin-V2's residual post-norm; EVA-02-E's post-norm block)."""
 
     def __init__(self, cfg, drop_path_rate: float = 0.0) -> None:
         """Args:
         cfg: the model's config (a :class:`~vitres.models.config.ViTConfig`: ``embed_dim``,
             ``num_heads``, ``qkv_bias``, ``qk_norm``, ``norm_eps``, ``init_values``,
-            ``mlp_ratio``, ``act_layer``).
+            ``mlp_ratio``, ``act_layer``, ``mlp_kind``, ``mlp_norm``, ``attn_norm``,
+            ``res_post_norm``).
         drop_path_rate: the stochastic-depth rate of this block.
         """
         super().__init__()
         dim = cfg.embed_dim
         self.norm1 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps)
+        self.attn = Attention(
+            dim, cfg.num_heads, cfg.qkv_bias, cfg.qk_norm, cfg.norm_eps, cfg.attn_norm
+        )
         self.ls1 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=cfg.norm_eps)
-        self.mlp = Mlp(dim, int(dim * cfg.mlp_ratio), cfg.act_layer)
+        hidden, sub_norm = int(dim * cfg.mlp_ratio), cfg.norm_eps if cfg.mlp_norm else None
+        if cfg.mlp_kind == "swiglu":
+            self.mlp = SwiGLU(dim, hidden, sub_norm)
+        else:
+            self.mlp = Mlp(dim, hidden, cfg.act_layer, norm_eps=sub_norm)
         self.ls2 = LayerScale(dim, cfg.init_values) if cfg.init_values else nn.Identity()
         self.drop_path_rate = drop_path_rate
+        self.res_post_norm = cfg.res_post_norm
+
+    def _residual(self, x: Tensor, branch: Tensor, scale: nn.Module) -> Tensor:
+        return x + drop_path(scale(branch), self.drop_path_rate, self.training)
 
     def forward(self, x: Tensor, **attn_kwargs) -> Tensor:
-        rate, training = self.drop_path_rate, self.training
-        x = x + drop_path(self.ls1(self.attn(self.norm1(x), **attn_kwargs)), rate, training)
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), rate, training)
+        if self.res_post_norm:
+            x = self._residual(x, self.norm1(self.attn(x, **attn_kwargs)), self.ls1)
+        else:
+            x = self._residual(x, self.attn(self.norm1(x), **attn_kwargs), self.ls1)
+        return self.forward_mlp(x)
 
     def forward_attention(self, x: Tensor, **attn_kwargs) -> tuple[Tensor, Tensor]:
         """The first half of :meth:`forward` (attention and its residual) and the keys
         averaged over heads, ``(B, T, head_dim)``: the similarity metric a token reduction
         between the attention and the MLP uses (token merging, ToMe)."""
+        if self.res_post_norm:
+            out, metric = self.attn.forward_with_metric(x, **attn_kwargs)
+            return self._residual(x, self.norm1(out), self.ls1), metric
         out, metric = self.attn.forward_with_metric(self.norm1(x), **attn_kwargs)
-        return x + drop_path(self.ls1(out), self.drop_path_rate, self.training), metric
+        return self._residual(x, out, self.ls1), metric
 
     def forward_mlp(self, x: Tensor) -> Tensor:
         """The second half of :meth:`forward`: the MLP and its residual."""
-        return x + drop_path(self.ls2(self.mlp(self.norm2(x))), self.drop_path_rate, self.training)
+        if self.res_post_norm:
+            return self._residual(x, self.norm2(self.mlp(x)), self.ls2)
+        return self._residual(x, self.mlp(self.norm2(x)), self.ls2)

@@ -53,7 +53,9 @@ class TokenLayout:
             distillation, registers); ``0`` for a packed sequence (each segment counts
             its own).
         grid: the uniform patch grid ``(rows, cols)`` when the patch tokens are (or were
-            merged from) one; ``None`` for mixed-resolution or packed tokens.
+            merged from) one, or the finest grid mixed-resolution tokens were cut from
+            (rotary positions on patch indices count its patches); ``None`` for packed
+            tokens.
         content: ``(T,)`` mask of the tokens with content (``None``: all); padding-only
             tokens are left out of pooling.
         attn_mask: additive attention logits shared by every block (``(B or 1, 1, 1 or T,

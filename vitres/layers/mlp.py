@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "gelu_new", "quick_gelu", "relu")
+# mlp: fc1 -> activation -> fc2; swiglu: the SiLU-gated MLP (:class:`SwiGLU`)
+MLP_KINDS = ("mlp", "swiglu")
 
 
 class GELUTanh(nn.Module):
@@ -66,18 +68,52 @@ def make_activation(name: str) -> nn.Module:
 
 
 class Mlp(nn.Module):
-    """``fc2(act(fc1(x)))``, the transformer's position-wise MLP (timm's module names)."""
+    """``fc2(norm(act(fc1(x))))``, the transformer's position-wise MLP (timm's module
+    names); ``norm`` is an identity unless ``norm_eps`` is given (NormFormer's sub-LN)."""
 
     def __init__(
-        self, dim: int, hidden_dim: int, act_layer: str = "gelu", out_dim: int | None = None
+        self,
+        dim: int,
+        hidden_dim: int,
+        act_layer: str = "gelu",
+        out_dim: int | None = None,
+        norm_eps: float | None = None,
     ) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = make_activation(act_layer)
+        self.norm = nn.LayerNorm(hidden_dim, eps=norm_eps) if norm_eps else nn.Identity()
         self.fc2 = nn.Linear(hidden_dim, out_dim or dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.norm(self.act(self.fc1(x))))
 
 
-__all__ = ["ACTIVATIONS", "GELUTanh", "Mlp", "NewGELU", "QuickGELU", "make_activation"]
+class SwiGLU(nn.Module):
+    """The gated MLP ``fc2(norm(silu(fc1_g(x)) * fc1_x(x)))`` (Shazeer 2020, "GLU
+    Variants Improve Transformer"; EVA-02, DINOv3's larger models). ``norm`` is EVA-02's
+    sub-LN over the hidden width when ``norm_eps`` is given, else an identity. Module names
+    follow timm's ``SwiGLU``."""
+
+    def __init__(self, dim: int, hidden_dim: int, norm_eps: float | None = None) -> None:
+        super().__init__()
+        self.fc1_g = nn.Linear(dim, hidden_dim)
+        self.fc1_x = nn.Linear(dim, hidden_dim)
+        self.act = nn.SiLU()
+        self.norm = nn.LayerNorm(hidden_dim, eps=norm_eps) if norm_eps else nn.Identity()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.norm(self.act(self.fc1_g(x)) * self.fc1_x(x)))
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "MLP_KINDS",
+    "GELUTanh",
+    "Mlp",
+    "NewGELU",
+    "QuickGELU",
+    "SwiGLU",
+    "make_activation",
+]

@@ -40,11 +40,13 @@ from vitres.layers.pos_embed import (
     sincos_at,
 )
 from vitres.layers.rel_pos_table import RelativePositionTable
+from vitres.layers.rotary import index_coordinates, rope_index, rope_mixed
 
 __all__ = [
     "ContinuousBiasPositions",
     "CoordinateMLPPositions",
     "LearnedPositions",
+    "MixedRotaryPositions",
     "RelativeTablePositions",
     "RotaryPositions",
     "SinCosPositions",
@@ -130,17 +132,35 @@ class CoordinateMLPPositions:
 
 
 class RotaryPositions:
-    """2-D axial rotary embedding of q and k (RoPE), angles in base-grid units."""
+    """2-D axial rotary embedding of q and k (RoPE).
+
+    Coordinates (``coords``): ``"centred"``, in base-grid units (vitres's own RoPE), or
+    with a ``scale``, patch centres normalised to ``[-1, 1]`` times the scale (DINOv3);
+    ``"index"``, patch indices plus ``offset``, scaled to ``ref_grid`` when given (EVA-02,
+    timm's RoPE ViTs, PE; :mod:`vitres.layers.rotary`).
+    """
 
     def __init__(
-        self, head_dim: int, base_grid: Grid, theta: float, scale: float | None = None
+        self,
+        head_dim: int,
+        base_grid: Grid,
+        theta: float,
+        scale: float | None = None,
+        coords: str = "centred",
+        offset: float = 0.0,
+        ref_grid: Grid | None = None,
     ) -> None:
         self.head_dim = head_dim
         self.base_grid = base_grid
         self.theta = theta
         self.scale = scale  # None: base-grid units; else normalised centres times scale
+        self.coords = coords
+        self.offset = offset
+        self.ref_grid = ref_grid
 
     def _grid_table(self, grid: Grid) -> tuple[Tensor, Tensor]:
+        if self.coords == "index":
+            return rope_index(grid, self.head_dim, self.theta, self.offset, self.ref_grid)
         if self.scale is None:
             return rope_2d(grid, self.head_dim, self.base_grid, self.theta)
         return rope_normalized(grid, self.head_dim, self.theta, self.scale)
@@ -156,37 +176,98 @@ class RotaryPositions:
             enabled=True,
         )
 
+    def coordinates(self, layout: TokenLayout) -> tuple[Tensor, Tensor]:
+        """``(ys, xs)`` of the layout's centres in this kind's units: base-grid units,
+        normalised centres times the scale, or index coordinates (of the layout's grid
+        when it has one, else of the native grid)."""
+        ys, xs = layout.centres[..., 0], layout.centres[..., 1]
+        if self.coords == "index":
+            grid = layout.grid or self.base_grid
+            return index_coordinates(
+                layout.centres, self.base_grid, grid, self.offset, self.ref_grid
+            )
+        if self.scale is not None:  # base-grid units -> normalised, times the scale
+            ys = ys * (2 * self.scale / self.base_grid[0])
+            xs = xs * (2 * self.scale / self.base_grid[1])
+        return ys, xs
+
     def for_layout(self, layout: TokenLayout, cache: VersionedCache) -> tuple[Tensor, Tensor]:
         """``(cos, sin)`` of the layout's patch tokens: the grid's table, per-sample
         ``(B, 1, N, head_dim)`` at the tokens' centres, or per packed row with the
         identity rotation on prefix and padding tokens."""
         device = layout.tokens.device
         if layout.segments is not None:
-            return self._packed(layout, cache)
+            tables = [self.table(s.grid, device, cache) for s in layout.segments]
+            return packed_rope(layout, tables, self.head_dim)
         if layout.centres is not None:
-            ys, xs = layout.centres[..., 0], layout.centres[..., 1]
-            if self.scale is not None:  # base-grid units -> normalised, times the scale
-                ys = ys * (2 * self.scale / self.base_grid[0])
-                xs = xs * (2 * self.scale / self.base_grid[1])
+            ys, xs = self.coordinates(layout)
             cos, sin = rope_at(ys, xs, self.head_dim, self.theta)
             return cos[:, None].to(device), sin[:, None].to(device)
         return self.table(layout.grid, device, cache)
 
-    def _packed(self, layout: TokenLayout, cache: VersionedCache) -> tuple[Tensor, Tensor]:
-        rows, length = layout.tokens.shape[:2]
-        device = layout.tokens.device
-        cos = torch.ones(rows * length, self.head_dim, device=device)
-        sin = torch.zeros(rows * length, self.head_dim, device=device)
-        tables = [self.table(s.grid, device, cache) for s in layout.segments]
-        patches = torch.cat(
-            [
-                torch.arange(s.num_prefix_tokens, s.length) + s.row * length + s.offset
-                for s in layout.segments
-            ]
-        ).to(device)
-        cos.index_copy_(0, patches, torch.cat([c for c, _ in tables]))
-        sin.index_copy_(0, patches, torch.cat([s for _, s in tables]))
-        return cos.view(rows, 1, length, self.head_dim), sin.view(rows, 1, length, self.head_dim)
+
+def packed_rope(
+    layout: TokenLayout, tables: list[tuple[Tensor, Tensor]], head_dim: int
+) -> tuple[Tensor, Tensor]:
+    """``(cos, sin)`` of a packed layout from each segment's grid table ``(..., n, head_dim)``
+    (any leading dims, shared by all segments): ``(..., rows, 1, length, head_dim)``, the
+    identity rotation on prefix and padding tokens."""
+    rows, length = layout.tokens.shape[:2]
+    device = layout.tokens.device
+    lead = tables[0][0].shape[:-2]
+    cos = torch.ones(*lead, rows * length, head_dim, device=device)
+    sin = torch.zeros(*lead, rows * length, head_dim, device=device)
+    patches = torch.cat(
+        [
+            torch.arange(s.num_prefix_tokens, s.length) + s.row * length + s.offset
+            for s in layout.segments
+        ]
+    ).to(device)
+    dim = len(lead)
+    cos.index_copy_(dim, patches, torch.cat([c for c, _ in tables], dim=dim))
+    sin.index_copy_(dim, patches, torch.cat([s for _, s in tables], dim=dim))
+    shape = (*lead, rows, 1, length, head_dim)
+    return cos.view(shape), sin.view(shape)
+
+
+class MixedRotaryPositions:
+    """RoPE-Mixed: learned frequencies per block and head (:func:`rope_mixed`), on patch
+    indices (timm's ``rope_type='mixed'``). ``(cos, sin)`` carry a leading block axis."""
+
+    def __init__(self, head_dim: int, base_grid: Grid) -> None:
+        self.head_dim = head_dim
+        self.base_grid = base_grid
+
+    def _grid(self, freqs: Tensor, grid: Grid) -> tuple[Tensor, Tensor]:
+        ys = torch.arange(grid[0], device=freqs.device).float()
+        xs = torch.arange(grid[1], device=freqs.device).float()
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        cos, sin = rope_mixed(freqs, yy.reshape(-1), xx.reshape(-1))
+        return cos, sin  # each (depth, heads, N, head_dim)
+
+    def table(
+        self, freqs: Tensor, grid: Grid, cache: VersionedCache, training: bool
+    ) -> tuple[Tensor, Tensor]:
+        """The ``(cos, sin)`` of ``grid``, each ``(depth, heads, rows * cols, head_dim)``."""
+        return cache.get(
+            ("rope-mixed", grid), [freqs], lambda: self._grid(freqs, grid), enabled=not training
+        )
+
+    def for_layout(
+        self, freqs: Tensor, layout: TokenLayout, cache: VersionedCache, training: bool
+    ) -> tuple[Tensor, Tensor]:
+        """``(cos, sin)`` of the layout's patch tokens, leading axis the block: the grid's
+        table, per sample ``(depth, B, heads, N, head_dim)`` at the tokens' centres, or per
+        packed row."""
+        if layout.segments is not None:
+            tables = [self.table(freqs, s.grid, cache, training) for s in layout.segments]
+            cos, sin = packed_rope(layout, tables, self.head_dim)  # (depth, heads, rows, 1, ..)
+            return cos.squeeze(-3).transpose(1, 2), sin.squeeze(-3).transpose(1, 2)
+        if layout.centres is not None:
+            grid = layout.grid or self.base_grid
+            ys, xs = index_coordinates(layout.centres, self.base_grid, grid)
+            return rope_mixed(freqs, ys, xs)
+        return self.table(freqs, layout.grid, cache, training)
 
 
 class ContinuousBiasPositions:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from vitres.layers.mlp import ACTIVATIONS
+from vitres.layers.mlp import ACTIVATIONS, MLP_KINDS
 from vitres.layers.patch_embed import (
     KERNEL_RESIZE_MODES,
     SIZE_POLICIES,
@@ -22,6 +22,7 @@ from vitres.layers.patch_embed import (
     to_patch,
 )
 from vitres.layers.pos_embed import INTERPOLATION_MODES, to_grid
+from vitres.layers.rotary import ROPE_COORDS
 
 ConfigT = TypeVar("ConfigT", bound="ConfigBase")
 
@@ -125,6 +126,8 @@ class ConfigBase:
         data["img_size"] = list(self.img_size)
         if isinstance(self.patch_size, tuple):
             data["patch_size"] = list(self.patch_size)
+        if data.get("rope_ref_grid") is not None:
+            data["rope_ref_grid"] = list(data["rope_ref_grid"])
         data["mean"], data["std"] = list(self.mean), list(self.std)
         return data
 
@@ -206,13 +209,33 @@ class ViTConfig(ConfigBase):
     # use_shared_rel_pos_bias), resampled bilinearly to each grid
     rel_pos_bias: bool = False
     shared_rel_pos_bias: bool = False
-    # False: no final norm at all (Data2VecVisionModel without its pooler)
+    # timm's eva.py families (EVA-02, the RoPE ViTs, DINOv3, PE): where rotary coordinates
+    # come from (ROPE_COORDS: "index" = patch index + rope_offset, scaled to
+    # rope_ref_grid), learned per-block rotary frequencies (rope_mixed), RoPE beside a
+    # learned table (pos_embed_rope), the MLP kind and its sub-LN (mlp_kind, mlp_norm), a
+    # norm on the attention output (attn_norm), and the attention pool's own heads, MLP
+    # ratio and whether it reads the prefix tokens too (0: the blocks' values)
+    rope_coords: str = "centred"
+    rope_offset: float = 0.0
+    rope_ref_grid: tuple[int, int] | None = None
+    rope_mixed: bool = False
+    pos_embed_rope: bool = False
+    mlp_kind: str = "mlp"
+    mlp_norm: bool = False
+    attn_norm: bool = False
+    attn_pool_heads: int = 0
+    attn_pool_mlp_ratio: float = 0.0
+    attn_pool_prefix: bool = False
+    # the norms of each block on its branches' outputs, x + norm(attn(x)) (EVA-02-E)
+    res_post_norm: bool = False
+    # False: no final norm at all (Data2VecVisionModel without its pooler; PE-spatial)
     final_norm: bool = True
 
     def __post_init__(self) -> None:
         if not (_is_int(self.num_heads) and self.num_heads > 0):
             raise ValueError(f"invalid ViTConfig: num_heads must be a positive int (got {self})")
         self._normalise_common()
+        self._check_eva_fields()
         self._check(
             [
                 (self.pos_embed in POS_EMBED_KINDS, f"pos_embed must be one of {POS_EMBED_KINDS}"),
@@ -280,12 +303,56 @@ class ViTConfig(ConfigBase):
                 f"class_token=True and no distillation or register tokens (got {self})"
             )
         head_dim = self.embed_dim // self.num_heads
-        if self.pos_embed == "rope" and head_dim % 4:
+        if self.uses_rope and head_dim % 4:
             raise ValueError(f"pos_embed='rope' needs head_dim divisible by 4, got {head_dim}")
         if self.pos_embed == "sincos" and self.embed_dim % 4:
             raise ValueError(
                 f"pos_embed='sincos' needs embed_dim divisible by 4, got {self.embed_dim}"
             )
+
+    def _check_eva_fields(self) -> None:
+        if self.rope_ref_grid is not None:
+            try:
+                self.rope_ref_grid = to_grid(self.rope_ref_grid, "rope_ref_grid")
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"invalid ViTConfig: {err}") from None
+        pool_heads = self.attn_pool_heads or self.num_heads
+        self._check(
+            [
+                (self.rope_coords in ROPE_COORDS, f"rope_coords must be one of {ROPE_COORDS}"),
+                (
+                    self.rope_coords == "centred" or self.rope_scale is None,
+                    "rope_scale applies to rope_coords='centred' only",
+                ),
+                (
+                    not self.rope_mixed or self.rope_coords == "index",
+                    "rope_mixed (learned frequencies) turns patch indices: rope_coords='index'",
+                ),
+                (
+                    not self.pos_embed_rope or self.pos_embed in ("learned", "sincos", "mlp"),
+                    "pos_embed_rope adds RoPE to an additive kind (learned, sincos, mlp)",
+                ),
+                (self.mlp_kind in MLP_KINDS, f"mlp_kind must be one of {MLP_KINDS}"),
+                (
+                    _is_int(self.attn_pool_heads) and self.attn_pool_heads >= 0,
+                    "attn_pool_heads must be an int >= 0 (0: num_heads)",
+                ),
+                (
+                    self.embed_dim % pool_heads == 0,
+                    f"embed_dim must be divisible by the attention pool's {pool_heads} heads",
+                ),
+                (
+                    isinstance(self.attn_pool_mlp_ratio, (int, float))
+                    and self.attn_pool_mlp_ratio >= 0,
+                    "attn_pool_mlp_ratio must be >= 0 (0: mlp_ratio)",
+                ),
+            ]
+        )
+
+    @property
+    def uses_rope(self) -> bool:
+        """Whether the blocks rotate q and k (RoPE alone, or beside an additive kind)."""
+        return self.pos_embed == "rope" or self.pos_embed_rope
 
     @property
     def num_prefix_tokens(self) -> int:

@@ -316,7 +316,7 @@ def from_pretrained(path: str | Path, **overrides) -> nn.Module:
         state = convert_timm_beit_state_dict(raw)
     else:
         fields = timm_config_fields(raw, document, num_heads=overrides.get("num_heads"), arch=arch)
-        state = convert_timm_state_dict(raw)
+        state = convert_timm_state_dict(raw, document, arch)
     return _build_foreign(state, fields, overrides, str(weights))
 
 

@@ -8,7 +8,9 @@ time (``ViTConfig.pos_embed``, :mod:`vitres.layers.positions`):
 * ``learned``: a table learned for the native grid, resampled per grid
   (``pos_embed_mode``: nearest, bilinear, bicubic, area or fourier);
 * ``sincos``: fixed 2-D sin-cos, regenerated per grid;
-* ``rope``: 2-D axial rotary embedding of q and k;
+* ``rope``: 2-D axial rotary embedding of q and k, on base-grid or normalised centres or
+  on patch indices (``rope_coords``), or with learned per-block frequencies
+  (``rope_mixed``, RoPE-Mixed); ``pos_embed_rope`` adds it to an additive kind (EVA-02);
 * ``cpb``: Swin-V2 continuous relative position bias on the attention logits;
 * ``mlp``: an MLP of normalised patch coordinates.
 
@@ -24,8 +26,10 @@ the options of the families vitres imports are built in: DeiT's distillation tok
 head (Touvron et al., ICML 2021), LayerScale (Touvron et al., ICCV 2021; DINOv2),
 register tokens (Darcet et al., ICLR 2024), q/k normalisation, CLIP's pre-LayerNorm and
 bias-free projection (Radford et al., ICML 2021), SigLIP's attention-pool head (Zhai et
-al., ICCV 2023), and timm's pools (token, avg, max, avgmax, map) with the final norm
-before or after pooling.
+al., ICCV 2023), timm's pools (token, avg, max, avgmax, map) with the final norm
+before or after pooling (or none), and the options of timm's ``eva.py`` (EVA-02's SwiGLU
+with sub-LN and attention-output norm, Fang et al. 2023; PE's attention pool over every
+token, Bolya et al. 2025).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from vitres.layers.positions import (
     ContinuousBiasPositions,
     CoordinateMLPPositions,
     LearnedPositions,
+    MixedRotaryPositions,
     RelativeTablePositions,
     RotaryPositions,
     SinCosPositions,
@@ -100,19 +105,30 @@ class _PositionKinds:
     rotary: RotaryPositions
     relative_bias: ContinuousBiasPositions
     relative_table: RelativeTablePositions
+    mixed_rotary: MixedRotaryPositions
 
     @classmethod
     def of(cls, cfg: ViTConfig) -> _PositionKinds:
         prefix, grid = cfg.num_prefix_tokens, cfg.grid
+        head_dim = cfg.embed_dim // cfg.num_heads
         return cls(
             LearnedPositions(
                 grid, prefix, cfg.pos_embed_prefix, cfg.pos_embed_mode, cfg.pos_embed_antialias
             ),
             SinCosPositions(cfg.embed_dim, grid),
             CoordinateMLPPositions(),
-            RotaryPositions(cfg.embed_dim // cfg.num_heads, grid, cfg.rope_theta, cfg.rope_scale),
+            RotaryPositions(
+                head_dim,
+                grid,
+                cfg.rope_theta,
+                cfg.rope_scale,
+                cfg.rope_coords,
+                cfg.rope_offset,
+                cfg.rope_ref_grid,
+            ),
             ContinuousBiasPositions(prefix),
             RelativeTablePositions(),
+            MixedRotaryPositions(head_dim, grid),
         )
 
 
@@ -150,6 +166,12 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             if cfg.pos_embed == "cpb"
             else None
         )
+        # RoPE-Mixed: (x, y) frequencies per block, head and channel pair
+        self.rope_freqs = (
+            nn.Parameter(torch.zeros(2, cfg.depth, cfg.num_heads, dim // cfg.num_heads // 2))
+            if cfg.rope_mixed
+            else None
+        )
         # BEiT's relative position bias tables: one per block, and one shared (timm's names)
         self.rel_pos_tables = (
             nn.ModuleList(RelativePositionTable(cfg.num_heads, grid) for _ in range(cfg.depth))
@@ -165,7 +187,13 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         # one final norm, on the tokens (before pooling) or on the pooled vector (fc_norm)
         self.norm = nn.LayerNorm(dim, eps=cfg.norm_eps) if cfg.final_norm else nn.Identity()
         self.attn_pool = (
-            AttentionPoolLatent(dim, cfg.num_heads, cfg.mlp_ratio, cfg.act_layer, cfg.norm_eps)
+            AttentionPoolLatent(
+                dim,
+                cfg.attn_pool_heads or cfg.num_heads,
+                cfg.attn_pool_mlp_ratio or cfg.mlp_ratio,
+                cfg.act_layer,
+                cfg.norm_eps,
+            )
             if cfg.global_pool == "map"
             else None
         )
@@ -208,6 +236,16 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             nn.init.normal_(self.reg_token, std=1e-6)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.rope_freqs is not None:  # RoPE-Mixed: axial magnitudes, a random turn per head
+            cfg = self.config
+            pairs = self.rope_freqs.shape[-1]
+            magnitude = cfg.rope_theta ** (-torch.arange(0, pairs, 2).float() / pairs)
+            turn = torch.rand(cfg.depth, cfg.num_heads, 1) * 2 * math.pi
+            turns = (turn, turn + math.pi / 2)  # the two halves of the pairs, at right angles
+            fx = torch.cat([magnitude * t.cos() for t in turns], dim=-1)
+            fy = torch.cat([magnitude * t.sin() for t in turns], dim=-1)
+            with torch.no_grad():
+                self.rope_freqs.copy_(torch.stack([fx, fy]))
 
     @property
     def num_prefix_tokens(self) -> int:
@@ -292,6 +330,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         centres: Tensor,
         learned: Tensor | None = None,
         learned_prefix: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> TokenLayout:
         """A layout of patch tokens at arbitrary centres (mixed-resolution tokens).
 
@@ -302,6 +341,8 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
                 :func:`~vitres.layers.pos_embed.grid_coordinates`).
             learned: ``(B, N, D)`` learned-table entries of the tokens (learned kind).
             learned_prefix: the table's prefix entries ``(prefix, D)``, if it has them.
+            grid: the finest grid the tokens were cut from, if any: rotary positions on
+                patch indices (``rope_coords="index"``) count that grid's patches.
 
         Returns:
             The layout with positions, prefix tokens and pre-norm applied, ``centres`` in
@@ -324,7 +365,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             if learned_prefix is not None:
                 prefix = prefix + learned_prefix
             tokens = torch.cat([prefix, tokens], dim=1)
-        return TokenLayout(self.norm_pre(tokens), self.num_prefix_tokens, centres=base)
+        return TokenLayout(self.norm_pre(tokens), self.num_prefix_tokens, grid, centres=base)
 
     # ---------------------------------------------------------------- the blocks
     def encode(self, layout: TokenLayout, reduction: TokenReduction | None = None) -> TokenLayout:
@@ -351,7 +392,11 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
             )
         for index, block in enumerate(self.blocks):
             mask = self._attn_bias(index, layout)
-            attn = {"rope": rope, "num_prefix_tokens": layout.num_prefix_tokens, "attn_mask": mask}
+            attn = {
+                "rope": self._block_rope(rope, index),
+                "num_prefix_tokens": layout.num_prefix_tokens,
+                "attn_mask": mask,
+            }
             if reduction is None:
                 tokens = block(tokens, **attn)
                 continue
@@ -393,9 +438,23 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         return total
 
     def _rope(self, layout: TokenLayout) -> tuple[Tensor, Tensor] | None:
-        if self.config.pos_embed != "rope":
+        """The layout's rotary ``(cos, sin)``; with learned frequencies (RoPE-Mixed) each
+        has a leading block axis (:meth:`_block_rope` picks a block's)."""
+        if not self.config.uses_rope:
             return None
+        if self.rope_freqs is not None:
+            return self.positions.mixed_rotary.for_layout(
+                self.rope_freqs, layout, self._cache, self.training
+            )
         return self.positions.rotary.for_layout(layout, self._cache)
+
+    def _block_rope(
+        self, rope: tuple[Tensor, Tensor] | None, index: int
+    ) -> tuple[Tensor, Tensor] | None:
+        """Block ``index``'s rotary ``(cos, sin)``: its own with learned frequencies."""
+        if rope is None or self.rope_freqs is None:
+            return rope
+        return rope[0][index], rope[1][index]
 
     def forward_features(
         self,
@@ -430,7 +489,7 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         patch = tokens[:, prefix:]
         keep = None if token_mask is None else token_mask[..., prefix:].to(tokens.device)
         if cfg.global_pool == "map":
-            return self.attn_pool(patch, keep, token_sizes)
+            return self._attention_pool(tokens, token_mask, token_sizes)
         if keep is None and token_sizes is None:
             mean = patch.mean(dim=1)
             amax = patch.amax(dim=1) if cfg.global_pool in ("max", "avgmax") else None
@@ -449,6 +508,18 @@ class VisionTransformer(AnyResolutionMixin, nn.Module):
         if cfg.global_pool == "avgmax":
             return 0.5 * (amax + mean)
         return torch.cat([tokens[:, 0], mean], dim=-1)  # token_avg
+
+    def _attention_pool(
+        self, tokens: Tensor, token_mask: Tensor | None, token_sizes: Tensor | None
+    ) -> Tensor:
+        """The attention pool over the patch tokens, or over every token when
+        ``attn_pool_prefix`` (prefix tokens count once each)."""
+        prefix = 0 if self.config.attn_pool_prefix else self.num_prefix_tokens
+        keep = None if token_mask is None else token_mask[..., prefix:].to(tokens.device)
+        if token_sizes is not None and self.config.attn_pool_prefix:
+            ones = token_sizes.new_ones(token_sizes.shape[0], self.num_prefix_tokens)
+            token_sizes = torch.cat([ones, token_sizes], dim=1)
+        return self.attn_pool(tokens[:, prefix:], keep, token_sizes)
 
     def forward_head(
         self,

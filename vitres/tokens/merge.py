@@ -365,6 +365,7 @@ def merged_forward(
             return model.forward_layout(model.encode(layout))
     if len(schedule) != cfg.depth:
         raise ValueError(f"schedule has {len(schedule)} entries for {cfg.depth} blocks")
-    layout = merge_layout(layout, cfg.grid, cfg.pos_embed)
+    rotary = getattr(cfg, "uses_rope", False)  # RoPE alone or beside a learned table
+    layout = merge_layout(layout, cfg.grid, "rope" if rotary else cfg.pos_embed)
     encoded = model.encode(layout, MergeReduction(schedule))
     return model.forward_head(encoded.tokens, token_sizes=encoded.sizes)

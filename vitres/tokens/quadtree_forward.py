@@ -140,7 +140,7 @@ def plan_layout(model: nn.Module, x: Tensor, plan: QuadtreePlan, index: Tensor) 
     ys, xs = cell_centres(cells)  # (M,) in [-1, 1]
     centres = torch.stack([ys[index], xs[index]], dim=-1)  # (b, N, 2)
     learned, learned_prefix = _learned_entries(model, plan, index, tokens.dtype)
-    layout = model.layout_at(tokens, centres, learned, learned_prefix)
+    layout = model.layout_at(tokens, centres, learned, learned_prefix, grid=plan.grid)
     if not plan.proportional:
         return layout
     sizes = plan.token_sizes(index).to(x.device)

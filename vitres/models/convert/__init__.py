@@ -8,7 +8,9 @@ does that. One module per source:
 - :mod:`~vitres.models.convert.hf`: Hugging Face ViT, DeiT, DINOv2 (with registers),
   SigLIP, SigLIP-2 and CLIP vision towers;
 - :mod:`~vitres.models.convert.timm`: timm's ``VisionTransformer`` (and distilled DeiT),
-  with timm's architecture table (``timm_archs.json``: each name's own ``model_args``);
+  with timm's architecture table (``timm_archs.json``: each name's own ``model_args``), and
+  :mod:`~vitres.models.convert.timm_eva` for timm's ``eva.py`` (EVA, EVA-02, DINOv3, the
+  RoPE ViTs, PE);
 - :mod:`~vitres.models.convert.beit`: BEiT and Data2Vec-vision (Hugging Face's key
   names and config fields, and timm's ``beit.py`` models with their architecture table);
 - :mod:`~vitres.models.convert.big_vision`: big_vision / Google ViT ``.npz`` arrays to

@@ -1,8 +1,9 @@
 """timm ViTs to vitres, as pure mappings: the state dict (``state_dict -> state_dict``, as
 timm's ``checkpoint_filter_fn``) and the config (timm's ``config.json`` and the weights ->
 ViTConfig fields). vitres module names follow timm's ``VisionTransformer``, so timm state
-dicts map almost one to one. Nothing here reads files or builds models;
-:mod:`vitres.models.resolve` does that.
+dicts map almost one to one; those of timm's ``eva.py`` architectures (EVA, EVA-02, DINOv3,
+the RoPE ViTs, PE) go through :mod:`vitres.models.convert.timm_eva`. Nothing here reads
+files or builds models; :mod:`vitres.models.resolve` does that.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from torch import Tensor
 
 from vitres.models.convert.common import num_head_features, per_channel
+from vitres.models.convert.timm_eva import convert_eva_state_dict, eva_config_fields
 
 __all__ = [
     "TIMM_ACTIVATIONS",
@@ -81,7 +83,19 @@ _TIMM_ARGS = {
     "final_norm",
     "distilled",
     "dynamic_img_pad",
+    "block_fn",
+    "mlp_layer",
+    "scale_attn_norm",
+    "scale_mlp_norm",
 }
+# timm's block classes vitres has (as timm_archs.json spells them): the pre-norm Block and
+# the residual post-norm block (vit_base_patch16_rpn_224)
+_RES_POST_BLOCK = "timm.models.vision_transformer.ResPostBlock"
+_TIMM_BLOCKS = (None, "timm.models.vision_transformer.Block", _RES_POST_BLOCK)
+# timm's MLPs vitres has: Mlp, and the packed SiLU-gated GluMlp (DINOv2-g's SwiGLU)
+_SILU = "torch.nn.modules.activation.SiLU"
+_PACKED_SWIGLU = f"partial:timm.layers.mlp.GluMlp:act_layer={_SILU},gate_last=False"
+_TIMM_MLPS = (None, "timm.layers.mlp.Mlp", _PACKED_SWIGLU)
 _TIMM_IGNORED_ARGS = {
     "dynamic_img_size",
     "drop_rate",
@@ -101,8 +115,12 @@ _TIMM_UNSUPPORTED_KEYS = re.compile(
 )
 
 
-def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names.
+def convert_timm_state_dict(
+    state: dict[str, Tensor], document: dict | None = None, arch: str | None = None
+) -> dict[str, Tensor]:
+    """Maps a timm ``VisionTransformer`` (or distilled DeiT) state dict to vitres names;
+    the weights of an ``eva.py`` architecture (named by ``arch`` or the config's
+    ``architecture``) go through :func:`~vitres.models.convert.timm_eva.convert_eva_state_dict`.
 
     Names are timm's own, except the final norm: timm keeps ``norm`` (before pooling) or
     ``fc_norm`` (after pooling) and an identity for the other; vitres has one ``norm``
@@ -113,7 +131,21 @@ def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     Raises:
         ValueError: keys of timm variants vitres does not implement (named).
     """
-    unsupported = sorted(k for k in state if _TIMM_UNSUPPORTED_KEYS.match(k))
+    args: dict = {}
+    if document or arch:
+        name, args, _ = _arch_and_args(document or {}, arch)
+        if _is_eva(name):
+            return convert_eva_state_dict(state, args)
+    inner_norms = {  # the attention / MLP norms the architecture declares
+        "attn": bool(args.get("scale_attn_norm")),
+        "mlp": bool(args.get("scale_mlp_norm")),
+    }
+    unsupported = sorted(
+        k
+        for k in state
+        if _TIMM_UNSUPPORTED_KEYS.match(k)
+        and not (re.match(r"^blocks\.\d+\.(attn|mlp)\.norm\.", k) and inner_norms[k.split(".")[2]])
+    )
     if unsupported:
         raise ValueError(
             f"unsupported timm ViT variant: keys {unsupported[:6]} (patch-embed norm, scaled "
@@ -129,6 +161,10 @@ def convert_timm_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
             out["norm." + key[len("fc_norm.") :]] = value
         elif re.match(r"^blocks\.\d+\.gamma_[12]$", key):
             out[re.sub(r"gamma_([12])$", r"ls\1.gamma", key)] = value
+        elif args.get("mlp_layer") == _PACKED_SWIGLU and re.match(r"^blocks\.\d+\.mlp\.fc1\.", key):
+            gate, values = value.chunk(2, dim=0)  # GluMlp: gate rows, then value rows
+            out[key.replace(".fc1.", ".fc1_g.")] = gate
+            out[key.replace(".fc1.", ".fc1_x.")] = values
         else:
             out[key] = value
     return out
@@ -143,8 +179,14 @@ def timm_architectures() -> dict[str, dict]:
     return table["archs"]
 
 
+def _is_eva(arch: str | None) -> bool:
+    """Whether ``arch`` is an architecture of timm's ``eva.py``."""
+    facts = timm_architectures().get((arch or "").split(".")[0])
+    return facts is not None and facts["module"] == "eva"
+
+
 def _known_archs_hint() -> str:
-    names = [n for n, f in timm_architectures().items() if f["module"] != "eva"]
+    names = list(timm_architectures())
     return (
         f"{len(names)} timm architectures, e.g. vit_base_patch16_224, "
         "vit_small_patch14_reg4_dinov2, deit_base_distilled_patch16_224"
@@ -172,8 +214,7 @@ def _arch_args(arch: str, document_args: dict) -> dict:
     """The architecture's own ``model_args`` under the ones the config records.
 
     Raises:
-        ValueError: an architecture of timm's ``eva.py`` (not implemented here), or a
-            config that records no ``model_args`` for a name vitres does not know.
+        ValueError: a config that records no ``model_args`` for a name vitres does not know.
     """
     facts = timm_architectures().get(arch.split(".")[0])
     if facts is None:
@@ -184,13 +225,6 @@ def _arch_args(arch: str, document_args: dict) -> dict:
                 f"{_known_archs_hint()} (vitres.models.convert.timm_architectures())"
             )
         return dict(document_args)
-    if facts["module"] == "eva":
-        raise ValueError(
-            f"timm architecture {arch!r} (timm's eva.py: EVA, EVA-02, DINOv3, PE-core and the "
-            "RoPE ViTs) is not supported yet: its rotary positions, SwiGLU MLPs and sub-norms "
-            "have no exact vitres counterpart, so it is refused rather than loaded wrong; "
-            f"supported: timm's VisionTransformer and DeiT architectures ({_known_archs_hint()})"
-        )
     return {**facts["model_args"], **document_args}
 
 
@@ -203,15 +237,23 @@ def _check_model_args(args: dict, arch: str = "") -> None:
             f"unsupported timm model_args {unknown} for {where} ({shown}): vitres implements "
             f"timm's plain VisionTransformer blocks only; it reads {sorted(_TIMM_ARGS)}"
         )
+    if args.get("block_fn") not in _TIMM_BLOCKS:
+        raise ValueError(
+            f"unsupported timm block_fn {args['block_fn']!r} for {where}: vitres has timm's "
+            "pre-norm Block and the residual post-norm ResPostBlock (parallel blocks are not "
+            "implemented)"
+        )
+    if args.get("mlp_layer") not in _TIMM_MLPS or (
+        args.get("mlp_layer") == _PACKED_SWIGLU and args.get("act_layer") not in (None, _SILU)
+    ):
+        raise ValueError(
+            f"unsupported timm mlp_layer {args['mlp_layer']!r} for {where}: vitres has timm's "
+            "Mlp and the packed SiLU-gated GluMlp (SwiGLU)"
+        )
     if args.get("norm_layer") not in _TIMM_NORMS:
         raise ValueError(
             f"unsupported timm norm_layer {args['norm_layer']!r} for {where}; vitres has "
             "LayerNorm only"
-        )
-    if args.get("final_norm", True) is False:
-        raise ValueError(
-            f"{where} has no final norm (final_norm=False); vitres models always end in one, "
-            "so it is refused rather than loaded with a norm its source does not have"
         )
 
 
@@ -302,6 +344,8 @@ def _pool_and_norm(
 
 def _activation(args: dict, arch: str) -> str:
     act = args.get("act_layer") or "gelu"  # VisionTransformer's default: exact GELU
+    if args.get("mlp_layer") == _PACKED_SWIGLU:
+        return "gelu"  # the SwiGLU gates with SiLU; no block activation is left to choose
     if act not in TIMM_ACTIVATIONS:
         raise ValueError(
             f"unsupported timm act_layer {act!r}; supported: {sorted(TIMM_ACTIVATIONS)}"
@@ -321,11 +365,30 @@ def _checked_num_classes(state: dict[str, Tensor], args: dict, document: dict) -
     return head_features
 
 
-def _init_values(state: dict[str, Tensor], args: dict) -> float | None:
-    init = args.get("init_values")
+def _block_fields(state: dict[str, Tensor], args: dict, dim: int) -> dict:
+    """LayerScale's ``init_values``, the block kind and the MLP: timm's ``ResPostBlock``
+    (residual post-norm, ``x + norm(attn(x))``) reads ``init_values`` as its norms' initial
+    weight, not as a LayerScale; timm's packed ``GluMlp`` (DINOv2-g) is a SwiGLU whose
+    ``fc1`` holds the gate rows, then the value rows; the norms inside the attention and
+    the MLP (``scale_attn_norm`` / ``scale_mlp_norm``), and none at the end
+    (``final_norm=False``)."""
+    res_post_norm = args.get("block_fn") == _RES_POST_BLOCK
+    init = None if res_post_norm else args.get("init_values")
     if init is None and ("blocks.0.ls1.gamma" in state or "blocks.0.gamma_1" in state):
         init = 1e-5  # the stored gammas are loaded over it
-    return init
+    hidden = int(state["blocks.0.mlp.fc1.weight"].shape[0])
+    swiglu = args.get("mlp_layer") == _PACKED_SWIGLU
+    hidden = hidden // 2 if swiglu else hidden
+    ratio = hidden / dim if int(dim * (hidden / dim)) == hidden else (hidden + 0.5) / dim
+    return {
+        "init_values": init,
+        "res_post_norm": res_post_norm,
+        "mlp_ratio": ratio,
+        "mlp_kind": "swiglu" if swiglu else "mlp",
+        "attn_norm": bool(args.get("scale_attn_norm")),  # a norm before the projection
+        "mlp_norm": bool(args.get("scale_mlp_norm")),  # a norm before fc2 (BEiT-3)
+        "final_norm": args.get("final_norm", True) is not False,  # neither norm nor fc_norm
+    }
 
 
 def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
@@ -346,7 +409,8 @@ def _arch_and_args(document: dict, arch: str | None) -> tuple[str, dict, dict]:
         )
     recorded_args = dict(document.get("model_args") or {})
     args = _arch_args(arch, recorded_args) if arch else recorded_args
-    _check_model_args(args, arch)
+    if not _is_eva(arch):  # eva.py's model_args are checked by its own reader
+        _check_model_args(args, arch)
     known = timm_architectures().get(arch.split(".")[0], {})
     if not pretrained and known:
         # the weights' own position table tells the native size, not the default config
@@ -371,23 +435,23 @@ def timm_config_fields(
         state: timm's own state dict (before :func:`convert_timm_state_dict`: the
             ``norm`` / ``fc_norm`` names tell where the final norm goes).
         document: timm's ``config.json`` (``None`` for a bare weights file).
-        num_heads: heads, for a config whose model_args do not give them, or read from the
-            weights' own shapes (a big_vision attention kernel); then the architecture gives
-            the function (activation, norms, pooling) of a narrower or shallower variant.
+        num_heads: heads, where model_args do not give them, or from the weights' shapes (a
+            big_vision kernel): the architecture gives the function of a narrower variant.
         arch: a timm architecture name, for a bare weights file (or to confirm the config's).
 
     Raises:
-        ValueError: a bare state dict without ``arch`` (its activation, pooling and norms
-            cannot be told from its keys), an architecture or argument vitres does not
-            implement exactly, or ``arch`` contradicting the config.
+        ValueError: a bare state dict without ``arch`` (its keys do not tell activation,
+            pooling, norms), an architecture or argument vitres does not implement exactly,
+            or ``arch`` contradicting the config.
     """
     document = document or {}
     arch, args, pretrained = _arch_and_args(document, arch)
+    if _is_eva(arch):
+        return eva_config_fields(state, args, arch, pretrained, num_heads)
     proj = state["patch_embed.proj.weight"]
     dim, in_chans = int(proj.shape[0]), int(proj.shape[1])
     patch = (int(proj.shape[-2]), int(proj.shape[-1]))
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    hidden = state["blocks.0.mlp.fc1.weight"].shape[0]
     if num_heads is None:  # heads from the architecture: its widths must be the weights'
         _check_fit(args, arch, {"embed_dim": dim, "depth": depth, "patch_size": patch})
     class_token = "cls_token" in state
@@ -408,10 +472,9 @@ def timm_config_fields(
         "embed_dim": dim,
         "depth": depth,
         "num_heads": heads,
-        "mlp_ratio": hidden / dim,
         "qkv_bias": "blocks.0.attn.qkv.bias" in state,
         "qk_norm": "blocks.0.attn.q_norm.weight" in state,
-        "init_values": _init_values(state, args),
+        **_block_fields(state, args, dim),
         "class_token": class_token,
         "dist_token": dist_token,
         "head_dist": "head_dist.weight" in state,
