@@ -205,6 +205,12 @@ def test_models_that_compute_on_the_host_per_call_are_refused(tiny_vit):
     )  # fmt: skip
     with pytest.raises(ValueError, match="'sincos' position embedding is computed per grid"):
         check_recordable(sincos)
+    rotary = vitres.create_model(
+        "vit_tiny_patch4", img_size=16, in_chans=1, num_classes=3, embed_dim=32, depth=1,
+        num_heads=2, pos_embed_rope=True, rope_coords="index",
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="rotary embedding is computed per grid"):
+        check_recordable(rotary)  # a learned table and RoPE (EVA-02)
     with pytest.raises(ValueError, match="resized to 2 px per call.*compile-bf16"):
         check_recordable(FixedPatchSize(tiny_vit, 2))
     with pytest.raises(ValueError, match="record vitres models"):

@@ -256,6 +256,8 @@ def check_recordable(model: nn.Module) -> None:
     problems = []
     if kind not in RECORDABLE_POSITIONS:
         problems.append(f"its {kind!r} position embedding is computed per grid")
+    if getattr(config, "pos_embed_rope", False):  # RoPE beside the table (EVA-02, RoPE-ViT ape)
+        problems.append("its rotary embedding is computed per grid")
     if getattr(config, "rel_pos_bias", False) or getattr(config, "shared_rel_pos_bias", False):
         problems.append("its relative position bias tables are resampled per grid")
     if bound is not None and to_grid(bound) != to_grid(config.patch_size):
