@@ -338,7 +338,7 @@ class ViTConfig(ConfigBase):
                     "attn_pool_heads must be an int >= 0 (0: num_heads)",
                 ),
                 (
-                    self.embed_dim % pool_heads == 0,
+                    self.global_pool != "map" or self.embed_dim % pool_heads == 0,
                     f"embed_dim must be divisible by the attention pool's {pool_heads} heads",
                 ),
                 (
