@@ -137,7 +137,7 @@ _REAL = {
     "model": str(REAL_CACHE / "probe" / "model.safetensors"),
     "ladder": [84, 112, 140, 168, 196],
     "frames": 450,
-    "eval_limit": 1000,
+    "eval_limit": 500,
     "trained": True,
     "deadline": {"size": 168, "percentile": 95, "factor": 1.5},
     "processes": 2,
